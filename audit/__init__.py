@@ -1,0 +1,20 @@
+"""Audit events: a structlog processor chain that renders one JSON object per line into sinks.
+
+Every policy decision and every Docker operation is an event. Sinks are pluggable; with
+`fail_closed` (the default) an event that no sink could write raises AuditWriteError, so the
+caller can refuse the request rather than act unrecorded.
+"""
+
+from audit.errors import AuditError, AuditWriteError
+from audit.log import AuditLog
+from audit.sinks import AuditSink, FileSink, MemorySink, StreamSink
+
+__all__ = [
+    "AuditError",
+    "AuditLog",
+    "AuditSink",
+    "AuditWriteError",
+    "FileSink",
+    "MemorySink",
+    "StreamSink",
+]

@@ -1,0 +1,108 @@
+"""The Starlette application: /mcp (streamable HTTP), /health and /ready, behind the guards."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from audit import AuditLog
+from gateway import __version__
+from gateway.backend.base import Backend
+from gateway.config import Settings
+from gateway.errors import GatewayError
+from gateway.middleware import BearerAuthMiddleware, BodyLimitMiddleware, SecureHeadersMiddleware
+from gateway.service import ExecutionService
+from gateway.tokens import TokenStore
+from gateway.tools import register_tools
+
+__all__ = ["build_app", "readiness"]
+
+_INSTRUCTIONS = (
+    "Sandbox Gateway runs your code in a private, isolated sandbox with no network access. "
+    "Files in /workspace persist between your calls. Limits come from your policy profile."
+)
+
+
+def _transport_security(settings: Settings) -> TransportSecuritySettings:
+    """DNS-rebinding protection is always on: loopback names plus the hosts the operator lists."""
+    hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", *settings.allowed_hosts]
+    if settings.host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):  # noqa: S104 - compared, not bound
+        hosts.append(f"{settings.host}:*")
+    origins = [f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                     allowed_origins=origins)
+
+
+async def readiness(backend: Backend, audit: AuditLog, image: str) -> dict[str, Any]:
+    """Engine reachable through the proxy, sandbox image present, audit sink writable."""
+    checks: dict[str, Any] = {"audit": audit.writable()}
+    try:
+        with anyio.fail_after(5):
+            await anyio.to_thread.run_sync(backend.ping)
+            checks["engine"] = True
+            checks["image"] = await anyio.to_thread.run_sync(backend.image_present, image)
+    except (GatewayError, TimeoutError) as exc:
+        checks["engine"] = False
+        checks["image"] = False
+        checks["error"] = exc.message if isinstance(exc, GatewayError) else "engine check timed out"
+    checks["ready"] = bool(checks["engine"] and checks["image"] and checks["audit"])
+    return checks
+
+
+def build_app(settings: Settings, *, service: ExecutionService, tokens: TokenStore, audit: AuditLog,
+              image: str) -> Starlette:
+    """Assemble the app. The lifespan runs the MCP session manager and removes sandboxes on shutdown."""
+    mcp: MCPServer[Any] = MCPServer("sandbox-gateway", version=__version__, instructions=_INSTRUCTIONS,
+                                    log_level=settings.log_level)  # type: ignore[arg-type]
+    register_tools(mcp, service)
+    backend = service.broker.backend
+
+    @mcp.custom_route("/health", methods=["GET"])
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    @mcp.custom_route("/ready", methods=["GET"])
+    async def ready(request: Request) -> JSONResponse:
+        checks = await readiness(backend, audit, image)
+        return JSONResponse(checks, status_code=200 if checks["ready"] else 503)
+
+    inner = mcp.streamable_http_app(
+        streamable_http_path="/mcp",
+        transport_security=_transport_security(settings),
+        host=settings.host,
+        max_request_body_size=settings.max_body_bytes,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with mcp.session_manager.run():
+            audit.emit("gateway.start", version=__version__, gateway_id=settings.gateway_id,
+                       policy_digest=service.engine.digest, docker_host=settings.docker_host)
+            try:
+                yield
+            finally:
+                removed = 0
+                if settings.remove_on_shutdown:
+                    with anyio.CancelScope(shield=True):
+                        removed = await service.broker.cleanup_all()
+                audit.emit("gateway.stop", sandboxes_removed=removed)
+
+    return Starlette(
+        routes=list(inner.routes),
+        middleware=[
+            Middleware(SecureHeadersMiddleware),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(BearerAuthMiddleware, tokens=tokens, audit=audit),
+        ],
+        lifespan=lifespan,
+    )

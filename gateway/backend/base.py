@@ -1,0 +1,71 @@
+"""The Backend protocol: what the broker needs from one container engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["Backend", "ContainerInfo", "ExecOutcome", "ExecRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRequest:
+    """One process to run in a sandbox, with its bounds."""
+
+    argv: list[str]
+    user: str
+    workdir: str
+    env: list[str]
+    timeout_s: float
+    max_output_bytes: int
+    #: Gateway-side deadline on top of the in-sandbox `timeout` (covers escaped background writers).
+    grace_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ExecOutcome:
+    """What came back: bounded output, exit status and how it ended."""
+
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    stdout_bytes: int
+    stderr_bytes: int
+    truncated: bool
+    deadline_hit: bool
+    duration_ms: float
+    #: The container was gone when the exit status was read (the command killed it, or it was removed).
+    sandbox_lost: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """A container as listed by the engine."""
+
+    id: str
+    name: str
+    running: bool
+    labels: dict[str, str] = field(default_factory=dict)
+    oom_killed: bool = False
+
+
+class Backend(Protocol):
+    """Create / exec / remove / list / ping over one engine. Methods block; call them off the event loop."""
+
+    def ping(self) -> None: ...
+
+    def image_present(self, image: str) -> bool: ...
+
+    def create(self, name: str, body: dict[str, object]) -> str: ...
+
+    def start(self, container_id: str) -> None: ...
+
+    def inspect(self, container_id: str) -> ContainerInfo: ...
+
+    def exec(self, container_id: str, request: ExecRequest) -> ExecOutcome: ...
+
+    def remove(self, container_id: str) -> None: ...
+
+    def list(self, labels: dict[str, str]) -> list[ContainerInfo]: ...
+
+    def close(self) -> None: ...

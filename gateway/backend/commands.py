@@ -1,0 +1,44 @@
+"""How a tool call becomes an argv inside the sandbox.
+
+The code travels in argv, split into chunks below the kernel's per-argument limit, because the
+socket proxy cannot carry a client-to-engine stream on `exec start` (HAProxy refuses an HTTP
+upgrade on a request with a body). `timeout` bounds it and kills its whole process group.
+"""
+
+from __future__ import annotations
+
+__all__ = ["KILL_GRACE_S", "MAX_ARGV_BYTES", "bash_argv", "python_argv", "split_chunks"]
+
+#: After the timeout, TERM; this many seconds later, KILL for whatever ignored TERM.
+KILL_GRACE_S = 2
+#: Linux limits one argv string to 128 KiB; chunks stay well under it.
+_CHUNK_CHARS = 24_000
+#: Total argv budget (ARG_MAX is 2 MiB with the default stack; leave room for the environment).
+MAX_ARGV_BYTES = 1536 * 1024
+
+_BASH = 'IFS=; set -- "$*"; unset IFS; eval "set --; $1"'
+_PYTHON = (
+    "import sys; s = ''.join(sys.argv[1:]); sys.argv = ['-c']; "
+    "exec(compile(s, '<code>', 'exec'), {'__name__': '__main__', '__builtins__': __builtins__})"
+)
+
+
+def split_chunks(text: str) -> list[str]:
+    """Split into pieces whose UTF-8 form stays below the per-argument limit (4 bytes/char worst case)."""
+    if "\x00" in text:
+        raise ValueError("code cannot contain NUL bytes")
+    return [text[i : i + _CHUNK_CHARS] for i in range(0, len(text), _CHUNK_CHARS)] or [""]
+
+
+def _timeout(timeout_s: float) -> list[str]:
+    return ["timeout", f"--kill-after={KILL_GRACE_S}", f"{timeout_s:g}s"]
+
+
+def bash_argv(command: str, timeout_s: float) -> list[str]:
+    """`bash -c command`, bounded by `timeout`."""
+    return [*_timeout(timeout_s), "bash", "-c", _BASH, "bash", *split_chunks(command)]
+
+
+def python_argv(code: str, timeout_s: float) -> list[str]:
+    """`python3 -c code` with `__name__ == '__main__'`, bounded by `timeout`."""
+    return [*_timeout(timeout_s), "python3", "-c", _PYTHON, *split_chunks(code)]

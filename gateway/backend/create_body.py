@@ -1,0 +1,95 @@
+"""The one place a SandboxSpec becomes a Docker create request. Nothing else sets HostConfig."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gateway.errors import ConfigError
+from policy import SandboxSpec
+
+__all__ = ["LABEL_PREFIX", "SECCOMP_DIR", "create_body", "sandbox_env"]
+
+LABEL_PREFIX = "sandbox-gateway"
+SECCOMP_DIR = Path(__file__).resolve().parents[2] / "seccomp"
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def sandbox_env(spec: SandboxSpec) -> list[str]:
+    """The whole environment of sandbox processes: fixed, with no secret from the gateway."""
+    return [f"PATH={_PATH}", f"HOME={spec.workdir}", "LANG=C.UTF-8", "PYTHONUNBUFFERED=1",
+            "PYTHONDONTWRITEBYTECODE=1", "PYTHONPATH=/skills"]
+
+
+def _seccomp_option(name: str) -> list[str]:
+    if name == "default":
+        return []  # the engine applies its built-in default profile
+    path = SECCOMP_DIR / f"{name}.json"
+    try:
+        profile = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"seccomp profile {name!r} not found or not valid JSON in {SECCOMP_DIR}") from exc
+    # The API takes the profile inline, not as a path.
+    return [f"seccomp={json.dumps(profile, separators=(',', ':'))}"]
+
+
+def _tmpfs(spec: SandboxSpec) -> dict[str, str]:
+    mounts = {}
+    for mount in spec.tmpfs:
+        options = ["rw", "nosuid", "nodev"]
+        if mount.noexec:
+            options.append("noexec")
+        options += [f"size={mount.size}", f"mode={mount.mode:o}", f"uid={spec.uid}", f"gid={spec.gid}"]
+        mounts[mount.path] = ",".join(options)
+    return mounts
+
+
+def create_body(
+    spec: SandboxSpec,
+    *,
+    image: str,
+    labels: dict[str, str],
+    tools_path: Path | None = None,
+    skills_path: Path | None = None,
+) -> dict[str, object]:
+    """The Docker Engine API body for POST /containers/create."""
+    if image not in spec.images:
+        raise ConfigError(f"image {image!r} is not allowed by the profile")
+    binds = [f"{path.resolve()}:{target}:ro"
+             for path, target in ((tools_path, "/tools"), (skills_path, "/skills")) if path is not None]
+    host_config: dict[str, object] = {
+        "NetworkMode": "none",
+        "ReadonlyRootfs": spec.read_only_rootfs,
+        "CapDrop": ["ALL"],
+        "CapAdd": list(spec.cap_add),
+        "SecurityOpt": (["no-new-privileges:true"] if spec.no_new_privileges else [])
+        + _seccomp_option(spec.seccomp),
+        "Privileged": False,
+        "PidsLimit": spec.pids_limit,
+        "Memory": spec.memory,
+        "MemorySwap": spec.memory_swap,
+        "NanoCpus": int(spec.cpus * 1e9),
+        "Tmpfs": _tmpfs(spec),
+        "Ulimits": [{"Name": name, "Soft": value, "Hard": value} for name, value in sorted(spec.ulimits.items())],
+        "Init": spec.init,
+        "Runtime": spec.runtime,
+        "Binds": binds,
+        "RestartPolicy": {"Name": "no"},
+    }
+    return {
+        "Image": image,
+        "Cmd": ["sleep", "infinity"],
+        "Entrypoint": [],
+        "User": spec.user,
+        "WorkingDir": spec.workdir,
+        "Env": sandbox_env(spec),
+        "Labels": labels,
+        "Hostname": "sandbox",
+        "NetworkDisabled": True,
+        "AttachStdin": False,
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "Tty": False,
+        "OpenStdin": False,
+        "HostConfig": host_config,
+    }

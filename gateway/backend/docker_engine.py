@@ -1,0 +1,172 @@
+"""The Docker backend: the only module that imports `docker`.
+
+It speaks to the engine through the socket proxy (a tcp:// DOCKER_HOST). Engine and proxy
+failures become EngineError or SandboxGone with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from gateway.backend.base import ContainerInfo, ExecOutcome, ExecRequest
+from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
+from gateway.errors import EngineError, SandboxError
+
+__all__ = ["DockerBackend", "SandboxGone"]
+
+_API_VERSION = "1.41"  # Docker 20.10; newer engines accept it too
+
+
+class SandboxGone(SandboxError):
+    """The container is missing or not running."""
+
+    code = "sandbox-gone"
+
+
+def _engine_error(exc: Exception, base_url: str, what: str) -> EngineError:
+    if isinstance(exc, docker.errors.APIError) and exc.status_code == 403:
+        return EngineError(f"the socket proxy refused {what} (403); check compose/socket-proxy/haproxy.cfg")
+    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError | socket.timeout):
+        return EngineError(
+            f"cannot reach the Docker engine through {base_url} while trying to {what}; "
+            "is the socket proxy running? (`sandbox-gateway setup` starts it)"
+        )
+    return EngineError(f"the Docker engine failed to {what}")
+
+
+class DockerBackend:
+    """Backend over one engine, reached at `base_url` (normally the socket proxy)."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0, pool_size: int = 32,
+                 tls: Any = None) -> None:
+        self.base_url = base_url
+        self._api = docker.APIClient(base_url=base_url, version=_API_VERSION, timeout=timeout_s,
+                                     max_pool_size=pool_size, tls=tls)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.NotFound as exc:
+            raise SandboxGone(f"the sandbox container is gone ({what})") from exc
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise SandboxGone(f"the sandbox container is not running ({what})") from exc
+            raise _engine_error(exc, self.base_url, what) from exc
+        except (requests.exceptions.RequestException, OSError) as exc:
+            raise _engine_error(exc, self.base_url, what) from exc
+
+    def ping(self) -> None:
+        self._call("ping", self._api.ping)
+
+    def image_present(self, image: str) -> bool:
+        try:
+            self._call("inspect the image", self._api.inspect_image, image)
+        except SandboxGone:
+            return False
+        return True
+
+    def create(self, name: str, body: dict[str, object]) -> str:
+        result = self._call("create a sandbox", self._api.create_container_from_config, body, name=name)
+        return str(result["Id"])
+
+    def start(self, container_id: str) -> None:
+        self._call("start a sandbox", self._api.start, container_id)
+
+    def inspect(self, container_id: str) -> ContainerInfo:
+        data = self._call("inspect a sandbox", self._api.inspect_container, container_id)
+        state = data.get("State") or {}
+        return ContainerInfo(
+            id=data["Id"], name=data.get("Name", "").lstrip("/"), running=bool(state.get("Running")),
+            labels=(data.get("Config") or {}).get("Labels") or {}, oom_killed=bool(state.get("OOMKilled")),
+        )
+
+    def inspect_raw(self, container_id: str) -> dict[str, Any]:
+        """The engine's full inspect document (for tests and `sandbox_info`)."""
+        return dict(self._call("inspect a sandbox", self._api.inspect_container, container_id))
+
+    def remove(self, container_id: str) -> None:
+        try:
+            self._call("remove a sandbox", self._api.remove_container, container_id, force=True, v=True)
+        except SandboxGone:
+            return
+
+    def list(self, labels: dict[str, str]) -> list[ContainerInfo]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        rows = self._call("list sandboxes", self._api.containers, all=True, filters=filters)
+        return [
+            ContainerInfo(id=row["Id"], name=(row.get("Names") or ["/"])[0].lstrip("/"),
+                          running=row.get("State") == "running", labels=row.get("Labels") or {})
+            for row in rows
+        ]
+
+    def exec(self, container_id: str, request: ExecRequest) -> ExecOutcome:
+        started = time.monotonic()
+        created = self._call("start a command", self._api.exec_create, container_id, request.argv,
+                             stdout=True, stderr=True, stdin=False, tty=False, user=request.user,
+                             workdir=request.workdir, environment=request.env)
+        exec_id = created["Id"]
+        raw = self._call("start a command", self._api.exec_start, exec_id, socket=True)
+        sock: socket.socket = raw._sock
+        out, err = BoundedCapture(request.max_output_bytes), BoundedCapture(request.max_output_bytes)
+        deadline = started + request.timeout_s + request.grace_s
+        deadline_hit = False
+        try:
+            deadline_hit = _pump(sock, out, err, deadline)
+        finally:
+            sock.close()
+            raw.close()
+        try:
+            info = self._call("read a command's exit status", self._api.exec_inspect, exec_id)
+            lost = False
+        except SandboxGone:
+            info, lost = {}, True
+        exit_code = None if info.get("Running") else info.get("ExitCode")
+        return ExecOutcome(
+            exit_code=exit_code, stdout=out.getvalue(), stderr=err.getvalue(),
+            stdout_bytes=out.total, stderr_bytes=err.total, truncated=out.truncated or err.truncated,
+            deadline_hit=deadline_hit, duration_ms=(time.monotonic() - started) * 1000, sandbox_lost=lost,
+        )
+
+    def close(self) -> None:
+        self._api.close()
+
+
+def _pump(sock: socket.socket, out: BoundedCapture, err: BoundedCapture, deadline: float) -> bool:
+    """Read the multiplexed stream into the captures until EOF; True when the deadline cut it short."""
+    decoder = FrameDecoder()
+    sock.setblocking(False)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return True
+        readable, _, _ = select.select([sock], [], [], min(remaining, 1.0))
+        if not readable:
+            continue
+        try:
+            data = sock.recv(262144)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise EngineError("the command's output stream broke off (engine or proxy restarted?)") from exc
+        if not data:
+            return False
+        try:
+            for stream, piece in decoder.feed(data):
+                (err if stream == STDERR else out if stream == STDOUT else _DISCARD).write(piece)
+        except FrameError as exc:
+            raise SandboxError("the engine sent a malformed output stream") from exc
+
+
+class _Discard:
+    def write(self, data: bytes) -> None:
+        return None
+
+
+_DISCARD = _Discard()

@@ -1,0 +1,105 @@
+"""Every environment variable the gateway reads, as documented constants, and the frozen settings.
+
+Configuration is read once at start-up; nothing reads the environment afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_DOCKER_HOST",
+    "DEFAULT_IMAGE",
+    "ENV_DOCKER_HOST",
+    "ENV_EXECUTOR_IMAGE",
+    "ENV_LOG_LEVEL",
+    "Settings",
+    "check_docker_host",
+]
+
+#: Where the Docker API is reached. The default is the socket proxy started by `setup`.
+ENV_DOCKER_HOST = "DOCKER_HOST"
+#: The sandbox image to build and run (must be in the policy profile's `images`).
+ENV_EXECUTOR_IMAGE = "MCP_EXECUTOR_IMAGE"
+#: Gateway log level (DEBUG, INFO, WARNING, ERROR).
+ENV_LOG_LEVEL = "LOG_LEVEL"
+#: Listen address of the socket proxy that `setup` starts.
+ENV_PROXY_BIND = "SGW_PROXY_BIND"
+#: The engine's unix socket, for `setup` and the socket proxy only.
+ENV_DOCKER_SOCKET = "SGW_DOCKER_SOCKET"
+#: Where `setup` keeps logs, pid files and the cached sandbox root filesystem.
+ENV_STATE_DIR = "SGW_STATE_DIR"
+
+DEFAULT_DOCKER_HOST = "tcp://127.0.0.1:2375"
+DEFAULT_IMAGE = "mcp-code-executor:latest"
+DEFAULT_PROXY_BIND = "127.0.0.1:2375"
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+DEFAULT_STATE_DIR = "/var/lib/sandbox-gateway"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def check_docker_host(url: str, *, allow_raw_socket: bool) -> str:
+    """Refuse a raw engine socket unless explicitly allowed: the proxy is the only door."""
+    if url.startswith(("unix://", "npipe://")) and not allow_raw_socket:
+        raise ConfigError(
+            f"DOCKER_HOST={url} is the engine's raw socket, which gives full control of the host. "
+            "Point the gateway at the socket proxy (default tcp://127.0.0.1:2375, started by "
+            "`sandbox-gateway setup`), or pass --allow-raw-socket to accept the risk."
+        )
+    if not url.startswith(("tcp://", "http://", "https://", "unix://", "ssh://", "npipe://")):
+        raise ConfigError(f"DOCKER_HOST={url!r} is not a URL the Docker client understands (tcp://host:port)")
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The gateway's configuration, frozen after start-up."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    docker_host: str = DEFAULT_DOCKER_HOST
+    allow_raw_socket: bool = False
+    image: str | None = None
+    policy_file: Path | None = None
+    tokens_file: Path | None = None
+    audit_log: Path | None = None
+    log_level: str = "INFO"
+    gateway_id: str = "default"
+    max_body_bytes: int = 1024 * 1024
+    docker_workers: int = 16
+    remove_on_shutdown: bool = True
+    tools_path: Path | None = None
+    skills_path: Path | None = None
+    allowed_hosts: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from the environment, then explicit overrides (CLI flags) on top."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {
+            "docker_host": env.get(ENV_DOCKER_HOST) or DEFAULT_DOCKER_HOST,
+            "image": env.get(ENV_EXECUTOR_IMAGE) or None,
+            "log_level": (env.get(ENV_LOG_LEVEL) or "INFO").upper(),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ConfigError for a setting that cannot work or is unsafe without an explicit flag."""
+        check_docker_host(self.docker_host, allow_raw_socket=self.allow_raw_socket)
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL={self.log_level!r}; use one of {', '.join(LOG_LEVELS)}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port {self.port} is out of range")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("the request body cap must be at least 1 KiB")
+        for name, path in (("tools", self.tools_path), ("skills", self.skills_path)):
+            if path is not None and not path.is_dir():
+                raise ConfigError(f"the {name} directory {path} does not exist")

@@ -1,0 +1,143 @@
+"""Pure ASGI middleware in front of the MCP endpoint: body cap, bearer authentication, headers."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from audit import AuditLog, AuditWriteError
+from gateway.tokens import TokenStore
+
+__all__ = ["PRINCIPAL_SCOPE_KEY", "BearerAuthMiddleware", "BodyLimitMiddleware", "SecureHeadersMiddleware"]
+
+#: Where the authenticated Principal is put in the ASGI scope.
+PRINCIPAL_SCOPE_KEY = "sandbox_gateway.principal"
+
+
+async def _json_response(send: Send, status: int, body: dict[str, str],
+                         headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                    *(headers or [])],
+    })
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BodyLimitMiddleware:
+    """413 for a request body above `max_bytes`, whether announced by Content-Length or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _json_response(send, 413, {"error": "request_too_large",
+                                                 "error_description": f"body above {self.max_bytes} bytes"})
+                return
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not response_started:
+                await _json_response(send, 413, {"error": "request_too_large",
+                                                 "error_description": f"body above {self.max_bytes} bytes"})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BearerAuthMiddleware:
+    """401 unless `Authorization: Bearer <token>` maps to a principal; the principal goes in the scope."""
+
+    def __init__(self, app: ASGIApp, tokens: TokenStore, audit: AuditLog, protected_prefix: str = "/mcp") -> None:
+        self.app = app
+        self.tokens = tokens
+        self.audit = audit
+        self.protected_prefix = protected_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.protected_prefix):
+            await self.app(scope, receive, send)
+            return
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        reason, principal = "missing", None
+        if header is not None:
+            scheme, _, token = header.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                reason = "malformed"
+            else:
+                principal = self.tokens.verify(token.strip())
+                reason = "unknown-token" if principal is None else ""
+        if principal is None:
+            client = scope.get("client")
+            try:
+                self.audit.emit("auth.failed", reason=reason, source_ip=client[0] if client else None,
+                                path=scope["path"])
+            except AuditWriteError:
+                pass  # the request is refused either way
+            await _json_response(
+                send, 401,
+                {"error": "invalid_token", "error_description": "a valid bearer token is required"},
+                [(b"www-authenticate", b'Bearer realm="sandbox-gateway", error="invalid_token"')],
+            )
+            return
+        scope[PRINCIPAL_SCOPE_KEY] = principal
+        await self.app(scope, receive, send)
+
+
+class SecureHeadersMiddleware:
+    """Headers every response carries: no sniffing, no framing, no caching, no referrer."""
+
+    _HEADERS = (
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"cache-control", b"no-store"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in self._HEADERS if k not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)

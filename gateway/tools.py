@@ -1,0 +1,82 @@
+"""The MCP tools. Each resolves the caller from the authenticated request, never from arguments."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
+
+from gateway.errors import GatewayError
+from gateway.middleware import PRINCIPAL_SCOPE_KEY
+from gateway.results import ExecResult
+from gateway.service import ExecutionService
+from policy import Principal
+
+__all__ = ["register_tools"]
+
+_log = logging.getLogger("sandbox_gateway.tools")
+
+Timeout = Annotated[
+    float | None,
+    Field(description="Seconds before the command is stopped; at most the profile's maximum (default 30)"),
+]
+
+
+def _principal(ctx: Context[Any, Any]) -> Principal:
+    request = ctx.request_context.request
+    scope = getattr(request, "scope", None) or {}
+    principal = scope.get(PRINCIPAL_SCOPE_KEY)
+    if not isinstance(principal, Principal):
+        raise ToolError("unauthenticated: no principal on this request")
+    return principal
+
+
+async def _run(service: ExecutionService, ctx: Context[Any, Any], tool: str, code: str,
+               timeout_s: float | None) -> ExecResult:
+    principal = _principal(ctx)
+    try:
+        return await service.execute(principal, tool, code, timeout_s)
+    except GatewayError as exc:
+        raise ToolError(f"{exc.code}: {exc.message}") from exc
+    except Exception as exc:
+        # Never leak internals to the client; the log has the traceback.
+        _log.exception("tool %s failed for principal %s", tool, principal.id)
+        raise ToolError("internal-error: the gateway failed to run this call; it has been logged") from exc
+
+
+def register_tools(mcp: MCPServer[Any], service: ExecutionService) -> None:
+    """Add execute_bash and execute_python to `mcp`."""
+
+    @mcp.tool(
+        name="execute_bash",
+        description=(
+            "Run a bash command in your own sandbox (no network, read-only root filesystem; "
+            "/workspace and /tmp are writable and persist between your calls). Returns exit_code, "
+            "stdout, stderr, duration_ms, timed_out and truncated."
+        ),
+        structured_output=True,
+    )
+    async def execute_bash(
+        command: Annotated[str, Field(description="The bash command or script to run")],
+        ctx: Context[Any, Any],
+        timeout_s: Timeout = None,
+    ) -> ExecResult:
+        return await _run(service, ctx, "execute_bash", command, timeout_s)
+
+    @mcp.tool(
+        name="execute_python",
+        description=(
+            "Run Python 3 code in your own sandbox (same sandbox and files as execute_bash; no network). "
+            "Print what you want back. Returns exit_code, stdout, stderr, duration_ms, timed_out and truncated."
+        ),
+        structured_output=True,
+    )
+    async def execute_python(
+        code: Annotated[str, Field(description="Python source code, run as __main__")],
+        ctx: Context[Any, Any],
+        timeout_s: Timeout = None,
+    ) -> ExecResult:
+        return await _run(service, ctx, "execute_python", code, timeout_s)

@@ -1,0 +1,157 @@
+"""Guardrails: what no policy file can switch on, whatever it says.
+
+They run on the raw YAML mapping before the schema, so the message names the rule that was
+broken rather than a generic "unknown key". Each rule has a stable id used in messages and tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from policy.errors import GuardrailViolation
+from policy.model import CAP_ADD_ALLOW_LIST
+
+__all__ = ["GUARDRAIL_IDS", "check_guardrails"]
+
+Finding = tuple[str, str, str]  # (dotted key, rule id, detail)
+_Rule = Callable[[str, Mapping[str, Any]], Iterator[Finding]]
+
+_SOCKET_MARKERS = ("docker.sock", "containerd.sock", "/var/run/docker", "/run/containerd", "crio.sock")
+_HOST_NAMESPACE_KEYS = {
+    "network": "no-host-network",
+    "network_mode": "no-host-network",
+    "pid": "no-host-pid",
+    "pid_mode": "no-host-pid",
+    "ipc": "no-host-ipc",
+    "ipc_mode": "no-host-ipc",
+    "uts": "no-host-uts",
+    "uts_mode": "no-host-uts",
+    "userns": "no-host-userns",
+    "userns_mode": "no-host-userns",
+    "cgroupns": "no-host-cgroupns",
+}
+_MOUNT_KEYS = ("volumes", "binds", "mounts", "volumes_from", "bind")
+
+
+def _privileged(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
+    if "privileged" in section and section["privileged"] is not False:
+        yield f"{prefix}.privileged", "no-privileged", "privileged containers are never allowed"
+
+
+def _host_namespaces(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
+    for key, rule in _HOST_NAMESPACE_KEYS.items():
+        value = section.get(key)
+        if isinstance(value, str) and (value == "host" or value.startswith("container:")):
+            yield f"{prefix}.{key}", rule, f"{value!r} would share a namespace with the host or a container"
+
+
+def _mounts(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
+    for key in _MOUNT_KEYS:
+        if key in section:
+            yield f"{prefix}.{key}", "no-host-mounts", "host paths are never mounted into a sandbox"
+    if "devices" in section:
+        yield f"{prefix}.devices", "no-devices", "device mappings are never allowed"
+
+
+def _sockets(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
+    for key, value in _walk(section, prefix):
+        if isinstance(value, str) and any(marker in value for marker in _SOCKET_MARKERS):
+            yield key, "no-docker-socket", "the engine's socket never reaches a sandbox"
+
+
+def _unconfined(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
+    if str(section.get("seccomp", "")).lower() == "unconfined":
+        yield f"{prefix}.seccomp", "no-unconfined-seccomp", "a sandbox always runs under seccomp"
+    if str(section.get("apparmor", "")).lower() == "unconfined":
+        yield f"{prefix}.apparmor", "no-unconfined-apparmor", "apparmor cannot be switched off"
+    options = section.get("security_opt")
+    if isinstance(options, list):
+        for index, option in enumerate(options):
+            text = str(option).replace(":", "=").lower()
+            if text in ("seccomp=unconfined", "apparmor=unconfined", "label=disable"):
+                rule = "no-unconfined-apparmor" if "apparmor" in text else "no-unconfined-seccomp"
+                yield f"{prefix}.security_opt[{index}]", rule, f"{option!r} removes a confinement layer"
+
+
+def _root_user(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
+    if "user" not in section:
+        return
+    user = str(section["user"]).strip()
+    uid, _, gid = user.partition(":")
+    if uid in ("0", "root", "") or gid in ("0", "root"):
+        yield f"{prefix}.user", "no-root", "sandboxes never run as uid or gid 0"
+
+
+def _capabilities(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
+    caps = section.get("cap_add")
+    if not isinstance(caps, list | tuple):
+        return
+    for index, cap in enumerate(caps):
+        name = str(cap).upper().removeprefix("CAP_")
+        if name not in CAP_ADD_ALLOW_LIST:
+            yield (
+                f"{prefix}.cap_add[{index}]",
+                "cap-add-allow-list",
+                f"{cap!r} is not in the allow-list {sorted(CAP_ADD_ALLOW_LIST)}",
+            )
+    if "cap_drop" in section:
+        yield f"{prefix}.cap_drop", "cap-drop-all", "ALL capabilities are always dropped; only cap_add is set"
+
+
+_RULES: tuple[_Rule, ...] = (
+    _privileged,
+    _host_namespaces,
+    _mounts,
+    _sockets,
+    _unconfined,
+    _root_user,
+    _capabilities,
+)
+
+GUARDRAIL_IDS = frozenset(
+    {
+        "no-privileged",
+        "no-host-mounts",
+        "no-devices",
+        "no-docker-socket",
+        "no-unconfined-seccomp",
+        "no-unconfined-apparmor",
+        "no-root",
+        "cap-add-allow-list",
+        "cap-drop-all",
+        *_HOST_NAMESPACE_KEYS.values(),
+    }
+)
+
+
+def _walk(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _walk(item, f"{prefix}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _walk(item, f"{prefix}[{index}]")
+    else:
+        yield prefix, value
+
+
+def _sections(raw: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    profiles = raw.get("profiles")
+    if not isinstance(profiles, Mapping):
+        return
+    for name, profile in profiles.items():
+        if not isinstance(profile, Mapping):
+            continue
+        yield f"profiles.{name}", profile
+        sandbox = profile.get("sandbox")
+        if isinstance(sandbox, Mapping):
+            yield f"profiles.{name}.sandbox", sandbox
+
+
+def check_guardrails(raw: Mapping[str, Any], source: str) -> None:
+    """Raise GuardrailViolation for the first rule a raw policy mapping breaks."""
+    for prefix, section in _sections(raw):
+        for rule in _RULES:
+            for key, rule_id, detail in rule(prefix, section):
+                raise GuardrailViolation(source, key, f"forbidden by guardrail {rule_id}", detail)

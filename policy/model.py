@@ -1,0 +1,165 @@
+"""The policy schema: profiles, their sandbox spec and exec limits.
+
+Every model forbids unknown keys: a typo must fail the load, never silently weaken a policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from policy.units import parse_size
+
+__all__ = [
+    "CAP_ADD_ALLOW_LIST",
+    "TOOL_NAMES",
+    "ExecLimits",
+    "Policy",
+    "Profile",
+    "SandboxSpec",
+    "TmpfsMount",
+]
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+#: Capabilities a profile may add back after dropping ALL. Everything else is refused at load.
+CAP_ADD_ALLOW_LIST = frozenset(
+    {"CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "NET_BIND_SERVICE", "SETGID", "SETUID"}
+)
+
+#: Every tool the gateway serves; a profile names the ones it may call.
+TOOL_NAMES = frozenset({"execute_bash", "execute_python"})
+
+_ULIMIT_NAMES = frozenset({"nofile", "nproc", "fsize", "core", "cpu", "stack", "memlock", "sigpending"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TmpfsMount(_Strict):
+    """A size-capped tmpfs, always mounted nosuid and nodev."""
+
+    path: str
+    size: Size
+    noexec: bool = False
+    mode: int = 0o1777
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or ".." in value.split("/") or value == "/":
+            raise ValueError("must be an absolute path below / without '..'")
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("a tmpfs needs a positive size cap")
+        return value
+
+
+class SandboxSpec(_Strict):
+    """What a sandbox container is made of. The broker creates exactly this, nothing more."""
+
+    images: tuple[str, ...] = Field(min_length=1)
+    user: str = "1000:1000"
+    read_only_rootfs: bool = True
+    network: Literal["none"] = "none"
+    cpus: float = Field(default=1.0, gt=0, le=64)
+    memory: Size = 512 * 1024**2
+    memory_swap: Size = 512 * 1024**2
+    pids_limit: int = Field(default=128, gt=0, le=32768)
+    tmpfs: tuple[TmpfsMount, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    no_new_privileges: bool = True
+    seccomp: str = "default"
+    runtime: Literal["runc", "runsc"] = "runc"
+    init: bool = True
+    ulimits: dict[str, int] = Field(default_factory=dict)
+    workdir: str = "/workspace"
+
+    @field_validator("user")
+    @classmethod
+    def _numeric_non_root(cls, value: str) -> str:
+        parts = value.split(":")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError("user must be numeric 'uid:gid', e.g. '1000:1000'")
+        return value
+
+    @field_validator("ulimits")
+    @classmethod
+    def _known_ulimits(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - _ULIMIT_NAMES)
+        if unknown:
+            raise ValueError(f"unknown ulimit(s) {unknown}; known: {sorted(_ULIMIT_NAMES)}")
+        if any(v < 0 for v in value.values()):
+            raise ValueError("ulimits cannot be negative")
+        return value
+
+    @model_validator(mode="after")
+    def _swap_covers_memory(self) -> SandboxSpec:
+        if self.memory_swap < self.memory:
+            raise ValueError("memory_swap is memory plus swap, so it cannot be below memory")
+        if self.memory < 6 * 1024**2:
+            raise ValueError("memory below 6 MiB cannot start a container")
+        return self
+
+    @property
+    def uid(self) -> int:
+        return int(self.user.split(":")[0])
+
+    @property
+    def gid(self) -> int:
+        return int(self.user.split(":")[1])
+
+
+class ExecLimits(_Strict):
+    """Bounds on one tool call inside the sandbox."""
+
+    default_timeout_s: float = Field(default=30.0, gt=0)
+    max_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    max_output_bytes: Size = 1024**2
+    max_input_bytes: Size = 256 * 1024
+    max_concurrent: int = Field(default=4, gt=0, le=256)
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> ExecLimits:
+        if self.default_timeout_s > self.max_timeout_s:
+            raise ValueError("default_timeout_s cannot exceed max_timeout_s")
+        if self.max_output_bytes <= 0 or self.max_input_bytes <= 0:
+            raise ValueError("output and input caps must be positive")
+        return self
+
+
+class Profile(_Strict):
+    """One named set of rules a principal is mapped to."""
+
+    description: str = ""
+    tools: tuple[str, ...]
+    sandbox: SandboxSpec
+    exec: ExecLimits = ExecLimits()
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - TOOL_NAMES)
+        if unknown:
+            raise ValueError(f"unknown tool(s) {unknown}; known: {sorted(TOOL_NAMES)}")
+        return value
+
+
+class Policy(_Strict):
+    """A whole policy file: a version and its profiles."""
+
+    version: Literal[1]
+    profiles: dict[str, Profile] = Field(min_length=1)
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of the effective policy; names the policy version in audit events."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

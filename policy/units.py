@@ -1,0 +1,23 @@
+"""Human-friendly sizes in policy files: `64m`, `1g`, `512k` or a plain number of bytes."""
+
+import re
+
+__all__ = ["parse_size"]
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_SIZE = re.compile(r"^\s*(\d+)\s*([bkmg]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(value: object) -> int:
+    """Return `value` in bytes; raise ValueError for anything that is not a size."""
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number of bytes or a string like '64m'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            return int(match.group(1)) * _UNITS[match.group(2).lower()]
+    raise ValueError(f"not a size: {value!r} (use bytes or a string like '64m', '1g')")
