@@ -6,6 +6,7 @@ leaves an audit event.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import Callable
@@ -72,14 +73,15 @@ class Broker:
 
     # -- Docker operations: span + audit + worker thread -------------------------------------
 
-    async def _op(self, op: str, fn: Callable[..., T], *args: Any, **attrs: Any) -> T:
+    def _op_sync(self, op: str, fn: Callable[..., T], *args: Any, **attrs: Any) -> T:
+        """One blocking Docker call inside a span, with its audit event (success or failure)."""
         started = time.monotonic()
         with tracer().start_as_current_span(f"docker.{op}", record_exception=False) as span:
             for key, value in attrs.items():
                 if value is not None:
                     span.set_attribute(f"sandbox_gateway.{key}", value)
             try:
-                result = await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+                result = fn(*args)
             except GatewayError as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, exc.code))
@@ -92,6 +94,11 @@ class Broker:
             self.audit.emit(f"docker.{op}", outcome="ok",
                             duration_ms=round((time.monotonic() - started) * 1000, 2), **attrs)
             return result
+
+    async def _op(self, op: str, fn: Callable[..., T], *args: Any, **attrs: Any) -> T:
+        """_op_sync on the bounded worker pool; the context (span, request id) goes with it."""
+        return await anyio.to_thread.run_sync(functools.partial(self._op_sync, op, fn, *args, **attrs),
+                                              limiter=self._limiter)
 
     # -- sandboxes -----------------------------------------------------------------------------
 
@@ -231,12 +238,16 @@ class Broker:
 
     # -- shutdown ----------------------------------------------------------------------------
 
-    async def cleanup_all(self) -> int:
+    def cleanup_all_sync(self) -> int:
         """Remove every sandbox this gateway manages (known or only labelled). Returns how many."""
-        rows = await self._op("list", self.backend.list,
-                              {_MANAGED: "true", f"{LABEL_PREFIX}.gateway": self.gateway_id})
+        rows = self._op_sync("list", self.backend.list,
+                             {_MANAGED: "true", f"{LABEL_PREFIX}.gateway": self.gateway_id})
         for row in rows:
-            await self._op("remove", self.backend.remove, row.id, container_id=row.id, reason="shutdown")
+            self._op_sync("remove", self.backend.remove, row.id, container_id=row.id, reason="shutdown")
             self.audit.emit("sandbox.remove", container_id=row.id, reason="shutdown")
         self._sandboxes.clear()
         return len(rows)
+
+    async def cleanup_all(self) -> int:
+        """cleanup_all_sync on a worker thread."""
+        return await anyio.to_thread.run_sync(self.cleanup_all_sync, limiter=self._limiter)

@@ -84,6 +84,8 @@ def _root_user(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
 
 
 def _capabilities(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
+    if "cap_drop" in section:
+        yield f"{prefix}.cap_drop", "cap-drop-all", "ALL capabilities are always dropped; only cap_add is set"
     caps = section.get("cap_add")
     if not isinstance(caps, list | tuple):
         return
@@ -95,8 +97,6 @@ def _capabilities(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
                 "cap-add-allow-list",
                 f"{cap!r} is not in the allow-list {sorted(CAP_ADD_ALLOW_LIST)}",
             )
-    if "cap_drop" in section:
-        yield f"{prefix}.cap_drop", "cap-drop-all", "ALL capabilities are always dropped; only cap_add is set"
 
 
 _RULES: tuple[_Rule, ...] = (

@@ -20,8 +20,8 @@ from gateway.setup.state import REPO_ROOT, SetupPaths, apt_install, run, say
 
 __all__ = ["IMAGE_PACKAGES", "ensure_image", "recipe_digest"]
 
-#: Packages on top of debootstrap's minbase: full python3 (python3-minimal lacks json), bash, coreutils.
-IMAGE_PACKAGES = ("python3", "bash", "coreutils", "procps")
+#: On top of debootstrap's minbase: full python3 (python3-minimal lacks json) also as `python`, bash, coreutils.
+IMAGE_PACKAGES = ("python3", "python-is-python3", "bash", "coreutils", "procps")
 _RECIPE_VERSION = "2"
 _LABEL = "sandbox-gateway.recipe"
 _DOCKERFILE = REPO_ROOT / "compose" / "Dockerfile.sandbox"

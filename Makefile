@@ -1,0 +1,39 @@
+# Sandbox Gateway: `make run` to serve, `make test` to run everything against a real engine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup run test unit lint bench clean-sandboxes
+
+$(BIN)/.installed: pyproject.toml
+	@echo "[make] creating $(VENV) and installing sandbox-gateway with its test extras"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+## setup: venv + engine + socket proxy + sandbox image (idempotent)
+setup: $(BIN)/.installed
+	$(BIN)/sandbox-gateway setup
+
+## run: setup, then serve MCP on 127.0.0.1:8000 (prints the URL and a dev token)
+run: setup
+	$(BIN)/sandbox-gateway serve --host 127.0.0.1 --port 8000
+
+## lint: ruff and mypy, as configured in pyproject.toml
+lint: $(BIN)/.installed
+	$(BIN)/ruff check gateway policy audit tests
+	$(BIN)/mypy
+
+## unit: the tests that need no engine
+unit: $(BIN)/.installed
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
+## test: setup, lint, then the whole suite (unit, integration, end-to-end) on two workers
+test: setup lint
+	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+## clean-sandboxes: remove every container this project labelled (through the socket proxy)
+clean-sandboxes:
+	docker -H tcp://127.0.0.1:2375 ps -aq --filter label=sandbox-gateway.managed=true | xargs -r docker -H tcp://127.0.0.1:2375 rm -f

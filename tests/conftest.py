@@ -1,0 +1,81 @@
+"""Shared fixtures: the real engine behind the socket proxy, brokers that clean up after themselves."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from audit import AuditLog, MemorySink
+
+#: The socket proxy started by `make setup` (override to test another deployment).
+PROXY_URL = os.environ.get("SGW_TEST_DOCKER_HOST", "tcp://127.0.0.1:2375")
+IMAGE = os.environ.get("MCP_EXECUTOR_IMAGE", "mcp-code-executor:latest")
+LABEL = "sandbox-gateway"
+
+_EXPORTER = InMemorySpanExporter()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def span_exporter() -> InMemorySpanExporter:
+    """One SDK provider per test process, exporting into memory."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        trace.set_tracer_provider(provider)
+    return _EXPORTER
+
+
+@pytest.fixture(scope="session")
+def backend():  # type: ignore[no-untyped-def]
+    """The Docker backend through the socket proxy; fails loudly (never skips) when it is missing."""
+    from gateway.backend.docker_engine import DockerBackend
+    from gateway.errors import EngineError
+
+    docker_backend = DockerBackend(PROXY_URL)
+    try:
+        docker_backend.ping()
+    except EngineError as exc:
+        pytest.fail(f"no engine behind the socket proxy at {PROXY_URL}: {exc}. Run `make setup` first.")
+    assert docker_backend.image_present(IMAGE), f"sandbox image {IMAGE} missing; run `make setup`"
+    yield docker_backend
+    docker_backend.close()
+
+
+@pytest.fixture
+def audit_sink() -> MemorySink:
+    return MemorySink()
+
+
+@pytest.fixture
+def broker(backend, audit_sink: MemorySink, span_exporter: InMemorySpanExporter) -> Iterator[object]:  # type: ignore[no-untyped-def]
+    """A broker with its own gateway id; after the test no container of it may remain."""
+    from gateway.broker import Broker
+
+    gateway_id = f"test-{uuid.uuid4().hex[:12]}"
+    the_broker = Broker(backend, AuditLog([audit_sink]), gateway_id=gateway_id)
+    yield the_broker
+    the_broker.cleanup_all_sync()
+    left = backend.list({f"{LABEL}.gateway": gateway_id})
+    assert left == [], f"containers leaked: {left}"

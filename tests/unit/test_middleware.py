@@ -1,0 +1,81 @@
+"""The guards in front of /mcp, exercised in-process: 401 without a valid token, 413 above the cap."""
+
+import json
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from audit import AuditLog, MemorySink
+from gateway.middleware import (
+    PRINCIPAL_SCOPE_KEY,
+    BearerAuthMiddleware,
+    BodyLimitMiddleware,
+    SecureHeadersMiddleware,
+)
+from gateway.tokens import TokenStore
+
+
+def make_client(tmp_path) -> tuple[TestClient, str, MemorySink]:
+    tokens = TokenStore(tmp_path / "tokens")
+    token = tokens.create("alice")
+    sink = MemorySink()
+
+    async def echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+        return JSONResponse({"principal": principal.id if principal else None, "size": len(body)})
+
+    app = Starlette(
+        routes=[Route("/mcp", echo, methods=["POST"]), Route("/health", echo, methods=["GET"])],
+        middleware=[Middleware(SecureHeadersMiddleware), Middleware(BodyLimitMiddleware, max_bytes=1024),
+                    Middleware(BearerAuthMiddleware, tokens=tokens, audit=AuditLog([sink]))],
+    )
+    return TestClient(app), token, sink
+
+
+def test_valid_token_puts_the_principal_in_scope(tmp_path) -> None:
+    client, token, _ = make_client(tmp_path)
+    response = client.post("/mcp", headers={"Authorization": f"Bearer {token}"}, content=b"{}")
+    assert response.status_code == 200
+    assert response.json()["principal"] == "alice"
+
+
+def test_missing_malformed_and_wrong_tokens_get_401_and_an_audit_event(tmp_path) -> None:
+    client, token, sink = make_client(tmp_path)
+    cases = [{}, {"Authorization": token}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "},
+             {"Authorization": "Bearer sgw_wrong"}]
+    for headers in cases:
+        response = client.post("/mcp", headers=headers, content=b"{}")
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    reasons = [json.loads(line)["reason"] for line in sink.lines]
+    assert reasons == ["missing", "malformed", "malformed", "malformed", "unknown-token"]
+    assert token not in "".join(sink.lines)
+
+
+def test_unprotected_routes_need_no_token(tmp_path) -> None:
+    client, _, _ = make_client(tmp_path)
+    assert client.get("/health").status_code == 200
+
+
+def test_oversized_body_gets_413_announced_or_streamed(tmp_path) -> None:
+    client, token, _ = make_client(tmp_path)
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.post("/mcp", headers=auth, content=b"x" * 2048).status_code == 413
+
+    def chunks():
+        yield b"x" * 1000
+        yield b"x" * 1000
+
+    assert client.post("/mcp", headers=auth, content=chunks()).status_code == 413
+
+
+def test_secure_headers_are_set(tmp_path) -> None:
+    client, _, _ = make_client(tmp_path)
+    headers = client.get("/health").headers
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["cache-control"] == "no-store"
