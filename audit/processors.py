@@ -47,7 +47,8 @@ class RedactSecrets:
     """Drops the value of any key that names a credential, at any depth."""
 
     def __call__(self, logger: object, method: str, event: EventDict) -> EventDict:
-        return _redact(event)
+        redacted: EventDict = _redact(event)
+        return redacted
 
 
 def _redact(value: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal, cast
 
 import anyio
 import anyio.to_thread
@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from audit import AuditLog
 from gateway import __version__
@@ -39,8 +40,9 @@ def _transport_security(settings: Settings) -> TransportSecuritySettings:
     if settings.host not in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::"):  # noqa: S104 - compared, not bound
         hosts.append(f"{settings.host}:*")
     origins = [f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts]
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
-                                     allowed_origins=origins)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
 
 
 async def readiness(backend: Backend, audit: AuditLog, image: str) -> dict[str, Any]:
@@ -59,19 +61,20 @@ async def readiness(backend: Backend, audit: AuditLog, image: str) -> dict[str, 
     return checks
 
 
-def build_app(settings: Settings, *, service: ExecutionService, tokens: TokenStore, audit: AuditLog,
-              image: str) -> Starlette:
+def build_app(
+    settings: Settings, *, service: ExecutionService, tokens: TokenStore, audit: AuditLog, image: str
+) -> Starlette:
     """Assemble the app. The lifespan runs the MCP session manager and removes sandboxes on shutdown."""
-    mcp: MCPServer[Any] = MCPServer("sandbox-gateway", version=__version__, instructions=_INSTRUCTIONS,
-                                    log_level=settings.log_level)  # type: ignore[arg-type]
+    log_level = cast(Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], settings.log_level)
+    mcp: MCPServer[Any] = MCPServer(
+        "sandbox-gateway", version=__version__, instructions=_INSTRUCTIONS, log_level=log_level
+    )
     register_tools(mcp, service)
     backend = service.broker.backend
 
-    @mcp.custom_route("/health", methods=["GET"])
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
 
-    @mcp.custom_route("/ready", methods=["GET"])
     async def ready(request: Request) -> JSONResponse:
         checks = await readiness(backend, audit, image)
         return JSONResponse(checks, status_code=200 if checks["ready"] else 503)
@@ -86,8 +89,13 @@ def build_app(settings: Settings, *, service: ExecutionService, tokens: TokenSto
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with mcp.session_manager.run():
-            audit.emit("gateway.start", version=__version__, gateway_id=settings.gateway_id,
-                       policy_digest=service.engine.digest, docker_host=settings.docker_host)
+            audit.emit(
+                "gateway.start",
+                version=__version__,
+                gateway_id=settings.gateway_id,
+                policy_digest=service.engine.digest,
+                docker_host=settings.docker_host,
+            )
             try:
                 yield
             finally:
@@ -98,7 +106,11 @@ def build_app(settings: Settings, *, service: ExecutionService, tokens: TokenSto
                 audit.emit("gateway.stop", sandboxes_removed=removed)
 
     return Starlette(
-        routes=list(inner.routes),
+        routes=[
+            *inner.routes,
+            Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
+        ],
         middleware=[
             Middleware(SecureHeadersMiddleware),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),

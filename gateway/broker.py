@@ -85,20 +85,30 @@ class Broker:
             except GatewayError as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, exc.code))
-                self.audit.emit(f"docker.{op}", outcome="error", error=exc.code,
-                                duration_ms=round((time.monotonic() - started) * 1000, 2), **attrs)
+                self.audit.emit(
+                    f"docker.{op}",
+                    outcome="error",
+                    error=exc.code,
+                    duration_ms=round((time.monotonic() - started) * 1000, 2),
+                    **attrs,
+                )
                 raise
             if op == "create" and isinstance(result, str):
                 attrs["container_id"] = result
                 span.set_attribute("sandbox_gateway.container_id", result)
-            self.audit.emit(f"docker.{op}", outcome="ok",
-                            duration_ms=round((time.monotonic() - started) * 1000, 2), **attrs)
+            self.audit.emit(
+                f"docker.{op}",
+                outcome="ok",
+                duration_ms=round((time.monotonic() - started) * 1000, 2),
+                **attrs,
+            )
             return result
 
     async def _op(self, op: str, fn: Callable[..., T], *args: Any, **attrs: Any) -> T:
         """_op_sync on the bounded worker pool; the context (span, request id) goes with it."""
-        return await anyio.to_thread.run_sync(functools.partial(self._op_sync, op, fn, *args, **attrs),
-                                              limiter=self._limiter)
+        return await anyio.to_thread.run_sync(
+            functools.partial(self._op_sync, op, fn, *args, **attrs), limiter=self._limiter
+        )
 
     # -- sandboxes -----------------------------------------------------------------------------
 
@@ -136,8 +146,12 @@ class Broker:
 
     async def _adopt(self, principal: Principal, decision: Decision, key: str) -> Sandbox | None:
         """After a gateway restart: reuse the principal's running sandbox made under the same policy."""
-        labels = {_MANAGED: "true", f"{LABEL_PREFIX}.gateway": self.gateway_id,
-                  f"{LABEL_PREFIX}.principal": principal.id, f"{LABEL_PREFIX}.tenant": principal.tenant}
+        labels = {
+            _MANAGED: "true",
+            f"{LABEL_PREFIX}.gateway": self.gateway_id,
+            f"{LABEL_PREFIX}.principal": principal.id,
+            f"{LABEL_PREFIX}.tenant": principal.tenant,
+        }
         rows = await self._op("list", self.backend.list, labels, principal=principal.id)
         keep = None
         for row in rows:
@@ -145,45 +159,83 @@ class Broker:
             if keep is None and row.running and same and row.name == self._name(key):
                 keep = row
             else:
-                await self._op("remove", self.backend.remove, row.id, container_id=row.id,
-                               principal=principal.id, reason="stale")
+                await self._op(
+                    "remove",
+                    self.backend.remove,
+                    row.id,
+                    container_id=row.id,
+                    principal=principal.id,
+                    reason="stale",
+                )
         if keep is None:
             return None
         now = time.time()
         sandbox = Sandbox(keep.id, keep.name, key, decision.policy_digest, decision.image or "", now, now)
         self._sandboxes[key] = sandbox
-        self.audit.emit("sandbox.adopt", principal=principal.id, tenant=principal.tenant,
-                        container_id=keep.id, policy_digest=decision.policy_digest)
+        self.audit.emit(
+            "sandbox.adopt",
+            principal=principal.id,
+            tenant=principal.tenant,
+            container_id=keep.id,
+            policy_digest=decision.policy_digest,
+        )
         return sandbox
 
     async def _create(self, principal: Principal, decision: Decision, key: str) -> Sandbox:
-        assert decision.spec is not None and decision.image is not None  # noqa: S101 - checked by caller
+        if decision.spec is None or decision.image is None:
+            raise PolicyDenied("no allowed decision for this sandbox", code="not-allowed")
         name = self._name(key)
-        body = create_body(decision.spec, image=decision.image, labels=self._labels(principal, decision),
-                           tools_path=self.tools_path, skills_path=self.skills_path)
+        body = create_body(
+            decision.spec,
+            image=decision.image,
+            labels=self._labels(principal, decision),
+            tools_path=self.tools_path,
+            skills_path=self.skills_path,
+        )
         attrs = {"principal": principal.id, "image": decision.image, "policy_digest": decision.policy_digest}
         container_id = await self._op("create", self.backend.create, name, body, **attrs)
         try:
             await self._op("start", self.backend.start, container_id, container_id=container_id, **attrs)
         except GatewayError:
             # Nothing half-created stays behind.
-            await self._op("remove", self.backend.remove, container_id, container_id=container_id,
-                           reason="start-failed", **attrs)
+            await self._op(
+                "remove",
+                self.backend.remove,
+                container_id,
+                container_id=container_id,
+                reason="start-failed",
+                **attrs,
+            )
             raise
         now = time.time()
         sandbox = Sandbox(container_id, name, key, decision.policy_digest, decision.image, now, now)
         self._sandboxes[key] = sandbox
-        self.audit.emit("sandbox.create", principal=principal.id, tenant=principal.tenant,
-                        container_id=container_id, image=decision.image, profile=decision.profile,
-                        policy_digest=decision.policy_digest)
+        self.audit.emit(
+            "sandbox.create",
+            principal=principal.id,
+            tenant=principal.tenant,
+            container_id=container_id,
+            image=decision.image,
+            profile=decision.profile,
+            policy_digest=decision.policy_digest,
+        )
         return sandbox
 
     async def _remove(self, sandbox: Sandbox, *, reason: str) -> None:
         self._sandboxes.pop(sandbox.principal_key, None)
-        await self._op("remove", self.backend.remove, sandbox.container_id,
-                       container_id=sandbox.container_id, reason=reason)
-        self.audit.emit("sandbox.remove", container_id=sandbox.container_id, reason=reason,
-                        principal_key=sandbox.principal_key)
+        await self._op(
+            "remove",
+            self.backend.remove,
+            sandbox.container_id,
+            container_id=sandbox.container_id,
+            reason=reason,
+        )
+        self.audit.emit(
+            "sandbox.remove",
+            container_id=sandbox.container_id,
+            reason=reason,
+            principal_key=sandbox.principal_key,
+        )
 
     async def reset(self, principal: Principal) -> bool:
         """Remove the principal's sandbox; the next call gets a fresh one."""
@@ -204,19 +256,32 @@ class Broker:
         key = principal_key(principal)
         limit = decision.limits.max_concurrent
         if self._running.get(key, 0) >= limit:
-            raise QuotaExceeded(f"concurrent-exec quota: {limit} calls already running for this principal",
-                                code="concurrent-exec-quota")
+            raise QuotaExceeded(
+                f"concurrent-exec quota: {limit} calls already running for this principal",
+                code="concurrent-exec-quota",
+            )
         self._running[key] = self._running.get(key, 0) + 1
         try:
-            request = ExecRequest(argv=argv, user=decision.spec.user, workdir=decision.spec.workdir,
-                                  env=sandbox_env(decision.spec), timeout_s=decision.timeout_s,
-                                  max_output_bytes=decision.limits.max_output_bytes)
+            request = ExecRequest(
+                argv=argv,
+                user=decision.spec.user,
+                workdir=decision.spec.workdir,
+                env=sandbox_env(decision.spec),
+                timeout_s=decision.timeout_s,
+                max_output_bytes=decision.limits.max_output_bytes,
+            )
             for attempt in (1, 2):
                 sandbox = await self.ensure_sandbox(principal, decision)
                 try:
-                    outcome = await self._op("exec", self.backend.exec, sandbox.container_id, request,
-                                             container_id=sandbox.container_id, principal=principal.id,
-                                             policy_digest=decision.policy_digest)
+                    outcome = await self._op(
+                        "exec",
+                        self.backend.exec,
+                        sandbox.container_id,
+                        request,
+                        container_id=sandbox.container_id,
+                        principal=principal.id,
+                        policy_digest=decision.policy_digest,
+                    )
                 except SandboxError as exc:
                     # The container died or vanished before the command started: replace it once.
                     if exc.code != "sandbox-gone" or attempt == 2:
@@ -240,8 +305,9 @@ class Broker:
 
     def cleanup_all_sync(self) -> int:
         """Remove every sandbox this gateway manages (known or only labelled). Returns how many."""
-        rows = self._op_sync("list", self.backend.list,
-                             {_MANAGED: "true", f"{LABEL_PREFIX}.gateway": self.gateway_id})
+        rows = self._op_sync(
+            "list", self.backend.list, {_MANAGED: "true", f"{LABEL_PREFIX}.gateway": self.gateway_id}
+        )
         for row in rows:
             self._op_sync("remove", self.backend.remove, row.id, container_id=row.id, reason="shutdown")
             self.audit.emit("sandbox.remove", container_id=row.id, reason="shutdown")

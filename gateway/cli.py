@@ -13,10 +13,10 @@ __all__ = ["main"]
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:
+    import os
+
     from gateway.config import DEFAULT_IMAGE, ENV_EXECUTOR_IMAGE
     from gateway.setup import SetupPaths, run_setup
-
-    import os
 
     image = args.image or os.environ.get(ENV_EXECUTOR_IMAGE) or DEFAULT_IMAGE
     paths = SetupPaths.from_env()
@@ -35,8 +35,10 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
     from gateway.tokens import TokenStore
 
     token = TokenStore(args.tokens).create(principal=args.principal, profile=args.profile, tenant=args.tenant)
-    print(f"token for principal {args.principal!r} (profile {args.profile!r}); it is shown only once:",
-          file=sys.stderr)
+    print(
+        f"token for principal {args.principal!r} (profile {args.profile!r}); it is shown only once:",
+        file=sys.stderr,
+    )
     print(token)
     return 0
 
@@ -46,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     setup = sub.add_parser("setup", help="make sure the engine, socket proxy and sandbox image are ready")
-    setup.add_argument("--image", help="sandbox image name (default: $MCP_EXECUTOR_IMAGE or mcp-code-executor:latest)")
+    setup.add_argument(
+        "--image", help="sandbox image name (default: $MCP_EXECUTOR_IMAGE or mcp-code-executor:latest)"
+    )
     setup.set_defaults(func=_cmd_setup)
 
     serve = sub.add_parser("serve", help="serve MCP over streamable HTTP at /mcp")
@@ -55,17 +59,27 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tokens", type=Path, help="tokens file (without it a dev token is made and printed)")
     serve.add_argument("--policy", type=Path, help="policy file (default: the shipped default.yaml)")
     serve.add_argument("--docker-host", help="Docker API URL (default: $DOCKER_HOST or tcp://127.0.0.1:2375)")
-    serve.add_argument("--allow-raw-socket", action="store_true",
-                       help="accept a unix:// engine socket instead of the socket proxy (unsafe)")
+    serve.add_argument(
+        "--allow-raw-socket",
+        action="store_true",
+        help="accept a unix:// engine socket instead of the socket proxy (unsafe)",
+    )
     serve.add_argument("--image", help="sandbox image (default: $MCP_EXECUTOR_IMAGE or the profile's first)")
     serve.add_argument("--audit-log", type=Path, help="also append audit events (JSON lines) to this file")
-    serve.add_argument("--gateway-id", default="default",
-                       help="labels this gateway's sandboxes, so several gateways can share one engine")
+    serve.add_argument(
+        "--gateway-id",
+        default="default",
+        help="labels this gateway's sandboxes, so several gateways can share one engine",
+    )
     serve.add_argument("--keep-sandboxes", action="store_true", help="do not remove sandboxes on shutdown")
     serve.add_argument("--tools-dir", type=Path, help="host directory mounted read-only at /tools")
     serve.add_argument("--skills-dir", type=Path, help="host directory mounted read-only at /skills")
-    serve.add_argument("--allowed-host", action="append", default=[],
-                       help="extra Host header value to accept (DNS-rebinding protection); repeatable")
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        help="extra Host header value to accept (DNS-rebinding protection); repeatable",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     token = sub.add_parser("token", help="manage API tokens")

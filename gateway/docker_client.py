@@ -52,8 +52,10 @@ class DockerExecutionClient:
         if spec_profile is None:
             raise ConfigError(f"the policy has no profile {profile!r}")
         if image_name not in spec_profile.sandbox.images:
-            raise ConfigError(f"image {image_name!r} is not allowed by profile {profile!r}; "
-                              f"add it to the profile's images ({list(spec_profile.sandbox.images)})")
+            raise ConfigError(
+                f"image {image_name!r} is not allowed by profile {profile!r}; "
+                f"add it to the profile's images ({list(spec_profile.sandbox.images)})"
+            )
         tools = Path(tools_path) if tools_path is not None else None
         skills = Path(skills_path) if skills_path is not None else None
         for name, path in (("tools", tools), ("skills", skills)):
@@ -61,26 +63,34 @@ class DockerExecutionClient:
                 raise ConfigError(f"the {name} directory {path} does not exist")
         self.audit = AuditLog(audit_sinks if audit_sinks is not None else [StreamSink()])
         self.backend = DockerBackend(url)
-        self.broker = Broker(self.backend, self.audit, gateway_id=validate_principal_id(gateway_id, "gateway id"),
-                             tools_path=tools, skills_path=skills)
+        self.broker = Broker(
+            self.backend,
+            self.audit,
+            gateway_id=validate_principal_id(gateway_id, "gateway id"),
+            tools_path=tools,
+            skills_path=skills,
+        )
         self.service = ExecutionService(engine, self.broker, self.audit)
 
     def _principal(self, user_id: str) -> Principal:
-        return Principal(id=validate_principal_id(user_id, "user_id"), profile=self.profile,
-                         auth_method="embedded")
+        return Principal(
+            id=validate_principal_id(user_id, "user_id"), profile=self.profile, auth_method="embedded"
+        )
 
     async def run(self, user_id: str, tool: str, code: str, timeout_s: float | None = None) -> ExecResult:
         """The full structured result of one call."""
         return await self.service.execute(self._principal(user_id), tool, code, timeout_s)
 
-    async def execute_bash(self, user_id: str, command: str, timeout_s: float | None = None
-                           ) -> tuple[int, str, str]:
+    async def execute_bash(
+        self, user_id: str, command: str, timeout_s: float | None = None
+    ) -> tuple[int, str, str]:
         """Run a bash command in `user_id`'s sandbox: (exit_code, stdout, stderr); -1 if no status."""
         result = await self.run(user_id, "execute_bash", command, timeout_s)
         return (-1 if result.exit_code is None else result.exit_code), result.stdout, result.stderr
 
-    async def execute_python(self, user_id: str, code: str, timeout_s: float | None = None
-                             ) -> tuple[int, str, str]:
+    async def execute_python(
+        self, user_id: str, code: str, timeout_s: float | None = None
+    ) -> tuple[int, str, str]:
         """Run Python code in `user_id`'s sandbox: (exit_code, stdout, stderr); -1 if no status."""
         result = await self.run(user_id, "execute_python", code, timeout_s)
         return (-1 if result.exit_code is None else result.exit_code), result.stdout, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,15 +16,21 @@ __all__ = ["PRINCIPAL_SCOPE_KEY", "BearerAuthMiddleware", "BodyLimitMiddleware",
 PRINCIPAL_SCOPE_KEY = "sandbox_gateway.principal"
 
 
-async def _json_response(send: Send, status: int, body: dict[str, str],
-                         headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _json_response(
+    send: Send, status: int, body: dict[str, str], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     payload = json.dumps(body).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                    *(headers or [])],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -42,8 +49,11 @@ class BodyLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _json_response(send, 413, {"error": "request_too_large",
-                                                 "error_description": f"body above {self.max_bytes} bytes"})
+                await _json_response(
+                    send,
+                    413,
+                    {"error": "request_too_large", "error_description": f"body above {self.max_bytes} bytes"},
+                )
                 return
         received = 0
         response_started = False
@@ -67,8 +77,11 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not response_started:
-                await _json_response(send, 413, {"error": "request_too_large",
-                                                 "error_description": f"body above {self.max_bytes} bytes"})
+                await _json_response(
+                    send,
+                    413,
+                    {"error": "request_too_large", "error_description": f"body above {self.max_bytes} bytes"},
+                )
 
 
 class _TooLarge(Exception):
@@ -78,7 +91,9 @@ class _TooLarge(Exception):
 class BearerAuthMiddleware:
     """401 unless `Authorization: Bearer <token>` maps to a principal; the principal goes in the scope."""
 
-    def __init__(self, app: ASGIApp, tokens: TokenStore, audit: AuditLog, protected_prefix: str = "/mcp") -> None:
+    def __init__(
+        self, app: ASGIApp, tokens: TokenStore, audit: AuditLog, protected_prefix: str = "/mcp"
+    ) -> None:
         self.app = app
         self.tokens = tokens
         self.audit = audit
@@ -99,13 +114,13 @@ class BearerAuthMiddleware:
                 reason = "unknown-token" if principal is None else ""
         if principal is None:
             client = scope.get("client")
-            try:
-                self.audit.emit("auth.failed", reason=reason, source_ip=client[0] if client else None,
-                                path=scope["path"])
-            except AuditWriteError:
-                pass  # the request is refused either way
+            with contextlib.suppress(AuditWriteError):  # the request is refused either way
+                self.audit.emit(
+                    "auth.failed", reason=reason, source_ip=client[0] if client else None, path=scope["path"]
+                )
             await _json_response(
-                send, 401,
+                send,
+                401,
                 {"error": "invalid_token", "error_description": "a valid bearer token is required"},
                 [(b"www-authenticate", b'Bearer realm="sandbox-gateway", error="invalid_token"')],
             )

@@ -11,6 +11,7 @@ import uvicorn
 
 from audit import AuditLog, FileSink, StreamSink
 from audit.sinks import AuditSink
+from gateway.app import build_app
 from gateway.backend.docker_engine import DockerBackend
 from gateway.broker import Broker
 from gateway.config import Settings
@@ -26,22 +27,36 @@ __all__ = ["serve"]
 
 def serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env(
-        host=args.host, port=args.port, docker_host=args.docker_host, allow_raw_socket=args.allow_raw_socket,
-        image=args.image, policy_file=args.policy, tokens_file=args.tokens, audit_log=args.audit_log,
-        gateway_id=args.gateway_id, remove_on_shutdown=not args.keep_sandboxes, tools_path=args.tools_dir,
-        skills_path=args.skills_dir, allowed_hosts=tuple(args.allowed_host),
+        host=args.host,
+        port=args.port,
+        docker_host=args.docker_host,
+        allow_raw_socket=args.allow_raw_socket,
+        image=args.image,
+        policy_file=args.policy,
+        tokens_file=args.tokens,
+        audit_log=args.audit_log,
+        gateway_id=args.gateway_id,
+        remove_on_shutdown=not args.keep_sandboxes,
+        tools_path=args.tools_dir,
+        skills_path=args.skills_dir,
+        allowed_hosts=tuple(args.allowed_host),
     )
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         policy = load_policy(settings.policy_file)
     except PolicyError as exc:
         raise ConfigError(f"policy: {exc}") from exc
     engine = PolicyEngine(policy)
     default = policy.profiles.get("default")
-    image = settings.image or (default.sandbox.images[0] if default else next(iter(policy.profiles.values())).sandbox.images[0])
+    image = settings.image or (
+        default.sandbox.images[0] if default else next(iter(policy.profiles.values())).sandbox.images[0]
+    )
     if default is not None and image not in default.sandbox.images:
-        raise ConfigError(f"image {image!r} is not in the default profile's images {list(default.sandbox.images)}")
+        raise ConfigError(
+            f"image {image!r} is not in the default profile's images {list(default.sandbox.images)}"
+        )
 
     sinks: list[AuditSink] = [StreamSink()]
     if settings.audit_log is not None:
@@ -53,25 +68,45 @@ def serve(args: argparse.Namespace) -> int:
     dev_token = None
     if settings.tokens_file is None:
         dev_token = "sgw_" + secrets.token_urlsafe(32)
-        tokens.add(dev_token, Principal(id="dev", tenant="default", profile="default", auth_method="dev-token"))
+        tokens.add(
+            dev_token, Principal(id="dev", tenant="default", profile="default", auth_method="dev-token")
+        )
     elif len(tokens) == 0:
-        raise ConfigError(f"{settings.tokens_file} holds no tokens; create one with `sandbox-gateway token create`")
+        raise ConfigError(
+            f"{settings.tokens_file} holds no tokens; create one with `sandbox-gateway token create`"
+        )
 
     backend = DockerBackend(settings.docker_host, pool_size=settings.docker_workers * 2)
-    broker = Broker(backend, audit, gateway_id=settings.gateway_id, tools_path=settings.tools_path,
-                    skills_path=settings.skills_path, workers=settings.docker_workers)
+    broker = Broker(
+        backend,
+        audit,
+        gateway_id=settings.gateway_id,
+        tools_path=settings.tools_path,
+        skills_path=settings.skills_path,
+        workers=settings.docker_workers,
+    )
     service = ExecutionService(engine, broker, audit)
-
-    from gateway.app import build_app
 
     app = build_app(settings, service=service, tokens=tokens, audit=audit, image=image)
     url = f"http://{settings.host}:{settings.port}/mcp"
-    print(f"Sandbox Gateway: MCP endpoint {url} (policy {engine.digest[:12]}, engine via {settings.docker_host})",
-          file=sys.stderr, flush=True)
+    print(
+        f"Sandbox Gateway: MCP endpoint {url} "
+        f"(policy {engine.digest[:12]}, engine via {settings.docker_host})",
+        file=sys.stderr,
+        flush=True,
+    )
     if dev_token is not None:
         print(f"dev token (principal 'dev'): {dev_token}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                server_header=False, timeout_keep_alive=15, timeout_graceful_shutdown=40,
-                h11_max_incomplete_event_size=64 * 1024, lifespan="on")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        server_header=False,
+        timeout_keep_alive=15,
+        timeout_graceful_shutdown=40,
+        h11_max_incomplete_event_size=64 * 1024,
+        lifespan="on",
+    )
     backend.close()
     return 0

@@ -42,18 +42,23 @@ class ExecutionService:
         self.broker = broker
         self.audit = audit
 
-    async def execute(self, principal: Principal, tool: str, code: object,
-                      timeout_s: float | None = None) -> ExecResult:
+    async def execute(
+        self, principal: Principal, tool: str, code: object, timeout_s: float | None = None
+    ) -> ExecResult:
         """Run `code` with `tool` for `principal`; raises GatewayError subclasses with a stable code."""
         request_id = uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(
-            request_id=request_id, principal=principal.id, tenant=principal.tenant,
-            auth_method=principal.auth_method, tool=tool,
+            request_id=request_id,
+            principal=principal.id,
+            tenant=principal.tenant,
+            auth_method=principal.auth_method,
+            tool=tool,
         ):
             return await self._execute(principal, tool, code, timeout_s)
 
-    async def _execute(self, principal: Principal, tool: str, code: object,
-                       timeout_s: float | None) -> ExecResult:
+    async def _execute(
+        self, principal: Principal, tool: str, code: object, timeout_s: float | None
+    ) -> ExecResult:
         builder = _ARGV_BUILDERS.get(tool)
         if builder is None:
             raise InvalidArgument(f"unknown tool {tool!r}")
@@ -61,22 +66,33 @@ class ExecutionService:
         size = len(text.encode())
         decision = self.engine.evaluate(principal, Action(tool=tool, input_bytes=size, timeout_s=timeout_s))
         # Fail-closed: if this event cannot be written, AuditWriteError stops the call here.
-        self.audit.emit("policy.decision", decision="allow" if decision.allowed else "deny",
-                        reasons=list(decision.reasons), rule_ids=list(decision.rule_ids),
-                        profile=decision.profile, policy_digest=decision.policy_digest,
-                        input_bytes=size, timeout_s=decision.timeout_s or timeout_s)
+        self.audit.emit(
+            "policy.decision",
+            decision="allow" if decision.allowed else "deny",
+            reasons=list(decision.reasons),
+            rule_ids=list(decision.rule_ids),
+            profile=decision.profile,
+            policy_digest=decision.policy_digest,
+            input_bytes=size,
+            timeout_s=decision.timeout_s or timeout_s,
+        )
         if not decision.allowed:
             raise PolicyDenied(decision.message, code=decision.reasons[0])
         if size > MAX_ARGV_BYTES:
-            raise InvalidArgument(f"input of {size} bytes is above the gateway's hard cap of {MAX_ARGV_BYTES}")
+            raise InvalidArgument(
+                f"input of {size} bytes is above the gateway's hard cap of {MAX_ARGV_BYTES}"
+            )
         assert decision.timeout_s is not None  # noqa: S101 - an allowed decision always carries it
         argv = builder(text, decision.timeout_s)
-        self.audit.emit("exec.start", policy_digest=decision.policy_digest, timeout_s=decision.timeout_s,
-                        input_bytes=size)
+        self.audit.emit(
+            "exec.start", policy_digest=decision.policy_digest, timeout_s=decision.timeout_s, input_bytes=size
+        )
         try:
             outcome = await self.broker.execute(principal, decision, argv)
         except GatewayError as exc:
-            self.audit.emit("exec.finish", outcome="error", error=exc.code, policy_digest=decision.policy_digest)
+            self.audit.emit(
+                "exec.finish", outcome="error", error=exc.code, policy_digest=decision.policy_digest
+            )
             raise
         timed_out = outcome.deadline_hit or (
             outcome.exit_code in _TIMEOUT_EXITS
@@ -91,11 +107,19 @@ class ExecutionService:
             timed_out=timed_out,
             truncated=outcome.truncated,
         )
-        self.audit.emit("exec.finish", outcome="ok", exit_code=result.exit_code, timed_out=timed_out,
-                        truncated=result.truncated, duration_ms=result.duration_ms,
-                        stdout_bytes=outcome.stdout_bytes, stderr_bytes=outcome.stderr_bytes,
-                        sandbox_lost=outcome.sandbox_lost, policy_digest=decision.policy_digest,
-                        max_output_bytes=decision.limits.max_output_bytes if decision.limits else None)
+        self.audit.emit(
+            "exec.finish",
+            outcome="ok",
+            exit_code=result.exit_code,
+            timed_out=timed_out,
+            truncated=result.truncated,
+            duration_ms=result.duration_ms,
+            stdout_bytes=outcome.stdout_bytes,
+            stderr_bytes=outcome.stderr_bytes,
+            sandbox_lost=outcome.sandbox_lost,
+            policy_digest=decision.policy_digest,
+            max_output_bytes=decision.limits.max_output_bytes if decision.limits else None,
+        )
         return result
 
 

@@ -23,7 +23,9 @@ _PREFIX = "sgw_"
 
 def validate_principal_id(value: str, what: str = "principal") -> str:
     if not isinstance(value, str) or not PRINCIPAL_ID.match(value):
-        raise ConfigError(f"invalid {what} {value!r}: use 1-128 of A-Z a-z 0-9 . _ @ - (starting alphanumeric)")
+        raise ConfigError(
+            f"invalid {what} {value!r}: use 1-128 of A-Z a-z 0-9 . _ @ - (starting alphanumeric)"
+        )
     return value
 
 

@@ -34,8 +34,9 @@ def _principal(ctx: Context[Any, Any]) -> Principal:
     return principal
 
 
-async def _run(service: ExecutionService, ctx: Context[Any, Any], tool: str, code: str,
-               timeout_s: float | None) -> ExecResult:
+async def _run(
+    service: ExecutionService, ctx: Context[Any, Any], tool: str, code: str, timeout_s: float | None
+) -> ExecResult:
     principal = _principal(ctx)
     try:
         return await service.execute(principal, tool, code, timeout_s)
@@ -70,7 +71,8 @@ def register_tools(mcp: MCPServer[Any], service: ExecutionService) -> None:
         name="execute_python",
         description=(
             "Run Python 3 code in your own sandbox (same sandbox and files as execute_bash; no network). "
-            "Print what you want back. Returns exit_code, stdout, stderr, duration_ms, timed_out and truncated."
+            "Print what you want back. "
+            "Returns exit_code, stdout, stderr, duration_ms, timed_out and truncated."
         ),
         structured_output=True,
     )

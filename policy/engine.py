@@ -3,11 +3,61 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-from policy.model import Policy
+from policy.model import Policy, Profile
 from policy.types import Action, Decision, Principal
 
 __all__ = ["PolicyEngine", "evaluate"]
+
+#: A check returns None to pass, or (reason code, rule id suffix, message) to deny.
+Denial = tuple[str, str, str]
+_Check = Callable[[str, Profile, Action], Denial | None]
+
+
+def _tool(name: str, profile: Profile, action: Action) -> Denial | None:
+    if action.tool in profile.tools:
+        return None
+    return "tool-not-allowed", "tools", f"tool {action.tool!r} is not allowed for profile {name!r}"
+
+
+def _input_size(name: str, profile: Profile, action: Action) -> Denial | None:
+    limit = profile.exec.max_input_bytes
+    if action.input_bytes <= limit:
+        return None
+    return (
+        "input-too-large",
+        "exec.max_input_bytes",
+        f"input is {action.input_bytes} bytes; the limit is {limit}",
+    )
+
+
+def _timeout(name: str, profile: Profile, action: Action) -> Denial | None:
+    if action.timeout_s is None:
+        return None
+    limit = profile.exec.max_timeout_s
+    if not math.isfinite(action.timeout_s) or action.timeout_s <= 0:
+        return "timeout-invalid", "exec.max_timeout_s", "timeout_s must be a positive number of seconds"
+    if action.timeout_s > limit:
+        return (
+            "timeout-above-max",
+            "exec.max_timeout_s",
+            f"timeout_s={action.timeout_s:g} exceeds the profile's maximum of {limit:g} s",
+        )
+    return None
+
+
+def _image(name: str, profile: Profile, action: Action) -> Denial | None:
+    if action.image is None or action.image in profile.sandbox.images:
+        return None
+    return (
+        "image-not-allowed",
+        "sandbox.images",
+        f"image {action.image!r} is not in the profile's allow-list {list(profile.sandbox.images)}",
+    )
+
+
+_CHECKS: tuple[_Check, ...] = (_tool, _input_size, _timeout, _image)
 
 
 class PolicyEngine:
@@ -19,73 +69,38 @@ class PolicyEngine:
 
     def evaluate(self, principal: Principal, action: Action) -> Decision:
         """Decide one tool call. Denials carry a stable reason code and the rule that decided."""
-        profile = self.policy.profiles.get(principal.profile)
+        name = principal.profile
+        profile = self.policy.profiles.get(name)
         if profile is None:
-            return self._deny(
-                principal.profile,
-                "unknown-profile",
-                "profiles",
-                f"principal {principal.id!r} is mapped to profile {principal.profile!r}, "
-                "which the policy does not define",
+            message = (
+                f"principal {principal.id!r} is mapped to profile {name!r}, which the policy does not define"
             )
-        base = f"profiles.{principal.profile}"
-        if action.tool not in profile.tools:
-            return self._deny(
-                principal.profile,
-                "tool-not-allowed",
-                f"{base}.tools",
-                f"tool {action.tool!r} is not allowed for profile {principal.profile!r}",
-            )
-        limits = profile.exec
-        if action.input_bytes > limits.max_input_bytes:
-            return self._deny(
-                principal.profile,
-                "input-too-large",
-                f"{base}.exec.max_input_bytes",
-                f"input is {action.input_bytes} bytes; the limit is {limits.max_input_bytes}",
-            )
-        timeout = limits.default_timeout_s if action.timeout_s is None else action.timeout_s
-        if not math.isfinite(timeout) or timeout <= 0:
-            return self._deny(
-                principal.profile,
-                "timeout-invalid",
-                f"{base}.exec.max_timeout_s",
-                "timeout_s must be a positive number of seconds",
-            )
-        if timeout > limits.max_timeout_s:
-            return self._deny(
-                principal.profile,
-                "timeout-above-max",
-                f"{base}.exec.max_timeout_s",
-                f"timeout_s={timeout:g} exceeds the profile's maximum of {limits.max_timeout_s:g} s",
-            )
-        image = action.image or profile.sandbox.images[0]
-        if image not in profile.sandbox.images:
-            return self._deny(
-                principal.profile,
-                "image-not-allowed",
-                f"{base}.sandbox.images",
-                f"image {image!r} is not in the profile's allow-list {list(profile.sandbox.images)}",
-            )
+            return self._deny(name, ("unknown-profile", "profiles", message), base="")
+        for check in _CHECKS:
+            denial = check(name, profile, action)
+            if denial is not None:
+                return self._deny(name, denial, base=f"profiles.{name}.")
+        base = f"profiles.{name}"
         return Decision(
             allowed=True,
-            profile=principal.profile,
+            profile=name,
             policy_digest=self.digest,
             reasons=("allowed",),
             rule_ids=(f"{base}.tools", f"{base}.exec", f"{base}.sandbox.images"),
             spec=profile.sandbox,
-            limits=limits,
-            image=image,
-            timeout_s=timeout,
+            limits=profile.exec,
+            image=action.image or profile.sandbox.images[0],
+            timeout_s=profile.exec.default_timeout_s if action.timeout_s is None else action.timeout_s,
         )
 
-    def _deny(self, profile: str, reason: str, rule_id: str, message: str) -> Decision:
+    def _deny(self, profile: str, denial: Denial, *, base: str) -> Decision:
+        reason, rule, message = denial
         return Decision(
             allowed=False,
             profile=profile,
             policy_digest=self.digest,
             reasons=(reason,),
-            rule_ids=(rule_id,),
+            rule_ids=(f"{base}{rule}",),
             message=message,
         )
 

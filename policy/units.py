@@ -11,7 +11,7 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([bkmg]?)i?b?\s*$", re.IGNORECASE)
 def parse_size(value: object) -> int:
     """Return `value` in bytes; raise ValueError for anything that is not a size."""
     if isinstance(value, bool):
-        raise ValueError("a size must be a number of bytes or a string like '64m'")
+        raise ValueError("a size must be a number of bytes or a string like '64m'")  # noqa: TRY004 - pydantic needs ValueError
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a size cannot be negative")

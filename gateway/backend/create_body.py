@@ -17,8 +17,14 @@ _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def sandbox_env(spec: SandboxSpec) -> list[str]:
     """The whole environment of sandbox processes: fixed, with no secret from the gateway."""
-    return [f"PATH={_PATH}", f"HOME={spec.workdir}", "LANG=C.UTF-8", "PYTHONUNBUFFERED=1",
-            "PYTHONDONTWRITEBYTECODE=1", "PYTHONPATH=/skills"]
+    return [
+        f"PATH={_PATH}",
+        f"HOME={spec.workdir}",
+        "LANG=C.UTF-8",
+        "PYTHONUNBUFFERED=1",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "PYTHONPATH=/skills",
+    ]
 
 
 def _seccomp_option(name: str) -> list[str]:
@@ -55,8 +61,11 @@ def create_body(
     """The Docker Engine API body for POST /containers/create."""
     if image not in spec.images:
         raise ConfigError(f"image {image!r} is not allowed by the profile")
-    binds = [f"{path.resolve()}:{target}:ro"
-             for path, target in ((tools_path, "/tools"), (skills_path, "/skills")) if path is not None]
+    binds = [
+        f"{path.resolve()}:{target}:ro"
+        for path, target in ((tools_path, "/tools"), (skills_path, "/skills"))
+        if path is not None
+    ]
     host_config: dict[str, object] = {
         "NetworkMode": "none",
         "ReadonlyRootfs": spec.read_only_rootfs,
@@ -70,7 +79,9 @@ def create_body(
         "MemorySwap": spec.memory_swap,
         "NanoCpus": int(spec.cpus * 1e9),
         "Tmpfs": _tmpfs(spec),
-        "Ulimits": [{"Name": name, "Soft": value, "Hard": value} for name, value in sorted(spec.ulimits.items())],
+        "Ulimits": [
+            {"Name": name, "Soft": value, "Hard": value} for name, value in sorted(spec.ulimits.items())
+        ],
         "Init": spec.init,
         "Runtime": spec.runtime,
         "Binds": binds,

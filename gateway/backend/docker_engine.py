@@ -44,11 +44,13 @@ def _engine_error(exc: Exception, base_url: str, what: str) -> EngineError:
 class DockerBackend:
     """Backend over one engine, reached at `base_url` (normally the socket proxy)."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0, pool_size: int = 32,
-                 tls: Any = None) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 30.0, pool_size: int = 32, tls: Any = None
+    ) -> None:
         self.base_url = base_url
-        self._api = docker.APIClient(base_url=base_url, version=_API_VERSION, timeout=timeout_s,
-                                     max_pool_size=pool_size, tls=tls)
+        self._api = docker.APIClient(
+            base_url=base_url, version=_API_VERSION, timeout=timeout_s, max_pool_size=pool_size, tls=tls
+        )
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -83,8 +85,11 @@ class DockerBackend:
         data = self._call("inspect a sandbox", self._api.inspect_container, container_id)
         state = data.get("State") or {}
         return ContainerInfo(
-            id=data["Id"], name=data.get("Name", "").lstrip("/"), running=bool(state.get("Running")),
-            labels=(data.get("Config") or {}).get("Labels") or {}, oom_killed=bool(state.get("OOMKilled")),
+            id=data["Id"],
+            name=data.get("Name", "").lstrip("/"),
+            running=bool(state.get("Running")),
+            labels=(data.get("Config") or {}).get("Labels") or {},
+            oom_killed=bool(state.get("OOMKilled")),
         )
 
     def inspect_raw(self, container_id: str) -> dict[str, Any]:
@@ -101,16 +106,30 @@ class DockerBackend:
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
         rows = self._call("list sandboxes", self._api.containers, all=True, filters=filters)
         return [
-            ContainerInfo(id=row["Id"], name=(row.get("Names") or ["/"])[0].lstrip("/"),
-                          running=row.get("State") == "running", labels=row.get("Labels") or {})
+            ContainerInfo(
+                id=row["Id"],
+                name=(row.get("Names") or ["/"])[0].lstrip("/"),
+                running=row.get("State") == "running",
+                labels=row.get("Labels") or {},
+            )
             for row in rows
         ]
 
     def exec(self, container_id: str, request: ExecRequest) -> ExecOutcome:
         started = time.monotonic()
-        created = self._call("start a command", self._api.exec_create, container_id, request.argv,
-                             stdout=True, stderr=True, stdin=False, tty=False, user=request.user,
-                             workdir=request.workdir, environment=request.env)
+        created = self._call(
+            "start a command",
+            self._api.exec_create,
+            container_id,
+            request.argv,
+            stdout=True,
+            stderr=True,
+            stdin=False,
+            tty=False,
+            user=request.user,
+            workdir=request.workdir,
+            environment=request.env,
+        )
         exec_id = created["Id"]
         raw = self._call("start a command", self._api.exec_start, exec_id, socket=True)
         sock: socket.socket = raw._sock
@@ -129,9 +148,15 @@ class DockerBackend:
             info, lost = {}, True
         exit_code = None if info.get("Running") else info.get("ExitCode")
         return ExecOutcome(
-            exit_code=exit_code, stdout=out.getvalue(), stderr=err.getvalue(),
-            stdout_bytes=out.total, stderr_bytes=err.total, truncated=out.truncated or err.truncated,
-            deadline_hit=deadline_hit, duration_ms=(time.monotonic() - started) * 1000, sandbox_lost=lost,
+            exit_code=exit_code,
+            stdout=out.getvalue(),
+            stderr=err.getvalue(),
+            stdout_bytes=out.total,
+            stderr_bytes=err.total,
+            truncated=out.truncated or err.truncated,
+            deadline_hit=deadline_hit,
+            duration_ms=(time.monotonic() - started) * 1000,
+            sandbox_lost=lost,
         )
 
     def close(self) -> None:

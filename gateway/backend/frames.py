@@ -37,7 +37,7 @@ class FrameDecoder:
             if self._remaining:
                 piece = view[: self._remaining]
                 self._remaining -= len(piece)
-                view = view[len(piece):]
+                view = view[len(piece) :]
                 yield self._stream, bytes(piece)
                 continue
             need = _HEADER - len(self._header)

@@ -28,8 +28,11 @@ _STALE_SOCKETS = (
 
 def daemon_config(runsc: str | None) -> dict[str, object]:
     """The daemon.json of an engine we start: gVisor registered when installed, nothing else loosened."""
-    config: dict[str, object] = {"storage-driver": "overlay2", "log-driver": "json-file",
-                                 "log-opts": {"max-size": "10m", "max-file": "2"}}
+    config: dict[str, object] = {
+        "storage-driver": "overlay2",
+        "log-driver": "json-file",
+        "log-opts": {"max-size": "10m", "max-file": "2"},
+    }
     if runsc:
         config["runtimes"] = {"runsc": {"path": runsc, "runtimeArgs": ["--network=none"]}}
     return config
@@ -64,11 +67,21 @@ def _start_dockerd(paths: SetupPaths) -> None:
     log = paths.state_dir / "log" / "dockerd.log"
     say(f"starting dockerd in the background (log: {log})")
     with log.open("ab") as out:
-        subprocess.Popen(  # noqa: S603 - fixed argv
-            ["dockerd", "--config-file", str(config), "--host", f"unix://{paths.docker_socket}",
-             "--pidfile", "/var/run/docker.pid"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        subprocess.Popen(
+            [
+                "dockerd",
+                "--config-file",
+                str(config),
+                "--host",
+                f"unix://{paths.docker_socket}",
+                "--pidfile",
+                "/var/run/docker.pid",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
         )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

@@ -20,7 +20,7 @@ from gateway.setup.state import REPO_ROOT, SetupPaths, apt_install, run, say
 
 __all__ = ["IMAGE_PACKAGES", "ensure_image", "recipe_digest"]
 
-#: On top of debootstrap's minbase: full python3 (python3-minimal lacks json) also as `python`, bash, coreutils.
+#: On top of debootstrap's minbase: full python3 (python3-minimal lacks json), also as `python`.
 IMAGE_PACKAGES = ("python3", "python-is-python3", "bash", "coreutils", "procps")
 _RECIPE_VERSION = "2"
 _LABEL = "sandbox-gateway.recipe"
@@ -40,15 +40,28 @@ def recipe_digest() -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def _docker(paths: SetupPaths, *args: str, timeout: float = 600, check: bool = True,
-            input_bytes: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return run(["docker", "-H", f"unix://{paths.docker_socket}", *args], timeout=timeout, check=check,
-               input_bytes=input_bytes)
+def _docker(
+    paths: SetupPaths, *args: str, timeout: float = 600, check: bool = True, input_bytes: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return run(
+        ["docker", "-H", f"unix://{paths.docker_socket}", *args],
+        timeout=timeout,
+        check=check,
+        input_bytes=input_bytes,
+    )
 
 
 def _image_recipe(paths: SetupPaths, image: str) -> str | None:
-    proc = _docker(paths, "image", "inspect", "--format", f'{{{{index .Config.Labels "{_LABEL}"}}}}', image,
-                   check=False, timeout=30)
+    proc = _docker(
+        paths,
+        "image",
+        "inspect",
+        "--format",
+        f'{{{{index .Config.Labels "{_LABEL}"}}}}',
+        image,
+        check=False,
+        timeout=30,
+    )
     return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
 
@@ -69,7 +82,8 @@ def _debian_mirror() -> tuple[str, str]:
         except OSError:
             continue
         match = re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.MULTILINE) or re.search(
-            r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)\s+(\w+)\s", text, re.MULTILINE)
+            r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)\s+(\w+)\s", text, re.MULTILINE
+        )
         if match:
             mirror = match.group(1)
             break
@@ -86,8 +100,23 @@ def _debian_mirror() -> tuple[str, str]:
 def _customise(root: Path) -> None:
     """The same steps as Dockerfile.sandbox, applied to a debootstrap tree."""
     run(["chroot", str(root), "groupadd", "--gid", "1000", "sandbox"])
-    run(["chroot", str(root), "useradd", "--uid", "1000", "--gid", "1000", "--home-dir", "/workspace",
-         "--no-create-home", "--shell", "/bin/bash", "sandbox"])
+    run(
+        [
+            "chroot",
+            str(root),
+            "useradd",
+            "--uid",
+            "1000",
+            "--gid",
+            "1000",
+            "--home-dir",
+            "/workspace",
+            "--no-create-home",
+            "--shell",
+            "/bin/bash",
+            "sandbox",
+        ]
+    )
     for sub in ("workspace", "tools", "skills"):
         (root / sub).mkdir(exist_ok=True)
     os.chown(root / "workspace", 1000, 1000)
@@ -109,8 +138,17 @@ def _rootfs_tarball(paths: SetupPaths, digest: str) -> Path:
     build = Path(tempfile.mkdtemp(prefix="rootfs-", dir=paths.state_dir / "cache"))
     try:
         say(f"debootstrap {suite} from {mirror} with {', '.join(IMAGE_PACKAGES)} (about a minute)")
-        run(["debootstrap", "--variant=minbase", f"--include={','.join(IMAGE_PACKAGES)}", suite,
-             str(build), mirror], timeout=1200)
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(IMAGE_PACKAGES)}",
+                suite,
+                str(build),
+                mirror,
+            ],
+            timeout=1200,
+        )
         _customise(build)
         partial = cache.with_suffix(".partial")
         run(["tar", "-C", str(build), "--numeric-owner", "-cf", str(partial), "."], timeout=600)
@@ -121,7 +159,12 @@ def _rootfs_tarball(paths: SetupPaths, digest: str) -> Path:
 
 
 def _import(paths: SetupPaths, image: str, tarball: Path, digest: str) -> None:
-    changes = [f"LABEL {_LABEL}={digest}", "USER 1000:1000", "WORKDIR /workspace", 'CMD ["sleep", "infinity"]']
+    changes = [
+        f"LABEL {_LABEL}={digest}",
+        "USER 1000:1000",
+        "WORKDIR /workspace",
+        'CMD ["sleep", "infinity"]',
+    ]
     changes += [f"ENV {item}" for item in _ENV]
     argv = ["import"]
     for change in changes:
@@ -139,8 +182,19 @@ def ensure_image(paths: SetupPaths, image: str) -> None:
         return
     say(f"building sandbox image {image} (recipe {digest}; found {found or 'none'})")
     if _registry_answers():
-        proc = _docker(paths, "build", "-f", str(_DOCKERFILE), "--label", f"{_LABEL}={digest}", "-t", image,
-                       str(_DOCKERFILE.parent), timeout=1800, check=False)
+        proc = _docker(
+            paths,
+            "build",
+            "-f",
+            str(_DOCKERFILE),
+            "--label",
+            f"{_LABEL}={digest}",
+            "-t",
+            image,
+            str(_DOCKERFILE.parent),
+            timeout=1800,
+            check=False,
+        )
         if proc.returncode == 0:
             say(f"built {image} with docker build")
             return

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import time
 
@@ -22,8 +22,9 @@ def proxy_is_filtering(bind: str) -> bool:
 
 
 def _config_digest(paths: SetupPaths) -> str:
-    return hashlib.sha256(paths.haproxy_cfg.read_bytes() + paths.proxy_bind.encode()
-                          + str(paths.docker_socket).encode()).hexdigest()
+    return hashlib.sha256(
+        paths.haproxy_cfg.read_bytes() + paths.proxy_bind.encode() + str(paths.docker_socket).encode()
+    ).hexdigest()
 
 
 def _stop(pid: int) -> None:
@@ -45,7 +46,12 @@ def ensure_proxy(paths: SetupPaths) -> None:
     digest_file = paths.state_dir / "run" / "haproxy.cfg.sha256"
     digest = _config_digest(paths)
     pid = pid_alive(pid_file, "haproxy")
-    if pid and digest_file.exists() and digest_file.read_text() == digest and proxy_is_filtering(paths.proxy_bind):
+    if (
+        pid
+        and digest_file.exists()
+        and digest_file.read_text() == digest
+        and proxy_is_filtering(paths.proxy_bind)
+    ):
         say(f"socket proxy answers on {paths.proxy_bind} (haproxy pid {pid})")
         return
     if pid:
@@ -72,8 +78,10 @@ def ensure_proxy(paths: SetupPaths) -> None:
             say("socket proxy answers, and refuses what it should")
             return
         time.sleep(0.2)
-    raise SetupError(f"the socket proxy on {paths.proxy_bind} did not answer /_ping with 200 and "
-                     "/volumes with 403 within 15 s")
+    raise SetupError(
+        f"the socket proxy on {paths.proxy_bind} did not answer /_ping with 200 and "
+        "/volumes with 403 within 15 s"
+    )
 
 
 def _haproxy(args: list[str], env: dict[str, str], failure: str) -> None:

@@ -60,8 +60,9 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def run(argv: list[str], *, timeout: float = 600, check: bool = True, input_bytes: bytes | None = None
-        ) -> subprocess.CompletedProcess[bytes]:
+def run(
+    argv: list[str], *, timeout: float = 600, check: bool = True, input_bytes: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run a fixed argv (never a shell); on failure raise SetupError with the tail of its output."""
     try:
         proc = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, input=input_bytes)
@@ -87,19 +88,30 @@ def apt_install(packages: list[str], why: str) -> None:
     """Install Debian packages when we are root on Debian/Ubuntu; otherwise say exactly what to install."""
     missing_hint = f"install them first: apt-get install -y {' '.join(packages)}"
     if not is_root() or not is_debian_like() or shutil.which("apt-get") is None:
-        raise SetupError(f"{why}: {', '.join(packages)} missing and this is not root on Debian/Ubuntu; "
-                         f"{missing_hint}")
+        raise SetupError(
+            f"{why}: {', '.join(packages)} missing and this is not root on Debian/Ubuntu; {missing_hint}"
+        )
     say(f"installing {' '.join(packages)} ({why})")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     lists = Path("/var/lib/apt/lists")
     if not any(lists.glob("*Packages*")):
         subprocess.run(["apt-get", "update"], check=False, capture_output=True, timeout=600, env=env)
-    proc = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *packages],
-                          capture_output=True, timeout=900, env=env, check=False)
+    proc = subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", *packages],
+        capture_output=True,
+        timeout=900,
+        env=env,
+        check=False,
+    )
     if proc.returncode != 0:
         subprocess.run(["apt-get", "update"], check=False, capture_output=True, timeout=600, env=env)
-        proc = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *packages],
-                              capture_output=True, timeout=900, env=env, check=False)
+        proc = subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", *packages],
+            capture_output=True,
+            timeout=900,
+            env=env,
+            check=False,
+        )
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace")[-800:]
         raise SetupError(f"apt-get install {' '.join(packages)} failed: {tail}")

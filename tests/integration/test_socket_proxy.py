@@ -20,73 +20,95 @@ def call(method: str, path: str, body: object | None = None, raw: bytes | None =
         return client.request(method, path, content=content, headers=headers)
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/_ping"), ("GET", "/v1.41/_ping"), ("GET", "/version"), ("GET", "/v1.41/containers/json"),
-    ("GET", f"/v1.41/images/{IMAGE}/json"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/_ping"),
+        ("GET", "/v1.41/_ping"),
+        ("GET", "/version"),
+        ("GET", "/v1.41/containers/json"),
+        ("GET", f"/v1.41/images/{IMAGE}/json"),
+    ],
+)
 def test_allowed_reads_pass(method: str, path: str) -> None:
     assert call(method, path).status_code == 200
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    pytest.param("POST", "/build", id="build"),
-    pytest.param("POST", "/v1.41/build", id="build-versioned"),
-    pytest.param("POST", "/volumes/create", id="volumes-create"),
-    pytest.param("GET", "/volumes", id="volumes-list"),
-    pytest.param("POST", "/networks/create", id="networks-create"),
-    pytest.param("GET", "/networks", id="networks-list"),
-    pytest.param("POST", "/swarm/init", id="swarm-init"),
-    pytest.param("GET", "/secrets", id="secrets"),
-    pytest.param("GET", "/configs", id="configs"),
-    pytest.param("GET", "/plugins", id="plugins"),
-    pytest.param("GET", "/info", id="system-info"),
-    pytest.param("GET", "/system/df", id="system-df"),
-    pytest.param("GET", "/events", id="events"),
-    pytest.param("POST", "/commit", id="commit"),
-    pytest.param("POST", "/images/create?fromImage=alpine", id="image-pull"),
-    pytest.param("GET", "/images/json", id="image-list"),
-    pytest.param("DELETE", f"/images/{IMAGE}", id="image-remove"),
-    pytest.param("POST", "/auth", id="auth"),
-    pytest.param("GET", "/containers/abc/logs", id="container-logs"),
-    pytest.param("GET", "/containers/abc/archive?path=/", id="archive-read"),
-    pytest.param("PUT", "/containers/abc/archive?path=/", id="archive-write"),
-    pytest.param("POST", "/containers/abc/update", id="container-update"),
-    pytest.param("POST", "/containers/prune", id="container-prune"),
-    pytest.param("POST", "/containers/../build", id="dotdot"),
-    pytest.param("POST", "/v1.41/containers/x/%2e%2e/%2e%2e/build", id="encoded-dotdot"),
-    pytest.param("GET", "//info", id="double-slash"),
-    pytest.param("PUT", "/containers/create", id="wrong-method"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        pytest.param("POST", "/build", id="build"),
+        pytest.param("POST", "/v1.41/build", id="build-versioned"),
+        pytest.param("POST", "/volumes/create", id="volumes-create"),
+        pytest.param("GET", "/volumes", id="volumes-list"),
+        pytest.param("POST", "/networks/create", id="networks-create"),
+        pytest.param("GET", "/networks", id="networks-list"),
+        pytest.param("POST", "/swarm/init", id="swarm-init"),
+        pytest.param("GET", "/secrets", id="secrets"),
+        pytest.param("GET", "/configs", id="configs"),
+        pytest.param("GET", "/plugins", id="plugins"),
+        pytest.param("GET", "/info", id="system-info"),
+        pytest.param("GET", "/system/df", id="system-df"),
+        pytest.param("GET", "/events", id="events"),
+        pytest.param("POST", "/commit", id="commit"),
+        pytest.param("POST", "/images/create?fromImage=alpine", id="image-pull"),
+        pytest.param("GET", "/images/json", id="image-list"),
+        pytest.param("DELETE", f"/images/{IMAGE}", id="image-remove"),
+        pytest.param("POST", "/auth", id="auth"),
+        pytest.param("GET", "/containers/abc/logs", id="container-logs"),
+        pytest.param("GET", "/containers/abc/archive?path=/", id="archive-read"),
+        pytest.param("PUT", "/containers/abc/archive?path=/", id="archive-write"),
+        pytest.param("POST", "/containers/abc/update", id="container-update"),
+        pytest.param("POST", "/containers/prune", id="container-prune"),
+        pytest.param("POST", "/containers/../build", id="dotdot"),
+        pytest.param("POST", "/v1.41/containers/x/%2e%2e/%2e%2e/build", id="encoded-dotdot"),
+        pytest.param("GET", "//info", id="double-slash"),
+        pytest.param("PUT", "/containers/create", id="wrong-method"),
+    ],
+)
 def test_everything_else_is_403(method: str, path: str) -> None:
     assert call(method, path, raw=b"{}" if method in ("POST", "PUT") else None).status_code == 403
 
 
 def _body(**host_config: object) -> dict[str, object]:
-    return {"Image": IMAGE, "Cmd": ["true"], "User": "1000:1000",
-            "HostConfig": {"NetworkMode": "none", **host_config}}
+    return {
+        "Image": IMAGE,
+        "Cmd": ["true"],
+        "User": "1000:1000",
+        "HostConfig": {"NetworkMode": "none", **host_config},
+    }
 
 
-@pytest.mark.parametrize("body", [
-    pytest.param(_body(Privileged=True), id="privileged"),
-    pytest.param(_body(NetworkMode="host"), id="host-network"),
-    pytest.param(_body(PidMode="host"), id="host-pid"),
-    pytest.param(_body(IpcMode="host"), id="host-ipc"),
-    pytest.param(_body(Binds=["/var/run/docker.sock:/var/run/docker.sock"]), id="socket-bind"),
-    pytest.param(_body(Binds=["/etc:/host-etc:ro"]), id="host-bind"),
-    pytest.param(_body(Binds=["/tmp:/tools:ro", "/:/host"]), id="allowed-then-forbidden-bind"),
-    pytest.param(_body(Mounts=[{"Type": "bind", "Source": "/", "Target": "/host"}]), id="mounts"),
-    pytest.param(_body(Devices=[{"PathOnHost": "/dev/mem", "PathInContainer": "/dev/mem"}]), id="devices"),
-    pytest.param(_body(CapAdd=["SYS_ADMIN"]), id="cap-sys-admin"),
-    pytest.param(_body(CapAdd=["CHOWN", "NET_RAW"]), id="cap-second-entry"),
-    pytest.param(_body(SecurityOpt=["seccomp=unconfined"]), id="seccomp-unconfined"),
-    pytest.param(_body(SecurityOpt=["apparmor:unconfined"]), id="apparmor-unconfined"),
-    pytest.param(_body(SecurityOpt=['seccomp={"defaultAction":"SCMP_ACT_ALLOW"}']), id="seccomp-allow-all"),
-    pytest.param({**_body(), "User": "0:0"}, id="root-user"),
-    pytest.param({**_body(), "User": "root"}, id="root-name"),
-    pytest.param({**_body(), "User": ""}, id="image-default-user"),
-    pytest.param({**_body(), "Volumes": {"/data": {}}}, id="anonymous-volume"),
-    pytest.param({"image": IMAGE, "user": "1000:1000", "hostconfig": {"privileged": True}}, id="lower-case-keys"),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(_body(Privileged=True), id="privileged"),
+        pytest.param(_body(NetworkMode="host"), id="host-network"),
+        pytest.param(_body(PidMode="host"), id="host-pid"),
+        pytest.param(_body(IpcMode="host"), id="host-ipc"),
+        pytest.param(_body(Binds=["/var/run/docker.sock:/var/run/docker.sock"]), id="socket-bind"),
+        pytest.param(_body(Binds=["/etc:/host-etc:ro"]), id="host-bind"),
+        pytest.param(_body(Binds=["/tmp:/tools:ro", "/:/host"]), id="allowed-then-forbidden-bind"),
+        pytest.param(_body(Mounts=[{"Type": "bind", "Source": "/", "Target": "/host"}]), id="mounts"),
+        pytest.param(
+            _body(Devices=[{"PathOnHost": "/dev/mem", "PathInContainer": "/dev/mem"}]), id="devices"
+        ),
+        pytest.param(_body(CapAdd=["SYS_ADMIN"]), id="cap-sys-admin"),
+        pytest.param(_body(CapAdd=["CHOWN", "NET_RAW"]), id="cap-second-entry"),
+        pytest.param(_body(SecurityOpt=["seccomp=unconfined"]), id="seccomp-unconfined"),
+        pytest.param(_body(SecurityOpt=["apparmor:unconfined"]), id="apparmor-unconfined"),
+        pytest.param(
+            _body(SecurityOpt=['seccomp={"defaultAction":"SCMP_ACT_ALLOW"}']), id="seccomp-allow-all"
+        ),
+        pytest.param({**_body(), "User": "0:0"}, id="root-user"),
+        pytest.param({**_body(), "User": "root"}, id="root-name"),
+        pytest.param({**_body(), "User": ""}, id="image-default-user"),
+        pytest.param({**_body(), "Volumes": {"/data": {}}}, id="anonymous-volume"),
+        pytest.param(
+            {"image": IMAGE, "user": "1000:1000", "hostconfig": {"privileged": True}}, id="lower-case-keys"
+        ),
+    ],
+)
 def test_dangerous_create_bodies_are_refused_by_the_proxy(body: dict[str, object]) -> None:
     name = f"sgw-proxy-test-{uuid.uuid4().hex[:8]}"
     try:
@@ -110,9 +132,17 @@ def test_a_hardened_create_passes_and_exec_runs_through_the_hijacked_stream(back
     container = backend.create(f"sgw-proxy-test-{uuid.uuid4().hex[:8]}", body)
     try:
         backend.start(container)
-        outcome = backend.exec(container, ExecRequest(
-            argv=["sh", "-c", "echo out; echo err >&2; exit 5"], user="1000:1000", workdir="/",
-            env=[], timeout_s=10, max_output_bytes=1024))
+        outcome = backend.exec(
+            container,
+            ExecRequest(
+                argv=["sh", "-c", "echo out; echo err >&2; exit 5"],
+                user="1000:1000",
+                workdir="/",
+                env=[],
+                timeout_s=10,
+                max_output_bytes=1024,
+            ),
+        )
         assert (outcome.exit_code, outcome.stdout, outcome.stderr) == (5, b"out\n", b"err\n")
     finally:
         backend.remove(container)

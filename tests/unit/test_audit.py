@@ -21,8 +21,12 @@ def test_events_are_json_lines_with_id_and_timestamp() -> None:
 
 def test_secrets_never_appear() -> None:
     sink = MemorySink()
-    AuditLog([sink]).emit("x", token="sgw_secret", headers={"Authorization": "Bearer sgw_secret"},
-                          items=[{"password": "hunter2"}])
+    AuditLog([sink]).emit(
+        "x",
+        token="sgw_secret",
+        headers={"Authorization": "Bearer sgw_secret"},
+        items=[{"password": "hunter2"}],
+    )
     assert "sgw_secret" not in sink.lines[0]
     assert "hunter2" not in sink.lines[0]
 

@@ -26,10 +26,13 @@ def test_raw_socket_can_be_allowed_explicitly() -> None:
     assert settings.docker_host.startswith("unix://")
 
 
-@pytest.mark.parametrize(("env", "match"), [
-    pytest.param({"DOCKER_HOST": "docker-proxy:2375"}, "not a URL", id="no-scheme"),
-    pytest.param({"LOG_LEVEL": "chatty"}, "LOG_LEVEL", id="log-level"),
-])
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        pytest.param({"DOCKER_HOST": "docker-proxy:2375"}, "not a URL", id="no-scheme"),
+        pytest.param({"LOG_LEVEL": "chatty"}, "LOG_LEVEL", id="log-level"),
+    ],
+)
 def test_bad_settings_are_clear_errors(env: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         Settings.from_env(env)

@@ -55,24 +55,31 @@ FORBIDDEN = {
     "ipc_mode": st.just("host"),
     "user": st.sampled_from(["0:0", "root", "1000:1000", "1000:0", "0", "65534:65534"]),
     "seccomp": st.sampled_from(["unconfined", "default", "Unconfined"]),
-    "security_opt": st.lists(st.sampled_from(["seccomp=unconfined", "apparmor:unconfined", "label=disable"]),
-                             max_size=2),
+    "security_opt": st.lists(
+        st.sampled_from(["seccomp=unconfined", "apparmor:unconfined", "label=disable"]), max_size=2
+    ),
     "volumes": st.just(["/var/run/docker.sock:/var/run/docker.sock"]),
     "binds": st.just(["/:/host"]),
     "devices": st.just(["/dev/mem"]),
-    "cap_add": st.lists(st.sampled_from(["CHOWN", "SYS_ADMIN", "NET_ADMIN", "KILL", "ALL", "SYS_PTRACE"]),
-                        max_size=3),
+    "cap_add": st.lists(
+        st.sampled_from(["CHOWN", "SYS_ADMIN", "NET_ADMIN", "KILL", "ALL", "SYS_PTRACE"]), max_size=3
+    ),
     "workdir": st.sampled_from(["/workspace", "/run/containerd/containerd.sock"]),
     "read_only_rootfs": st.booleans(),
 }
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(extra=st.dictionaries(st.sampled_from(sorted(FORBIDDEN)), st.nothing(), max_size=6).flatmap(
-    lambda keys: st.fixed_dictionaries({k: FORBIDDEN[k] for k in keys})))
+@given(
+    extra=st.dictionaries(st.sampled_from(sorted(FORBIDDEN)), st.nothing(), max_size=6).flatmap(
+        lambda keys: st.fixed_dictionaries({k: FORBIDDEN[k] for k in keys})
+    )
+)
 def test_no_loadable_policy_produces_a_dangerous_container(extra: dict[str, Any]) -> None:
-    doc = {"version": 1, "profiles": {"p": {"tools": ["execute_bash"],
-                                            "sandbox": {"images": [IMAGE], **extra}}}}
+    doc = {
+        "version": 1,
+        "profiles": {"p": {"tools": ["execute_bash"], "sandbox": {"images": [IMAGE], **extra}}},
+    }
     try:
         policy = load_policy_text(yaml.safe_dump(doc))
     except PolicyLoadError:

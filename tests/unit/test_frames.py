@@ -40,8 +40,11 @@ def test_a_huge_announced_frame_is_streamed_not_buffered() -> None:
     assert not decoder.idle
 
 
-@pytest.mark.parametrize("header", [b"\x07\x00\x00\x00\x00\x00\x00\x01", b"\x01\x01\x00\x00\x00\x00\x00\x01"],
-                         ids=["bad-stream", "bad-padding"])
+@pytest.mark.parametrize(
+    "header",
+    [b"\x07\x00\x00\x00\x00\x00\x00\x01", b"\x01\x01\x00\x00\x00\x00\x00\x01"],
+    ids=["bad-stream", "bad-padding"],
+)
 def test_garbage_header_is_an_error(header: bytes) -> None:
     with pytest.raises(FrameError):
         list(FrameDecoder().feed(header + b"x"))

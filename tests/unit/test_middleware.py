@@ -31,8 +31,11 @@ def make_client(tmp_path) -> tuple[TestClient, str, MemorySink]:
 
     app = Starlette(
         routes=[Route("/mcp", echo, methods=["POST"]), Route("/health", echo, methods=["GET"])],
-        middleware=[Middleware(SecureHeadersMiddleware), Middleware(BodyLimitMiddleware, max_bytes=1024),
-                    Middleware(BearerAuthMiddleware, tokens=tokens, audit=AuditLog([sink]))],
+        middleware=[
+            Middleware(SecureHeadersMiddleware),
+            Middleware(BodyLimitMiddleware, max_bytes=1024),
+            Middleware(BearerAuthMiddleware, tokens=tokens, audit=AuditLog([sink])),
+        ],
     )
     return TestClient(app), token, sink
 
@@ -46,8 +49,13 @@ def test_valid_token_puts_the_principal_in_scope(tmp_path) -> None:
 
 def test_missing_malformed_and_wrong_tokens_get_401_and_an_audit_event(tmp_path) -> None:
     client, token, sink = make_client(tmp_path)
-    cases = [{}, {"Authorization": token}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "},
-             {"Authorization": "Bearer sgw_wrong"}]
+    cases = [
+        {},
+        {"Authorization": token},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer sgw_wrong"},
+    ]
     for headers in cases:
         response = client.post("/mcp", headers=headers, content=b"{}")
         assert response.status_code == 401

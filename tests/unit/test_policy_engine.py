@@ -17,15 +17,31 @@ ALICE = Principal(id="alice")
         pytest.param(Action("write_file", 10), False, "tool-not-allowed", id="unlisted-tool-denied"),
         pytest.param(Action("execute_bash", 10, timeout_s=5), True, "allowed", id="shorter-timeout-allowed"),
         pytest.param(Action("execute_bash", 10, timeout_s=30), True, "allowed", id="timeout-at-max-allowed"),
-        pytest.param(Action("execute_bash", 10, timeout_s=31), False, "timeout-above-max", id="longer-timeout-denied"),
-        pytest.param(Action("execute_bash", 10, timeout_s=0), False, "timeout-invalid", id="zero-timeout-denied"),
-        pytest.param(Action("execute_bash", 10, timeout_s=-1), False, "timeout-invalid", id="negative-timeout-denied"),
-        pytest.param(Action("execute_bash", 10, timeout_s=float("nan")), False, "timeout-invalid", id="nan-timeout"),
+        pytest.param(
+            Action("execute_bash", 10, timeout_s=31), False, "timeout-above-max", id="longer-timeout-denied"
+        ),
+        pytest.param(
+            Action("execute_bash", 10, timeout_s=0), False, "timeout-invalid", id="zero-timeout-denied"
+        ),
+        pytest.param(
+            Action("execute_bash", 10, timeout_s=-1), False, "timeout-invalid", id="negative-timeout-denied"
+        ),
+        pytest.param(
+            Action("execute_bash", 10, timeout_s=float("nan")), False, "timeout-invalid", id="nan-timeout"
+        ),
         pytest.param(Action("execute_bash", 256 * 1024 + 1), False, "input-too-large", id="oversized-input"),
-        pytest.param(Action("execute_bash", 10, image="alpine:latest"), False, "image-not-allowed",
-                     id="foreign-image-denied"),
-        pytest.param(Action("execute_bash", 10, image="mcp-code-executor:latest"), True, "allowed",
-                     id="listed-image-allowed"),
+        pytest.param(
+            Action("execute_bash", 10, image="alpine:latest"),
+            False,
+            "image-not-allowed",
+            id="foreign-image-denied",
+        ),
+        pytest.param(
+            Action("execute_bash", 10, image="mcp-code-executor:latest"),
+            True,
+            "allowed",
+            id="listed-image-allowed",
+        ),
     ],
 )
 def test_default_policy_decides(action: Action, allowed: bool, reason: str) -> None:
@@ -63,5 +79,7 @@ def test_digest_is_stable_and_changes_with_content() -> None:
     assert text.digest() == ENGINE.digest
     changed = ENGINE.policy.model_copy(deep=True)
     profile = changed.profiles["default"]
-    changed = changed.model_copy(update={"profiles": {"default": profile.model_copy(update={"tools": ("execute_bash",)})}})
+    changed = changed.model_copy(
+        update={"profiles": {"default": profile.model_copy(update={"tools": ("execute_bash",)})}}
+    )
     assert changed.digest() != ENGINE.digest

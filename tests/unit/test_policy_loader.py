@@ -28,30 +28,62 @@ def policy_with(extra: str) -> str:
     [
         pytest.param("privileged: true", "profiles.big.sandbox.privileged", "no-privileged", id="privileged"),
         pytest.param("network: host", "profiles.big.sandbox.network", "no-host-network", id="host-network"),
-        pytest.param("network_mode: container:abc", "profiles.big.sandbox.network_mode", "no-host-network",
-                     id="container-network"),
+        pytest.param(
+            "network_mode: container:abc",
+            "profiles.big.sandbox.network_mode",
+            "no-host-network",
+            id="container-network",
+        ),
         pytest.param("pid: host", "profiles.big.sandbox.pid", "no-host-pid", id="host-pid"),
         pytest.param("ipc_mode: host", "profiles.big.sandbox.ipc_mode", "no-host-ipc", id="host-ipc"),
         pytest.param("uts: host", "profiles.big.sandbox.uts", "no-host-uts", id="host-uts"),
-        pytest.param("userns_mode: host", "profiles.big.sandbox.userns_mode", "no-host-userns", id="host-userns"),
-        pytest.param("volumes: ['/etc:/etc']", "profiles.big.sandbox.volumes", "no-host-mounts", id="host-mount"),
+        pytest.param(
+            "userns_mode: host", "profiles.big.sandbox.userns_mode", "no-host-userns", id="host-userns"
+        ),
+        pytest.param(
+            "volumes: ['/etc:/etc']", "profiles.big.sandbox.volumes", "no-host-mounts", id="host-mount"
+        ),
         pytest.param("binds: ['/:/host']", "profiles.big.sandbox.binds", "no-host-mounts", id="binds"),
         pytest.param("devices: ['/dev/kvm']", "profiles.big.sandbox.devices", "no-devices", id="devices"),
-        pytest.param("workdir: /var/run/docker.sock", "profiles.big.sandbox.workdir", "no-docker-socket",
-                     id="docker-socket-anywhere"),
-        pytest.param("seccomp: unconfined", "profiles.big.sandbox.seccomp", "no-unconfined-seccomp",
-                     id="seccomp-unconfined"),
-        pytest.param("apparmor: unconfined", "profiles.big.sandbox.apparmor", "no-unconfined-apparmor",
-                     id="apparmor-unconfined"),
-        pytest.param("security_opt: ['seccomp:unconfined']", "profiles.big.sandbox.security_opt[0]",
-                     "no-unconfined-seccomp", id="security-opt-seccomp"),
+        pytest.param(
+            "workdir: /var/run/docker.sock",
+            "profiles.big.sandbox.workdir",
+            "no-docker-socket",
+            id="docker-socket-anywhere",
+        ),
+        pytest.param(
+            "seccomp: unconfined",
+            "profiles.big.sandbox.seccomp",
+            "no-unconfined-seccomp",
+            id="seccomp-unconfined",
+        ),
+        pytest.param(
+            "apparmor: unconfined",
+            "profiles.big.sandbox.apparmor",
+            "no-unconfined-apparmor",
+            id="apparmor-unconfined",
+        ),
+        pytest.param(
+            "security_opt: ['seccomp:unconfined']",
+            "profiles.big.sandbox.security_opt[0]",
+            "no-unconfined-seccomp",
+            id="security-opt-seccomp",
+        ),
         pytest.param("user: '0:0'", "profiles.big.sandbox.user", "no-root", id="uid-0"),
         pytest.param("user: root", "profiles.big.sandbox.user", "no-root", id="root-name"),
         pytest.param("user: '1000:0'", "profiles.big.sandbox.user", "no-root", id="gid-0"),
-        pytest.param("cap_add: [SYS_ADMIN]", "profiles.big.sandbox.cap_add[0]", "cap-add-allow-list",
-                     id="cap-sys-admin"),
-        pytest.param("cap_add: [CHOWN, CAP_NET_RAW]", "profiles.big.sandbox.cap_add[1]", "cap-add-allow-list",
-                     id="cap-net-raw-second"),
+        pytest.param(
+            "cap_add: [SYS_ADMIN]",
+            "profiles.big.sandbox.cap_add[0]",
+            "cap-add-allow-list",
+            id="cap-sys-admin",
+        ),
+        pytest.param(
+            "cap_add: [CHOWN, CAP_NET_RAW]",
+            "profiles.big.sandbox.cap_add[1]",
+            "cap-add-allow-list",
+            id="cap-net-raw-second",
+        ),
         pytest.param("cap_drop: []", "profiles.big.sandbox.cap_drop", "cap-drop-all", id="cap-drop-override"),
     ],
 )
@@ -64,14 +96,19 @@ def test_guardrail_refuses_with_file_key_and_rule(extra: str, key: str, rule: st
 
 def test_guardrail_at_profile_level_is_named_too() -> None:
     text = "version: 1\nprofiles:\n  big:\n    privileged: true\n    tools: [execute_bash]\n"
-    with pytest.raises(GuardrailViolation, match=r"default.yaml: profiles.big.privileged: forbidden by guardrail no-privileged"):
+    with pytest.raises(
+        GuardrailViolation,
+        match=r"default.yaml: profiles.big.privileged: forbidden by guardrail no-privileged",
+    ):
         load_policy_text(text, source="default.yaml")
 
 
 @pytest.mark.parametrize(
     ("extra", "key"),
     [
-        pytest.param("read_only_rootf: false", "profiles.big.sandbox.read_only_rootf", id="typo-is-unknown-key"),
+        pytest.param(
+            "read_only_rootf: false", "profiles.big.sandbox.read_only_rootf", id="typo-is-unknown-key"
+        ),
         pytest.param("memory: lots", "profiles.big.sandbox.memory", id="bad-size"),
         pytest.param("memory: 512m\nmemory_swap: 256m", "profiles.big.sandbox", id="swap-below-memory"),
         pytest.param("pids_limit: 0", "profiles.big.sandbox.pids_limit", id="zero-pids"),
@@ -90,17 +127,22 @@ def test_schema_errors_name_the_key(extra: str, key: str) -> None:
 
 def test_unknown_tool_is_refused() -> None:
     text = "version: 1\nprofiles:\n  a:\n    tools: [rm_rf]\n    sandbox: {images: [x]}\n"
-    with pytest.raises(PolicyLoadError, match="profiles.a.tools: .*unknown tool"):
+    with pytest.raises(PolicyLoadError, match=r"profiles\.a\.tools: .*unknown tool"):
         load_policy_text(text)
 
 
 def test_duplicate_keys_are_refused() -> None:
-    text = "version: 1\nprofiles:\n  a:\n    tools: [execute_bash]\n    tools: [execute_python]\n    sandbox: {images: [x]}\n"
+    text = (
+        "version: 1\nprofiles:\n  a:\n    tools: [execute_bash]\n"
+        "    tools: [execute_python]\n    sandbox: {images: [x]}\n"
+    )
     with pytest.raises(PolicyLoadError, match="duplicate key 'tools'"):
         load_policy_text(text)
 
 
-@pytest.mark.parametrize("text", ["", "- a list", "version: 2\nprofiles: {}", ": : :"], ids=["empty", "list", "v2", "yaml"])
+@pytest.mark.parametrize(
+    "text", ["", "- a list", "version: 2\nprofiles: {}", ": : :"], ids=["empty", "list", "v2", "yaml"]
+)
 def test_malformed_files_are_refused(text: str) -> None:
     with pytest.raises(PolicyLoadError):
         load_policy_text(text)

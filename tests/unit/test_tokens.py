@@ -21,16 +21,22 @@ def test_create_stores_only_the_hash_and_verifies(tmp_path: Path) -> None:
     assert (principal.id, principal.tenant, principal.profile) == ("alice", "acme", "default")
 
 
-@pytest.mark.parametrize("presented", ["", "sgw_wrong", "Bearer x", "sgw_" + "a" * 300, "no-prefix"],
-                         ids=["empty", "wrong", "scheme", "too-long", "no-prefix"])
+@pytest.mark.parametrize(
+    "presented",
+    ["", "sgw_wrong", "Bearer x", "sgw_" + "a" * 300, "no-prefix"],
+    ids=["empty", "wrong", "scheme", "too-long", "no-prefix"],
+)
 def test_wrong_tokens_do_not_verify(tmp_path: Path, presented: str) -> None:
     store = TokenStore(tmp_path / "t")
     store.create("alice")
     assert store.verify(presented) is None
 
 
-@pytest.mark.parametrize("name", ["", "a b", "../x", "x" * 129, "é", "-lead"], ids=["empty", "space", "path",
-                                                                                      "long", "unicode", "dash"])
+@pytest.mark.parametrize(
+    "name",
+    ["", "a b", "../x", "x" * 129, "é", "-lead"],
+    ids=["empty", "space", "path", "long", "unicode", "dash"],
+)
 def test_principal_names_are_restricted(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError):
         TokenStore(tmp_path / "t").create(name)

@@ -1,0 +1,113 @@
+"""`sandbox-gateway serve` as a real process, and a real MCP client over streamable HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from gateway.tokens import TokenStore
+from tests.conftest import PROXY_URL
+
+
+@dataclass
+class Gateway:
+    url: str
+    base: str
+    gateway_id: str
+    audit_log: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_gateway(tmp: Path, *extra: str, principals: dict[str, str] | None = None) -> Gateway:
+    """Start the gateway on a free port with a tokens file; wait until /health answers."""
+    store = TokenStore(tmp / "tokens.jsonl")
+    tokens = {
+        name: store.create(name, profile=profile)
+        for name, profile in (principals or {"alice": "default", "bob": "default"}).items()
+    }
+    port = _free_port()
+    gateway_id = f"e2e-{uuid.uuid4().hex[:10]}"
+    audit_log = tmp / "audit.jsonl"
+    argv = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--tokens",
+        str(tmp / "tokens.jsonl"),
+        "--gateway-id",
+        gateway_id,
+        "--audit-log",
+        str(audit_log),
+        "--docker-host",
+        PROXY_URL,
+        *extra,
+    ]
+    with (tmp / "gateway.log").open("wb") as log:
+        process = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "LOG_LEVEL": "INFO"}
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited: {(tmp / 'gateway.log').read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError("gateway did not answer /health within 30 s")
+    return Gateway(f"{base}/mcp", base, gateway_id, audit_log, tokens, process)
+
+
+def stop_gateway(gateway: Gateway) -> None:
+    """SIGTERM, as an orchestrator would; uvicorn shuts down gracefully and re-raises the signal."""
+    assert gateway.process is not None
+    gateway.process.send_signal(signal.SIGTERM)
+    assert gateway.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    events = [line for line in gateway.audit_log.read_text().splitlines() if '"gateway.stop"' in line]
+    assert events, "graceful shutdown is recorded"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, backend) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+    """One gateway per test module; on shutdown it must leave no container behind."""
+    running = start_gateway(tmp_path_factory.mktemp("gateway"))
+    yield running
+    stop_gateway(running)
+    assert backend.list({"sandbox-gateway.gateway": running.gateway_id}) == []
+
+
+@asynccontextmanager
+async def mcp_client(url: str, token: str | None) -> AsyncIterator[Client]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    http = create_mcp_http_client(headers=headers)
+    async with http, Client(streamable_http_client(url, http_client=http)) as client:
+        yield client

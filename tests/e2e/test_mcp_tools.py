@@ -1,0 +1,168 @@
+"""A real MCP client over streamable HTTP against `sandbox-gateway serve` on the real engine."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Gateway, mcp_client
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_tools_are_listed_with_output_schemas(gateway: Gateway) -> None:
+    async with mcp_client(gateway.url, gateway.tokens["alice"]) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert {"execute_bash", "execute_python"} <= set(tools)
+    schema = tools["execute_bash"].output_schema or {}
+    assert {"exit_code", "stdout", "stderr", "duration_ms", "timed_out", "truncated"} <= set(
+        schema["properties"]
+    )
+
+
+async def test_execute_bash_and_python_return_structured_results(gateway: Gateway) -> None:
+    async with mcp_client(gateway.url, gateway.tokens["alice"]) as client:
+        bash = await client.call_tool("execute_bash", {"command": "echo out; echo err >&2; exit 3"})
+        python = await client.call_tool("execute_python", {"code": "import json; print(json.dumps([1, 2]))"})
+    assert not bash.is_error
+    assert bash.structured_content is not None
+    assert {
+        k: bash.structured_content[k] for k in ("exit_code", "stdout", "stderr", "timed_out", "truncated")
+    } == {"exit_code": 3, "stdout": "out\n", "stderr": "err\n", "timed_out": False, "truncated": False}
+    assert python.structured_content is not None and python.structured_content["stdout"] == "[1, 2]\n"
+
+
+async def test_two_principals_cannot_see_each_others_files(gateway: Gateway) -> None:
+    async with mcp_client(gateway.url, gateway.tokens["alice"]) as alice:
+        await alice.call_tool("execute_bash", {"command": "echo alice-secret > /workspace/secret.txt"})
+        again = await alice.call_tool("execute_bash", {"command": "cat /workspace/secret.txt"})
+    async with mcp_client(gateway.url, gateway.tokens["bob"]) as bob:
+        peek = await bob.call_tool("execute_bash", {"command": "cat /workspace/secret.txt"})
+        listing = await bob.call_tool(
+            "execute_python", {"code": "import os; print(os.listdir('/workspace'), os.getuid())"}
+        )
+    assert again.structured_content and again.structured_content["stdout"] == "alice-secret\n"
+    assert peek.structured_content and "alice-secret" not in peek.structured_content["stdout"]
+    assert peek.structured_content["exit_code"] == 1
+    assert listing.structured_content and listing.structured_content["stdout"] == "[] 1000\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "needle"),
+    [
+        pytest.param({"command": ""}, "invalid-argument", id="empty-command"),
+        pytest.param({"command": 123}, "valid string", id="non-string-command"),
+        pytest.param({"command": ["ls"]}, "valid string", id="list-command"),
+        pytest.param({}, "command", id="missing-command"),
+        pytest.param({"command": "true", "timeout_s": "soon"}, "timeout_s", id="non-numeric-timeout"),
+        pytest.param({"command": "true", "timeout_s": 3600}, "timeout-above-max", id="timeout-above-max"),
+        pytest.param({"command": "x" * 300_000}, "input-too-large", id="oversized-command"),
+    ],
+)
+async def test_bad_arguments_get_a_clear_tool_error(
+    gateway: Gateway, arguments: dict[str, object], needle: str
+) -> None:
+    async with mcp_client(gateway.url, gateway.tokens["alice"]) as client:
+        result = await client.call_tool("execute_bash", arguments)
+        after = await client.call_tool("execute_bash", {"command": "echo still-serving"})
+    assert result.is_error
+    text = result.content[0].text  # type: ignore[union-attr]
+    assert needle in text
+    assert "Traceback" not in text and "/work" not in text
+    assert after.structured_content and after.structured_content["stdout"] == "still-serving\n"
+
+
+async def test_unknown_tool_is_an_error(gateway: Gateway) -> None:
+    async with mcp_client(gateway.url, gateway.tokens["alice"]) as client:
+        result = await client.call_tool("rm_rf_everything", {"path": "/"})
+    assert result.is_error
+
+
+async def test_runaway_commands_answer_and_the_sandbox_keeps_working(gateway: Gateway) -> None:
+    async with mcp_client(gateway.url, gateway.tokens["alice"]) as client:
+        yes = await client.call_tool("execute_bash", {"command": "yes", "timeout_s": 2})
+        sleep = await client.call_tool("execute_bash", {"command": "sleep 999", "timeout_s": 2})
+        suicide = await client.call_tool("execute_bash", {"command": "kill -9 $$"})
+        after = await client.call_tool("execute_bash", {"command": "echo ok"})
+    assert (
+        yes.structured_content and yes.structured_content["timed_out"] and yes.structured_content["truncated"]
+    )
+    assert sleep.structured_content and sleep.structured_content["timed_out"]
+    assert suicide.structured_content and suicide.structured_content["exit_code"] == 137
+    assert after.structured_content and after.structured_content["stdout"] == "ok\n"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param({"Authorization": "Bearer sgw_not-a-real-token"}, id="wrong"),
+        pytest.param({"Authorization": "Basic YWxpY2U6cHc="}, id="wrong-scheme"),
+        pytest.param({"Authorization": "Bearer"}, id="empty"),
+    ],
+)
+def test_requests_without_a_valid_token_get_401(gateway: Gateway, headers: dict[str, str]) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    response = httpx.post(
+        gateway.url, json=body, headers={**headers, "Accept": "application/json, text/event-stream"}
+    )
+    assert response.status_code == 401
+    assert "www-authenticate" in response.headers
+
+
+def test_a_5mb_body_gets_413(gateway: Gateway) -> None:
+    payload = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "execute_bash", "arguments": {"command": "x" * 5_000_000}},
+        }
+    )
+    response = httpx.post(
+        gateway.url,
+        content=payload,
+        headers={
+            "Authorization": f"Bearer {gateway.tokens['alice']}",
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+        },
+    )
+    assert response.status_code == 413
+    assert httpx.get(f"{gateway.base}/health").status_code == 200
+
+
+def test_a_foreign_host_header_is_refused(gateway: Gateway) -> None:
+    response = httpx.post(
+        gateway.url,
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={
+            "Authorization": f"Bearer {gateway.tokens['alice']}",
+            "Host": "evil.example",
+            "Accept": "application/json, text/event-stream",
+        },
+    )
+    assert response.status_code in (403, 421)
+
+
+def test_health_and_ready(gateway: Gateway) -> None:
+    assert httpx.get(f"{gateway.base}/health").json()["status"] == "ok"
+    ready = httpx.get(f"{gateway.base}/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {"audit": True, "engine": True, "image": True, "ready": True}
+
+
+async def test_the_audit_log_records_principal_tool_decision_and_outcome(gateway: Gateway) -> None:
+    async with mcp_client(gateway.url, gateway.tokens["bob"]) as client:
+        await client.call_tool("execute_bash", {"command": "echo audited"})
+    events = [json.loads(line) for line in gateway.audit_log.read_text().splitlines()]
+    finish = [e for e in events if e["event"] == "exec.finish" and e.get("principal") == "bob"][-1]
+    decision = [
+        e for e in events if e["event"] == "policy.decision" and e["request_id"] == finish["request_id"]
+    ]
+    assert decision and decision[0]["decision"] == "allow"
+    assert finish["tool"] == "execute_bash" and finish["exit_code"] == 0 and "duration_ms" in finish
+    assert any(e["event"] == "docker.exec" and e.get("principal") == "bob" for e in events)
+    assert gateway.tokens["bob"] not in gateway.audit_log.read_text()

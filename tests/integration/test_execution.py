@@ -1,0 +1,195 @@
+"""Running code under limits on the real engine: timeouts, output caps, faults, concurrency, spans, audit."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+
+from audit import AuditLog, MemorySink
+from gateway.errors import PolicyDenied, QuotaExceeded
+from gateway.service import ExecutionService, InvalidArgument
+from policy import Principal, load_policy, load_policy_text
+from policy.engine import PolicyEngine
+
+pytestmark = pytest.mark.anyio
+ALICE = Principal("alice")
+
+
+@pytest.fixture
+def service(broker, audit_sink: MemorySink) -> ExecutionService:  # type: ignore[no-untyped-def]
+    return ExecutionService(PolicyEngine(load_policy()), broker, broker.audit)
+
+
+def events(sink: MemorySink) -> list[dict[str, object]]:
+    return [json.loads(line) for line in sink.lines]
+
+
+async def test_files_persist_between_calls_of_one_principal(service: ExecutionService) -> None:
+    await service.execute(ALICE, "execute_bash", "echo kept > /workspace/note")
+    result = await service.execute(ALICE, "execute_python", "print(open('/workspace/note').read().strip())")
+    assert result.stdout == "kept\n"
+
+
+async def test_principals_do_not_share_sandboxes(service: ExecutionService) -> None:
+    await service.execute(ALICE, "execute_bash", "echo mine > /workspace/secret")
+    result = await service.execute(Principal("bob"), "execute_bash", "cat /workspace/secret")
+    assert result.exit_code == 1
+    assert "No such file" in result.stderr
+
+
+async def test_sleep_past_the_timeout_is_stopped_and_the_sandbox_survives(service: ExecutionService) -> None:
+    result = await service.execute(ALICE, "execute_bash", "echo before; sleep 999", timeout_s=2)
+    assert result.timed_out
+    assert result.stdout == "before\n"
+    assert 2000 <= result.duration_ms < 9000
+    again = await service.execute(ALICE, "execute_bash", "echo alive")
+    assert (again.exit_code, again.stdout, again.timed_out) == (0, "alive\n", False)
+
+
+async def test_a_process_ignoring_sigterm_is_killed(service: ExecutionService) -> None:
+    result = await service.execute(ALICE, "execute_bash", "trap '' TERM; sleep 999", timeout_s=1)
+    assert result.timed_out
+    assert result.exit_code == 137
+
+
+async def test_background_children_die_with_the_command(service: ExecutionService) -> None:
+    await service.execute(ALICE, "execute_bash", "sleep 900 & sleep 901 & sleep 999", timeout_s=1)
+    result = await service.execute(ALICE, "execute_bash", "ps -eo args | grep -c '^sleep 9' || true")
+    assert result.stdout == "0\n"
+
+
+async def test_flooding_output_is_capped_and_flagged(
+    service: ExecutionService, audit_sink: MemorySink
+) -> None:
+    result = await service.execute(ALICE, "execute_bash", "yes | head -c 5000000; echo done >&2")
+    assert result.truncated
+    assert len(result.stdout.encode()) == 1024 * 1024
+    assert result.stderr == "done\n"
+    finish = [e for e in events(audit_sink) if e["event"] == "exec.finish"][-1]
+    assert finish["stdout_bytes"] == 5_000_000
+
+
+async def test_yes_until_the_timeout_keeps_gateway_memory_bounded(service: ExecutionService) -> None:
+    result = await service.execute(ALICE, "execute_bash", "yes", timeout_s=2)
+    assert result.timed_out and result.truncated
+    assert len(result.stdout) == 1024 * 1024
+
+
+async def test_a_command_that_kills_its_own_shell(service: ExecutionService) -> None:
+    result = await service.execute(ALICE, "execute_bash", "kill -9 $$")
+    assert result.exit_code == 137 and not result.timed_out
+    assert (await service.execute(ALICE, "execute_bash", "echo fine")).stdout == "fine\n"
+
+
+async def test_a_command_that_kills_its_whole_sandbox_costs_only_that_sandbox(
+    service: ExecutionService,
+) -> None:
+    await service.execute(ALICE, "execute_bash", "echo x > /workspace/f; kill -9 -1")
+    result = await service.execute(ALICE, "execute_bash", "ls /workspace; echo ok")
+    assert result.stdout.endswith("ok\n")
+
+
+async def test_a_sandbox_killed_from_outside_is_replaced(service: ExecutionService, broker, backend) -> None:  # type: ignore[no-untyped-def]
+    await service.execute(ALICE, "execute_bash", "true")
+    sandbox = broker.sandbox_of(ALICE)
+    await anyio.to_thread.run_sync(backend.remove, sandbox.container_id)
+    result = await service.execute(ALICE, "execute_bash", "echo new")
+    assert result.stdout == "new\n"
+    assert broker.sandbox_of(ALICE).container_id != sandbox.container_id
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [
+        pytest.param("", InvalidArgument, id="empty"),
+        pytest.param("   \n", InvalidArgument, id="blank"),
+        pytest.param(42, InvalidArgument, id="not-a-string"),
+        pytest.param("echo \x00", InvalidArgument, id="nul-byte"),
+    ],
+)
+async def test_bad_input_is_refused_before_anything_runs(
+    service: ExecutionService, broker, code: object, error: type[Exception]
+) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(error):
+        await service.execute(ALICE, "execute_bash", code)
+    assert broker.sandbox_of(ALICE) is None
+
+
+async def test_denied_calls_create_nothing_and_are_audited(
+    service: ExecutionService, broker, audit_sink: MemorySink
+) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PolicyDenied) as info:
+        await service.execute(ALICE, "execute_bash", "true", timeout_s=3600)
+    assert info.value.code == "timeout-above-max"
+    assert broker.sandbox_of(ALICE) is None
+    decision = [e for e in events(audit_sink) if e["event"] == "policy.decision"][-1]
+    assert decision["decision"] == "deny" and decision["reasons"] == ["timeout-above-max"]
+    assert decision["policy_digest"] == service.engine.digest
+
+
+async def test_concurrent_calls_of_one_principal_are_safe_and_bounded(broker) -> None:  # type: ignore[no-untyped-def]
+    text = load_policy().model_dump(mode="json")
+    text["profiles"]["default"]["exec"]["max_concurrent"] = 2
+    import yaml
+
+    service = ExecutionService(PolicyEngine(load_policy_text(yaml.safe_dump(text))), broker, broker.audit)
+    outcomes: list[object] = []
+
+    async def one(i: int) -> None:
+        try:
+            outcomes.append(await service.execute(ALICE, "execute_bash", f"sleep 1; echo {i}"))
+        except QuotaExceeded as exc:
+            outcomes.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(one, i)
+    done = [o for o in outcomes if not isinstance(o, Exception)]
+    refused = [o for o in outcomes if isinstance(o, QuotaExceeded)]
+    assert len(done) == 2 and len(refused) == 2
+    assert all(r.code == "concurrent-exec-quota" for r in refused)
+    assert (
+        len(
+            await anyio.to_thread.run_sync(
+                broker.backend.list, {"sandbox-gateway.gateway": broker.gateway_id}
+            )
+        )
+        == 1
+    )
+
+
+async def test_every_docker_operation_has_a_span_and_an_audit_event(
+    service: ExecutionService, span_exporter, audit_sink: MemorySink
+) -> None:  # type: ignore[no-untyped-def]
+    span_exporter.clear()
+    await service.execute(Principal("traced"), "execute_bash", "true")
+    names = [s.name for s in span_exporter.get_finished_spans()]
+    assert names == ["docker.list", "docker.create", "docker.start", "docker.exec"]
+    kinds = [e["event"] for e in events(audit_sink)]
+    for op in (
+        "docker.list",
+        "docker.create",
+        "docker.start",
+        "docker.exec",
+        "policy.decision",
+        "exec.start",
+        "exec.finish",
+        "sandbox.create",
+    ):
+        assert op in kinds
+    finish = [e for e in events(audit_sink) if e["event"] == "exec.finish"][-1]
+    assert finish["principal"] == "traced" and finish["tool"] == "execute_bash"
+    assert finish["exit_code"] == 0 and finish["request_id"]
+
+
+async def test_fail_closed_audit_refuses_before_anything_runs(broker) -> None:  # type: ignore[no-untyped-def]
+    from audit import AuditWriteError
+
+    sink = MemorySink()
+    sink.fail = True
+    service = ExecutionService(PolicyEngine(load_policy()), broker, AuditLog([sink]))
+    with pytest.raises(AuditWriteError):
+        await service.execute(ALICE, "execute_bash", "touch /workspace/x")
+    assert broker.sandbox_of(ALICE) is None

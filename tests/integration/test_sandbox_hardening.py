@@ -1,0 +1,82 @@
+"""A sandbox is created with exactly the policy's hardening: read back with inspect and from inside."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from gateway.backend.commands import bash_argv
+from policy import Action, Principal, load_policy
+from policy.engine import PolicyEngine
+
+pytestmark = pytest.mark.anyio
+ENGINE = PolicyEngine(load_policy())
+
+
+async def _sandbox(broker, principal: Principal):  # type: ignore[no-untyped-def]
+    decision = ENGINE.evaluate(principal, Action("execute_bash", 1))
+    return decision, await broker.ensure_sandbox(principal, decision)
+
+
+async def _bash(broker, principal: Principal, command: str) -> tuple[int | None, str]:  # type: ignore[no-untyped-def]
+    decision = ENGINE.evaluate(principal, Action("execute_bash", len(command)))
+    outcome = await broker.execute(principal, decision, bash_argv(command, 10))
+    return outcome.exit_code, (outcome.stdout + outcome.stderr).decode()
+
+
+async def test_inspect_shows_the_policy_hardening(broker, backend) -> None:  # type: ignore[no-untyped-def]
+    decision, sandbox = await _sandbox(broker, Principal("hardening"))
+    info = await anyio.to_thread.run_sync(backend.inspect_raw, sandbox.container_id)
+    host, config = info["HostConfig"], info["Config"]
+    spec = decision.spec
+    assert config["User"] == "1000:1000"
+    assert host["NetworkMode"] == "none"
+    assert host["ReadonlyRootfs"] is True
+    assert host["Privileged"] is False
+    assert host["CapDrop"] == ["ALL"]
+    assert not host["CapAdd"]
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert host["PidsLimit"] == spec.pids_limit
+    assert host["Memory"] == spec.memory and host["MemorySwap"] == spec.memory_swap
+    assert host["NanoCpus"] == int(spec.cpus * 1e9)
+    assert host["Init"] is True
+    assert not host["Binds"]
+    assert set(host["Tmpfs"]) == {"/tmp", "/workspace"}
+    assert "noexec" in host["Tmpfs"]["/tmp"]
+    assert host["PidMode"] in ("", "private") and host["IpcMode"] in ("private", "shareable", "")
+    labels = config["Labels"]
+    assert labels["sandbox-gateway.managed"] == "true"
+    assert labels["sandbox-gateway.principal"] == "hardening"
+    assert labels["sandbox-gateway.policy-digest"] == ENGINE.digest
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        pytest.param("id -u; id -g", "1000\n1000\n", id="non-root"),
+        pytest.param(
+            "grep -E '^(NoNewPrivs|CapEff|CapPrm|CapBnd|Seccomp):' /proc/self/status | tr -s '\\t' ' '",
+            "CapPrm: 0000000000000000\nCapEff: 0000000000000000\nCapBnd: 0000000000000000\n"
+            "NoNewPrivs: 1\nSeccomp: 2\n",
+            id="no-caps-nnp-seccomp",
+        ),
+        pytest.param("ls /sys/class/net", "lo\n", id="only-loopback"),
+        pytest.param(
+            "touch /rootfs-write 2>/dev/null && echo writable || echo read-only",
+            "read-only\n",
+            id="read-only-rootfs",
+        ),
+        pytest.param("touch /workspace/a /tmp/b && echo ok", "ok\n", id="workspace-and-tmp-writable"),
+        pytest.param(
+            "cp /bin/true /tmp/t && /tmp/t 2>/dev/null && echo exec || echo noexec",
+            "noexec\n",
+            id="tmp-noexec",
+        ),
+        pytest.param("find / -xdev -perm /6000 -type f 2>/dev/null | wc -l", "0\n", id="no-setuid-binaries"),
+        pytest.param("ulimit -c", "0\n", id="no-core-dumps"),
+        pytest.param("env | grep -ci -E 'token|secret|docker_host' || true", "0\n", id="no-secrets-in-env"),
+    ],
+)
+async def test_inside_the_sandbox(broker, command: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+    _, output = await _bash(broker, Principal("inside"), command)
+    assert output == expected, output
