@@ -93,25 +93,12 @@ def apt_install(packages: list[str], why: str) -> None:
         )
     say(f"installing {' '.join(packages)} ({why})")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    lists = Path("/var/lib/apt/lists")
-    if not any(lists.glob("*Packages*")):
-        subprocess.run(["apt-get", "update"], check=False, capture_output=True, timeout=600, env=env)
-    proc = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", *packages],
-        capture_output=True,
-        timeout=900,
-        env=env,
-        check=False,
-    )
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    # Install from the lists we have; if that fails (no lists, or stale ones), update once and retry.
+    proc = subprocess.run(install, capture_output=True, timeout=900, env=env, check=False)
     if proc.returncode != 0:
         subprocess.run(["apt-get", "update"], check=False, capture_output=True, timeout=600, env=env)
-        proc = subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", *packages],
-            capture_output=True,
-            timeout=900,
-            env=env,
-            check=False,
-        )
+        proc = subprocess.run(install, capture_output=True, timeout=900, env=env, check=False)
     if proc.returncode != 0:
         tail = proc.stderr.decode(errors="replace")[-800:]
         raise SetupError(f"apt-get install {' '.join(packages)} failed: {tail}")
