@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal, cast
@@ -22,11 +25,14 @@ from gateway.backend.base import Backend
 from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.middleware import BearerAuthMiddleware, BodyLimitMiddleware, SecureHeadersMiddleware
+from gateway.reload import reload_policy
 from gateway.service import ExecutionService
 from gateway.tokens import TokenStore
 from gateway.tools import register_tools
 
 __all__ = ["build_app", "readiness"]
+
+_log = logging.getLogger("sandbox_gateway.app")
 
 _INSTRUCTIONS = (
     "Sandbox Gateway runs your code in a private, isolated sandbox with no network access. "
@@ -86,9 +92,19 @@ def build_app(
         max_request_body_size=settings.max_body_bytes,
     )
 
+    async def reaper() -> None:
+        while True:
+            await anyio.sleep(settings.reap_interval_s)
+            try:
+                await service.broker.reap_expired()
+            except GatewayError as exc:  # the engine may be down for a while; try again next round
+                _log.warning("reaping expired sandboxes failed: %s", exc.message)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with mcp.session_manager.run():
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reload_policy, service, settings.policy_file, audit)
+        async with mcp.session_manager.run(), anyio.create_task_group() as tasks:
             audit.emit(
                 "gateway.start",
                 version=__version__,
@@ -96,9 +112,12 @@ def build_app(
                 policy_digest=service.engine.digest,
                 docker_host=settings.docker_host,
             )
+            tasks.start_soon(reaper)
             try:
                 yield
             finally:
+                loop.remove_signal_handler(signal.SIGHUP)
+                tasks.cancel_scope.cancel()
                 removed = 0
                 if settings.remove_on_shutdown:
                     with anyio.CancelScope(shield=True):

@@ -1,34 +1,31 @@
 """The broker: one sandbox per principal, created only from an allowed Decision, run under its limits.
 
-Every Docker call runs in a bounded worker pool (never on the event loop) inside a span, and
-leaves an audit event.
+A sandbox is replaced when its profile's spec changes (or it outlives its lifecycle); after a
+gateway restart a principal's running sandbox with the same spec is adopted, others removed.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import anyio
-import anyio.to_thread
-from opentelemetry.trace import Status, StatusCode
 
 from audit import AuditLog
 from gateway.backend.base import Backend, ExecOutcome, ExecRequest
 from gateway.backend.create_body import LABEL_PREFIX, create_body, sandbox_env
 from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded, SandboxError
-from gateway.telemetry import tracer
+from gateway.ops import DockerOps
+from gateway.ratelimit import RateLimiter
 from policy import Decision, Principal
+from policy.model import ExecLimits, Lifecycle, RateLimits, SandboxSpec
 
-__all__ = ["Broker", "Sandbox"]
+__all__ = ["Broker", "Grant", "Sandbox", "principal_key"]
 
-T = TypeVar("T")
 _MANAGED = f"{LABEL_PREFIX}.managed"
+_SPEC = f"{LABEL_PREFIX}.spec-digest"
 
 
 @dataclass(slots=True)
@@ -38,14 +35,66 @@ class Sandbox:
     container_id: str
     name: str
     principal_key: str
+    profile: str
     policy_digest: str
+    spec_digest: str
     image: str
+    lifecycle: Lifecycle
     created_at: float
     last_used: float
+
+    def expired(self, now: float) -> str | None:
+        """Why this sandbox must go now ('idle' or 'max-age'), or None."""
+        if now - self.created_at >= self.lifecycle.max_age_s:
+            return "max-age"
+        if now - self.last_used >= self.lifecycle.idle_ttl_s:
+            return "idle"
+        return None
 
 
 def principal_key(principal: Principal) -> str:
     return f"{principal.tenant}/{principal.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The parts of an allowed Decision the broker acts on, none of them optional."""
+
+    profile: str
+    policy_digest: str
+    spec: SandboxSpec
+    image: str
+    image_digest: str | None
+    limits: ExecLimits
+    timeout_s: float
+    lifecycle: Lifecycle
+    rate_limits: RateLimits
+
+    @classmethod
+    def of(cls, decision: Decision) -> Grant:
+        """Refuse anything but a complete, allowed Decision: nothing reaches Docker without one."""
+        d = decision
+        if (
+            not d.allowed
+            or d.spec is None
+            or d.image is None
+            or d.limits is None
+            or d.timeout_s is None
+            or d.lifecycle is None
+            or d.rate_limits is None
+        ):
+            raise PolicyDenied("no allowed decision for this call", code="not-allowed")
+        return cls(
+            d.profile,
+            d.policy_digest,
+            d.spec,
+            d.image,
+            d.image_digest,
+            d.limits,
+            d.timeout_s,
+            d.lifecycle,
+            d.rate_limits,
+        )
 
 
 class Broker:
@@ -60,59 +109,22 @@ class Broker:
         tools_path: Path | None = None,
         skills_path: Path | None = None,
         workers: int = 16,
+        rates: RateLimiter | None = None,
     ) -> None:
         self.backend = backend
         self.audit = audit
         self.gateway_id = gateway_id
         self.tools_path = tools_path
         self.skills_path = skills_path
-        self._limiter = anyio.CapacityLimiter(workers)
+        self.ops = DockerOps(audit, workers)
+        self.rates = rates or RateLimiter()
         self._sandboxes: dict[str, Sandbox] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._running: dict[str, int] = {}
 
-    # -- Docker operations: span + audit + worker thread -------------------------------------
-
-    def _op_sync(self, op: str, fn: Callable[..., T], *args: Any, **attrs: Any) -> T:
-        """One blocking Docker call inside a span, with its audit event (success or failure)."""
-        started = time.monotonic()
-        with tracer().start_as_current_span(f"docker.{op}", record_exception=False) as span:
-            for key, value in attrs.items():
-                if value is not None:
-                    span.set_attribute(f"sandbox_gateway.{key}", value)
-            try:
-                result = fn(*args)
-            except GatewayError as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, exc.code))
-                self.audit.emit(
-                    f"docker.{op}",
-                    outcome="error",
-                    error=exc.code,
-                    duration_ms=round((time.monotonic() - started) * 1000, 2),
-                    **attrs,
-                )
-                raise
-            if op == "create" and isinstance(result, str):
-                attrs["container_id"] = result
-                span.set_attribute("sandbox_gateway.container_id", result)
-            self.audit.emit(
-                f"docker.{op}",
-                outcome="ok",
-                duration_ms=round((time.monotonic() - started) * 1000, 2),
-                **attrs,
-            )
-            return result
-
-    async def _op(self, op: str, fn: Callable[..., T], *args: Any, **attrs: Any) -> T:
-        """_op_sync on the bounded worker pool; the context (span, request id) goes with it."""
-        return await anyio.to_thread.run_sync(
-            functools.partial(self._op_sync, op, fn, *args, **attrs), limiter=self._limiter
-        )
-
     # -- sandboxes -----------------------------------------------------------------------------
 
-    def _labels(self, principal: Principal, decision: Decision) -> dict[str, str]:
+    def _labels(self, principal: Principal, decision: Grant) -> dict[str, str]:
         return {
             _MANAGED: "true",
             f"{LABEL_PREFIX}.gateway": self.gateway_id,
@@ -120,70 +132,120 @@ class Broker:
             f"{LABEL_PREFIX}.tenant": principal.tenant,
             f"{LABEL_PREFIX}.profile": decision.profile,
             f"{LABEL_PREFIX}.policy-digest": decision.policy_digest,
+            _SPEC: decision.spec.digest(),
         }
 
     def _name(self, key: str) -> str:
         digest = hashlib.sha256(f"{self.gateway_id}\0{key}".encode()).hexdigest()[:16]
         return f"sgw-{digest}"
 
+    def _lock(self, key: str) -> anyio.Lock:
+        return self._locks.setdefault(key, anyio.Lock())
+
     def sandbox_of(self, principal: Principal) -> Sandbox | None:
         return self._sandboxes.get(principal_key(principal))
 
+    @property
+    def sandboxes(self) -> list[Sandbox]:
+        return list(self._sandboxes.values())
+
     async def ensure_sandbox(self, principal: Principal, decision: Decision) -> Sandbox:
         """The principal's running sandbox: the known one, one found by its labels, or a new one."""
-        if not decision.allowed or decision.spec is None or decision.image is None:
-            raise PolicyDenied("no allowed decision for this sandbox", code="not-allowed")
+        return await self._ensure(principal, Grant.of(decision))
+
+    async def _ensure(self, principal: Principal, decision: Grant) -> Sandbox:
         key = principal_key(principal)
-        lock = self._locks.setdefault(key, anyio.Lock())
-        async with lock:
+        async with self._lock(key):
             known = self._sandboxes.get(key)
-            if known is not None and known.policy_digest == decision.policy_digest:
-                return known
             if known is not None:
-                await self._remove(known, reason="policy-changed")
+                why = (
+                    "spec-changed"
+                    if known.spec_digest != decision.spec.digest()
+                    else known.expired(time.time())
+                )
+                if why is None:
+                    return known
+                await self._remove(known, reason=why)
             found = await self._adopt(principal, decision, key)
             return found or await self._create(principal, decision, key)
 
-    async def _adopt(self, principal: Principal, decision: Decision, key: str) -> Sandbox | None:
-        """After a gateway restart: reuse the principal's running sandbox made under the same policy."""
+    async def _adopt(self, principal: Principal, decision: Grant, key: str) -> Sandbox | None:
+        """After a gateway restart: reuse the principal's running sandbox made with the same spec."""
         labels = {
             _MANAGED: "true",
             f"{LABEL_PREFIX}.gateway": self.gateway_id,
             f"{LABEL_PREFIX}.principal": principal.id,
             f"{LABEL_PREFIX}.tenant": principal.tenant,
         }
-        rows = await self._op("list", self.backend.list, labels, principal=principal.id)
-        keep = None
+        rows = await self.ops.acall("list", self.backend.list, labels, principal=principal.id)
+        now, keep = time.time(), None
+        spec_digest = decision.spec.digest()
         for row in rows:
-            same = row.labels.get(f"{LABEL_PREFIX}.policy-digest") == decision.policy_digest
-            if keep is None and row.running and same and row.name == self._name(key):
+            young = now - row.created < decision.lifecycle.max_age_s
+            same = row.labels.get(_SPEC) == spec_digest and row.name == self._name(key)
+            if keep is None and row.running and same and young:
                 keep = row
-            else:
-                await self._op(
-                    "remove",
-                    self.backend.remove,
-                    row.id,
-                    container_id=row.id,
-                    principal=principal.id,
-                    reason="stale",
-                )
+                continue
+            await self.ops.acall(
+                "remove",
+                self.backend.remove,
+                row.id,
+                container_id=row.id,
+                principal=principal.id,
+                reason="stale",
+            )
+            self.audit.emit("sandbox.remove", container_id=row.id, reason="stale", principal_key=key)
         if keep is None:
             return None
-        now = time.time()
-        sandbox = Sandbox(keep.id, keep.name, key, decision.policy_digest, decision.image or "", now, now)
+        sandbox = Sandbox(
+            keep.id,
+            keep.name,
+            key,
+            decision.profile,
+            decision.policy_digest,
+            spec_digest,
+            decision.image,
+            decision.lifecycle,
+            keep.created or now,
+            now,
+        )
         self._sandboxes[key] = sandbox
         self.audit.emit(
             "sandbox.adopt",
-            principal=principal.id,
-            tenant=principal.tenant,
             container_id=keep.id,
+            profile=decision.profile,
             policy_digest=decision.policy_digest,
         )
         return sandbox
 
-    async def _create(self, principal: Principal, decision: Decision, key: str) -> Sandbox:
-        if decision.spec is None or decision.image is None:
-            raise PolicyDenied("no allowed decision for this sandbox", code="not-allowed")
+    async def _verify_image(self, decision: Grant) -> None:
+        """A pinned image must be exactly the one the policy names."""
+        if decision.image_digest is None or decision.image is None:
+            return
+        identity = await self.ops.acall(
+            "inspect_image", self.backend.image_identity, decision.image, image=decision.image
+        )
+        if decision.image_digest not in identity:
+            raise SandboxError(
+                f"image {decision.image} is not the one the policy pins ({decision.image_digest[:19]}...)",
+                code="image-digest-mismatch",
+            )
+
+    async def _create(self, principal: Principal, decision: Grant, key: str) -> Sandbox:
+        retry = self.rates.hit("sandbox_creations", key, decision.rate_limits.sandbox_creations)
+        if retry is not None:
+            self.audit.emit(
+                "ratelimit.hit",
+                limit="sandbox_creations",
+                rate=decision.rate_limits.sandbox_creations,
+                retry_after_s=retry,
+            )
+            raise QuotaExceeded(
+                f"sandbox-creation rate {decision.rate_limits.sandbox_creations} reached; "
+                f"retry in {retry:.0f} s",
+                code="sandbox-creation-rate",
+            )
+        await self._verify_image(decision)
         name = self._name(key)
         body = create_body(
             decision.spec,
@@ -193,12 +255,14 @@ class Broker:
             skills_path=self.skills_path,
         )
         attrs = {"principal": principal.id, "image": decision.image, "policy_digest": decision.policy_digest}
-        container_id = await self._op("create", self.backend.create, name, body, **attrs)
+        container_id = await self.ops.acall("create", self.backend.create, name, body, **attrs)
         try:
-            await self._op("start", self.backend.start, container_id, container_id=container_id, **attrs)
+            await self.ops.acall(
+                "start", self.backend.start, container_id, container_id=container_id, **attrs
+            )
         except GatewayError:
             # Nothing half-created stays behind.
-            await self._op(
+            await self.ops.acall(
                 "remove",
                 self.backend.remove,
                 container_id,
@@ -208,22 +272,32 @@ class Broker:
             )
             raise
         now = time.time()
-        sandbox = Sandbox(container_id, name, key, decision.policy_digest, decision.image, now, now)
+        sandbox = Sandbox(
+            container_id,
+            name,
+            key,
+            decision.profile,
+            decision.policy_digest,
+            decision.spec.digest(),
+            decision.image,
+            decision.lifecycle,
+            now,
+            now,
+        )
         self._sandboxes[key] = sandbox
         self.audit.emit(
             "sandbox.create",
-            principal=principal.id,
-            tenant=principal.tenant,
             container_id=container_id,
             image=decision.image,
             profile=decision.profile,
             policy_digest=decision.policy_digest,
+            runtime=decision.spec.runtime,
         )
         return sandbox
 
     async def _remove(self, sandbox: Sandbox, *, reason: str) -> None:
         self._sandboxes.pop(sandbox.principal_key, None)
-        await self._op(
+        await self.ops.acall(
             "remove",
             self.backend.remove,
             sandbox.container_id,
@@ -238,23 +312,35 @@ class Broker:
         )
 
     async def reset(self, principal: Principal) -> bool:
-        """Remove the principal's sandbox; the next call gets a fresh one."""
+        """Remove the principal's sandbox; the next call gets a fresh one. False if there was none."""
         key = principal_key(principal)
-        async with self._locks.setdefault(key, anyio.Lock()):
+        async with self._lock(key):
             sandbox = self._sandboxes.get(key)
             if sandbox is None:
                 return False
             await self._remove(sandbox, reason="reset")
             return True
 
+    async def reap_expired(self) -> int:
+        """Remove sandboxes past their idle TTL or max age (never one with a call running)."""
+        removed = 0
+        for sandbox in self.sandboxes:
+            if self._running.get(sandbox.principal_key, 0):
+                continue
+            async with self._lock(sandbox.principal_key):
+                reason = sandbox.expired(time.time())
+                if reason and self._sandboxes.get(sandbox.principal_key) is sandbox:
+                    await self._remove(sandbox, reason=reason)
+                    removed += 1
+        return removed
+
     # -- execution -----------------------------------------------------------------------------
 
     async def execute(self, principal: Principal, decision: Decision, argv: list[str]) -> ExecOutcome:
         """Run argv in the principal's sandbox under the Decision's limits."""
-        if decision.limits is None or decision.spec is None or decision.timeout_s is None:
-            raise PolicyDenied("no allowed decision for this call", code="not-allowed")
+        grant = Grant.of(decision)
         key = principal_key(principal)
-        limit = decision.limits.max_concurrent
+        limit = grant.limits.max_concurrent
         if self._running.get(key, 0) >= limit:
             raise QuotaExceeded(
                 f"concurrent-exec quota: {limit} calls already running for this principal",
@@ -264,40 +350,45 @@ class Broker:
         try:
             request = ExecRequest(
                 argv=argv,
-                user=decision.spec.user,
-                workdir=decision.spec.workdir,
-                env=sandbox_env(decision.spec),
-                timeout_s=decision.timeout_s,
-                max_output_bytes=decision.limits.max_output_bytes,
+                user=grant.spec.user,
+                workdir=grant.spec.workdir,
+                env=sandbox_env(grant.spec),
+                timeout_s=grant.timeout_s,
+                max_output_bytes=grant.limits.max_output_bytes,
             )
-            for attempt in (1, 2):
-                sandbox = await self.ensure_sandbox(principal, decision)
-                try:
-                    outcome = await self._op(
-                        "exec",
-                        self.backend.exec,
-                        sandbox.container_id,
-                        request,
-                        container_id=sandbox.container_id,
-                        principal=principal.id,
-                        policy_digest=decision.policy_digest,
-                    )
-                except SandboxError as exc:
-                    # The container died or vanished before the command started: replace it once.
-                    if exc.code != "sandbox-gone" or attempt == 2:
-                        raise
-                    await self._forget(sandbox, reason="lost")
-                    continue
-                sandbox.last_used = time.time()
-                if outcome.sandbox_lost:
-                    await self._forget(sandbox, reason="died-during-exec")
-                return outcome
-            raise SandboxError("the sandbox could not be started")  # pragma: no cover - loop returns
+            return await self._execute_once_or_twice(principal, grant, request)
         finally:
             self._running[key] -= 1
 
+    async def _execute_once_or_twice(
+        self, principal: Principal, grant: Grant, request: ExecRequest
+    ) -> ExecOutcome:
+        for attempt in (1, 2):
+            sandbox = await self._ensure(principal, grant)
+            try:
+                outcome = await self.ops.acall(
+                    "exec",
+                    self.backend.exec,
+                    sandbox.container_id,
+                    request,
+                    container_id=sandbox.container_id,
+                    principal=principal.id,
+                    policy_digest=grant.policy_digest,
+                )
+            except SandboxError as exc:
+                # The container died or vanished before the command started: replace it, once.
+                if exc.code != "sandbox-gone" or attempt == 2:
+                    raise
+                await self._forget(sandbox, reason="lost")
+                continue
+            sandbox.last_used = time.time()
+            if outcome.sandbox_lost:
+                await self._forget(sandbox, reason="died-during-exec")
+            return outcome
+        raise SandboxError("the sandbox could not be started")  # pragma: no cover - the loop returns
+
     async def _forget(self, sandbox: Sandbox, *, reason: str) -> None:
-        async with self._locks.setdefault(sandbox.principal_key, anyio.Lock()):
+        async with self._lock(sandbox.principal_key):
             if self._sandboxes.get(sandbox.principal_key) is sandbox:
                 await self._remove(sandbox, reason=reason)
 
@@ -305,15 +396,15 @@ class Broker:
 
     def cleanup_all_sync(self) -> int:
         """Remove every sandbox this gateway manages (known or only labelled). Returns how many."""
-        rows = self._op_sync(
+        rows = self.ops.call(
             "list", self.backend.list, {_MANAGED: "true", f"{LABEL_PREFIX}.gateway": self.gateway_id}
         )
         for row in rows:
-            self._op_sync("remove", self.backend.remove, row.id, container_id=row.id, reason="shutdown")
+            self.ops.call("remove", self.backend.remove, row.id, container_id=row.id, reason="shutdown")
             self.audit.emit("sandbox.remove", container_id=row.id, reason="shutdown")
         self._sandboxes.clear()
         return len(rows)
 
     async def cleanup_all(self) -> int:
-        """cleanup_all_sync on a worker thread."""
-        return await anyio.to_thread.run_sync(self.cleanup_all_sync, limiter=self._limiter)
+        """cleanup_all_sync on the worker pool."""
+        return await self.ops.run(self.cleanup_all_sync)

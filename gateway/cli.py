@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.errors import GatewayError
+from gateway.policy_cli import add_policy_commands
 
 __all__ = ["main"]
 
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--keep-sandboxes", action="store_true", help="do not remove sandboxes on shutdown")
     serve.add_argument("--tools-dir", type=Path, help="host directory mounted read-only at /tools")
     serve.add_argument("--skills-dir", type=Path, help="host directory mounted read-only at /skills")
+    serve.add_argument("--reap-interval", type=float, default=30.0, help="seconds between expiry sweeps")
     serve.add_argument(
         "--allowed-host",
         action="append",
@@ -81,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
         help="extra Host header value to accept (DNS-rebinding protection); repeatable",
     )
     serve.set_defaults(func=_cmd_serve)
+
+    add_policy_commands(sub)
 
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)

@@ -72,6 +72,8 @@ class Settings:
     gateway_id: str = "default"
     max_body_bytes: int = 1024 * 1024
     docker_workers: int = 16
+    #: How often expired sandboxes (idle TTL, max age) are looked for.
+    reap_interval_s: float = 30.0
     remove_on_shutdown: bool = True
     tools_path: Path | None = None
     skills_path: Path | None = None

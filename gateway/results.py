@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ExecResult"]
+from policy import Principal, Profile
+
+__all__ = ["ExecResult", "ResetResult", "SandboxInfo", "SandboxState"]
 
 
 class ExecResult(BaseModel):
@@ -16,3 +18,80 @@ class ExecResult(BaseModel):
     duration_ms: float = Field(description="Wall-clock time of the call inside the gateway")
     timed_out: bool = Field(description="The command was stopped at its timeout")
     truncated: bool = Field(description="stdout or stderr exceeded the output cap and was cut")
+
+
+class SandboxState(BaseModel):
+    """The caller's live sandbox."""
+
+    container_id: str
+    created_at: float = Field(description="Seconds since the epoch")
+    idle_expires_in_s: float = Field(description="Removed after this long without a call")
+    max_age_expires_in_s: float = Field(description="Removed after this long whatever happens")
+    up_to_date: bool = Field(description="False when the policy changed; the next call replaces it")
+
+
+class SandboxInfo(BaseModel):
+    """Who the caller is to the gateway, and the limits that apply to it."""
+
+    principal: str
+    tenant: str
+    profile: str
+    policy_digest: str
+    tools: list[str]
+    image: str
+    network: str
+    read_only_rootfs: bool
+    runtime: str
+    cpus: float
+    memory_bytes: int
+    memory_swap_bytes: int
+    pids_limit: int
+    writable_paths: dict[str, int] = Field(description="tmpfs mount -> size cap in bytes")
+    default_timeout_s: float
+    max_timeout_s: float
+    max_output_bytes: int
+    max_input_bytes: int
+    max_concurrent: int
+    requests_rate: str
+    sandbox_creations_rate: str
+    idle_ttl_s: float
+    max_age_s: float
+    sandbox: SandboxState | None
+
+    @classmethod
+    def from_profile(
+        cls, principal: Principal, name: str, digest: str, profile: Profile, state: SandboxState | None
+    ) -> SandboxInfo:
+        spec, limits = profile.sandbox, profile.exec
+        return cls(
+            principal=principal.id,
+            tenant=principal.tenant,
+            profile=name,
+            policy_digest=digest,
+            tools=sorted(profile.tools),
+            image=spec.image_names()[0],
+            network=spec.network,
+            read_only_rootfs=spec.read_only_rootfs,
+            runtime=spec.runtime,
+            cpus=spec.cpus,
+            memory_bytes=spec.memory,
+            memory_swap_bytes=spec.memory_swap,
+            pids_limit=spec.pids_limit,
+            writable_paths={m.path: m.size for m in spec.tmpfs},
+            default_timeout_s=limits.default_timeout_s,
+            max_timeout_s=limits.max_timeout_s,
+            max_output_bytes=limits.max_output_bytes,
+            max_input_bytes=limits.max_input_bytes,
+            max_concurrent=limits.max_concurrent,
+            requests_rate=profile.rate_limits.requests,
+            sandbox_creations_rate=profile.rate_limits.sandbox_creations,
+            idle_ttl_s=profile.lifecycle.idle_ttl_s,
+            max_age_s=profile.lifecycle.max_age_s,
+            sandbox=state,
+        )
+
+
+class ResetResult(BaseModel):
+    """Whether a sandbox was removed."""
+
+    reset: bool = Field(description="True if the caller had a sandbox and it was removed")

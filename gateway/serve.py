@@ -40,6 +40,7 @@ def serve(args: argparse.Namespace) -> int:
         tools_path=args.tools_dir,
         skills_path=args.skills_dir,
         allowed_hosts=tuple(args.allowed_host),
+        reap_interval_s=args.reap_interval,
     )
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -5,17 +5,19 @@ This is the request path below the transport; the MCP tools and the embedding AP
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import structlog
 
 from audit import AuditLog
 from gateway.backend.commands import KILL_GRACE_S, MAX_ARGV_BYTES, bash_argv, python_argv
 from gateway.broker import Broker
-from gateway.errors import GatewayError, PolicyDenied
-from gateway.results import ExecResult
-from policy import Action, Principal
+from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded
+from gateway.results import ExecResult, ResetResult, SandboxInfo, SandboxState
+from policy import Action, Decision, Principal
 from policy.engine import PolicyEngine
 
 __all__ = ["ExecutionService", "InvalidArgument"]
@@ -42,10 +44,12 @@ class ExecutionService:
         self.broker = broker
         self.audit = audit
 
-    async def execute(
-        self, principal: Principal, tool: str, code: object, timeout_s: float | None = None
-    ) -> ExecResult:
-        """Run `code` with `tool` for `principal`; raises GatewayError subclasses with a stable code."""
+    def replace_engine(self, engine: PolicyEngine) -> None:
+        """Switch to a new, already validated policy; calls in flight keep the Decision they got."""
+        self.engine = engine
+
+    @asynccontextmanager
+    async def _request(self, principal: Principal, tool: str) -> AsyncIterator[str]:
         request_id = uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(
             request_id=request_id,
@@ -54,6 +58,36 @@ class ExecutionService:
             auth_method=principal.auth_method,
             tool=tool,
         ):
+            yield request_id
+
+    def _decide(self, principal: Principal, action: Action) -> Decision:
+        """Evaluate, record (fail-closed), refuse denials, then apply the principal's request rate."""
+        decision = self.engine.evaluate(principal, action)
+        self.audit.emit(
+            "policy.decision",
+            decision="allow" if decision.allowed else "deny",
+            reasons=list(decision.reasons),
+            rule_ids=list(decision.rule_ids),
+            profile=decision.profile,
+            policy_digest=decision.policy_digest,
+            input_bytes=action.input_bytes,
+            timeout_s=decision.timeout_s or action.timeout_s,
+        )
+        if not decision.allowed:
+            raise PolicyDenied(decision.message, code=decision.reasons[0])
+        assert decision.rate_limits is not None  # noqa: S101 - allowed decisions carry their limits
+        rate = decision.rate_limits.requests
+        retry = self.broker.rates.hit("requests", f"{principal.tenant}/{principal.id}", rate)
+        if retry is not None:
+            self.audit.emit("ratelimit.hit", limit="requests", rate=rate, retry_after_s=retry)
+            raise QuotaExceeded(f"request rate {rate} reached; retry in {retry:.0f} s", code="rate-limited")
+        return decision
+
+    async def execute(
+        self, principal: Principal, tool: str, code: object, timeout_s: float | None = None
+    ) -> ExecResult:
+        """Run `code` with `tool` for `principal`; raises GatewayError subclasses with a stable code."""
+        async with self._request(principal, tool):
             return await self._execute(principal, tool, code, timeout_s)
 
     async def _execute(
@@ -64,28 +98,16 @@ class ExecutionService:
             raise InvalidArgument(f"unknown tool {tool!r}")
         text = _check_code(code, "command" if tool == "execute_bash" else "code")
         size = len(text.encode())
-        decision = self.engine.evaluate(principal, Action(tool=tool, input_bytes=size, timeout_s=timeout_s))
-        # Fail-closed: if this event cannot be written, AuditWriteError stops the call here.
-        self.audit.emit(
-            "policy.decision",
-            decision="allow" if decision.allowed else "deny",
-            reasons=list(decision.reasons),
-            rule_ids=list(decision.rule_ids),
-            profile=decision.profile,
-            policy_digest=decision.policy_digest,
-            input_bytes=size,
-            timeout_s=decision.timeout_s or timeout_s,
-        )
-        if not decision.allowed:
-            raise PolicyDenied(decision.message, code=decision.reasons[0])
+        # Fail-closed: if the decision cannot be recorded, AuditWriteError stops the call here.
+        decision = self._decide(principal, Action(tool=tool, input_bytes=size, timeout_s=timeout_s))
         if size > MAX_ARGV_BYTES:
             raise InvalidArgument(
                 f"input of {size} bytes is above the gateway's hard cap of {MAX_ARGV_BYTES}"
             )
-        assert decision.timeout_s is not None  # noqa: S101 - an allowed decision always carries it
-        argv = builder(text, decision.timeout_s)
+        timeout = decision.timeout_s or 0.0
+        argv = builder(text, timeout)
         self.audit.emit(
-            "exec.start", policy_digest=decision.policy_digest, timeout_s=decision.timeout_s, input_bytes=size
+            "exec.start", policy_digest=decision.policy_digest, timeout_s=timeout, input_bytes=size
         )
         try:
             outcome = await self.broker.execute(principal, decision, argv)
@@ -96,8 +118,8 @@ class ExecutionService:
             raise
         timed_out = outcome.deadline_hit or (
             outcome.exit_code in _TIMEOUT_EXITS
-            and outcome.duration_ms >= decision.timeout_s * 1000 * 0.98
-            and outcome.duration_ms <= (decision.timeout_s + KILL_GRACE_S + 5) * 1000
+            and outcome.duration_ms >= timeout * 1000 * 0.98
+            and outcome.duration_ms <= (timeout + KILL_GRACE_S + 5) * 1000
         )
         result = ExecResult(
             exit_code=outcome.exit_code,
@@ -121,6 +143,32 @@ class ExecutionService:
             max_output_bytes=decision.limits.max_output_bytes if decision.limits else None,
         )
         return result
+
+    async def info(self, principal: Principal) -> SandboxInfo:
+        """The caller's effective profile and limits, and its sandbox if it has one."""
+        async with self._request(principal, "sandbox_info"):
+            decision = self._decide(principal, Action(tool="sandbox_info"))
+            profile = self.engine.policy.profiles[decision.profile]
+            sandbox = self.broker.sandbox_of(principal)
+            state = None
+            if sandbox is not None:
+                now = time.time()
+                state = SandboxState(
+                    container_id=sandbox.container_id[:12],
+                    created_at=sandbox.created_at,
+                    idle_expires_in_s=round(sandbox.lifecycle.idle_ttl_s - (now - sandbox.last_used), 1),
+                    max_age_expires_in_s=round(sandbox.lifecycle.max_age_s - (now - sandbox.created_at), 1),
+                    up_to_date=sandbox.spec_digest == profile.sandbox.digest(),
+                )
+            return SandboxInfo.from_profile(
+                principal, decision.profile, decision.policy_digest, profile, state
+            )
+
+    async def reset(self, principal: Principal) -> ResetResult:
+        """Remove the caller's sandbox; the next call starts from a fresh one."""
+        async with self._request(principal, "reset_sandbox"):
+            self._decide(principal, Action(tool="reset_sandbox"))
+            return ResetResult(reset=await self.broker.reset(principal))
 
 
 def _check_code(code: object, name: str) -> str:

@@ -92,6 +92,10 @@ class TokenStore:
         self._by_hash[row["sha256"]] = Principal(principal, tenant, profile, "token")
         return token
 
+    def principal(self, principal_id: str) -> Principal | None:
+        """The first entry for `principal_id` (for `policy explain`), or None."""
+        return next((p for p in self._by_hash.values() if p.id == principal_id), None)
+
     def verify(self, token: str) -> Principal | None:
         """The principal for `token`, or None.
 

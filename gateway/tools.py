@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -11,13 +12,14 @@ from pydantic import Field
 
 from gateway.errors import GatewayError
 from gateway.middleware import PRINCIPAL_SCOPE_KEY
-from gateway.results import ExecResult
+from gateway.results import ExecResult, ResetResult, SandboxInfo
 from gateway.service import ExecutionService
 from policy import Principal
 
 __all__ = ["register_tools"]
 
 _log = logging.getLogger("sandbox_gateway.tools")
+T = TypeVar("T")
 
 Timeout = Annotated[
     float | None,
@@ -34,22 +36,26 @@ def _principal(ctx: Context[Any, Any]) -> Principal:
     return principal
 
 
-async def _run(
-    service: ExecutionService, ctx: Context[Any, Any], tool: str, code: str, timeout_s: float | None
-) -> ExecResult:
-    principal = _principal(ctx)
+async def _guarded(tool: str, principal: Principal, call: Awaitable[T]) -> T:
+    """Map gateway errors to tool errors with a stable code; never leak internals to the client."""
     try:
-        return await service.execute(principal, tool, code, timeout_s)
+        return await call
     except GatewayError as exc:
         raise ToolError(f"{exc.code}: {exc.message}") from exc
     except Exception as exc:
-        # Never leak internals to the client; the log has the traceback.
         _log.exception("tool %s failed for principal %s", tool, principal.id)
         raise ToolError("internal-error: the gateway failed to run this call; it has been logged") from exc
 
 
+async def _run(
+    service: ExecutionService, ctx: Context[Any, Any], tool: str, code: str, timeout_s: float | None
+) -> ExecResult:
+    principal = _principal(ctx)
+    return await _guarded(tool, principal, service.execute(principal, tool, code, timeout_s))
+
+
 def register_tools(mcp: MCPServer[Any], service: ExecutionService) -> None:
-    """Add execute_bash and execute_python to `mcp`."""
+    """Add the gateway's tools to `mcp`; each profile names which of them its principals may call."""
 
     @mcp.tool(
         name="execute_bash",
@@ -82,3 +88,24 @@ def register_tools(mcp: MCPServer[Any], service: ExecutionService) -> None:
         timeout_s: Timeout = None,
     ) -> ExecResult:
         return await _run(service, ctx, "execute_python", code, timeout_s)
+
+    @mcp.tool(
+        name="sandbox_info",
+        description=(
+            "Your profile and effective limits (CPU, memory, writable paths and sizes, timeouts, "
+            "output caps, rates) and your sandbox's state and time left."
+        ),
+        structured_output=True,
+    )
+    async def sandbox_info(ctx: Context[Any, Any]) -> SandboxInfo:
+        principal = _principal(ctx)
+        return await _guarded("sandbox_info", principal, service.info(principal))
+
+    @mcp.tool(
+        name="reset_sandbox",
+        description="Throw away your sandbox and its files; your next call starts in a fresh one.",
+        structured_output=True,
+    )
+    async def reset_sandbox(ctx: Context[Any, Any]) -> ResetResult:
+        principal = _principal(ctx)
+        return await _guarded("reset_sandbox", principal, service.reset(principal))

@@ -48,12 +48,12 @@ def _timeout(name: str, profile: Profile, action: Action) -> Denial | None:
 
 
 def _image(name: str, profile: Profile, action: Action) -> Denial | None:
-    if action.image is None or action.image in profile.sandbox.images:
+    if action.image is None or action.image in profile.sandbox.image_names():
         return None
     return (
         "image-not-allowed",
         "sandbox.images",
-        f"image {action.image!r} is not in the profile's allow-list {list(profile.sandbox.images)}",
+        f"image {action.image!r} is not in the profile's allow-list {list(profile.sandbox.image_names())}",
     )
 
 
@@ -69,7 +69,7 @@ class PolicyEngine:
 
     def evaluate(self, principal: Principal, action: Action) -> Decision:
         """Decide one tool call. Denials carry a stable reason code and the rule that decided."""
-        name = principal.profile
+        name = self.policy.profile_for(principal.id, principal.tenant, principal.profile)
         profile = self.policy.profiles.get(name)
         if profile is None:
             message = (
@@ -81,6 +81,7 @@ class PolicyEngine:
             if denial is not None:
                 return self._deny(name, denial, base=f"profiles.{name}.")
         base = f"profiles.{name}"
+        image = action.image or profile.sandbox.image_names()[0]
         return Decision(
             allowed=True,
             profile=name,
@@ -89,8 +90,11 @@ class PolicyEngine:
             rule_ids=(f"{base}.tools", f"{base}.exec", f"{base}.sandbox.images"),
             spec=profile.sandbox,
             limits=profile.exec,
-            image=action.image or profile.sandbox.images[0],
+            image=image,
+            image_digest=profile.sandbox.pinned_digest(image),
             timeout_s=profile.exec.default_timeout_s if action.timeout_s is None else action.timeout_s,
+            lifecycle=profile.lifecycle,
+            rate_limits=profile.rate_limits,
         )
 
     def _deny(self, profile: str, denial: Denial, *, base: str) -> Decision:

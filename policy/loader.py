@@ -37,6 +37,49 @@ def default_policy_path() -> Path:
     return Path(__file__).with_name("profiles") / "default.yaml"
 
 
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_extends(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """Flatten `extends:` chains: a profile is its parent deep-merged with its own keys (lists replace)."""
+    profiles = raw.get("profiles")
+    if not isinstance(profiles, dict):
+        return raw
+    resolved: dict[str, Any] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> Any:
+        if name in resolved:
+            return resolved[name]
+        if name in chain:
+            cycle = " -> ".join((*chain, name))
+            raise PolicyLoadError(source, f"profiles.{chain[0]}.extends", "inheritance cycle", cycle)
+        body = profiles[name]
+        if not isinstance(body, dict) or "extends" not in body:
+            resolved[name] = body
+            return body
+        parent = body["extends"]
+        if not isinstance(parent, str) or parent not in profiles:
+            raise PolicyLoadError(
+                source, f"profiles.{name}.extends", "names no profile of this file", repr(parent)
+            )
+        base = resolve(parent, (*chain, name))
+        own = {key: value for key, value in body.items() if key != "extends"}
+        result = _deep_merge(base, own) if isinstance(base, dict) else own
+        resolved[name] = result
+        return result
+
+    for name in profiles:
+        resolve(str(name), ())
+    return {**raw, "profiles": resolved}
+
+
 def _dotted(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -53,8 +96,9 @@ def load_policy_text(text: str, source: str = "<string>") -> Policy:
     if not isinstance(raw, dict):
         raise PolicyLoadError(source, "<root>", "a policy file is a mapping with 'version' and 'profiles'")
     check_guardrails(raw, source)
+    effective = _resolve_extends(raw, source)
     try:
-        return Policy.model_validate(raw)
+        return Policy.model_validate(effective)
     except ValidationError as exc:
         first = exc.errors()[0]
         rule = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -17,13 +18,28 @@ __all__ = [
     "CAP_ADD_ALLOW_LIST",
     "TOOL_NAMES",
     "ExecLimits",
+    "Lifecycle",
     "Policy",
     "Profile",
+    "RateLimits",
     "SandboxSpec",
     "TmpfsMount",
+    "split_image",
 ]
 
 Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def _octal(value: object) -> object:
+    if isinstance(value, str):
+        try:
+            return int(value.removeprefix("0o"), 8)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an octal file mode like '0755'") from exc
+    return value
+
+
+Mode = Annotated[int, BeforeValidator(_octal), Field(ge=0, le=0o7777)]
 
 #: Capabilities a profile may add back after dropping ALL. Everything else is refused at load.
 CAP_ADD_ALLOW_LIST = frozenset(
@@ -31,7 +47,17 @@ CAP_ADD_ALLOW_LIST = frozenset(
 )
 
 #: Every tool the gateway serves; a profile names the ones it may call.
-TOOL_NAMES = frozenset({"execute_bash", "execute_python"})
+TOOL_NAMES = frozenset({"execute_bash", "execute_python", "sandbox_info", "reset_sandbox"})
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_RATE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+
+
+def split_image(entry: str) -> tuple[str, str | None]:
+    """`name[@sha256:...]` -> (name, pinned digest or None)."""
+    name, _, digest = entry.partition("@")
+    return name, (digest or None)
+
 
 _ULIMIT_NAMES = frozenset({"nofile", "nproc", "fsize", "core", "cpu", "stack", "memlock", "sigpending"})
 
@@ -46,7 +72,7 @@ class TmpfsMount(_Strict):
     path: str
     size: Size
     noexec: bool = False
-    mode: int = 0o1777
+    mode: Mode = 0o1777
 
     @field_validator("path")
     @classmethod
@@ -83,6 +109,17 @@ class SandboxSpec(_Strict):
     ulimits: dict[str, int] = Field(default_factory=dict)
     workdir: str = "/workspace"
 
+    @field_validator("images")
+    @classmethod
+    def _image_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            name, digest = split_image(entry)
+            if not name or any(c.isspace() for c in entry):
+                raise ValueError(f"{entry!r} is not an image name")
+            if digest is not None and not _DIGEST.match(digest):
+                raise ValueError(f"{entry!r}: a pinned image is name@sha256:<64 hex digits>")
+        return value
+
     @field_validator("user")
     @classmethod
     def _numeric_non_root(cls, value: str) -> str:
@@ -108,6 +145,22 @@ class SandboxSpec(_Strict):
         if self.memory < 6 * 1024**2:
             raise ValueError("memory below 6 MiB cannot start a container")
         return self
+
+    def image_names(self) -> tuple[str, ...]:
+        return tuple(split_image(entry)[0] for entry in self.images)
+
+    def pinned_digest(self, name: str) -> str | None:
+        """The digest an allowed image is pinned to, or None when it is allowed by name only."""
+        for entry in self.images:
+            entry_name, digest = split_image(entry)
+            if entry_name == name:
+                return digest
+        return None
+
+    def digest(self) -> str:
+        """sha256 of this spec alone: a sandbox is replaced when its profile's spec changes."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
     def uid(self) -> int:
@@ -136,6 +189,27 @@ class ExecLimits(_Strict):
         return self
 
 
+class Lifecycle(_Strict):
+    """How long a sandbox lives: removed after `idle_ttl_s` without a call, or `max_age_s` after creation."""
+
+    idle_ttl_s: float = Field(default=1800, gt=0)
+    max_age_s: float = Field(default=8 * 3600, gt=0)
+
+
+class RateLimits(_Strict):
+    """Per-principal rates, written as `N/second|minute|hour|day` (the slowapi / limits notation)."""
+
+    requests: str = "120/minute"
+    sandbox_creations: str = "10/minute"
+
+    @field_validator("requests", "sandbox_creations")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        if not _RATE.match(value):
+            raise ValueError(f"{value!r} is not a rate like '60/minute'")
+        return value.strip()
+
+
 class Profile(_Strict):
     """One named set of rules a principal is mapped to."""
 
@@ -143,6 +217,8 @@ class Profile(_Strict):
     tools: tuple[str, ...]
     sandbox: SandboxSpec
     exec: ExecLimits = ExecLimits()
+    lifecycle: Lifecycle = Lifecycle()
+    rate_limits: RateLimits = RateLimits()
 
     @field_validator("tools")
     @classmethod
@@ -154,10 +230,26 @@ class Profile(_Strict):
 
 
 class Policy(_Strict):
-    """A whole policy file: a version and its profiles."""
+    """A whole policy file: profiles, and which principals and tenants use which profile."""
 
     version: Literal[1]
     profiles: dict[str, Profile] = Field(min_length=1)
+    #: principal id -> profile; wins over the tenant mapping and the token's profile.
+    principals: dict[str, str] = Field(default_factory=dict)
+    #: tenant -> profile; wins over the token's profile.
+    tenants: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _mappings_name_profiles(self) -> Policy:
+        for section in ("principals", "tenants"):
+            for who, profile in getattr(self, section).items():
+                if profile not in self.profiles:
+                    raise ValueError(f"{section}.{who} maps to profile {profile!r}, which is not defined")
+        return self
+
+    def profile_for(self, principal_id: str, tenant: str, token_profile: str) -> str:
+        """The profile that governs a principal: policy principals, then tenants, then the token's."""
+        return self.principals.get(principal_id) or self.tenants.get(tenant) or token_profile
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the effective policy; names the policy version in audit events."""

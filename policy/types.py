@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from policy.model import ExecLimits, SandboxSpec
+from policy.model import ExecLimits, Lifecycle, RateLimits, SandboxSpec
 
 __all__ = ["Action", "Decision", "Principal"]
 
@@ -42,5 +42,8 @@ class Decision:
     spec: SandboxSpec | None = None
     limits: ExecLimits | None = None
     image: str | None = None
+    #: The digest the image is pinned to in the policy (the broker verifies it before a create).
+    image_digest: str | None = None
     timeout_s: float | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    lifecycle: Lifecycle | None = None
+    rate_limits: RateLimits | None = None

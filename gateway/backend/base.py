@@ -47,6 +47,8 @@ class ContainerInfo:
     running: bool
     labels: dict[str, str] = field(default_factory=dict)
     oom_killed: bool = False
+    #: Creation time, seconds since the epoch (0 when unknown).
+    created: float = 0.0
 
 
 class Backend(Protocol):
@@ -55,6 +57,8 @@ class Backend(Protocol):
     def ping(self) -> None: ...
 
     def image_present(self, image: str) -> bool: ...
+
+    def image_identity(self, image: str) -> set[str]: ...
 
     def create(self, name: str, body: dict[str, object]) -> str: ...
 

@@ -74,6 +74,13 @@ class DockerBackend:
             return False
         return True
 
+    def image_identity(self, image: str) -> set[str]:
+        """The image's id and repo digests (`sha256:...`), to check a pinned image."""
+        data = self._call("inspect the image", self._api.inspect_image, image)
+        digests = {str(data.get("Id", ""))}
+        digests.update(str(ref).partition("@")[2] for ref in data.get("RepoDigests") or [])
+        return {d for d in digests if d}
+
     def create(self, name: str, body: dict[str, object]) -> str:
         result = self._call("create a sandbox", self._api.create_container_from_config, body, name=name)
         return str(result["Id"])
@@ -111,6 +118,7 @@ class DockerBackend:
                 name=(row.get("Names") or ["/"])[0].lstrip("/"),
                 running=row.get("State") == "running",
                 labels=row.get("Labels") or {},
+                created=float(row.get("Created") or 0),
             )
             for row in rows
         ]

@@ -1,0 +1,133 @@
+"""`sandbox-gateway policy check | explain | diff | render`: the security reviewer's tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.backend.create_body import create_body
+from gateway.errors import ConfigError
+from gateway.tokens import TokenStore
+from policy import Action, PolicyError, Principal, load_policy
+from policy.diff import diff_policies, render_diff
+from policy.engine import PolicyEngine
+
+__all__ = ["add_policy_commands"]
+
+
+def _check(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            print(f"FAIL {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"# {path}: ok, digest {policy.digest()}")
+        print(yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False), end="")
+    return 1 if failed else 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    engine = PolicyEngine(_load(args.policy))
+    tenant, profile = args.tenant, args.profile
+    if args.tokens is not None:
+        known = TokenStore(args.tokens).principal(args.principal)
+        if known is None:
+            raise ConfigError(f"principal {args.principal!r} has no token in {args.tokens}")
+        tenant, profile = known.tenant, known.profile
+    try:
+        tool_args: dict[str, Any] = json.loads(args.args) if args.args else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--args is not JSON: {exc.msg}") from exc
+    if not isinstance(tool_args, dict):
+        raise ConfigError("--args must be a JSON object of tool arguments")
+    code = tool_args.get("command", tool_args.get("code", ""))
+    timeout = tool_args.get("timeout_s")
+    action = Action(
+        tool=args.tool,
+        input_bytes=len(str(code).encode()),
+        timeout_s=float(timeout) if timeout is not None else None,
+    )
+    decision = engine.evaluate(Principal(args.principal, tenant, profile), action)
+    report: dict[str, Any] = {
+        "allowed": decision.allowed,
+        "principal": args.principal,
+        "tenant": tenant,
+        "profile": decision.profile,
+        "reasons": list(decision.reasons),
+        "rule_ids": list(decision.rule_ids),
+        "message": decision.message,
+        "policy_digest": decision.policy_digest,
+    }
+    if decision.allowed and decision.spec is not None and decision.limits is not None:
+        report["effective"] = {
+            "image": decision.image,
+            "image_digest": decision.image_digest,
+            "timeout_s": decision.timeout_s,
+            "limits": decision.limits.model_dump(mode="json"),
+            "sandbox": decision.spec.model_dump(mode="json"),
+        }
+    print(json.dumps(report, indent=2))
+    return 0 if decision.allowed else 1
+
+
+def _diff(args: argparse.Namespace) -> int:
+    changes = diff_policies(_load(args.old), _load(args.new))
+    print(render_diff(changes), end="")
+    return 1 if any(change.verdict == "weaker" for change in changes) else 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    policy = _load(args.file)
+    rendered = {}
+    for name, profile in policy.profiles.items():
+        body = create_body(profile.sandbox, image=profile.sandbox.image_names()[0], labels={})
+        rendered[name] = {"Image": body["Image"], "User": body["User"], "HostConfig": body["HostConfig"]}
+    print(json.dumps(rendered, indent=2, sort_keys=True))
+    return 0
+
+
+def _load(path: Path | None) -> Any:
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def add_policy_commands(sub: Any) -> None:
+    policy = sub.add_parser("policy", help="check, explain, diff and render policy files")
+    commands = policy.add_subparsers(dest="policy_command", required=True)
+
+    check = commands.add_parser("check", help="validate files and print their effective profiles")
+    check.add_argument("files", nargs="+", type=Path)
+    check.set_defaults(func=_check)
+
+    explain = commands.add_parser(
+        "explain", help="the Decision for one principal and tool call, with reasons"
+    )
+    explain.add_argument("--principal", required=True)
+    explain.add_argument("--tool", required=True)
+    explain.add_argument("--args", help='tool arguments as JSON, e.g. \'{"command": "ls", "timeout_s": 5}\'')
+    explain.add_argument("--policy", type=Path, help="policy file (default: the shipped one)")
+    explain.add_argument("--tenant", default="default")
+    explain.add_argument("--profile", default="default", help="the profile the principal's token names")
+    explain.add_argument("--tokens", type=Path, help="take tenant and profile from this tokens file")
+    explain.set_defaults(func=_explain)
+
+    diff = commands.add_parser(
+        "diff", help="what got weaker or stronger; exit status 1 if anything got weaker"
+    )
+    diff.add_argument("old", type=Path)
+    diff.add_argument("new", type=Path)
+    diff.set_defaults(func=_diff)
+
+    render = commands.add_parser("render", help="the Docker HostConfig each profile produces")
+    render.add_argument("file", type=Path, nargs="?")
+    render.set_defaults(func=_render)
