@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 from gateway.errors import SetupError
 from gateway.setup.probe import unix_http_status
-from gateway.setup.state import SetupPaths, apt_install, is_root, pid_alive, say
+from gateway.setup.state import SetupPaths, apt_install, is_debian_like, is_root, pid_alive, say
 
 __all__ = ["daemon_config", "ensure_engine"]
 
@@ -93,9 +94,63 @@ def _start_dockerd(paths: SetupPaths) -> None:
     raise SetupError(f"dockerd did not answer on {paths.docker_socket} within 90 s; its log ends:\n{tail}")
 
 
+def _ensure_runsc() -> None:
+    """gVisor for `runtime: runsc` profiles: installed when we may; otherwise those profiles fail clearly."""
+    if shutil.which("runsc") is not None or not is_root() or not is_debian_like():
+        return
+    try:
+        apt_install(["runsc"], "profiles with runtime: runsc (gVisor) need it")
+    except SetupError as exc:
+        say(f"warning: {exc.message}; profiles with runtime: runsc will be refused by the engine")
+
+
+def _registered_runtimes(paths: SetupPaths) -> set[str]:
+    proc = subprocess.run(
+        ["docker", "-H", f"unix://{paths.docker_socket}", "info", "--format", "{{json .Runtimes}}"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    try:
+        return set(json.loads(proc.stdout or b"{}"))
+    except ValueError:
+        return set()
+
+
+def _ours(paths: SetupPaths) -> int | None:
+    """The pid of a dockerd that setup started (it runs with our daemon.json), else None."""
+    pid = pid_alive(Path("/var/run/docker.pid"), "dockerd")
+    if pid is None:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if str(paths.state_dir / "daemon.json").encode() in cmdline else None
+
+
+def _stop(pid: int) -> None:
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.2)
+
+
 def ensure_engine(paths: SetupPaths) -> None:
     """Reuse an engine that answers; otherwise install (root on Debian) and start one."""
+    _ensure_runsc()
     if unix_http_status(paths.docker_socket) == 200:
         say(f"Docker engine answers on {paths.docker_socket}")
-        return
+        if shutil.which("runsc") is None or "runsc" in _registered_runtimes(paths):
+            return
+        pid = _ours(paths)
+        if pid is None:
+            say(
+                "warning: runsc is installed but the running engine does not register it; add it to "
+                'daemon.json ("runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": '
+                '["--network=none"]}}) and restart dockerd, or runsc profiles will fail'
+            )
+            return
+        say("restarting our dockerd so that it registers runsc")
+        _stop(pid)
     _start_dockerd(paths)
