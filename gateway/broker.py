@@ -110,6 +110,7 @@ class Broker:
         skills_path: Path | None = None,
         workers: int = 16,
         rates: RateLimiter | None = None,
+        max_sandboxes: int = 1000,
     ) -> None:
         self.backend = backend
         self.audit = audit
@@ -121,6 +122,9 @@ class Broker:
         self._sandboxes: dict[str, Sandbox] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._running: dict[str, int] = {}
+        self.max_sandboxes = max_sandboxes
+        self._creating = 0
+        self._creating_in: dict[str, int] = {}
 
     # -- sandboxes -----------------------------------------------------------------------------
 
@@ -218,20 +222,51 @@ class Broker:
         )
         return sandbox
 
-    async def _verify_image(self, decision: Grant) -> None:
-        """A pinned image must be exactly the one the policy names."""
-        if decision.image_digest is None or decision.image is None:
-            return
-        identity = await self.ops.acall(
+    async def _image_ref(self, decision: Grant) -> str:
+        """What to create from: the name, or for a pinned image the verified digest itself, so a tag
+        moved between this check and the create cannot swap the image."""
+        if decision.image_digest is None:
+            return decision.image
+        image_id, repo_digests = await self.ops.acall(
             "inspect_image", self.backend.image_identity, decision.image, image=decision.image
         )
-        if decision.image_digest not in identity:
-            raise SandboxError(
-                f"image {decision.image} is not the one the policy pins ({decision.image_digest[:19]}...)",
-                code="image-digest-mismatch",
+        if decision.image_digest == image_id:
+            return image_id
+        if decision.image_digest in repo_digests:
+            return f"{decision.image}@{decision.image_digest}"
+        raise SandboxError(
+            f"image {decision.image} is not the one the policy pins ({decision.image_digest[:19]}...)",
+            code="image-digest-mismatch",
+        )
+
+    def _check_quotas(self, principal: Principal, decision: Grant) -> None:
+        """Host and tenant caps on live sandboxes; checked before anything is created."""
+        if len(self._sandboxes) + self._creating >= self.max_sandboxes:
+            raise QuotaExceeded(
+                f"host sandbox quota: {self.max_sandboxes} sandboxes are live on this gateway",
+                code="host-sandbox-quota",
+            )
+        tenant_cap = decision.lifecycle.max_sandboxes_per_tenant
+        live = sum(1 for s in self._sandboxes.values() if s.principal_key.startswith(f"{principal.tenant}/"))
+        live += self._creating_in.get(principal.tenant, 0)
+        if live >= tenant_cap:
+            raise QuotaExceeded(
+                f"tenant sandbox quota: tenant {principal.tenant!r} has {live} of {tenant_cap}",
+                code="tenant-sandbox-quota",
             )
 
     async def _create(self, principal: Principal, decision: Grant, key: str) -> Sandbox:
+        # Check and reserve with no await in between, so a parallel burst cannot overshoot a quota.
+        self._check_quotas(principal, decision)
+        self._creating += 1
+        self._creating_in[principal.tenant] = self._creating_in.get(principal.tenant, 0) + 1
+        try:
+            return await self._create_unchecked(principal, decision, key)
+        finally:
+            self._creating -= 1
+            self._creating_in[principal.tenant] -= 1
+
+    async def _create_unchecked(self, principal: Principal, decision: Grant, key: str) -> Sandbox:
         retry = self.rates.hit("sandbox_creations", key, decision.rate_limits.sandbox_creations)
         if retry is not None:
             self.audit.emit(
@@ -245,11 +280,11 @@ class Broker:
                 f"retry in {retry:.0f} s",
                 code="sandbox-creation-rate",
             )
-        await self._verify_image(decision)
+        image_ref = await self._image_ref(decision)
         name = self._name(key)
         body = create_body(
             decision.spec,
-            image=decision.image,
+            image=image_ref,
             labels=self._labels(principal, decision),
             tools_path=self.tools_path,
             skills_path=self.skills_path,

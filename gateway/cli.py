@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--keep-sandboxes", action="store_true", help="do not remove sandboxes on shutdown")
     serve.add_argument("--tools-dir", type=Path, help="host directory mounted read-only at /tools")
     serve.add_argument("--skills-dir", type=Path, help="host directory mounted read-only at /skills")
+    serve.add_argument(
+        "--max-sandboxes", type=int, default=1000, help="live sandboxes at most (all principals)"
+    )
     serve.add_argument("--reap-interval", type=float, default=30.0, help="seconds between expiry sweeps")
     serve.add_argument(
         "--allowed-host",

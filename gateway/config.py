@@ -74,6 +74,8 @@ class Settings:
     docker_workers: int = 16
     #: How often expired sandboxes (idle TTL, max age) are looked for.
     reap_interval_s: float = 30.0
+    #: Live sandboxes this gateway keeps at most, across all principals.
+    max_sandboxes: int = 1000
     remove_on_shutdown: bool = True
     tools_path: Path | None = None
     skills_path: Path | None = None

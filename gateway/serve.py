@@ -41,6 +41,7 @@ def serve(args: argparse.Namespace) -> int:
         skills_path=args.skills_dir,
         allowed_hosts=tuple(args.allowed_host),
         reap_interval_s=args.reap_interval,
+        max_sandboxes=args.max_sandboxes,
     )
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -85,6 +86,7 @@ def serve(args: argparse.Namespace) -> int:
         tools_path=settings.tools_path,
         skills_path=settings.skills_path,
         workers=settings.docker_workers,
+        max_sandboxes=settings.max_sandboxes,
     )
     service = ExecutionService(engine, broker, audit)
 

@@ -55,6 +55,7 @@ _NUMERIC = (
     "exec.max_concurrent",
     "lifecycle.idle_ttl_s",
     "lifecycle.max_age_s",
+    "lifecycle.max_sandboxes_per_tenant",
 )
 _BOOLEAN = ("sandbox.read_only_rootfs", "sandbox.no_new_privileges", "sandbox.init")
 _SETS = ("tools", "sandbox.images", "sandbox.cap_add")

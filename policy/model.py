@@ -194,6 +194,8 @@ class Lifecycle(_Strict):
 
     idle_ttl_s: float = Field(default=1800, gt=0)
     max_age_s: float = Field(default=8 * 3600, gt=0)
+    #: Live sandboxes of one tenant in this profile (each principal has at most one).
+    max_sandboxes_per_tenant: int = Field(default=100, gt=0)
 
 
 class RateLimits(_Strict):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gateway.errors import ConfigError
 from policy import SandboxSpec
+from policy.model import split_image
 
 __all__ = ["LABEL_PREFIX", "SECCOMP_DIR", "create_body", "sandbox_env"]
 
@@ -59,7 +60,8 @@ def create_body(
     skills_path: Path | None = None,
 ) -> dict[str, object]:
     """The Docker Engine API body for POST /containers/create."""
-    if image not in spec.images:
+    name = image if image.startswith("sha256:") else split_image(image)[0]
+    if name not in spec.image_names() and image not in {split_image(e)[1] for e in spec.images}:
         raise ConfigError(f"image {image!r} is not allowed by the profile")
     binds = [
         f"{path.resolve()}:{target}:ro"

@@ -58,7 +58,8 @@ class DockerBackend:
         except docker.errors.NotFound as exc:
             raise SandboxGone(f"the sandbox container is gone ({what})") from exc
         except docker.errors.APIError as exc:
-            if exc.status_code == 409:
+            # 409, or a 500 saying so when the container died between exec create and start.
+            if exc.status_code == 409 or "is not running" in str(exc.explanation or ""):
                 raise SandboxGone(f"the sandbox container is not running ({what})") from exc
             raise _engine_error(exc, self.base_url, what) from exc
         except (requests.exceptions.RequestException, OSError) as exc:
@@ -74,12 +75,11 @@ class DockerBackend:
             return False
         return True
 
-    def image_identity(self, image: str) -> set[str]:
-        """The image's id and repo digests (`sha256:...`), to check a pinned image."""
+    def image_identity(self, image: str) -> tuple[str, frozenset[str]]:
+        """The image's id and its repo digests (`sha256:...` each), to check a pinned image."""
         data = self._call("inspect the image", self._api.inspect_image, image)
-        digests = {str(data.get("Id", ""))}
-        digests.update(str(ref).partition("@")[2] for ref in data.get("RepoDigests") or [])
-        return {d for d in digests if d}
+        digests = frozenset(str(ref).partition("@")[2] for ref in data.get("RepoDigests") or [])
+        return str(data.get("Id", "")), digests - {""}
 
     def create(self, name: str, body: dict[str, object]) -> str:
         result = self._call("create a sandbox", self._api.create_container_from_config, body, name=name)

@@ -193,3 +193,12 @@ async def test_fail_closed_audit_refuses_before_anything_runs(broker) -> None:  
     with pytest.raises(AuditWriteError):
         await service.execute(ALICE, "execute_bash", "touch /workspace/x")
     assert broker.sandbox_of(ALICE) is None
+
+
+async def test_a_sandbox_killed_by_the_engine_is_replaced(service: ExecutionService, broker, backend) -> None:  # type: ignore[no-untyped-def]
+    await service.execute(ALICE, "execute_bash", "true")
+    sandbox = broker.sandbox_of(ALICE)
+    await anyio.to_thread.run_sync(backend._api.kill, sandbox.container_id)
+    result = await service.execute(ALICE, "execute_bash", "echo replaced")
+    assert result.stdout == "replaced\n"
+    assert broker.sandbox_of(ALICE).container_id != sandbox.container_id

@@ -114,7 +114,8 @@ def test_reload_switches_to_a_valid_policy_and_refuses_a_bad_one(tmp_path: Path)
     reloaded = service.engine.digest
     assert reloaded != original
     path.write_text(
-        "version: 1\nprofiles:\n  default: {tools: [execute_bash], sandbox: {images: [i], privileged: true}}\n"
+        "version: 1\nprofiles:\n"
+        "  default: {tools: [execute_bash], sandbox: {images: [i], privileged: true}}\n"
     )
     assert not reload_policy(service, path, audit)
     events = [json.loads(line) for line in sink.lines]

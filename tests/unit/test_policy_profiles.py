@@ -9,8 +9,7 @@ from policy.errors import GuardrailViolation
 
 DIGEST = "sha256:" + "ab" * 32
 
-BASE = (
-    """
+BASE = """
 version: 1
 principals: {carol: small}
 tenants: {acme: small}
@@ -18,7 +17,7 @@ profiles:
   base:
     tools: [execute_bash, execute_python]
     sandbox:
-      images: [img:1, "img:2@%s"]
+      images: [img:1, "img:2@DIGEST"]
       memory: 512m
       memory_swap: 512m
       tmpfs: [{path: /tmp, size: 64m}, {path: /workspace, size: 128m}]
@@ -31,9 +30,7 @@ profiles:
   smaller:
     extends: small
     sandbox: {tmpfs: [{path: /tmp, size: 1m}]}
-"""
-    % DIGEST
-)
+""".replace("DIGEST", DIGEST)
 
 
 def test_a_child_inherits_and_overrides_its_parent() -> None:
@@ -76,7 +73,7 @@ def test_bad_inheritance_and_mappings_fail_to_load(text: str, match: str) -> Non
 
 def test_a_child_cannot_switch_on_what_guardrails_forbid() -> None:
     text = BASE + "  evil:\n    extends: base\n    sandbox: {privileged: true}\n"
-    with pytest.raises(GuardrailViolation, match="profiles.evil.sandbox.privileged"):
+    with pytest.raises(GuardrailViolation, match=r"profiles\.evil\.sandbox\.privileged"):
         load_policy_text(text)
 
 
@@ -115,14 +112,14 @@ def test_pinned_images_carry_their_digest_into_the_decision() -> None:
     ids=["short-digest", "wrong-algorithm", "space", "no-name"],
 )
 def test_malformed_image_references_fail_to_load(entry: str) -> None:
-    with pytest.raises(PolicyLoadError, match="sandbox.images"):
+    with pytest.raises(PolicyLoadError, match=r"sandbox\.images"):
         load_policy_text(BASE.replace("img:1", f'"{entry}"'))
 
 
 @pytest.mark.parametrize("rate", ["lots", "10 per fortnight", "-1/minute"], ids=["word", "unit", "negative"])
 def test_malformed_rates_fail_to_load(rate: str) -> None:
     text = BASE + f"    rate_limits: {{requests: '{rate}'}}\n"
-    with pytest.raises(PolicyLoadError, match="rate_limits.requests"):
+    with pytest.raises(PolicyLoadError, match=r"rate_limits\.requests"):
         load_policy_text(text)
 
 
