@@ -7,7 +7,7 @@ caller can refuse the request rather than act unrecorded.
 
 from audit.errors import AuditError, AuditWriteError
 from audit.log import AuditLog
-from audit.sinks import AuditSink, FileSink, MemorySink, StreamSink
+from audit.sinks import AuditSink, FileSink, MemorySink, StreamSink, rotated_files
 
 __all__ = [
     "AuditError",
@@ -17,4 +17,5 @@ __all__ = [
     "FileSink",
     "MemorySink",
     "StreamSink",
+    "rotated_files",
 ]

@@ -1,21 +1,36 @@
-"""AuditLog: the processor chain and the fan-out to sinks."""
+"""AuditLog: the processor chain and the fan-out to sinks, serialised so the chain stays in order."""
 
 from __future__ import annotations
 
-import json
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
+from opentelemetry import metrics
 
+from audit.chain import GENESIS
 from audit.errors import AuditWriteError
-from audit.processors import AddEventId, AddTimestamp, AddTraceContext, RedactSecrets
+from audit.processors import (
+    AddEventId,
+    AddTimestamp,
+    AddTraceContext,
+    ChainHashes,
+    CodeMode,
+    RecordCode,
+    RedactSecrets,
+    Structure,
+    render,
+)
 from audit.sinks import AuditSink
 
 __all__ = ["AuditLog"]
 
 _log = logging.getLogger("sandbox_gateway.audit")
+_failures = metrics.get_meter("sandbox_gateway.audit").create_counter(
+    "sandbox_gateway.audit.write_failures", description="Audit lines a sink could not write"
+)
 
 
 class _FanOut:
@@ -34,6 +49,7 @@ class _FanOut:
                 written += 1
             except OSError as exc:
                 self.failures += 1
+                _failures.add(1, {"sink": sink.name})
                 _log.error("audit sink %s failed: %s", sink.name, exc)
         if written == 0 and self.fail_closed:
             raise AuditWriteError("no audit sink could record the event")
@@ -41,17 +57,23 @@ class _FanOut:
     info = msg = warning = error = write
 
 
-def _render(logger: object, method: str, event: Any) -> str:
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), default=str)
-
-
 class AuditLog:
-    """emit(event, **fields) -> one JSON line in every sink (enrich, redact, render)."""
+    """emit(event, **fields) -> one hash-chained JSON line in every sink."""
 
-    def __init__(self, sinks: Sequence[AuditSink], *, fail_closed: bool = True) -> None:
+    def __init__(
+        self,
+        sinks: Sequence[AuditSink],
+        *,
+        fail_closed: bool = True,
+        code_mode: CodeMode = "hmac",
+        hmac_key: bytes | None = None,
+    ) -> None:
         if not sinks and fail_closed:
             raise ValueError("fail-closed auditing needs at least one sink")
         self._fanout = _FanOut(sinks, fail_closed)
+        self._lock = threading.Lock()
+        self._chain = ChainHashes(_resume_head(sinks))
+        self.code = RecordCode(code_mode, hmac_key)
         self._logger = structlog.wrap_logger(
             self._fanout,
             processors=[
@@ -59,8 +81,11 @@ class AuditLog:
                 AddTimestamp(),
                 AddEventId(),
                 AddTraceContext(),
+                self.code,
                 RedactSecrets(),
-                _render,
+                Structure(),
+                self._chain,
+                render,
             ],
             wrapper_class=structlog.BoundLogger,
             cache_logger_on_first_use=False,
@@ -74,10 +99,38 @@ class AuditLog:
     def failures(self) -> int:
         return self._fanout.failures
 
+    @property
+    def head(self) -> str:
+        """The hash of the last event written."""
+        return self._chain.head
+
     def emit(self, event: str, **fields: Any) -> None:
         """Record one event; raises AuditWriteError when fail-closed and nothing could write it."""
-        self._logger.info(event, **fields)
+        with self._lock:
+            try:
+                self._logger.info(event, **fields)
+            except BaseException:
+                self._chain.rollback()
+                raise
+            self._chain.commit()
 
     def writable(self) -> bool:
         """True when at least one sink can write (the `/ready` check)."""
         return any(sink.writable() for sink in self._fanout.sinks)
+
+    def close(self) -> None:
+        for sink in self._fanout.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
+
+
+def _resume_head(sinks: Sequence[AuditSink]) -> str:
+    """Continue the chain of a persistent sink (a file survives restarts; stdout does not)."""
+    for sink in sinks:
+        last = getattr(sink, "last_hash", None)
+        if last is not None:
+            head = last()
+            if head:
+                return str(head)
+    return GENESIS

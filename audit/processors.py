@@ -1,17 +1,37 @@
-"""The audit pipeline's processors: small callables, each doing one thing."""
+"""The audit pipeline's processors: small callables, each doing one thing.
+
+Order in the chain: enrich (context, time, id, trace) -> redact (code, secrets) -> structure ->
+chain (hash) -> render.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
+import threading
 import uuid
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry import trace
 
-__all__ = ["AddEventId", "AddTimestamp", "AddTraceContext", "RedactSecrets"]
+from audit.chain import canonical, link_hash
+from audit.schema import GROUPS, TOP_LEVEL
+
+__all__ = [
+    "AddEventId",
+    "AddTimestamp",
+    "AddTraceContext",
+    "ChainHashes",
+    "RecordCode",
+    "RedactSecrets",
+    "Structure",
+    "render",
+]
 
 EventDict = MutableMapping[str, Any]
+CodeMode = Literal["full", "hmac", "none"]
 
 _SECRET_KEYS = frozenset({"token", "authorization", "password", "secret", "api_key", "bearer", "cookie"})
 
@@ -43,6 +63,28 @@ class AddTraceContext:
         return event
 
 
+class RecordCode:
+    """`code` (the submitted command or source) as the policy says: HMAC-SHA256 (default), full or none.
+
+    HMAC with a configured key lets an investigator check "was this exact code run?" without the
+    log holding the code. The mode can change on a policy reload.
+    """
+
+    def __init__(self, mode: CodeMode = "hmac", key: bytes | None = None) -> None:
+        self.mode: CodeMode = mode
+        self._key = key if key else uuid.uuid4().bytes + uuid.uuid4().bytes
+
+    def __call__(self, logger: object, method: str, event: EventDict) -> EventDict:
+        code = event.pop("code", None)
+        if not isinstance(code, str) or self.mode == "none":
+            return event
+        if self.mode == "full":
+            event["code"] = {"text": code}
+        else:
+            event["code"] = {"hmac_sha256": hmac.new(self._key, code.encode(), hashlib.sha256).hexdigest()}
+        return event
+
+
 class RedactSecrets:
     """Drops the value of any key that names a credential, at any depth."""
 
@@ -61,3 +103,46 @@ def _redact(value: Any) -> Any:
     elif isinstance(value, list):
         return [_redact(item) for item in value]
     return value
+
+
+class Structure:
+    """Moves flat keys into the schema's groups (actor, decision, resource, outcome, limits, detail)."""
+
+    def __call__(self, logger: object, method: str, event: EventDict) -> EventDict:
+        out: dict[str, Any] = {}
+        for key, value in event.items():
+            if value is None:
+                continue
+            if key in TOP_LEVEL:
+                out[key] = value
+            elif key in GROUPS:
+                group, name = GROUPS[key]
+                out.setdefault(group, {})[name] = value
+            else:
+                out.setdefault("detail", {})[key] = value
+        return out
+
+
+class ChainHashes:
+    """Adds `prev_hash` and `hash`. The head moves only when a line was written (commit)."""
+
+    def __init__(self, head: str) -> None:
+        self.head = head
+        self._pending: str | None = None
+        self.lock = threading.Lock()
+
+    def __call__(self, logger: object, method: str, event: EventDict) -> EventDict:
+        event["prev_hash"] = self.head
+        self._pending = event["hash"] = link_hash(self.head, dict(event))
+        return event
+
+    def commit(self) -> None:
+        if self._pending is not None:
+            self.head, self._pending = self._pending, None
+
+    def rollback(self) -> None:
+        self._pending = None
+
+
+def render(logger: object, method: str, event: EventDict) -> str:
+    return canonical(dict(event))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
 from pathlib import Path
 from typing import Protocol, TextIO
 
-__all__ = ["AuditSink", "FileSink", "MemorySink", "StreamSink"]
+__all__ = ["AuditSink", "FileSink", "MemorySink", "StreamSink", "rotated_files"]
 
 
 class AuditSink(Protocol):
@@ -41,33 +42,97 @@ class StreamSink:
         return not stream.closed
 
 
+def rotated_files(path: Path) -> list[Path]:
+    """`path` and its rotations, oldest first: path.N ... path.1, path."""
+    backups = sorted(
+        (p for p in path.parent.glob(f"{path.name}.*") if p.suffix[1:].isdigit()),
+        key=lambda p: int(p.suffix[1:]),
+        reverse=True,
+    )
+    return [*backups, path] if path.exists() else backups
+
+
 class FileSink:
-    """Appends JSON lines to a file, fsync-free but flushed per line; opened in append mode."""
+    """JSON lines appended to a file, rotated by size (path -> path.1 -> ... -> path.N).
+
+    Every line is written with one write(2) on an O_APPEND descriptor. The chain continues
+    across restarts and rotations: last_hash() reads it back from the newest line on disk.
+    """
 
     name = "file"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = 100 * 1024 * 1024, backups: int = 5) -> None:
+        if max_bytes < 4096 or backups < 1:
+            raise ValueError("rotation needs max_bytes >= 4096 and at least one backup")
         self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
         self._lock = threading.Lock()
+        self._failed = False
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = self._open()
 
-    def write(self, line: str) -> None:
-        data = (line + "\n").encode()
-        with self._lock:
-            written = os.write(self._fd, data)
-        if written != len(data):
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
+        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._fd = self._open()
+
+    def _append(self, data: bytes) -> None:
+        size = os.fstat(self._fd).st_size
+        if size and size + len(data) > self.max_bytes and self.path.is_file():
+            self._rotate()
+        if os.write(self._fd, data) != len(data):
             raise OSError(f"short write to {self.path}")
 
+    def write(self, line: str) -> None:
+        with self._lock:
+            try:
+                self._append((line + "\n").encode())
+            except OSError:
+                self._failed = True
+                raise
+            self._failed = False
+
     def writable(self) -> bool:
+        if self._failed:
+            return False
         try:
             os.fstat(self._fd)
         except OSError:
             return False
         return os.access(self.path, os.W_OK)
 
+    def last_hash(self) -> str | None:
+        """The `hash` of the newest line on disk (current file, else the newest rotation)."""
+        for path in reversed(rotated_files(self.path)):
+            if not path.is_file():
+                continue
+            last = _last_line(path)
+            if last:
+                try:
+                    return str(json.loads(last)["hash"])
+                except (ValueError, KeyError, TypeError):
+                    return None
+        return None
+
     def close(self) -> None:
         os.close(self._fd)
+
+
+def _last_line(path: Path, chunk: int = 65536) -> str:
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - chunk))
+        lines = handle.read().splitlines()
+    return lines[-1].decode(errors="replace") if lines else ""
 
 
 class MemorySink:

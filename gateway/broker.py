@@ -6,6 +6,7 @@ gateway restart a principal's running sandbox with the same spec is adopted, oth
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from gateway.backend.create_body import LABEL_PREFIX, create_body, sandbox_env
 from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded, SandboxError
 from gateway.ops import DockerOps
 from gateway.ratelimit import RateLimiter
+from gateway.telemetry import instruments
 from policy import Decision, Principal
 from policy.model import ExecLimits, Lifecycle, RateLimits, SandboxSpec
 
@@ -26,6 +28,7 @@ __all__ = ["Broker", "Grant", "Sandbox", "principal_key"]
 
 _MANAGED = f"{LABEL_PREFIX}.managed"
 _SPEC = f"{LABEL_PREFIX}.spec-digest"
+_SIGKILLED = 128 + 9
 
 
 @dataclass(slots=True)
@@ -42,6 +45,9 @@ class Sandbox:
     lifecycle: Lifecycle
     created_at: float
     last_used: float
+    user: str = "1000:1000"
+    #: OOM kills counted so far in this sandbox's cgroup, to tell whether a call was OOM-killed.
+    oom_kills: int = 0
 
     def expired(self, now: float) -> str | None:
         """Why this sandbox must go now ('idle' or 'max-age'), or None."""
@@ -125,6 +131,7 @@ class Broker:
         self.max_sandboxes = max_sandboxes
         self._creating = 0
         self._creating_in: dict[str, int] = {}
+        self._alive = instruments().sandboxes_alive
 
     # -- sandboxes -----------------------------------------------------------------------------
 
@@ -212,8 +219,17 @@ class Broker:
             decision.lifecycle,
             keep.created or now,
             now,
+            decision.spec.user,
         )
+        try:  # a baseline, so an OOM kill before the restart is not blamed on a later call
+            baseline = await self.ops.acall(
+                "oom_check", self.backend.oom_kill_count, keep.id, decision.spec.user, container_id=keep.id
+            )
+            sandbox.oom_kills = baseline or 0
+        except GatewayError:
+            pass
         self._sandboxes[key] = sandbox
+        self._alive.add(1)
         self.audit.emit(
             "sandbox.adopt",
             container_id=keep.id,
@@ -318,8 +334,10 @@ class Broker:
             decision.lifecycle,
             now,
             now,
+            decision.spec.user,
         )
         self._sandboxes[key] = sandbox
+        self._alive.add(1)
         self.audit.emit(
             "sandbox.create",
             container_id=container_id,
@@ -331,7 +349,8 @@ class Broker:
         return sandbox
 
     async def _remove(self, sandbox: Sandbox, *, reason: str) -> None:
-        self._sandboxes.pop(sandbox.principal_key, None)
+        if self._sandboxes.pop(sandbox.principal_key, None) is not None:
+            self._alive.add(-1)
         await self.ops.acall(
             "remove",
             self.backend.remove,
@@ -419,8 +438,27 @@ class Broker:
             sandbox.last_used = time.time()
             if outcome.sandbox_lost:
                 await self._forget(sandbox, reason="died-during-exec")
+            elif outcome.exit_code == _SIGKILLED:
+                outcome = await self._with_oom_verdict(sandbox, outcome)
             return outcome
         raise SandboxError("the sandbox could not be started")  # pragma: no cover - the loop returns
+
+    async def _with_oom_verdict(self, sandbox: Sandbox, outcome: ExecOutcome) -> ExecOutcome:
+        """A SIGKILLed call: ask the sandbox's cgroup whether the OOM killer did it."""
+        try:
+            count = await self.ops.acall(
+                "oom_check",
+                self.backend.oom_kill_count,
+                sandbox.container_id,
+                sandbox.user,
+                container_id=sandbox.container_id,
+            )
+        except GatewayError:
+            return outcome
+        if count is None or count <= sandbox.oom_kills:
+            return outcome
+        sandbox.oom_kills = count
+        return dataclasses.replace(outcome, oom_killed=True)
 
     async def _forget(self, sandbox: Sandbox, *, reason: str) -> None:
         async with self._lock(sandbox.principal_key):
@@ -437,6 +475,7 @@ class Broker:
         for row in rows:
             self.ops.call("remove", self.backend.remove, row.id, container_id=row.id, reason="shutdown")
             self.audit.emit("sandbox.remove", container_id=row.id, reason="shutdown")
+        self._alive.add(-len(self._sandboxes))
         self._sandboxes.clear()
         return len(rows)
 

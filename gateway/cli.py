@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.audit_cli import add_audit_commands
 from gateway.errors import GatewayError
 from gateway.policy_cli import add_policy_commands
 
@@ -68,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--image", help="sandbox image (default: $MCP_EXECUTOR_IMAGE or the profile's first)")
     serve.add_argument("--audit-log", type=Path, help="also append audit events (JSON lines) to this file")
     serve.add_argument(
+        "--audit-max-bytes", type=int, default=100 * 1024 * 1024, help="rotate the file at this size"
+    )
+    serve.add_argument("--audit-backups", type=int, default=5, help="rotated audit files to keep")
+    serve.add_argument("--no-audit-stdout", action="store_true", help="do not write audit events to stdout")
+    serve.add_argument(
+        "--audit-hmac-key-file",
+        type=Path,
+        help="key for HMACs of submitted code (default: $SGW_AUDIT_HMAC_KEY_FILE, else per-process)",
+    )
+    serve.add_argument(
         "--gateway-id",
         default="default",
         help="labels this gateway's sandboxes, so several gateways can share one engine",
@@ -88,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     add_policy_commands(sub)
+    add_audit_commands(sub)
 
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)

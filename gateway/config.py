@@ -34,6 +34,10 @@ ENV_PROXY_BIND = "SGW_PROXY_BIND"
 ENV_DOCKER_SOCKET = "SGW_DOCKER_SOCKET"
 #: Where `setup` keeps logs, pid files and the cached sandbox root filesystem.
 ENV_STATE_DIR = "SGW_STATE_DIR"
+#: File holding the key for HMACs of submitted code in audit events (32+ random bytes).
+ENV_AUDIT_HMAC_KEY_FILE = "SGW_AUDIT_HMAC_KEY_FILE"
+#: Standard OpenTelemetry variables: when set, traces, metrics and audit events are exported over OTLP/HTTP.
+ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
 DEFAULT_DOCKER_HOST = "tcp://127.0.0.1:2375"
 DEFAULT_IMAGE = "mcp-code-executor:latest"
@@ -68,6 +72,10 @@ class Settings:
     policy_file: Path | None = None
     tokens_file: Path | None = None
     audit_log: Path | None = None
+    audit_max_bytes: int = 100 * 1024 * 1024
+    audit_backups: int = 5
+    audit_stdout: bool = True
+    audit_hmac_key_file: Path | None = None
     log_level: str = "INFO"
     gateway_id: str = "default"
     max_body_bytes: int = 1024 * 1024
@@ -89,6 +97,9 @@ class Settings:
             "docker_host": env.get(ENV_DOCKER_HOST) or DEFAULT_DOCKER_HOST,
             "image": env.get(ENV_EXECUTOR_IMAGE) or None,
             "log_level": (env.get(ENV_LOG_LEVEL) or "INFO").upper(),
+            "audit_hmac_key_file": Path(env[ENV_AUDIT_HMAC_KEY_FILE])
+            if env.get(ENV_AUDIT_HMAC_KEY_FILE)
+            else None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
@@ -102,6 +113,10 @@ class Settings:
             raise ConfigError(f"LOG_LEVEL={self.log_level!r}; use one of {', '.join(LOG_LEVELS)}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port {self.port} is out of range")
+        if not self.audit_stdout and self.audit_log is None:
+            raise ConfigError(
+                "--no-audit-stdout needs --audit-log: every decision must be recorded somewhere"
+            )
         if self.max_body_bytes < 1024:
             raise ConfigError("the request body cap must be at least 1 KiB")
         for name, path in (("tools", self.tools_path), ("skills", self.skills_path)):

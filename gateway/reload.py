@@ -21,6 +21,7 @@ def reload_policy(service: ExecutionService, path: Path | None, audit: AuditLog)
         audit.emit("policy.reload", outcome="rejected", error=str(exc), policy_digest=old)
         return False
     service.replace_engine(engine)
+    audit.code.mode = engine.policy.audit.code
     audit.emit(
         "policy.reload",
         outcome="ok",

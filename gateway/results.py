@@ -18,6 +18,7 @@ class ExecResult(BaseModel):
     duration_ms: float = Field(description="Wall-clock time of the call inside the gateway")
     timed_out: bool = Field(description="The command was stopped at its timeout")
     truncated: bool = Field(description="stdout or stderr exceeded the output cap and was cut")
+    oom_killed: bool = Field(default=False, description="A process was killed for exceeding the memory limit")
 
 
 class SandboxState(BaseModel):

@@ -9,15 +9,14 @@ import sys
 
 import uvicorn
 
-from audit import AuditLog, FileSink, StreamSink
-from audit.sinks import AuditSink
 from gateway.app import build_app
+from gateway.auditing import build_audit
 from gateway.backend.docker_engine import DockerBackend
 from gateway.broker import Broker
 from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.service import ExecutionService
-from gateway.telemetry import configure_tracing
+from gateway.telemetry import configure_telemetry
 from gateway.tokens import TokenStore
 from policy import PolicyError, Principal, load_policy
 from policy.engine import PolicyEngine
@@ -35,6 +34,10 @@ def serve(args: argparse.Namespace) -> int:
         policy_file=args.policy,
         tokens_file=args.tokens,
         audit_log=args.audit_log,
+        audit_max_bytes=args.audit_max_bytes,
+        audit_backups=args.audit_backups,
+        audit_stdout=not args.no_audit_stdout,
+        audit_hmac_key_file=args.audit_hmac_key_file,
         gateway_id=args.gateway_id,
         remove_on_shutdown=not args.keep_sandboxes,
         tools_path=args.tools_dir,
@@ -51,20 +54,14 @@ def serve(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         raise ConfigError(f"policy: {exc}") from exc
     engine = PolicyEngine(policy)
-    default = policy.profiles.get("default")
-    image = settings.image or (
-        default.sandbox.images[0] if default else next(iter(policy.profiles.values())).sandbox.images[0]
-    )
-    if default is not None and image not in default.sandbox.images:
+    default = policy.profiles.get("default") or next(iter(policy.profiles.values()))
+    image = settings.image or default.sandbox.image_names()[0]
+    if image not in default.sandbox.image_names():
         raise ConfigError(
-            f"image {image!r} is not in the default profile's images {list(default.sandbox.images)}"
+            f"image {image!r} is not in the default profile's images {list(default.sandbox.image_names())}"
         )
-
-    sinks: list[AuditSink] = [StreamSink()]
-    if settings.audit_log is not None:
-        sinks.append(FileSink(settings.audit_log))
-    audit = AuditLog(sinks, fail_closed=True)
-    configure_tracing()
+    audit = build_audit(settings, policy)
+    telemetry = configure_telemetry()
 
     tokens = TokenStore(settings.tokens_file)
     dev_token = None
@@ -112,4 +109,6 @@ def serve(args: argparse.Namespace) -> int:
         lifespan="on",
     )
     backend.close()
+    audit.close()
+    telemetry.shutdown()
     return 0

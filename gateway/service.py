@@ -17,6 +17,7 @@ from gateway.backend.commands import KILL_GRACE_S, MAX_ARGV_BYTES, bash_argv, py
 from gateway.broker import Broker
 from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded
 from gateway.results import ExecResult, ResetResult, SandboxInfo, SandboxState
+from gateway.telemetry import instruments
 from policy import Action, Decision, Principal
 from policy.engine import PolicyEngine
 
@@ -43,19 +44,21 @@ class ExecutionService:
         self.engine = engine
         self.broker = broker
         self.audit = audit
+        self.metrics = instruments()
 
     def replace_engine(self, engine: PolicyEngine) -> None:
         """Switch to a new, already validated policy; calls in flight keep the Decision they got."""
         self.engine = engine
 
     @asynccontextmanager
-    async def _request(self, principal: Principal, tool: str) -> AsyncIterator[str]:
+    async def _request(self, principal: Principal, tool: str, source_ip: str | None) -> AsyncIterator[str]:
         request_id = uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(
             request_id=request_id,
             principal=principal.id,
             tenant=principal.tenant,
             auth_method=principal.auth_method,
+            source_ip=source_ip,
             tool=tool,
         ):
             yield request_id
@@ -74,20 +77,30 @@ class ExecutionService:
             timeout_s=decision.timeout_s or action.timeout_s,
         )
         if not decision.allowed:
+            self.metrics.denials.add(1, {"reason": decision.reasons[0], "tool": action.tool})
+            self.metrics.tool_calls.add(1, {"tool": action.tool, "outcome": "denied"})
             raise PolicyDenied(decision.message, code=decision.reasons[0])
         assert decision.rate_limits is not None  # noqa: S101 - allowed decisions carry their limits
         rate = decision.rate_limits.requests
         retry = self.broker.rates.hit("requests", f"{principal.tenant}/{principal.id}", rate)
         if retry is not None:
             self.audit.emit("ratelimit.hit", limit="requests", rate=rate, retry_after_s=retry)
+            self.metrics.denials.add(1, {"reason": "rate-limited", "tool": action.tool})
+            self.metrics.tool_calls.add(1, {"tool": action.tool, "outcome": "denied"})
             raise QuotaExceeded(f"request rate {rate} reached; retry in {retry:.0f} s", code="rate-limited")
         return decision
 
     async def execute(
-        self, principal: Principal, tool: str, code: object, timeout_s: float | None = None
+        self,
+        principal: Principal,
+        tool: str,
+        code: object,
+        timeout_s: float | None = None,
+        *,
+        source_ip: str | None = None,
     ) -> ExecResult:
         """Run `code` with `tool` for `principal`; raises GatewayError subclasses with a stable code."""
-        async with self._request(principal, tool):
+        async with self._request(principal, tool, source_ip):
             return await self._execute(principal, tool, code, timeout_s)
 
     async def _execute(
@@ -107,7 +120,14 @@ class ExecutionService:
         timeout = decision.timeout_s or 0.0
         argv = builder(text, timeout)
         self.audit.emit(
-            "exec.start", policy_digest=decision.policy_digest, timeout_s=timeout, input_bytes=size
+            "exec.start",
+            policy_digest=decision.policy_digest,
+            timeout_s=timeout,
+            input_bytes=size,
+            max_output_bytes=decision.limits.max_output_bytes if decision.limits else None,
+            image=decision.image,
+            image_digest=decision.image_digest,
+            code=text,  # the audit pipeline keeps an HMAC, the text, or nothing, as the policy says
         )
         try:
             outcome = await self.broker.execute(principal, decision, argv)
@@ -115,6 +135,7 @@ class ExecutionService:
             self.audit.emit(
                 "exec.finish", outcome="error", error=exc.code, policy_digest=decision.policy_digest
             )
+            self.metrics.tool_calls.add(1, {"tool": tool, "outcome": "error"})
             raise
         timed_out = outcome.deadline_hit or (
             outcome.exit_code in _TIMEOUT_EXITS
@@ -128,7 +149,11 @@ class ExecutionService:
             duration_ms=round(outcome.duration_ms, 2),
             timed_out=timed_out,
             truncated=outcome.truncated,
+            oom_killed=outcome.oom_killed,
         )
+        outcome_label = "timeout" if timed_out else ("oom" if result.oom_killed else "ok")
+        self.metrics.tool_calls.add(1, {"tool": tool, "outcome": outcome_label})
+        self.metrics.exec_duration.record(result.duration_ms, {"tool": tool})
         self.audit.emit(
             "exec.finish",
             outcome="ok",
@@ -139,14 +164,15 @@ class ExecutionService:
             stdout_bytes=outcome.stdout_bytes,
             stderr_bytes=outcome.stderr_bytes,
             sandbox_lost=outcome.sandbox_lost,
+            oom_killed=outcome.oom_killed,
             policy_digest=decision.policy_digest,
             max_output_bytes=decision.limits.max_output_bytes if decision.limits else None,
         )
         return result
 
-    async def info(self, principal: Principal) -> SandboxInfo:
+    async def info(self, principal: Principal, *, source_ip: str | None = None) -> SandboxInfo:
         """The caller's effective profile and limits, and its sandbox if it has one."""
-        async with self._request(principal, "sandbox_info"):
+        async with self._request(principal, "sandbox_info", source_ip):
             decision = self._decide(principal, Action(tool="sandbox_info"))
             profile = self.engine.policy.profiles[decision.profile]
             sandbox = self.broker.sandbox_of(principal)
@@ -164,9 +190,9 @@ class ExecutionService:
                 principal, decision.profile, decision.policy_digest, profile, state
             )
 
-    async def reset(self, principal: Principal) -> ResetResult:
+    async def reset(self, principal: Principal, *, source_ip: str | None = None) -> ResetResult:
         """Remove the caller's sandbox; the next call starts from a fresh one."""
-        async with self._request(principal, "reset_sandbox"):
+        async with self._request(principal, "reset_sandbox", source_ip):
             self._decide(principal, Action(tool="reset_sandbox"))
             return ResetResult(reset=await self.broker.reset(principal))
 

@@ -10,6 +10,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from audit import AuditWriteError
 from gateway.errors import GatewayError
 from gateway.middleware import PRINCIPAL_SCOPE_KEY
 from gateway.results import ExecResult, ResetResult, SandboxInfo
@@ -27,6 +28,11 @@ Timeout = Annotated[
 ]
 
 
+def _source_ip(ctx: Context[Any, Any]) -> str | None:
+    client = getattr(ctx.request_context.request, "client", None)
+    return getattr(client, "host", None)
+
+
 def _principal(ctx: Context[Any, Any]) -> Principal:
     request = ctx.request_context.request
     scope = getattr(request, "scope", None) or {}
@@ -42,6 +48,8 @@ async def _guarded(tool: str, principal: Principal, call: Awaitable[T]) -> T:
         return await call
     except GatewayError as exc:
         raise ToolError(f"{exc.code}: {exc.message}") from exc
+    except AuditWriteError as exc:
+        raise ToolError("audit-unavailable: the audit log cannot be written, so nothing was run") from exc
     except Exception as exc:
         _log.exception("tool %s failed for principal %s", tool, principal.id)
         raise ToolError("internal-error: the gateway failed to run this call; it has been logged") from exc
@@ -51,7 +59,9 @@ async def _run(
     service: ExecutionService, ctx: Context[Any, Any], tool: str, code: str, timeout_s: float | None
 ) -> ExecResult:
     principal = _principal(ctx)
-    return await _guarded(tool, principal, service.execute(principal, tool, code, timeout_s))
+    return await _guarded(
+        tool, principal, service.execute(principal, tool, code, timeout_s, source_ip=_source_ip(ctx))
+    )
 
 
 def register_tools(mcp: MCPServer[Any], service: ExecutionService) -> None:
@@ -99,7 +109,7 @@ def register_tools(mcp: MCPServer[Any], service: ExecutionService) -> None:
     )
     async def sandbox_info(ctx: Context[Any, Any]) -> SandboxInfo:
         principal = _principal(ctx)
-        return await _guarded("sandbox_info", principal, service.info(principal))
+        return await _guarded("sandbox_info", principal, service.info(principal, source_ip=_source_ip(ctx)))
 
     @mcp.tool(
         name="reset_sandbox",
@@ -108,4 +118,4 @@ def register_tools(mcp: MCPServer[Any], service: ExecutionService) -> None:
     )
     async def reset_sandbox(ctx: Context[Any, Any]) -> ResetResult:
         principal = _principal(ctx)
-        return await _guarded("reset_sandbox", principal, service.reset(principal))
+        return await _guarded("reset_sandbox", principal, service.reset(principal, source_ip=_source_ip(ctx)))

@@ -143,6 +143,9 @@ def diff_policies(old: Policy, new: Policy) -> list[Change]:
             changes.append(Change(name, "<profile>", "present", None, "stronger"))
         else:
             changes.extend(_profile_changes(name, old.profiles[name], new.profiles[name]))
+    if old.audit.code != new.audit.code:
+        verdict: Verdict = "weaker" if new.audit.code == "full" else "changed"
+        changes.append(Change("<audit>", "audit.code", old.audit.code, new.audit.code, verdict))
     for section in ("principals", "tenants"):
         a, b = getattr(old, section), getattr(new, section)
         for who in sorted(a.keys() | b.keys()):

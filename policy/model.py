@@ -17,6 +17,7 @@ from policy.units import parse_size
 __all__ = [
     "CAP_ADD_ALLOW_LIST",
     "TOOL_NAMES",
+    "AuditPolicy",
     "ExecLimits",
     "Lifecycle",
     "Policy",
@@ -231,10 +232,17 @@ class Profile(_Strict):
         return value
 
 
+class AuditPolicy(_Strict):
+    """What the audit log may hold: `code` as an HMAC (the default), in full, or not at all."""
+
+    code: Literal["hmac", "full", "none"] = "hmac"
+
+
 class Policy(_Strict):
     """A whole policy file: profiles, and which principals and tenants use which profile."""
 
     version: Literal[1]
+    audit: AuditPolicy = AuditPolicy()
     profiles: dict[str, Profile] = Field(min_length=1)
     #: principal id -> profile; wins over the tenant mapping and the token's profile.
     principals: dict[str, str] = Field(default_factory=dict)

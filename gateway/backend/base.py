@@ -36,6 +36,8 @@ class ExecOutcome:
     duration_ms: float
     #: The container was gone when the exit status was read (the command killed it, or it was removed).
     sandbox_lost: bool = False
+    #: The kernel's OOM killer ended a process of this call (the sandbox hit its memory limit).
+    oom_killed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,8 @@ class Backend(Protocol):
     def exec(self, container_id: str, request: ExecRequest) -> ExecOutcome: ...
 
     def remove(self, container_id: str) -> None: ...
+
+    def oom_kill_count(self, container_id: str, user: str) -> int | None: ...
 
     def list(self, labels: dict[str, str]) -> list[ContainerInfo]: ...
 

@@ -6,6 +6,7 @@ failures become EngineError or SandboxGone with a message that says what to do.
 
 from __future__ import annotations
 
+import re
 import select
 import socket
 import time
@@ -18,9 +19,11 @@ import requests
 from gateway.backend.base import ContainerInfo, ExecOutcome, ExecRequest
 from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
 from gateway.errors import EngineError, SandboxError
+from gateway.telemetry import tracer
 
 __all__ = ["DockerBackend", "SandboxGone"]
 
+_OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 _API_VERSION = "1.41"  # Docker 20.10; newer engines accept it too
 
 
@@ -124,36 +127,41 @@ class DockerBackend:
         ]
 
     def exec(self, container_id: str, request: ExecRequest) -> ExecOutcome:
+        """exec create, start (hijacked stream, read into bounded captures) and inspect: a span each."""
         started = time.monotonic()
-        created = self._call(
-            "start a command",
-            self._api.exec_create,
-            container_id,
-            request.argv,
-            stdout=True,
-            stderr=True,
-            stdin=False,
-            tty=False,
-            user=request.user,
-            workdir=request.workdir,
-            environment=request.env,
-        )
+        attributes = {"sandbox_gateway.container_id": container_id}
+        with tracer().start_as_current_span("docker.exec_create", attributes=attributes):
+            created = self._call(
+                "start a command",
+                self._api.exec_create,
+                container_id,
+                request.argv,
+                stdout=True,
+                stderr=True,
+                stdin=False,
+                tty=False,
+                user=request.user,
+                workdir=request.workdir,
+                environment=request.env,
+            )
         exec_id = created["Id"]
-        raw = self._call("start a command", self._api.exec_start, exec_id, socket=True)
-        sock: socket.socket = raw._sock
         out, err = BoundedCapture(request.max_output_bytes), BoundedCapture(request.max_output_bytes)
-        deadline = started + request.timeout_s + request.grace_s
-        deadline_hit = False
-        try:
-            deadline_hit = _pump(sock, out, err, deadline)
-        finally:
-            sock.close()
-            raw.close()
-        try:
-            info = self._call("read a command's exit status", self._api.exec_inspect, exec_id)
-            lost = False
-        except SandboxGone:
-            info, lost = {}, True
+        with tracer().start_as_current_span("docker.exec_start", attributes=attributes) as span:
+            raw = self._call("start a command", self._api.exec_start, exec_id, socket=True)
+            sock: socket.socket = raw._sock
+            try:
+                deadline_hit = _pump(sock, out, err, started + request.timeout_s + request.grace_s)
+            finally:
+                sock.close()
+                raw.close()
+            span.set_attribute("sandbox_gateway.stdout_bytes", out.total)
+            span.set_attribute("sandbox_gateway.stderr_bytes", err.total)
+        with tracer().start_as_current_span("docker.exec_inspect", attributes=attributes):
+            try:
+                info = self._call("read a command's exit status", self._api.exec_inspect, exec_id)
+                lost = False
+            except SandboxGone:
+                info, lost = {}, True
         exit_code = None if info.get("Running") else info.get("ExitCode")
         return ExecOutcome(
             exit_code=exit_code,
@@ -166,6 +174,22 @@ class DockerBackend:
             duration_ms=(time.monotonic() - started) * 1000,
             sandbox_lost=lost,
         )
+
+    def oom_kill_count(self, container_id: str, user: str) -> int | None:
+        """The sandbox cgroup's OOM-kill counter (cgroup v2 or v1), or None where it cannot be read."""
+        files = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
+        request = ExecRequest(
+            argv=["cat", *files],
+            user=user,
+            workdir="/",
+            env=[],
+            timeout_s=5,
+            max_output_bytes=4096,
+            grace_s=2,
+        )
+        outcome = self.exec(container_id, request)
+        match = _OOM_KILL.search(outcome.stdout.decode(errors="replace"))
+        return int(match.group(1)) if match else None
 
     def close(self) -> None:
         self._api.close()

@@ -158,11 +158,12 @@ async def test_the_audit_log_records_principal_tool_decision_and_outcome(gateway
     async with mcp_client(gateway.url, gateway.tokens["bob"]) as client:
         await client.call_tool("execute_bash", {"command": "echo audited"})
     events = [json.loads(line) for line in gateway.audit_log.read_text().splitlines()]
-    finish = [e for e in events if e["event"] == "exec.finish" and e.get("principal") == "bob"][-1]
+    finish = [e for e in events if e["event"] == "exec.finish" and e["actor"]["principal"] == "bob"][-1]
     decision = [
         e for e in events if e["event"] == "policy.decision" and e["request_id"] == finish["request_id"]
     ]
-    assert decision and decision[0]["decision"] == "allow"
-    assert finish["tool"] == "execute_bash" and finish["exit_code"] == 0 and "duration_ms" in finish
-    assert any(e["event"] == "docker.exec" and e.get("principal") == "bob" for e in events)
+    assert decision and decision[0]["decision"]["result"] == "allow"
+    assert finish["tool"] == "execute_bash" and finish["outcome"]["exit_code"] == 0
+    assert "duration_ms" in finish["outcome"]
+    assert any(e["event"] == "docker.exec" and e.get("actor", {}).get("principal") == "bob" for e in events)
     assert gateway.tokens["bob"] not in gateway.audit_log.read_text()

@@ -95,8 +95,8 @@ async def test_sighup_reloads_a_valid_policy_and_keeps_the_old_one_on_a_bad_file
             for line in gateway.audit_log.read_text().splitlines()
             if '"policy.reload"' in line
         ]
-        assert [r["outcome"] for r in reloads] == ["ok", "rejected"]
-        assert "no-privileged" in reloads[1]["error"]
+        assert [r["outcome"]["status"] for r in reloads] == ["ok", "rejected"]
+        assert "no-privileged" in reloads[1]["outcome"]["error"]
     finally:
         stop_gateway(gateway)
     assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == []
@@ -115,7 +115,7 @@ async def _eventually_error(client, code: str) -> bool:  # type: ignore[no-untyp
 async def _wait_for_event(gateway: Gateway, outcome: str) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if f'"outcome":"{outcome}"' in gateway.audit_log.read_text():
+        if f'"status":"{outcome}"' in gateway.audit_log.read_text():
             return
         await anyio.sleep(0.1)
     raise AssertionError(f"no policy.reload {outcome} event")

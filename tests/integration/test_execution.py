@@ -68,7 +68,7 @@ async def test_flooding_output_is_capped_and_flagged(
     assert len(result.stdout.encode()) == 1024 * 1024
     assert result.stderr == "done\n"
     finish = [e for e in events(audit_sink) if e["event"] == "exec.finish"][-1]
-    assert finish["stdout_bytes"] == 5_000_000
+    assert finish["outcome"]["stdout_bytes"] == 5_000_000
 
 
 async def test_yes_until_the_timeout_keeps_gateway_memory_bounded(service: ExecutionService) -> None:
@@ -125,7 +125,8 @@ async def test_denied_calls_create_nothing_and_are_audited(
     assert info.value.code == "timeout-above-max"
     assert broker.sandbox_of(ALICE) is None
     decision = [e for e in events(audit_sink) if e["event"] == "policy.decision"][-1]
-    assert decision["decision"] == "deny" and decision["reasons"] == ["timeout-above-max"]
+    assert decision["decision"]["result"] == "deny"
+    assert decision["decision"]["reasons"] == ["timeout-above-max"]
     assert decision["policy_digest"] == service.engine.digest
 
 
@@ -165,8 +166,21 @@ async def test_every_docker_operation_has_a_span_and_an_audit_event(
 ) -> None:  # type: ignore[no-untyped-def]
     span_exporter.clear()
     await service.execute(Principal("traced"), "execute_bash", "true")
-    names = [s.name for s in span_exporter.get_finished_spans()]
-    assert names == ["docker.list", "docker.create", "docker.start", "docker.exec"]
+    spans = {s.name: s for s in span_exporter.get_finished_spans()}
+    assert set(spans) == {
+        "docker.list",
+        "docker.create",
+        "docker.start",
+        "docker.exec",
+        "docker.exec_create",
+        "docker.exec_start",
+        "docker.exec_inspect",
+    }
+    for child in ("docker.exec_create", "docker.exec_start", "docker.exec_inspect"):
+        assert spans[child].parent.span_id == spans["docker.exec"].context.span_id
+    container = spans["docker.exec"].attributes["sandbox_gateway.container_id"]
+    assert spans["docker.create"].attributes["sandbox_gateway.container_id"] == container
+    assert spans["docker.exec"].attributes["sandbox_gateway.principal"] == "traced"
     kinds = [e["event"] for e in events(audit_sink)]
     for op in (
         "docker.list",
@@ -180,8 +194,8 @@ async def test_every_docker_operation_has_a_span_and_an_audit_event(
     ):
         assert op in kinds
     finish = [e for e in events(audit_sink) if e["event"] == "exec.finish"][-1]
-    assert finish["principal"] == "traced" and finish["tool"] == "execute_bash"
-    assert finish["exit_code"] == 0 and finish["request_id"]
+    assert finish["actor"]["principal"] == "traced" and finish["tool"] == "execute_bash"
+    assert finish["outcome"]["exit_code"] == 0 and finish["request_id"]
 
 
 async def test_fail_closed_audit_refuses_before_anything_runs(broker) -> None:  # type: ignore[no-untyped-def]
@@ -202,3 +216,15 @@ async def test_a_sandbox_killed_by_the_engine_is_replaced(service: ExecutionServ
     result = await service.execute(ALICE, "execute_bash", "echo replaced")
     assert result.stdout == "replaced\n"
     assert broker.sandbox_of(ALICE).container_id != sandbox.container_id
+
+
+async def test_a_memory_bomb_is_reported_as_oom_killed(
+    service: ExecutionService, audit_sink: MemorySink
+) -> None:
+    result = await service.execute(ALICE, "execute_python", "x = bytearray(2 * 1024**3)")
+    assert result.exit_code == 137 and result.oom_killed and not result.timed_out
+    assert (await service.execute(ALICE, "execute_bash", "echo after")).stdout == "after\n"
+    plain_kill = await service.execute(ALICE, "execute_bash", "kill -9 $$")
+    assert plain_kill.exit_code == 137 and not plain_kill.oom_killed
+    finish = [e for e in events(audit_sink) if e["event"] == "exec.finish"]
+    assert [e["outcome"]["oom_killed"] for e in finish] == [True, False, False]

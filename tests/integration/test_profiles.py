@@ -107,7 +107,7 @@ async def test_idle_sandboxes_are_reaped(broker, audit_sink: MemorySink) -> None
     assert await broker.reap_expired() == 1
     assert broker.sandbox_of(Principal("idle")) is None
     removed = [json.loads(line) for line in audit_sink.lines if '"sandbox.remove"' in line]
-    assert removed[-1]["reason"] == "idle"
+    assert removed[-1]["detail"]["reason"] == "idle"
     assert (
         await anyio.to_thread.run_sync(broker.backend.list, {"sandbox-gateway.gateway": broker.gateway_id})
         == []

@@ -60,7 +60,7 @@ def test_missing_malformed_and_wrong_tokens_get_401_and_an_audit_event(tmp_path)
         response = client.post("/mcp", headers=headers, content=b"{}")
         assert response.status_code == 401
         assert response.headers["www-authenticate"].startswith("Bearer")
-    reasons = [json.loads(line)["reason"] for line in sink.lines]
+    reasons = [json.loads(line)["detail"]["reason"] for line in sink.lines]
     assert reasons == ["missing", "malformed", "malformed", "malformed", "unknown-token"]
     assert token not in "".join(sink.lines)
 

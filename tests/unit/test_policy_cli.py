@@ -119,6 +119,6 @@ def test_reload_switches_to_a_valid_policy_and_refuses_a_bad_one(tmp_path: Path)
     )
     assert not reload_policy(service, path, audit)
     events = [json.loads(line) for line in sink.lines]
-    assert [e["outcome"] for e in events if e["event"] == "policy.reload"] == ["ok", "rejected"]
-    assert "no-privileged" in events[-1]["error"]
+    assert [e["outcome"]["status"] for e in events if e["event"] == "policy.reload"] == ["ok", "rejected"]
+    assert "no-privileged" in events[-1]["outcome"]["error"]
     assert service.engine.digest == reloaded, "the rejected file left the policy in force unchanged"

@@ -1,0 +1,165 @@
+"""The audit event schema: one JSON object per line, the same in every sink.
+
+Top level: `ts`, `event_id`, `event`, `request_id`, `trace_id`, `span_id`, `tool`,
+`policy_digest`, `prev_hash`, `hash`, and these groups (present when they apply):
+
+- `actor`: who — `principal`, `tenant`, `auth_method`, `source_ip`
+- `decision`: the policy's answer — `result` (allow/deny), `reasons`, `rule_ids`, `profile`
+- `resource`: what it touched — `container_id`, `image`, `image_digest`, `runtime`
+- `outcome`: how it ended — `status` (ok/error/rejected), `error`, `exit_code`, `timed_out`,
+  `oom_killed`, `truncated`, `sandbox_lost`, `duration_ms`, `stdout_bytes`, `stderr_bytes`
+- `limits`: what bounded it — `timeout_s`, `max_output_bytes`, `input_bytes`, `limit`, `rate`,
+  `retry_after_s`
+- `code`: the submitted code, per the policy's `audit.code`: `{"hmac_sha256": ...}` (default),
+  `{"text": ...}` (full) or absent (none)
+- `detail`: anything else an event carries (e.g. `reason` of a removal)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["EVENTS", "GROUPS", "TOP_LEVEL", "AuditEvent"]
+
+#: Every event name the gateway emits, and when.
+EVENTS: dict[str, str] = {
+    "gateway.start": "the gateway started serving (version, gateway id, policy digest)",
+    "gateway.stop": "the gateway stopped; how many sandboxes it removed",
+    "auth.failed": "a request to /mcp without a valid credential (reason, source address)",
+    "policy.decision": "the policy engine decided a tool call (allow or deny, reasons, rule ids)",
+    "policy.reload": "a policy reload was applied (ok) or refused (rejected), with the error",
+    "ratelimit.hit": "a call or a sandbox creation was refused by a rate limit",
+    "exec.start": "an allowed command is about to run (code digest, limits)",
+    "exec.finish": "a command ended (exit code, timeout, OOM, truncation, byte counts, duration)",
+    "sandbox.create": "a sandbox was created and started for a principal",
+    "sandbox.adopt": "a running sandbox from before a restart was taken over",
+    "sandbox.remove": "a sandbox was removed (reset, idle, max-age, spec-changed, stale, lost, shutdown)",
+    "docker.list": "Docker API: list containers",
+    "docker.create": "Docker API: create a container",
+    "docker.start": "Docker API: start a container",
+    "docker.exec": "Docker API: exec create + start + inspect of one command",
+    "docker.oom_check": "Docker API: exec reading the sandbox cgroup's OOM-kill counter",
+    "docker.inspect_image": "Docker API: inspect the sandbox image (pinned digest check)",
+    "docker.remove": "Docker API: remove a container",
+}
+
+TOP_LEVEL = frozenset(
+    {
+        "ts",
+        "event_id",
+        "event",
+        "request_id",
+        "trace_id",
+        "span_id",
+        "tool",
+        "policy_digest",
+        "prev_hash",
+        "hash",
+        "code",
+    }
+)
+
+#: Flat keys as emitted -> (group, name in the group).
+GROUPS: dict[str, tuple[str, str]] = {
+    "principal": ("actor", "principal"),
+    "tenant": ("actor", "tenant"),
+    "auth_method": ("actor", "auth_method"),
+    "source_ip": ("actor", "source_ip"),
+    "decision": ("decision", "result"),
+    "reasons": ("decision", "reasons"),
+    "rule_ids": ("decision", "rule_ids"),
+    "profile": ("decision", "profile"),
+    "container_id": ("resource", "container_id"),
+    "image": ("resource", "image"),
+    "image_digest": ("resource", "image_digest"),
+    "runtime": ("resource", "runtime"),
+    "outcome": ("outcome", "status"),
+    "error": ("outcome", "error"),
+    "exit_code": ("outcome", "exit_code"),
+    "timed_out": ("outcome", "timed_out"),
+    "oom_killed": ("outcome", "oom_killed"),
+    "truncated": ("outcome", "truncated"),
+    "sandbox_lost": ("outcome", "sandbox_lost"),
+    "duration_ms": ("outcome", "duration_ms"),
+    "stdout_bytes": ("outcome", "stdout_bytes"),
+    "stderr_bytes": ("outcome", "stderr_bytes"),
+    "timeout_s": ("limits", "timeout_s"),
+    "max_output_bytes": ("limits", "max_output_bytes"),
+    "input_bytes": ("limits", "input_bytes"),
+    "limit": ("limits", "limit"),
+    "rate": ("limits", "rate"),
+    "retry_after_s": ("limits", "retry_after_s"),
+}
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Actor(_Group):
+    principal: str | None = None
+    tenant: str | None = None
+    auth_method: str | None = None
+    source_ip: str | None = None
+
+
+class DecisionPart(_Group):
+    result: Literal["allow", "deny"] | None = None
+    reasons: list[str] | None = None
+    rule_ids: list[str] | None = None
+    profile: str | None = None
+
+
+class Resource(_Group):
+    container_id: str | None = None
+    image: str | None = None
+    image_digest: str | None = None
+    runtime: str | None = None
+
+
+class Outcome(_Group):
+    status: Literal["ok", "error", "rejected"] | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    timed_out: bool | None = None
+    oom_killed: bool | None = None
+    truncated: bool | None = None
+    sandbox_lost: bool | None = None
+    duration_ms: float | None = None
+    stdout_bytes: int | None = None
+    stderr_bytes: int | None = None
+
+
+class Limits(_Group):
+    timeout_s: float | None = None
+    max_output_bytes: int | None = None
+    input_bytes: int | None = None
+    limit: str | None = None
+    rate: str | None = None
+    retry_after_s: float | None = None
+
+
+class AuditEvent(BaseModel):
+    """One audit line, validated: the contract a SIEM parser can rely on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ts: str
+    event_id: str = Field(min_length=32, max_length=32)
+    event: str
+    request_id: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    tool: str | None = None
+    policy_digest: str | None = None
+    actor: Actor | None = None
+    decision: DecisionPart | None = None
+    resource: Resource | None = None
+    outcome: Outcome | None = None
+    limits: Limits | None = None
+    code: dict[str, str] | None = None
+    detail: dict[str, Any] | None = None
+    prev_hash: str = Field(min_length=64, max_length=64)
+    hash: str = Field(min_length=64, max_length=64)
