@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal, cast
 
@@ -68,7 +68,13 @@ async def readiness(backend: Backend, audit: AuditLog, image: str) -> dict[str, 
 
 
 def build_app(
-    settings: Settings, *, service: ExecutionService, tokens: TokenStore, audit: AuditLog, image: str
+    settings: Settings,
+    *,
+    service: ExecutionService,
+    tokens: TokenStore,
+    audit: AuditLog,
+    image: str,
+    on_shutdown: Callable[[], None] | None = None,
 ) -> Starlette:
     """Assemble the app. The lifespan runs the MCP session manager and removes sandboxes on shutdown."""
     log_level = cast(Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], settings.log_level)
@@ -103,7 +109,10 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, reload_policy, service, settings.policy_file, audit)
+        try:
+            loop.add_signal_handler(signal.SIGHUP, reload_policy, service, settings.policy_file, audit)
+        except (RuntimeError, ValueError):  # an embedded server off the main thread: no signals there
+            _log.warning("policy reload on SIGHUP is unavailable outside the main thread")
         async with mcp.session_manager.run(), anyio.create_task_group() as tasks:
             audit.emit(
                 "gateway.start",
@@ -123,6 +132,8 @@ def build_app(
                     with anyio.CancelScope(shield=True):
                         removed = await service.broker.cleanup_all()
                 audit.emit("gateway.stop", sandboxes_removed=removed)
+                if on_shutdown is not None:
+                    on_shutdown()  # flush exporters now: the server may re-raise the stop signal next
 
     return Starlette(
         routes=[

@@ -87,7 +87,12 @@ def serve(args: argparse.Namespace) -> int:
     )
     service = ExecutionService(engine, broker, audit)
 
-    app = build_app(settings, service=service, tokens=tokens, audit=audit, image=image)
+    def flush() -> None:
+        backend.close()
+        audit.close()
+        telemetry.shutdown()
+
+    app = build_app(settings, service=service, tokens=tokens, audit=audit, image=image, on_shutdown=flush)
     url = f"http://{settings.host}:{settings.port}/mcp"
     print(
         f"Sandbox Gateway: MCP endpoint {url} "
@@ -108,7 +113,4 @@ def serve(args: argparse.Namespace) -> int:
         h11_max_incomplete_event_size=64 * 1024,
         lifespan="on",
     )
-    backend.close()
-    audit.close()
-    telemetry.shutdown()
     return 0

@@ -40,7 +40,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_gateway(tmp: Path, *extra: str, principals: dict[str, str] | None = None) -> Gateway:
+def start_gateway(
+    tmp: Path, *extra: str, principals: dict[str, str] | None = None, env: dict[str, str] | None = None
+) -> Gateway:
     """Start the gateway on a free port with a tokens file; wait until /health answers."""
     store = TokenStore(tmp / "tokens.jsonl")
     tokens = {
@@ -49,7 +51,8 @@ def start_gateway(tmp: Path, *extra: str, principals: dict[str, str] | None = No
     }
     port = _free_port()
     gateway_id = f"e2e-{uuid.uuid4().hex[:10]}"
-    audit_log = tmp / "audit.jsonl"
+    # An --audit-log among the extra arguments replaces the default one (e.g. to continue a chain).
+    audit_log = Path(extra[extra.index("--audit-log") + 1]) if "--audit-log" in extra else tmp / "audit.jsonl"
     argv = [
         sys.executable,
         "-m",
@@ -61,15 +64,18 @@ def start_gateway(tmp: Path, *extra: str, principals: dict[str, str] | None = No
         str(tmp / "tokens.jsonl"),
         "--gateway-id",
         gateway_id,
-        "--audit-log",
-        str(audit_log),
         "--docker-host",
         PROXY_URL,
         *extra,
     ]
+    if "--audit-log" not in extra:
+        argv += ["--audit-log", str(audit_log)]
     with (tmp / "gateway.log").open("wb") as log:
         process = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=log, env={**os.environ, "LOG_LEVEL": "INFO"}
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env={**os.environ, "LOG_LEVEL": "INFO", **(env or {})},
         )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -111,3 +117,56 @@ async def mcp_client(url: str, token: str | None) -> AsyncIterator[Client]:
     http = create_mcp_http_client(headers=headers)
     async with http, Client(streamable_http_client(url, http_client=http)) as client:
         yield client
+
+
+@dataclass
+class InProcessGateway:
+    """The real app in this process (so in-memory span and metric readers see it), over real HTTP."""
+
+    url: str
+    base: str
+    tokens: dict[str, str]
+    sink: object
+    service: object
+
+
+@pytest.fixture(scope="module")
+def inproc_gateway(
+    backend, span_exporter, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessGateway]:  # type: ignore[no-untyped-def]
+    import threading
+
+    import uvicorn
+
+    from audit import AuditLog, MemorySink
+    from gateway.app import build_app
+    from gateway.broker import Broker
+    from gateway.config import Settings
+    from gateway.service import ExecutionService
+    from policy import load_policy
+    from policy.engine import PolicyEngine
+
+    port = _free_port()
+    gateway_id = f"inproc-{uuid.uuid4().hex[:10]}"
+    settings = Settings(port=port, docker_host=PROXY_URL, gateway_id=gateway_id, reap_interval_s=3600)
+    store = TokenStore(tmp_path_factory.mktemp("inproc") / "tokens.jsonl")
+    tokens = {name: store.create(name) for name in ("alice", "bob")}
+    sink = MemorySink()
+    audit = AuditLog([sink])
+    broker = Broker(backend, audit, gateway_id=gateway_id)
+    service = ExecutionService(PolicyEngine(load_policy()), broker, audit)
+    app = build_app(settings, service=service, tokens=store, audit=audit, image="mcp-code-executor:latest")
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name="inproc-gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "in-process gateway did not start"
+    base = f"http://127.0.0.1:{port}"
+    yield InProcessGateway(f"{base}/mcp", base, tokens, sink, service)
+    server.should_exit = True
+    thread.join(timeout=60)
+    assert backend.list({"sandbox-gateway.gateway": gateway_id}) == []

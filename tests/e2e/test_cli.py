@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
+import pytest
+
 from gateway.tokens import TokenStore
+from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -57,3 +61,42 @@ def test_serve_refuses_an_empty_tokens_file(tmp_path: Path) -> None:
     result = cli("serve", "--tokens", str(tokens))
     assert result.returncode == 2
     assert "holds no tokens" in result.stderr
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete", "reorder"])
+def test_audit_verify_passes_on_a_real_log_and_names_the_first_tampered_line(
+    tmp_path: Path, tamper: str, backend
+) -> None:  # type: ignore[no-untyped-def]
+    gateway = start_gateway(tmp_path)
+    try:
+        token = gateway.tokens["alice"]
+        anyio.run(_two_calls, gateway.url, token)
+    finally:
+        stop_gateway(gateway)
+    # A restarted gateway continues the same chain in the same file.
+    (tmp_path / "again").mkdir()
+    again = start_gateway(tmp_path / "again", "--audit-log", str(gateway.audit_log))
+    stop_gateway(again)
+    ok = cli("audit", "verify", str(gateway.audit_log), "--from-genesis")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith("OK: ") and "chain from genesis" in ok.stdout
+
+    lines = gateway.audit_log.read_text().splitlines()
+    assert sum('"gateway.start"' in line for line in lines) == 2
+    if tamper == "edit":
+        lines[5] = lines[5].replace('"alice"', '"mallory"')
+    elif tamper == "delete":
+        del lines[5]
+    else:
+        lines[5], lines[6] = lines[6], lines[5]
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_text("\n".join(lines) + "\n")
+    broken = cli("audit", "verify", str(tampered))
+    assert broken.returncode == 1
+    assert broken.stdout.startswith(f"BROKEN at {tampered}:6:")
+
+
+async def _two_calls(url: str, token: str) -> None:
+    async with mcp_client(url, token) as client:
+        await client.call_tool("execute_bash", {"command": "echo one"})
+        await client.call_tool("execute_bash", {"command": "echo two"})

@@ -1,0 +1,112 @@
+"""Traces, audit events and metrics of real MCP calls over HTTP, read in-process."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind
+
+from audit.chain import verify_lines
+from audit.schema import AuditEvent
+from tests.e2e.conftest import InProcessGateway, mcp_client
+
+pytestmark = pytest.mark.anyio
+
+
+def descendants(spans: list[ReadableSpan], root: ReadableSpan) -> list[ReadableSpan]:
+    found, frontier = [], [root.context.span_id]
+    while frontier:
+        parent = frontier.pop()
+        children = [s for s in spans if s.parent is not None and s.parent.span_id == parent]
+        found.extend(children)
+        frontier.extend(c.context.span_id for c in children)
+    return found
+
+
+def audit_events(gateway: InProcessGateway) -> list[dict]:
+    return [json.loads(line) for line in gateway.sink.lines]  # type: ignore[attr-defined]
+
+
+async def test_a_tool_call_continues_the_clients_trace_down_to_each_docker_call(
+    inproc_gateway: InProcessGateway, span_exporter
+) -> None:  # type: ignore[no-untyped-def]
+    span_exporter.clear()
+    agent = trace.get_tracer("agent")
+    async with mcp_client(inproc_gateway.url, inproc_gateway.tokens["alice"]) as client:
+        with agent.start_as_current_span("agent step") as step:
+            result = await client.call_tool("execute_bash", {"command": "echo traced"})
+    assert not result.is_error
+    trace_id = format(step.get_span_context().trace_id, "032x")
+    spans = list(span_exporter.get_finished_spans())
+    server = next(s for s in spans if s.name == "tools/call execute_bash" and s.kind == SpanKind.SERVER)
+    assert format(server.context.trace_id, "032x") == trace_id, "the client's W3C trace context is honoured"
+    below = {s.name for s in descendants(spans, server)}
+    assert {
+        "docker.list",
+        "docker.create",
+        "docker.start",
+        "docker.exec",
+        "docker.exec_create",
+        "docker.exec_start",
+        "docker.exec_inspect",
+    } <= below
+    finish = [e for e in audit_events(inproc_gateway) if e["event"] == "exec.finish"][-1]
+    assert finish["trace_id"] == trace_id, "the audit event names the same trace"
+
+
+async def test_audit_events_for_allow_deny_timeout_oom_and_auth_failure(
+    inproc_gateway: InProcessGateway,
+) -> None:
+    async with mcp_client(inproc_gateway.url, inproc_gateway.tokens["bob"]) as client:
+        await client.call_tool("execute_bash", {"command": "echo ok"})
+        await client.call_tool("execute_bash", {"command": "true", "timeout_s": 999})
+        await client.call_tool("execute_bash", {"command": "sleep 30", "timeout_s": 1})
+        await client.call_tool("execute_python", {"code": "x = bytearray(2 * 1024**3)"})
+    httpx.post(inproc_gateway.url, json={}, headers={"Authorization": "Bearer sgw_nope"})
+    events = audit_events(inproc_gateway)
+    for event in events:
+        AuditEvent.model_validate(event)
+    bob = [e for e in events if e.get("actor", {}).get("principal") == "bob"]
+    decisions = [e["decision"]["result"] for e in bob if e["event"] == "policy.decision"]
+    assert decisions == ["allow", "deny", "allow", "allow"]
+    denied = next(e for e in bob if e["event"] == "policy.decision" and e["decision"]["result"] == "deny")
+    assert denied["decision"]["reasons"] == ["timeout-above-max"]
+    finishes = [e["outcome"] for e in bob if e["event"] == "exec.finish"]
+    assert [(f["exit_code"], f["timed_out"], f["oom_killed"]) for f in finishes] == [
+        (0, False, False),
+        (124, True, False),
+        (137, False, True),
+    ]
+    starts = [e for e in bob if e["event"] == "exec.start"]
+    assert all(set(e["code"]) == {"hmac_sha256"} for e in starts), "code is HMACed by default"
+    assert "bytearray" not in "".join(inproc_gateway.sink.lines)  # type: ignore[attr-defined]
+    failed = [e for e in events if e["event"] == "auth.failed"][-1]
+    assert failed["detail"]["reason"] == "unknown-token" and failed["actor"]["source_ip"] == "127.0.0.1"
+    assert "sgw_nope" not in "".join(inproc_gateway.sink.lines)  # type: ignore[attr-defined]
+    numbered = [(str(i), line) for i, line in enumerate(inproc_gateway.sink.lines, 1)]  # type: ignore[attr-defined]
+    assert verify_lines(numbered, expect_genesis=True).ok
+
+
+async def test_when_no_sink_can_write_calls_are_refused_and_ready_turns_false(
+    inproc_gateway: InProcessGateway,
+) -> None:
+    sink = inproc_gateway.sink
+    async with mcp_client(inproc_gateway.url, inproc_gateway.tokens["alice"]) as client:
+        await client.call_tool("execute_bash", {"command": "rm -f /workspace/marker"})
+        sink.fail = True  # type: ignore[attr-defined]
+        try:
+            refused = await client.call_tool("execute_bash", {"command": "touch /workspace/marker"})
+            ready = httpx.get(f"{inproc_gateway.base}/ready")
+        finally:
+            sink.fail = False  # type: ignore[attr-defined]
+        check = await client.call_tool(
+            "execute_bash", {"command": "ls /workspace/marker 2>&1 || echo absent"}
+        )
+    assert refused.is_error and "audit-unavailable" in refused.content[0].text  # type: ignore[union-attr]
+    assert ready.status_code == 503 and ready.json()["audit"] is False
+    assert check.structured_content and check.structured_content["stdout"].strip().endswith("absent")
+    assert httpx.get(f"{inproc_gateway.base}/ready").status_code == 200
