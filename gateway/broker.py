@@ -143,6 +143,7 @@ class Broker:
             f"{LABEL_PREFIX}.tenant": principal.tenant,
             f"{LABEL_PREFIX}.profile": decision.profile,
             f"{LABEL_PREFIX}.policy-digest": decision.policy_digest,
+            f"{LABEL_PREFIX}.image": decision.image,
             _SPEC: decision.spec.digest(),
         }
 
@@ -238,22 +239,19 @@ class Broker:
         )
         return sandbox
 
-    async def _image_ref(self, decision: Grant) -> str:
-        """What to create from: the name, or for a pinned image the verified digest itself, so a tag
-        moved between this check and the create cannot swap the image."""
-        if decision.image_digest is None:
-            return decision.image
+    async def _resolve_image(self, decision: Grant) -> str:
+        """The image id to create from. Creating from the id inspected here means a tag moved between
+        this check and the create cannot swap the image; a pinned image must match its pin."""
         image_id, repo_digests = await self.ops.acall(
             "inspect_image", self.backend.image_identity, decision.image, image=decision.image
         )
-        if decision.image_digest == image_id:
-            return image_id
-        if decision.image_digest in repo_digests:
-            return f"{decision.image}@{decision.image_digest}"
-        raise SandboxError(
-            f"image {decision.image} is not the one the policy pins ({decision.image_digest[:19]}...)",
-            code="image-digest-mismatch",
-        )
+        pin = decision.image_digest
+        if pin is not None and pin != image_id and pin not in repo_digests:
+            raise SandboxError(
+                f"image {decision.image} is not the one the policy pins ({pin[:19]}...)",
+                code="image-digest-mismatch",
+            )
+        return image_id
 
     def _check_quotas(self, principal: Principal, decision: Grant) -> None:
         """Host and tenant caps on live sandboxes; checked before anything is created."""
@@ -296,16 +294,22 @@ class Broker:
                 f"retry in {retry:.0f} s",
                 code="sandbox-creation-rate",
             )
-        image_ref = await self._image_ref(decision)
+        image_id = await self._resolve_image(decision)
         name = self._name(key)
         body = create_body(
             decision.spec,
-            image=image_ref,
+            image=decision.image,
+            image_id=image_id,
             labels=self._labels(principal, decision),
             tools_path=self.tools_path,
             skills_path=self.skills_path,
         )
-        attrs = {"principal": principal.id, "image": decision.image, "policy_digest": decision.policy_digest}
+        attrs = {
+            "principal": principal.id,
+            "image": decision.image,
+            "image_digest": image_id,
+            "policy_digest": decision.policy_digest,
+        }
         container_id = await self.ops.acall("create", self.backend.create, name, body, **attrs)
         try:
             await self.ops.acall(
@@ -342,6 +346,7 @@ class Broker:
             "sandbox.create",
             container_id=container_id,
             image=decision.image,
+            image_digest=image_id,
             profile=decision.profile,
             policy_digest=decision.policy_digest,
             runtime=decision.spec.runtime,

@@ -126,7 +126,6 @@ class ExecutionService:
             input_bytes=size,
             max_output_bytes=decision.limits.max_output_bytes if decision.limits else None,
             image=decision.image,
-            image_digest=decision.image_digest,
             code=text,  # the audit pipeline keeps an HMAC, the text, or nothing, as the policy says
         )
         try:

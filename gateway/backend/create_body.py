@@ -7,7 +7,6 @@ from pathlib import Path
 
 from gateway.errors import ConfigError
 from policy import SandboxSpec
-from policy.model import split_image
 
 __all__ = ["LABEL_PREFIX", "SECCOMP_DIR", "create_body", "sandbox_env"]
 
@@ -56,12 +55,16 @@ def create_body(
     *,
     image: str,
     labels: dict[str, str],
+    image_id: str | None = None,
     tools_path: Path | None = None,
     skills_path: Path | None = None,
 ) -> dict[str, object]:
-    """The Docker Engine API body for POST /containers/create."""
-    name = image if image.startswith("sha256:") else split_image(image)[0]
-    if name not in spec.image_names() and image not in {split_image(e)[1] for e in spec.images}:
+    """The Docker Engine API body for POST /containers/create.
+
+    `image` must be a name the profile allows; `image_id`, when the broker resolved it, is what the
+    container is created from, so the image cannot change between the check and the create.
+    """
+    if image not in spec.image_names():
         raise ConfigError(f"image {image!r} is not allowed by the profile")
     binds = [
         f"{path.resolve()}:{target}:ro"
@@ -90,7 +93,7 @@ def create_body(
         "RestartPolicy": {"Name": "no"},
     }
     return {
-        "Image": image,
+        "Image": image_id or image,
         "Cmd": ["sleep", "infinity"],
         "Entrypoint": [],
         "User": spec.user,

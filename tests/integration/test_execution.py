@@ -169,6 +169,7 @@ async def test_every_docker_operation_has_a_span_and_an_audit_event(
     spans = {s.name: s for s in span_exporter.get_finished_spans()}
     assert set(spans) == {
         "docker.list",
+        "docker.inspect_image",
         "docker.create",
         "docker.start",
         "docker.exec",

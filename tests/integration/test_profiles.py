@@ -79,7 +79,8 @@ async def test_a_pinned_image_must_be_the_one_pinned(broker) -> None:  # type: i
         await service_for(broker, doc).execute(Principal("pinned"), "execute_bash", "echo ok")
     ).stdout == "ok\n"
     info = await inspect(broker, Principal("pinned"))
-    assert info["Config"]["Image"] == right, "created from the verified id, not the movable tag"
+    assert info["Image"] == right, "created from the verified id, not the movable tag"
+    assert info["Config"]["Labels"]["sandbox-gateway.image"] == IMAGE
 
 
 async def test_a_sandbox_is_replaced_when_its_spec_changes_and_kept_otherwise(broker) -> None:  # type: ignore[no-untyped-def]
