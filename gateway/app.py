@@ -11,8 +11,10 @@ from typing import Any, Literal, cast
 
 import anyio
 import anyio.to_thread
+from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -21,14 +23,17 @@ from starlette.routing import Route
 
 from audit import AuditLog
 from gateway import __version__
+from gateway.auth import GatewayTokenVerifier
 from gateway.backend.base import Backend
 from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.middleware import BearerAuthMiddleware, BodyLimitMiddleware, SecureHeadersMiddleware
 from gateway.reload import reload_policy
 from gateway.service import ExecutionService
-from gateway.tokens import TokenStore
+from gateway.throttle import AddressRateLimitMiddleware, PrincipalRateLimitMiddleware
+from gateway.tokens import SCOPES
 from gateway.tools import register_tools
+from policy import Principal
 
 __all__ = ["build_app", "readiness"]
 
@@ -71,7 +76,7 @@ def build_app(
     settings: Settings,
     *,
     service: ExecutionService,
-    tokens: TokenStore,
+    verifier: GatewayTokenVerifier,
     audit: AuditLog,
     image: str,
     on_shutdown: Callable[[], None] | None = None,
@@ -135,16 +140,36 @@ def build_app(
                 if on_shutdown is not None:
                     on_shutdown()  # flush exporters now: the server may re-raise the stop signal next
 
+    def rate_for(principal: Principal) -> str:
+        policy = service.engine.policy
+        profile = policy.profiles.get(policy.profile_for(principal.id, principal.tenant, principal.profile))
+        return profile.rate_limits.requests if profile else "1/hour"
+
+    routes = [
+        *inner.routes,
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+    ]
+    metadata_url = None
+    oauth = verifier.jwt.settings if verifier.jwt else None
+    if oauth is not None:
+        routes += create_protected_resource_routes(
+            resource_url=AnyHttpUrl(oauth.resource_url),
+            authorization_servers=[AnyHttpUrl(oauth.issuer)],
+            scopes_supported=sorted(SCOPES),
+        )
+        metadata_url = str(build_resource_metadata_url(AnyHttpUrl(oauth.resource_url)))
+    limiter = service.broker.rates
     return Starlette(
-        routes=[
-            *inner.routes,
-            Route("/health", health, methods=["GET"]),
-            Route("/ready", ready, methods=["GET"]),
-        ],
+        routes=routes,
         middleware=[
             Middleware(SecureHeadersMiddleware),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-            Middleware(BearerAuthMiddleware, tokens=tokens, audit=audit),
+            Middleware(AddressRateLimitMiddleware, limiter=limiter, audit=audit, rate=settings.address_rate),
+            Middleware(
+                BearerAuthMiddleware, verifier=verifier, audit=audit, resource_metadata_url=metadata_url
+            ),
+            Middleware(PrincipalRateLimitMiddleware, limiter=limiter, audit=audit, rate_for=rate_for),
         ],
         lifespan=lifespan,
     )

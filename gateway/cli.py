@@ -10,6 +10,7 @@ from pathlib import Path
 from gateway.audit_cli import add_audit_commands
 from gateway.errors import GatewayError
 from gateway.policy_cli import add_policy_commands
+from gateway.token_cli import add_token_commands
 
 __all__ = ["main"]
 
@@ -31,18 +32,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.serve import serve
 
     return serve(args)
-
-
-def _cmd_token_create(args: argparse.Namespace) -> int:
-    from gateway.tokens import TokenStore
-
-    token = TokenStore(args.tokens).create(principal=args.principal, profile=args.profile, tenant=args.tenant)
-    print(
-        f"token for principal {args.principal!r} (profile {args.profile!r}); it is shown only once:",
-        file=sys.stderr,
-    )
-    print(token)
-    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +79,22 @@ def _parser() -> argparse.ArgumentParser:
         "--max-sandboxes", type=int, default=1000, help="live sandboxes at most (all principals)"
     )
     serve.add_argument("--reap-interval", type=float, default=30.0, help="seconds between expiry sweeps")
+    serve.add_argument("--address-rate", default="600/minute", help="requests to /mcp per client address")
+    serve.add_argument(
+        "--rate-limit-storage", default="memory://", help="slowapi storage URI for rate counters"
+    )
+    serve.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    serve.add_argument(
+        "--oauth-issuer", help="accept JWT access tokens from this issuer (OAuth 2.1 resource server)"
+    )
+    serve.add_argument("--oauth-audience", help="the audience JWTs must name (this gateway's resource id)")
+    serve.add_argument("--oauth-jwks", help="the issuer's JWKS: a file or an https:// URL")
+    serve.add_argument("--oauth-resource", help="this gateway's resource URL (default: the /mcp URL)")
+    serve.add_argument("--oauth-tenant-claim", default="tenant", help="JWT claim holding the tenant")
+    serve.add_argument(
+        "--oauth-profile-claim", default="profile", help="JWT claim holding the policy profile"
+    )
     serve.add_argument(
         "--allowed-host",
         action="append",
@@ -101,14 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     add_policy_commands(sub)
     add_audit_commands(sub)
 
-    token = sub.add_parser("token", help="manage API tokens")
-    token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", help="make a token; prints it once, stores only its hash")
-    create.add_argument("--principal", required=True)
-    create.add_argument("--profile", default="default")
-    create.add_argument("--tenant", default="default")
-    create.add_argument("--tokens", type=Path, required=True, help="tokens file to append to")
-    create.set_defaults(func=_cmd_token_create)
+    add_token_commands(sub)
     return parser
 
 

@@ -84,6 +84,12 @@ class Settings:
     reap_interval_s: float = 30.0
     #: Live sandboxes this gateway keeps at most, across all principals.
     max_sandboxes: int = 1000
+    #: Requests to /mcp per client address, counted before authentication.
+    address_rate: str = "600/minute"
+    #: Where rate-limit counters live (slowapi storage URI).
+    rate_limit_storage: str = "memory://"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     remove_on_shutdown: bool = True
     tools_path: Path | None = None
     skills_path: Path | None = None
@@ -117,6 +123,11 @@ class Settings:
             raise ConfigError(
                 "--no-audit-stdout needs --audit-log: every decision must be recorded somewhere"
             )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
+        for name, tls_path in (("certificate", self.tls_cert), ("key", self.tls_key)):
+            if tls_path is not None and not tls_path.is_file():
+                raise ConfigError(f"the TLS {name} {tls_path} does not exist")
         if self.max_body_bytes < 1024:
             raise ConfigError("the request body cap must be at least 1 KiB")
         for name, path in (("tools", self.tools_path), ("skills", self.skills_path)):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit import AuditLog, AuditWriteError
-from gateway.tokens import TokenStore
+from gateway.auth import GatewayTokenVerifier
+from gateway.tokens import SCOPES
 
 __all__ = ["PRINCIPAL_SCOPE_KEY", "BearerAuthMiddleware", "BodyLimitMiddleware", "SecureHeadersMiddleware"]
 
@@ -89,43 +92,77 @@ class _TooLarge(Exception):
 
 
 class BearerAuthMiddleware:
-    """401 unless `Authorization: Bearer <token>` maps to a principal; the principal goes in the scope."""
+    """401 unless `Authorization: Bearer <token>` verifies; 403 when it carries no gateway scope.
+
+    The principal goes in the scope for the tools, and the SDK's AuthenticatedUser in `scope["user"]`
+    so that an MCP session can only be used with the credential that opened it.
+    """
 
     def __init__(
-        self, app: ASGIApp, tokens: TokenStore, audit: AuditLog, protected_prefix: str = "/mcp"
+        self,
+        app: ASGIApp,
+        verifier: GatewayTokenVerifier,
+        audit: AuditLog,
+        protected_prefix: str = "/mcp",
+        resource_metadata_url: str | None = None,
     ) -> None:
         self.app = app
-        self.tokens = tokens
+        self.verifier = verifier
         self.audit = audit
         self.protected_prefix = protected_prefix
+        self._challenge = 'Bearer realm="sandbox-gateway"'
+        if resource_metadata_url:
+            self._challenge += f', resource_metadata="{resource_metadata_url}"'
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.protected_prefix):
             await self.app(scope, receive, send)
             return
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        reason, principal = "missing", None
+        reason, principal, access = "missing", None, None
         if header is not None:
             scheme, _, token = header.decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 reason = "malformed"
             else:
-                principal = self.tokens.verify(token.strip())
-                reason = "unknown-token" if principal is None else ""
-        if principal is None:
-            client = scope.get("client")
+                principal, access, reason = self.verifier.authenticate(token.strip())
+        client = scope.get("client")
+        source_ip = client[0] if client else None
+        if principal is None or access is None:
             with contextlib.suppress(AuditWriteError):  # the request is refused either way
-                self.audit.emit(
-                    "auth.failed", reason=reason, source_ip=client[0] if client else None, path=scope["path"]
-                )
+                self.audit.emit("auth.failed", reason=reason, source_ip=source_ip, path=scope["path"])
             await _json_response(
                 send,
                 401,
                 {"error": "invalid_token", "error_description": "a valid bearer token is required"},
-                [(b"www-authenticate", b'Bearer realm="sandbox-gateway", error="invalid_token"')],
+                [(b"www-authenticate", f'{self._challenge}, error="invalid_token"'.encode())],
+            )
+            return
+        if not principal.scopes & set(SCOPES):
+            with contextlib.suppress(AuditWriteError):
+                self.audit.emit(
+                    "auth.failed",
+                    reason="no-scope",
+                    principal=principal.id,
+                    tenant=principal.tenant,
+                    source_ip=source_ip,
+                    path=scope["path"],
+                )
+            await _json_response(
+                send,
+                403,
+                {"error": "insufficient_scope", "error_description": "the token carries no sandbox scope"},
+                [
+                    (
+                        b"www-authenticate",
+                        f'{self._challenge}, error="insufficient_scope", scope="sandbox:exec"'.encode(),
+                    )
+                ],
             )
             return
         scope[PRINCIPAL_SCOPE_KEY] = principal
+        scope["user"] = AuthenticatedUser(access)
+        scope["auth"] = AuthCredentials(sorted(principal.scopes))
         await self.app(scope, receive, send)
 
 

@@ -38,7 +38,7 @@ def _explain(args: argparse.Namespace) -> int:
     engine = PolicyEngine(_load(args.policy))
     tenant, profile = args.tenant, args.profile
     if args.tokens is not None:
-        known = TokenStore(args.tokens).principal(args.principal)
+        known = TokenStore(args.tokens).principal_entry(args.principal)
         if known is None:
             raise ConfigError(f"principal {args.principal!r} has no token in {args.tokens}")
         tenant, profile = known.tenant, known.profile

@@ -1,6 +1,7 @@
-"""Per-principal rate limits from the policy, in the `limits` notation slowapi uses ("60/minute").
+"""Rate limits in the slowapi / `limits` notation ("60/minute"), keyed by principal or client address.
 
-In memory by default: one gateway process holds the counters.
+The counters live where slowapi's storage URI says: `memory://` (one gateway process, the default)
+or a shared store for several replicas.
 """
 
 from __future__ import annotations
@@ -9,21 +10,24 @@ import math
 import time
 
 from limits import parse
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from slowapi import Limiter
+from slowapi.util import get_remote_address
 
 __all__ = ["RateLimiter"]
 
 
 class RateLimiter:
-    """hit(kind, key, rate) -> None when allowed, else the seconds until the next allowed hit."""
+    """hit(kind, key, rate) -> None when allowed, else the seconds until the next hit is allowed."""
 
-    def __init__(self) -> None:
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+    def __init__(self, storage_uri: str = "memory://") -> None:
+        self._slowapi = Limiter(
+            key_func=get_remote_address, storage_uri=storage_uri, strategy="moving-window"
+        )
+        self._strategy = self._slowapi.limiter
 
     def hit(self, kind: str, key: str, rate: str) -> float | None:
         item = parse(rate)
-        if self._limiter.hit(item, kind, key):
+        if self._strategy.hit(item, kind, key):
             return None
-        stats = self._limiter.get_window_stats(item, kind, key)
-        return max(1.0, math.ceil(stats.reset_time - time.time()))
+        stats = self._strategy.get_window_stats(item, kind, key)
+        return float(max(1, math.ceil(stats.reset_time - time.time())))

@@ -6,7 +6,7 @@ from pydantic import BaseModel, Field
 
 from policy import Principal, Profile
 
-__all__ = ["ExecResult", "ResetResult", "SandboxInfo", "SandboxState"]
+__all__ = ["AdminSandbox", "AdminSandboxes", "ExecResult", "ResetResult", "SandboxInfo", "SandboxState"]
 
 
 class ExecResult(BaseModel):
@@ -96,3 +96,21 @@ class ResetResult(BaseModel):
     """Whether a sandbox was removed."""
 
     reset: bool = Field(description="True if the caller had a sandbox and it was removed")
+
+
+class AdminSandbox(BaseModel):
+    """One live sandbox of the caller's tenant."""
+
+    principal: str
+    profile: str
+    container_id: str
+    created_at: float
+    last_used: float
+    policy_digest: str
+
+
+class AdminSandboxes(BaseModel):
+    """The live sandboxes of the caller's tenant on this gateway."""
+
+    tenant: str
+    sandboxes: list[AdminSandbox]

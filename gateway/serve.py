@@ -11,17 +11,37 @@ import uvicorn
 
 from gateway.app import build_app
 from gateway.auditing import build_audit
+from gateway.auth import GatewayTokenVerifier
 from gateway.backend.docker_engine import DockerBackend
 from gateway.broker import Broker
 from gateway.config import Settings
 from gateway.errors import ConfigError
+from gateway.jwt_auth import JWTVerifier, OAuthSettings
+from gateway.ratelimit import RateLimiter
 from gateway.service import ExecutionService
 from gateway.telemetry import configure_telemetry
 from gateway.tokens import TokenStore
-from policy import PolicyError, Principal, load_policy
+from policy import PolicyError, load_policy
 from policy.engine import PolicyEngine
 
 __all__ = ["serve"]
+
+
+def _oauth_settings(args: argparse.Namespace, settings: Settings) -> OAuthSettings | None:
+    given = [args.oauth_issuer, args.oauth_audience, args.oauth_jwks]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ConfigError("OAuth needs --oauth-issuer, --oauth-audience and --oauth-jwks together")
+    scheme = "https" if settings.tls_cert else "http"
+    return OAuthSettings(
+        issuer=args.oauth_issuer,
+        audience=args.oauth_audience,
+        jwks=args.oauth_jwks,
+        resource_url=args.oauth_resource or f"{scheme}://{settings.host}:{settings.port}/mcp",
+        tenant_claim=args.oauth_tenant_claim,
+        profile_claim=args.oauth_profile_claim,
+    )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -45,6 +65,10 @@ def serve(args: argparse.Namespace) -> int:
         allowed_hosts=tuple(args.allowed_host),
         reap_interval_s=args.reap_interval,
         max_sandboxes=args.max_sandboxes,
+        address_rate=args.address_rate,
+        rate_limit_storage=args.rate_limit_storage,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -64,16 +88,16 @@ def serve(args: argparse.Namespace) -> int:
     telemetry = configure_telemetry()
 
     tokens = TokenStore(settings.tokens_file)
+    oauth = _oauth_settings(args, settings)
     dev_token = None
-    if settings.tokens_file is None:
+    if settings.tokens_file is None and oauth is None:
         dev_token = "sgw_" + secrets.token_urlsafe(32)
-        tokens.add(
-            dev_token, Principal(id="dev", tenant="default", profile="default", auth_method="dev-token")
-        )
-    elif len(tokens) == 0:
+        tokens.add(dev_token, "dev")
+    elif settings.tokens_file is not None and len(tokens) == 0:
         raise ConfigError(
             f"{settings.tokens_file} holds no tokens; create one with `sandbox-gateway token create`"
         )
+    verifier = GatewayTokenVerifier(tokens, JWTVerifier(oauth) if oauth else None)
 
     backend = DockerBackend(settings.docker_host, pool_size=settings.docker_workers * 2)
     broker = Broker(
@@ -84,15 +108,17 @@ def serve(args: argparse.Namespace) -> int:
         skills_path=settings.skills_path,
         workers=settings.docker_workers,
         max_sandboxes=settings.max_sandboxes,
+        rates=RateLimiter(settings.rate_limit_storage),
     )
-    service = ExecutionService(engine, broker, audit)
+    # Request rates are enforced per HTTP request (429) by the app, not again per tool call.
+    service = ExecutionService(engine, broker, audit, enforce_request_rate=False)
 
     def flush() -> None:
         backend.close()
         audit.close()
         telemetry.shutdown()
 
-    app = build_app(settings, service=service, tokens=tokens, audit=audit, image=image, on_shutdown=flush)
+    app = build_app(settings, service=service, verifier=verifier, audit=audit, image=image, on_shutdown=flush)
     url = f"http://{settings.host}:{settings.port}/mcp"
     print(
         f"Sandbox Gateway: MCP endpoint {url} "
@@ -112,5 +138,7 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=40,
         h11_max_incomplete_event_size=64 * 1024,
         lifespan="on",
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
     return 0

@@ -16,7 +16,7 @@ from audit import AuditLog
 from gateway.backend.commands import KILL_GRACE_S, MAX_ARGV_BYTES, bash_argv, python_argv
 from gateway.broker import Broker
 from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded
-from gateway.results import ExecResult, ResetResult, SandboxInfo, SandboxState
+from gateway.results import AdminSandbox, AdminSandboxes, ExecResult, ResetResult, SandboxInfo, SandboxState
 from gateway.telemetry import instruments
 from policy import Action, Decision, Principal
 from policy.engine import PolicyEngine
@@ -40,7 +40,10 @@ class InvalidArgument(GatewayError):
 class ExecutionService:
     """Decides, records and runs tool calls for principals."""
 
-    def __init__(self, engine: PolicyEngine, broker: Broker, audit: AuditLog) -> None:
+    def __init__(
+        self, engine: PolicyEngine, broker: Broker, audit: AuditLog, *, enforce_request_rate: bool = True
+    ) -> None:
+        self.enforce_request_rate = enforce_request_rate
         self.engine = engine
         self.broker = broker
         self.audit = audit
@@ -81,6 +84,8 @@ class ExecutionService:
             self.metrics.tool_calls.add(1, {"tool": action.tool, "outcome": "denied"})
             raise PolicyDenied(decision.message, code=decision.reasons[0])
         assert decision.rate_limits is not None  # noqa: S101 - allowed decisions carry their limits
+        if not self.enforce_request_rate:
+            return decision
         rate = decision.rate_limits.requests
         retry = self.broker.rates.hit("requests", f"{principal.tenant}/{principal.id}", rate)
         if retry is not None:
@@ -194,6 +199,39 @@ class ExecutionService:
         async with self._request(principal, "reset_sandbox", source_ip):
             self._decide(principal, Action(tool="reset_sandbox"))
             return ResetResult(reset=await self.broker.reset(principal))
+
+    async def admin_list(self, principal: Principal, *, source_ip: str | None = None) -> AdminSandboxes:
+        """The caller's tenant's sandboxes (never another tenant's)."""
+        async with self._request(principal, "admin_list_sandboxes", source_ip):
+            self._decide(principal, Action(tool="admin_list_sandboxes"))
+            prefix = f"{principal.tenant}/"
+            rows = [
+                AdminSandbox(
+                    principal=s.principal_key.removeprefix(prefix),
+                    profile=s.profile,
+                    container_id=s.container_id[:12],
+                    created_at=s.created_at,
+                    last_used=s.last_used,
+                    policy_digest=s.policy_digest,
+                )
+                for s in self.broker.sandboxes
+                if s.principal_key.startswith(prefix)
+            ]
+            return AdminSandboxes(tenant=principal.tenant, sandboxes=sorted(rows, key=lambda r: r.principal))
+
+    async def admin_remove(
+        self, principal: Principal, target: object, *, source_ip: str | None = None
+    ) -> ResetResult:
+        """Remove the sandbox of principal `target` in the caller's own tenant."""
+        async with self._request(principal, "admin_remove_sandbox", source_ip):
+            if not isinstance(target, str) or not target:
+                raise InvalidArgument("principal must be a non-empty string")
+            self._decide(principal, Action(tool="admin_remove_sandbox"))
+            victim = Principal(
+                target, tenant=principal.tenant
+            )  # the tenant is the caller's, never an argument
+            self.audit.emit("sandbox.admin_remove", target_principal=target)
+            return ResetResult(reset=await self.broker.reset(victim))
 
 
 def _check_code(code: object, name: str) -> str:

@@ -13,7 +13,7 @@ from pydantic import Field
 from audit import AuditWriteError
 from gateway.errors import GatewayError
 from gateway.middleware import PRINCIPAL_SCOPE_KEY
-from gateway.results import ExecResult, ResetResult, SandboxInfo
+from gateway.results import AdminSandboxes, ExecResult, ResetResult, SandboxInfo
 from gateway.service import ExecutionService
 from policy import Principal
 
@@ -33,12 +33,15 @@ def _source_ip(ctx: Context[Any, Any]) -> str | None:
     return getattr(client, "host", None)
 
 
-def _principal(ctx: Context[Any, Any]) -> Principal:
+def _principal(ctx: Context[Any, Any], needs: str = "sandbox:exec") -> Principal:
+    """The authenticated caller, if its credential carries the scope this tool needs."""
     request = ctx.request_context.request
     scope = getattr(request, "scope", None) or {}
     principal = scope.get(PRINCIPAL_SCOPE_KEY)
     if not isinstance(principal, Principal):
         raise ToolError("unauthenticated: no principal on this request")
+    if needs not in principal.scopes:
+        raise ToolError(f"insufficient-scope: this tool needs the {needs} scope, which the credential lacks")
     return principal
 
 
@@ -119,3 +122,29 @@ def register_tools(mcp: MCPServer[Any], service: ExecutionService) -> None:
     async def reset_sandbox(ctx: Context[Any, Any]) -> ResetResult:
         principal = _principal(ctx)
         return await _guarded("reset_sandbox", principal, service.reset(principal, source_ip=_source_ip(ctx)))
+
+    @mcp.tool(
+        name="admin_list_sandboxes",
+        description="List the live sandboxes of your tenant (needs the sandbox:admin scope).",
+        structured_output=True,
+    )
+    async def admin_list_sandboxes(ctx: Context[Any, Any]) -> AdminSandboxes:
+        principal = _principal(ctx, needs="sandbox:admin")
+        return await _guarded(
+            "admin_list_sandboxes", principal, service.admin_list(principal, source_ip=_source_ip(ctx))
+        )
+
+    @mcp.tool(
+        name="admin_remove_sandbox",
+        description="Remove the sandbox of a principal of your tenant (needs the sandbox:admin scope).",
+        structured_output=True,
+    )
+    async def admin_remove_sandbox(
+        principal: Annotated[
+            str, Field(description="The principal (of your tenant) whose sandbox to remove")
+        ],
+        ctx: Context[Any, Any],
+    ) -> ResetResult:
+        caller = _principal(ctx, needs="sandbox:admin")
+        call = service.admin_remove(caller, principal, source_ip=_source_ip(ctx))
+        return await _guarded("admin_remove_sandbox", caller, call)

@@ -48,7 +48,16 @@ CAP_ADD_ALLOW_LIST = frozenset(
 )
 
 #: Every tool the gateway serves; a profile names the ones it may call.
-TOOL_NAMES = frozenset({"execute_bash", "execute_python", "sandbox_info", "reset_sandbox"})
+TOOL_NAMES = frozenset(
+    {
+        "execute_bash",
+        "execute_python",
+        "sandbox_info",
+        "reset_sandbox",
+        "admin_list_sandboxes",
+        "admin_remove_sandbox",
+    }
+)
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.IGNORECASE)

@@ -17,6 +17,8 @@ class Principal:
     tenant: str = "default"
     profile: str = "default"
     auth_method: str = "token"
+    #: What the credential may do (e.g. "sandbox:exec"); checked by the transport, not the policy.
+    scopes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

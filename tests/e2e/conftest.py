@@ -140,6 +140,7 @@ def inproc_gateway(
 
     from audit import AuditLog, MemorySink
     from gateway.app import build_app
+    from gateway.auth import GatewayTokenVerifier
     from gateway.broker import Broker
     from gateway.config import Settings
     from gateway.service import ExecutionService
@@ -155,7 +156,10 @@ def inproc_gateway(
     audit = AuditLog([sink])
     broker = Broker(backend, audit, gateway_id=gateway_id)
     service = ExecutionService(PolicyEngine(load_policy()), broker, audit)
-    app = build_app(settings, service=service, tokens=store, audit=audit, image="mcp-code-executor:latest")
+    verifier = GatewayTokenVerifier(store)
+    app = build_app(
+        settings, service=service, verifier=verifier, audit=audit, image="mcp-code-executor:latest"
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )

@@ -24,8 +24,8 @@ def test_token_create_prints_the_token_once_as_the_last_line(tmp_path: Path) -> 
     result = cli("token", "create", "--principal", "carol", "--profile", "default", "--tokens", str(tokens))
     assert result.returncode == 0
     token = result.stdout.strip().splitlines()[-1]
-    principal = TokenStore(tokens).verify(token)
-    assert principal is not None and principal.id == "carol"
+    entry, _ = TokenStore(tokens).verify(token)
+    assert entry is not None and entry.principal == "carol"
     assert token not in tokens.read_text()
 
 

@@ -10,6 +10,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from audit import AuditLog, MemorySink
+from gateway.auth import GatewayTokenVerifier
 from gateway.middleware import (
     PRINCIPAL_SCOPE_KEY,
     BearerAuthMiddleware,
@@ -34,7 +35,7 @@ def make_client(tmp_path) -> tuple[TestClient, str, MemorySink]:
         middleware=[
             Middleware(SecureHeadersMiddleware),
             Middleware(BodyLimitMiddleware, max_bytes=1024),
-            Middleware(BearerAuthMiddleware, tokens=tokens, audit=AuditLog([sink])),
+            Middleware(BearerAuthMiddleware, verifier=GatewayTokenVerifier(tokens), audit=AuditLog([sink])),
         ],
     )
     return TestClient(app), token, sink

@@ -125,7 +125,7 @@ def test_malformed_rates_fail_to_load(rate: str) -> None:
 
 def test_shipped_profiles_strict_is_nowhere_weaker_than_default() -> None:
     policy = load_policy()
-    assert set(policy.profiles) == {"default", "strict", "data-science"}
+    assert set(policy.profiles) == {"default", "strict", "data-science", "tenant-admin"}
     assert policy.profiles["strict"].sandbox.runtime == "runsc"
     default_only = policy.model_copy(update={"profiles": {"p": policy.profiles["default"]}})
     strict_only = policy.model_copy(update={"profiles": {"p": policy.profiles["strict"]}})

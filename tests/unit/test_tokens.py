@@ -16,9 +16,9 @@ def test_create_stores_only_the_hash_and_verifies(tmp_path: Path) -> None:
     assert token not in text
     assert hash_token(token) in text
     assert path.stat().st_mode & 0o077 == 0, "tokens file is private to its owner"
-    principal = TokenStore(path).verify(token)
-    assert principal is not None
-    assert (principal.id, principal.tenant, principal.profile) == ("alice", "acme", "default")
+    entry, reason = TokenStore(path).verify(token)
+    assert entry is not None and reason == ""
+    assert (entry.principal, entry.tenant, entry.profile) == ("alice", "acme", "default")
 
 
 @pytest.mark.parametrize(
@@ -29,7 +29,7 @@ def test_create_stores_only_the_hash_and_verifies(tmp_path: Path) -> None:
 def test_wrong_tokens_do_not_verify(tmp_path: Path, presented: str) -> None:
     store = TokenStore(tmp_path / "t")
     store.create("alice")
-    assert store.verify(presented) is None
+    assert store.verify(presented) == (None, "unknown-token")
 
 
 @pytest.mark.parametrize(
