@@ -12,9 +12,9 @@ from typing import Any, Literal, cast
 import anyio
 import anyio.to_thread
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -153,12 +153,22 @@ def build_app(
     metadata_url = None
     oauth = verifier.jwt.settings if verifier.jwt else None
     if oauth is not None:
-        routes += create_protected_resource_routes(
-            resource_url=AnyHttpUrl(oauth.resource_url),
-            authorization_servers=[AnyHttpUrl(oauth.issuer)],
-            scopes_supported=sorted(SCOPES),
+        # AuthSettings keeps the issuer exactly as configured (RFC 8414 compares issuers as strings).
+        auth = AuthSettings.model_validate(
+            {
+                "issuer_url": oauth.issuer,
+                "resource_server_url": oauth.resource_url,
+                "required_scopes": sorted(SCOPES),
+                "validate_token_resource": False,  # the JWT verifier checks the audience itself
+            }
         )
-        metadata_url = str(build_resource_metadata_url(AnyHttpUrl(oauth.resource_url)))
+        assert auth.resource_server_url is not None  # noqa: S101 - just set
+        routes += create_protected_resource_routes(
+            resource_url=auth.resource_server_url,
+            authorization_servers=[auth.issuer_url],
+            scopes_supported=auth.required_scopes,
+        )
+        metadata_url = str(build_resource_metadata_url(auth.resource_server_url))
     limiter = service.broker.rates
     return Starlette(
         routes=routes,
