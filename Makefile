@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit lint bench clean-sandboxes
+.PHONY: setup run test test-tools unit lint clean-sandboxes
 
 $(BIN)/.installed: pyproject.toml
 	@echo "[make] creating $(VENV) and installing sandbox-gateway with its test extras"
@@ -30,8 +30,14 @@ lint: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
+## test-tools: system tools the suite starts itself (a Redis server for shared rate limits)
+test-tools:
+	@command -v redis-server >/dev/null || { echo "[make] installing redis-server for the test suite"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/dev/null || \
+	  { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/dev/null; }; }
+
 ## test: setup, lint, then the whole suite (unit, integration, end-to-end) on two workers
-test: setup lint
+test: setup lint test-tools
 	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 ## clean-sandboxes: remove every container this project labelled (through the socket proxy)

@@ -327,3 +327,72 @@ def test_tls_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
             httpx.get(gateway.base.replace("https://", "http://") + "/health", timeout=3)
     finally:
         stop_gateway(gateway)
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real Redis server on loopback, for rate limits shared by several gateways."""
+    import shutil
+    import socket
+    import subprocess
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is missing: `make test` installs it (make test-tools)"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert time.monotonic() < deadline and process.poll() is None, "redis-server did not start"
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_two_gateways_share_one_principal_rate_through_redis(tmp_path: Path, redis_url: str) -> None:
+    from tests.e2e.test_policy_over_mcp import write_policy
+
+    policy = write_policy(tmp_path / "policy.yaml", {"profiles.default.rate_limits.requests": "4/minute"})
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = start_gateway(tmp_path / "a", "--policy", str(policy), "--rate-limit-storage", redis_url)
+    tokens = tmp_path / "a" / "tokens.jsonl"
+    second = start_gateway(
+        tmp_path / "b",
+        "--policy",
+        str(policy),
+        "--rate-limit-storage",
+        redis_url,
+        "--tokens",
+        str(tokens),
+        principals={},
+    )
+    try:
+        token = first.tokens["alice"]
+        statuses = [
+            post(gateway, token).status_code for gateway in (first, second, first, second, first, second)
+        ]
+    finally:
+        stop_gateway(first)
+        stop_gateway(second)
+    assert statuses == [200, 200, 200, 200, 429, 429], "the four allowed requests are counted across both"
