@@ -11,6 +11,9 @@ from policy import SandboxSpec
 __all__ = ["LABEL_PREFIX", "SECCOMP_DIR", "create_body", "sandbox_env"]
 
 LABEL_PREFIX = "sandbox-gateway"
+#: The container's own processes (init and its idle child) run as `nobody`, not as the uid that runs
+#: the calls: code in the sandbox cannot signal them, so `kill -9 -1` cannot stop its own sandbox.
+KEEPER_USER = "65534:65534"
 SECCOMP_DIR = Path(__file__).resolve().parents[2] / "seccomp"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -96,7 +99,7 @@ def create_body(
         "Image": image_id or image,
         "Cmd": ["sleep", "infinity"],
         "Entrypoint": [],
-        "User": spec.user,
+        "User": KEEPER_USER,
         "WorkingDir": spec.workdir,
         "Env": sandbox_env(spec),
         "Labels": labels,

@@ -35,7 +35,8 @@ def daemon_config(runsc: str | None) -> dict[str, object]:
         "log-opts": {"max-size": "10m", "max-file": "2"},
     }
     if runsc:
-        config["runtimes"] = {"runsc": {"path": runsc, "runtimeArgs": ["--network=none"]}}
+        # --oci-seccomp: gVisor applies the container's seccomp profile inside its own kernel too.
+        config["runtimes"] = {"runsc": {"path": runsc, "runtimeArgs": ["--network=none", "--oci-seccomp"]}}
     return config
 
 
@@ -141,9 +142,16 @@ def ensure_engine(paths: SetupPaths) -> None:
     _ensure_runsc()
     if unix_http_status(paths.docker_socket) == 200:
         say(f"Docker engine answers on {paths.docker_socket}")
+        pid = _ours(paths)
+        wanted = json.dumps(daemon_config(shutil.which("runsc")), indent=2) + "\n"
+        config = paths.state_dir / "daemon.json"
+        if pid is not None and config.exists() and config.read_text() != wanted:
+            say("restarting our dockerd: its daemon.json changed")
+            _stop(pid)
+            _start_dockerd(paths)
+            return
         if shutil.which("runsc") is None or "runsc" in _registered_runtimes(paths):
             return
-        pid = _ours(paths)
         if pid is None:
             say(
                 "warning: runsc is installed but the running engine does not register it; add it to "

@@ -29,7 +29,7 @@ async def test_inspect_shows_the_policy_hardening(broker, backend) -> None:  # t
     info = await anyio.to_thread.run_sync(backend.inspect_raw, sandbox.container_id)
     host, config = info["HostConfig"], info["Config"]
     spec = decision.spec
-    assert config["User"] == "1000:1000"
+    assert config["User"] == "65534:65534", "the sandbox's own processes run as nobody"
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
     assert host["Privileged"] is False

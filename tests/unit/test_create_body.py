@@ -19,7 +19,7 @@ def test_default_profile_body_has_every_hardening_switch() -> None:
     body = create_body(spec, image=IMAGE, labels={"a": "b"})
     host = body["HostConfig"]
     assert isinstance(host, dict)
-    assert body["User"] == "1000:1000"
+    assert body["User"] == "65534:65534"
     assert body["NetworkDisabled"] is True
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
@@ -33,7 +33,7 @@ def test_default_profile_body_has_every_hardening_switch() -> None:
     assert host["Binds"] == []
     assert host["Tmpfs"]["/tmp"].startswith("rw,nosuid,nodev,noexec,size=67108864")
     assert "noexec" not in host["Tmpfs"]["/workspace"]
-    assert {u["Name"] for u in host["Ulimits"]} == {"nofile", "fsize", "core"}
+    assert {u["Name"] for u in host["Ulimits"]} == {"nofile", "nproc", "fsize", "core"}
 
 
 def test_tools_and_skills_are_the_only_mounts_and_read_only(tmp_path: Path) -> None:

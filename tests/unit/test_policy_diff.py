@@ -50,7 +50,7 @@ def changed(path: str, value: Any) -> Any:
         pytest.param("profiles.default.sandbox.runtime", "runsc", "sandbox.runtime", "stronger", id="gvisor"),
         pytest.param("profiles.strict.sandbox.runtime", "runc", "sandbox.runtime", "weaker", id="no-gvisor"),
         pytest.param(
-            "profiles.default.sandbox.seccomp", "sandbox", "sandbox.seccomp", "changed", id="seccomp"
+            "profiles.default.sandbox.seccomp", "default", "sandbox.seccomp", "changed", id="seccomp"
         ),
         pytest.param("profiles.default.sandbox.user", "1001:1001", "sandbox.user", "changed", id="user"),
         pytest.param(
@@ -102,7 +102,7 @@ def changed(path: str, value: Any) -> Any:
         ),
         pytest.param(
             "profiles.default.sandbox.ulimits",
-            {"nofile": 1024, "fsize": 268435456},
+            {"nofile": 1024, "nproc": 4096, "fsize": 268435456},
             "sandbox.ulimits.core",
             "weaker",
             id="ulimit-removed",
