@@ -23,7 +23,7 @@ run: setup
 
 ## lint: ruff and mypy, as configured in pyproject.toml
 lint: $(BIN)/.installed
-	$(BIN)/ruff check gateway policy audit tests
+	$(BIN)/ruff check gateway policy audit tests seccomp
 	$(BIN)/mypy
 
 ## unit: the tests that need no engine

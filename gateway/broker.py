@@ -443,10 +443,42 @@ class Broker:
             sandbox.last_used = time.time()
             if outcome.sandbox_lost:
                 await self._forget(sandbox, reason="died-during-exec")
-            elif outcome.exit_code == _SIGKILLED:
+                return outcome
+            if outcome.exit_code == _SIGKILLED:
                 outcome = await self._with_oom_verdict(sandbox, outcome)
+            if outcome.deadline_hit or outcome.duration_ms >= request.timeout_s * 1000:
+                await self._reap_strays(sandbox)
             return outcome
         raise SandboxError("the sandbox could not be started")  # pragma: no cover - the loop returns
+
+    async def _reap_strays(self, sandbox: Sandbox) -> None:
+        """After a timeout, kill what escaped the command's process group (a fork bomb's stragglers,
+        setsid'd children): every process of the calling uid. The sandbox's own processes run as
+        another uid and survive. If even that cannot run (no pid left), the sandbox is replaced."""
+        request = ExecRequest(
+            argv=["kill", "-KILL", "-1"],
+            user=sandbox.user,
+            workdir="/",
+            env=[],
+            timeout_s=5,
+            max_output_bytes=1024,
+            grace_s=2,
+        )
+        try:
+            outcome = await self.ops.acall(
+                "exec",
+                self.backend.exec,
+                sandbox.container_id,
+                request,
+                container_id=sandbox.container_id,
+                purpose="reap-strays",
+            )
+        except GatewayError:
+            outcome = None
+        # kill -1 exits 1 when it found nothing to kill, 0 when it killed something; anything else
+        # (the exec could not even start) means the sandbox is unusable.
+        if outcome is None or outcome.exit_code not in (0, 1):
+            await self._forget(sandbox, reason="unrecoverable-after-timeout")
 
     async def _with_oom_verdict(self, sandbox: Sandbox, outcome: ExecOutcome) -> ExecOutcome:
         """A SIGKILLed call: ask the sandbox's cgroup whether the OOM killer did it."""

@@ -17,43 +17,59 @@ from pathlib import Path
 from typing import Any
 
 ALLOW: dict[str, str] = {
-    "files and descriptors": """read write readv writev pread64 pwrite64 preadv pwritev preadv2 pwritev2 open
-        openat openat2 close close_range creat lseek _llseek stat fstat lstat newfstatat fstatat64 stat64 fstat64
-        lstat64 statx statfs fstatfs statfs64 fstatfs64 access faccessat faccessat2 readlink readlinkat getdents
-        getdents64 mkdir mkdirat rmdir rename renameat renameat2 link linkat unlink unlinkat symlink symlinkat
-        chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat chown32 fchown32 lchown32 truncate ftruncate
-        truncate64 ftruncate64 fallocate fsync fdatasync sync syncfs sync_file_range utime utimes utimensat
-        futimesat dup dup2 dup3 pipe pipe2 fcntl fcntl64 flock sendfile sendfile64 splice tee vmsplice
-        copy_file_range umask chdir fchdir getcwd memfd_create fadvise64 fadvise64_64 readahead
-        getxattr lgetxattr fgetxattr listxattr llistxattr flistxattr setxattr lsetxattr fsetxattr removexattr
-        lremovexattr fremovexattr inotify_init inotify_init1 inotify_add_watch inotify_rm_watch""",
-    "waiting for events": """select _newselect pselect6 poll ppoll epoll_create epoll_create1 epoll_ctl epoll_wait
-        epoll_pwait epoll_pwait2 eventfd eventfd2 signalfd signalfd4 timerfd_create timerfd_settime
-        timerfd_gettime""",
-    "memory": """brk mmap mmap2 munmap mremap mprotect madvise mlock mlock2 munlock mlockall munlockall msync
-        mincore membarrier get_mempolicy set_mempolicy mbind pkey_alloc pkey_free pkey_mprotect""",
-    "processes, threads and signals (clone is filtered below; fork and vfork create no namespace)": """fork vfork
-        execve execveat exit exit_group wait4 waitid getpid getppid gettid getpgid setpgid getpgrp getsid setsid
-        kill tkill tgkill rt_sigaction rt_sigprocmask rt_sigreturn rt_sigpending rt_sigtimedwait rt_sigqueueinfo
-        rt_tgsigqueueinfo rt_sigsuspend sigaltstack pause alarm getitimer setitimer sched_yield sched_getaffinity
-        sched_setaffinity sched_getparam sched_setparam sched_getscheduler sched_setscheduler
-        sched_get_priority_max sched_get_priority_min sched_rr_get_interval sched_getattr sched_setattr
-        getpriority setpriority prctl arch_prctl set_tid_address set_robust_list get_robust_list futex
-        futex_waitv rseq pidfd_open pidfd_send_signal restart_syscall ioprio_get ioprio_set""",
-    "time": """nanosleep clock_nanosleep clock_gettime clock_getres gettimeofday time times timer_create
-        timer_settime timer_gettime timer_getoverrun timer_delete""",
-    "the caller's own identity and limits (raising privileges needs capabilities, and all are dropped)": """getuid
-        geteuid getgid getegid getresuid getresgid getgroups setuid setgid setreuid setregid setresuid setresgid
-        setgroups setfsuid setfsgid capget capset getrlimit setrlimit prlimit64 getrusage sysinfo uname getcpu
-        getrandom seccomp landlock_create_ruleset landlock_add_rule landlock_restrict_self""",
-    "sockets, once created (families are filtered below; the sandbox has no network)": """socketpair bind listen
-        accept accept4 connect getsockname getpeername sendto recvfrom sendmsg recvmsg sendmmsg recvmmsg shutdown
-        setsockopt getsockopt""",
-    "System V and POSIX IPC, private to the sandbox's IPC namespace": """shmget shmat shmdt shmctl semget semop
-        semtimedop semctl msgget msgsnd msgrcv msgctl mq_open mq_unlink mq_timedsend mq_timedreceive mq_notify
-        mq_getsetattr""",
-    "native asynchronous I/O (io_uring is not allowed)": """io_setup io_destroy io_submit io_cancel io_getevents
-        io_pgetevents""",
+    "files and descriptors": (
+        "read write readv writev pread64 pwrite64 preadv pwritev preadv2 pwritev2 open openat openat2 "
+        "close close_range creat lseek _llseek stat fstat lstat newfstatat fstatat64 stat64 fstat64 "
+        "lstat64 statx statfs fstatfs statfs64 fstatfs64 access faccessat faccessat2 readlink readlinkat "
+        "getdents getdents64 mkdir mkdirat rmdir rename renameat renameat2 link linkat unlink unlinkat "
+        "symlink symlinkat chmod fchmod fchmodat fchmodat2 chown fchown lchown fchownat chown32 fchown32 "
+        "lchown32 truncate ftruncate truncate64 ftruncate64 fallocate fsync fdatasync sync syncfs "
+        "sync_file_range utime utimes utimensat futimesat dup dup2 dup3 pipe pipe2 fcntl fcntl64 flock "
+        "sendfile sendfile64 splice tee vmsplice copy_file_range umask chdir fchdir getcwd memfd_create "
+        "fadvise64 fadvise64_64 readahead getxattr lgetxattr fgetxattr listxattr llistxattr flistxattr "
+        "setxattr lsetxattr fsetxattr removexattr lremovexattr fremovexattr inotify_init inotify_init1 "
+        "inotify_add_watch inotify_rm_watch"
+    ),
+    "waiting for events": (
+        "select _newselect pselect6 poll ppoll epoll_create epoll_create1 epoll_ctl epoll_wait "
+        "epoll_pwait epoll_pwait2 eventfd eventfd2 signalfd signalfd4 timerfd_create timerfd_settime "
+        "timerfd_gettime"
+    ),
+    "memory": (
+        "brk mmap mmap2 munmap mremap mprotect madvise mlock mlock2 munlock mlockall munlockall msync "
+        "mincore membarrier get_mempolicy set_mempolicy mbind pkey_alloc pkey_free pkey_mprotect"
+    ),
+    "processes, threads and signals (clone is filtered below; fork and vfork create no namespace)": (
+        "fork vfork execve execveat exit exit_group wait4 waitid getpid getppid gettid getpgid setpgid "
+        "getpgrp getsid setsid kill tkill tgkill rt_sigaction rt_sigprocmask rt_sigreturn rt_sigpending "
+        "rt_sigtimedwait rt_sigqueueinfo rt_tgsigqueueinfo rt_sigsuspend sigaltstack pause alarm "
+        "getitimer setitimer sched_yield sched_getaffinity sched_setaffinity sched_getparam "
+        "sched_setparam sched_getscheduler sched_setscheduler sched_get_priority_max "
+        "sched_get_priority_min sched_rr_get_interval sched_getattr sched_setattr getpriority setpriority "
+        "prctl arch_prctl set_tid_address set_robust_list get_robust_list futex futex_waitv rseq "
+        "pidfd_open pidfd_send_signal restart_syscall ioprio_get ioprio_set"
+    ),
+    "time": (
+        "nanosleep clock_nanosleep clock_gettime clock_getres gettimeofday time times timer_create "
+        "timer_settime timer_gettime timer_getoverrun timer_delete"
+    ),
+    "the caller's own identity and limits (raising privileges needs capabilities, and all are dropped)": (
+        "getuid geteuid getgid getegid getresuid getresgid getgroups setuid setgid setreuid setregid "
+        "setresuid setresgid setgroups setfsuid setfsgid capget capset getrlimit setrlimit prlimit64 "
+        "getrusage sysinfo uname getcpu getrandom seccomp landlock_create_ruleset landlock_add_rule "
+        "landlock_restrict_self"
+    ),
+    "sockets, once created (families are filtered below; the sandbox has no network)": (
+        "socketpair bind listen accept accept4 connect getsockname getpeername sendto recvfrom sendmsg "
+        "recvmsg sendmmsg recvmmsg shutdown setsockopt getsockopt"
+    ),
+    "System V and POSIX IPC, private to the sandbox's IPC namespace": (
+        "shmget shmat shmdt shmctl semget semop semtimedop semctl msgget msgsnd msgrcv msgctl mq_open "
+        "mq_unlink mq_timedsend mq_timedreceive mq_notify mq_getsetattr"
+    ),
+    "native asynchronous I/O (io_uring is not allowed)": (
+        "io_setup io_destroy io_submit io_cancel io_getevents io_pgetevents"
+    ),
 }
 
 #: Socket families allowed: AF_UNIX, AF_INET, AF_INET6 (loopback only: network none), AF_NETLINK (interface
@@ -90,39 +106,72 @@ def build() -> dict[str, Any]:
         {"comment": f"allow: {why}", "names": sorted(set(names.split())), "action": "SCMP_ACT_ALLOW"}
         for why, names in ALLOW.items()
     ]
-    rules.append({
-        "comment": "allow: clone only without namespace flags (no new user, mount, pid, net, ipc, uts or cgroup "
-                   "namespace)",
-        "names": ["clone"], "action": "SCMP_ACT_ALLOW",
-        "args": [{"index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
-    })
-    rules.append({
-        "comment": "deny: clone3 passes its flags in memory seccomp cannot read; ENOSYS (not the default EPERM, so "
-                   "the rule is kept) makes libc fall back to the filtered clone",
-        "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38,
-    })
+    rules.append(
+        {
+            "comment": "allow: clone only without namespace flags (no new user, mount, pid, net, ipc, uts or "
+            "cgroup namespace)",
+            "names": ["clone"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [{"index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
+        }
+    )
+    rules.append(
+        {
+            "comment": "deny: clone3 passes its flags in memory seccomp cannot read; ENOSYS (not the default "
+            "EPERM, so the rule is kept) makes libc fall back to the filtered clone",
+            "names": ["clone3"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": 38,
+        }
+    )
     for family, name in SOCKET_FAMILIES.items():
-        rules.append({"comment": f"allow: socket({name})", "names": ["socket"], "action": "SCMP_ACT_ALLOW",
-                      "args": [{"index": 0, "value": family, "op": "SCMP_CMP_EQ"}]})
+        rules.append(
+            {
+                "comment": f"allow: socket({name})",
+                "names": ["socket"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [{"index": 0, "value": family, "op": "SCMP_CMP_EQ"}],
+            }
+        )
     for name, index in (("mknod", 1), ("mknodat", 2)):
-        for kind, bits in (("FIFO", 0o010000), ("regular file", 0o100000), ("regular file (type 0)", 0),
-                           ("socket", 0o140000)):
-            rules.append({"comment": f"allow: {name} of a {kind} only; device nodes are refused",
-                          "names": [name], "action": "SCMP_ACT_ALLOW",
-                          "args": [{"index": index, "value": 0o170000, "valueTwo": bits,
-                                    "op": "SCMP_CMP_MASKED_EQ"}]})
+        for kind, bits in (
+            ("FIFO", 0o010000),
+            ("regular file", 0o100000),
+            ("regular file (type 0)", 0),
+            ("socket", 0o140000),
+        ):
+            rules.append(
+                {
+                    "comment": f"allow: {name} of a {kind} only; device nodes are refused",
+                    "names": [name],
+                    "action": "SCMP_ACT_ALLOW",
+                    "args": [
+                        {"index": index, "value": 0o170000, "valueTwo": bits, "op": "SCMP_CMP_MASKED_EQ"}
+                    ],
+                }
+            )
     denied = ", ".join(f"{name} ({value:#x})" for value, name in DENIED_IOCTLS.items())
     for mask, value in complement_patterns(set(DENIED_IOCTLS)):
-        rules.append({"comment": f"allow: ioctl requests other than {denied}, by masked prefix of the low 32 bits",
-                      "names": ["ioctl"], "action": "SCMP_ACT_ALLOW",
-                      "args": [{"index": 1, "value": mask, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ"}]})
+        rules.append(
+            {
+                "comment": f"allow: ioctl requests other than {denied}, by masked prefix of the low 32 bits",
+                "names": ["ioctl"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [{"index": 1, "value": mask, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ"}],
+            }
+        )
     for value, what in ((0, "set the default PER_LINUX"), (LOW32, "query the current persona")):
-        rules.append({"comment": f"allow: personality only to {what}", "names": ["personality"],
-                      "action": "SCMP_ACT_ALLOW",
-                      "args": [{"index": 0, "value": LOW32, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ"}]})
+        rules.append(
+            {
+                "comment": f"allow: personality only to {what}",
+                "names": ["personality"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [{"index": 0, "value": LOW32, "valueTwo": value, "op": "SCMP_CMP_MASKED_EQ"}],
+            }
+        )
     return {
-        "comment": "Sandbox Gateway seccomp profile, generated by build_profile.py: an allow-list for untrusted "
-                   "code; any other system call fails with EPERM. See README.md beside this file.",
+        "comment": "Sandbox Gateway seccomp profile, generated by build_profile.py: an allow-list for "
+        "untrusted code; any other system call fails with EPERM. See README.md beside this file.",
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": 1,
         "archMap": [

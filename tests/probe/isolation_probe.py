@@ -1,7 +1,8 @@
 """Isolation probe: runs inside a sandbox (stdlib only) and reports each property with its safe outcome.
 
 Prints one JSON object: {check: {"ok": bool, "observed": str}}. The runner may define EXPECTED
-(a dict) before this code, e.g. {"nofile": 1024, "fsize": 268435456, "probe_ports": [2375, 8000]}.
+(a dict) before this code, e.g. {"nofile": 1024, "fsize": 1073741824, "proxy_port": 2375,
+"gateway_port": 8000}.
 """
 
 import ctypes
@@ -141,8 +142,9 @@ def unreachable(host, port):
 
 
 targets = [("internet", "1.1.1.1", 443), ("metadata", "169.254.169.254", 80)]
-targets += [(f"host_port_{p}", "172.17.0.1", p) for p in EXPECTED.get("probe_ports", [2375, 8000])]
-targets += [(f"loopback_port_{p}", "127.0.0.1", p) for p in EXPECTED.get("probe_ports", [2375, 8000])]
+for role, default in (("proxy", 2375), ("gateway", 8000)):
+    port = EXPECTED.get(f"{role}_port", default)
+    targets += [(f"host_{role}_port", "172.17.0.1", port), (f"loopback_{role}_port", "127.0.0.1", port)]
 for label, host, port in targets:
     ok, observed = unreachable(host, port)
     check(f"no_route_to_{label}", ok, observed)
@@ -210,15 +212,31 @@ secret_words = ("TOKEN", "SECRET", "PASSWORD", "KEY", "DOCKER", "AWS_", "OTEL_")
 leaked = sorted(k for k in os.environ if any(w in k.upper() for w in secret_words))
 check("no_secrets_in_environment", not leaked, leaked or "none")
 setuid = []
-for root in ("/usr", "/bin", "/sbin"):
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            try:
-                if os.lstat(path).st_mode & 0o6000 and not os.path.islink(path):
-                    setuid.append(path)
-            except OSError:
-                pass
+for directory in (
+    "/bin",
+    "/sbin",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/local/bin",
+    "/usr/local/sbin",
+    "/usr/libexec",
+    "/usr/lib/dbus-1.0",
+    "/usr/lib/openssh",
+):
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        continue
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            if not os.path.islink(path) and os.lstat(path).st_mode & 0o6000:
+                setuid.append(path)
+        except OSError:
+            pass
 check("no_setuid_binaries", not setuid, setuid or "none")
 
+with open("/proc/version") as handle:
+    version = handle.read().strip()
+results["kernel"] = {"ok": True, "observed": version}
 print(json.dumps(results))

@@ -102,7 +102,7 @@ def changed(path: str, value: Any) -> Any:
         ),
         pytest.param(
             "profiles.default.sandbox.ulimits",
-            {"nofile": 1024, "nproc": 4096, "fsize": 268435456},
+            {"nofile": 1024, "nproc": 4096, "fsize": 1073741824},
             "sandbox.ulimits.core",
             "weaker",
             id="ulimit-removed",
