@@ -6,7 +6,18 @@ from pydantic import BaseModel, Field
 
 from policy import Principal, Profile
 
-__all__ = ["AdminSandbox", "AdminSandboxes", "ExecResult", "ResetResult", "SandboxInfo", "SandboxState"]
+__all__ = [
+    "AdminSandbox",
+    "AdminSandboxes",
+    "ExecResult",
+    "FileContent",
+    "FileEntry",
+    "FileList",
+    "FileWritten",
+    "ResetResult",
+    "SandboxInfo",
+    "SandboxState",
+]
 
 
 class ExecResult(BaseModel):
@@ -114,3 +125,33 @@ class AdminSandboxes(BaseModel):
 
     tenant: str
     sandboxes: list[AdminSandbox]
+
+
+class FileWritten(BaseModel):
+    """A file written in the caller's workspace."""
+
+    path: str
+    size: int
+
+
+class FileContent(BaseModel):
+    """A file read from the caller's workspace."""
+
+    path: str
+    content: str = Field(description="The bytes, as UTF-8 text or base64, per `encoding`")
+    encoding: str
+    size: int = Field(description="The file's full size in bytes")
+    truncated: bool = Field(description="Only the first bytes are returned (max_bytes or the output cap)")
+
+
+class FileEntry(BaseModel):
+    name: str
+    type: str = Field(description="file, dir, symlink or other")
+    size: int
+
+
+class FileList(BaseModel):
+    """A directory of the caller's workspace."""
+
+    path: str
+    entries: list[FileEntry]

@@ -5,10 +5,13 @@ This is the request path below the transport; the MCP tools and the embedding AP
 
 from __future__ import annotations
 
+import base64
+import binascii
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 
@@ -16,7 +19,19 @@ from audit import AuditLog
 from gateway.backend.commands import KILL_GRACE_S, MAX_ARGV_BYTES, bash_argv, python_argv
 from gateway.broker import Broker
 from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded
-from gateway.results import AdminSandbox, AdminSandboxes, ExecResult, ResetResult, SandboxInfo, SandboxState
+from gateway.files import WORKSPACE, file_argv, parse_file_result
+from gateway.results import (
+    AdminSandbox,
+    AdminSandboxes,
+    ExecResult,
+    FileContent,
+    FileEntry,
+    FileList,
+    FileWritten,
+    ResetResult,
+    SandboxInfo,
+    SandboxState,
+)
 from gateway.telemetry import instruments
 from policy import Action, Decision, Principal
 from policy.engine import PolicyEngine
@@ -232,6 +247,120 @@ class ExecutionService:
             )  # the tenant is the caller's, never an argument
             self.audit.emit("sandbox.admin_remove", target_principal=target)
             return ResetResult(reset=await self.broker.reset(victim))
+
+    async def _file_call(
+        self,
+        principal: Principal,
+        tool: str,
+        action: Action,
+        argv_for: Callable[[float], list[str]],
+    ) -> dict[str, Any]:
+        decision = self._decide(principal, action)
+        timeout = decision.timeout_s or 0.0
+        outcome = await self.broker.execute(principal, decision, argv_for(timeout))
+        answer = parse_file_result(outcome.exit_code, outcome.stdout, outcome.stderr)
+        self.audit.emit(
+            "file.finish",
+            outcome="ok",
+            tool=tool,
+            input_bytes=action.input_bytes,
+            path=str(answer.get("path", "")),
+            duration_ms=round(outcome.duration_ms, 2),
+        )
+        return answer
+
+    async def write_file(
+        self,
+        principal: Principal,
+        path: object,
+        content: object,
+        encoding: object = "utf-8",
+        *,
+        source_ip: str | None = None,
+    ) -> FileWritten:
+        """Write (create or replace) a file under /workspace."""
+        async with self._request(principal, "write_file", source_ip):
+            where = _check_path(path)
+            data = _decode(content, encoding)
+            answer = await self._file_call(
+                principal,
+                "write_file",
+                Action("write_file", input_bytes=len(data)),
+                lambda t: file_argv("write", where, t, data=data),
+            )
+            return FileWritten(path=str(answer["path"]), size=int(answer["size"]))
+
+    async def read_file(
+        self,
+        principal: Principal,
+        path: object,
+        encoding: object = "utf-8",
+        max_bytes: object = None,
+        *,
+        source_ip: str | None = None,
+    ) -> FileContent:
+        """Read a file under /workspace, up to `max_bytes` and the profile's output cap."""
+        async with self._request(principal, "read_file", source_ip):
+            where = _check_path(path)
+            if encoding not in ("utf-8", "base64"):
+                raise InvalidArgument("encoding must be 'utf-8' or 'base64'")
+            if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
+                raise InvalidArgument("max_bytes must be a non-negative integer")
+            profile = self.engine.policy.profiles.get(
+                self.engine.policy.profile_for(principal.id, principal.tenant, principal.profile)
+            )
+            ceiling = (profile.exec.max_output_bytes - 4096) * 3 // 4 if profile else 0
+            cap = max(0, min(ceiling, max_bytes if max_bytes is not None else ceiling))
+            answer = await self._file_call(
+                principal, "read_file", Action("read_file"), lambda t: file_argv("read", where, t, cap=cap)
+            )
+            raw = base64.b64decode(str(answer["data"]))
+            text = (
+                raw.decode("utf-8", errors="replace")
+                if encoding == "utf-8"
+                else base64.b64encode(raw).decode()
+            )
+            return FileContent(
+                path=str(answer["path"]),
+                content=text,
+                encoding=str(encoding),
+                size=int(answer["size"]),
+                truncated=bool(answer["truncated"]),
+            )
+
+    async def list_files(
+        self, principal: Principal, path: object = WORKSPACE, *, source_ip: str | None = None
+    ) -> FileList:
+        """The entries of a directory under /workspace."""
+        async with self._request(principal, "list_files", source_ip):
+            where = _check_path(path)
+            answer = await self._file_call(
+                principal, "list_files", Action("list_files"), lambda t: file_argv("list", where, t)
+            )
+            return FileList(path=str(answer["path"]), entries=[FileEntry(**e) for e in answer["entries"]])
+
+
+def _check_path(path: object) -> str:
+    if not isinstance(path, str):
+        raise InvalidArgument(f"path must be a string, not {type(path).__name__}")
+    if "\x00" in path:
+        raise InvalidArgument("path contains a NUL byte")
+    if len(path) > 4096:
+        raise InvalidArgument("path is longer than 4096 characters")
+    return path
+
+
+def _decode(content: object, encoding: object) -> bytes:
+    if not isinstance(content, str):
+        raise InvalidArgument(f"content must be a string, not {type(content).__name__}")
+    if encoding == "utf-8":
+        return content.encode()
+    if encoding == "base64":
+        try:
+            return base64.b64decode(content, validate=True)
+        except binascii.Error as exc:
+            raise InvalidArgument("content is not valid base64") from exc
+    raise InvalidArgument("encoding must be 'utf-8' or 'base64'")
 
 
 def _check_code(code: object, name: str) -> str:

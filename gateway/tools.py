@@ -13,7 +13,15 @@ from pydantic import Field
 from audit import AuditWriteError
 from gateway.errors import GatewayError
 from gateway.middleware import PRINCIPAL_SCOPE_KEY
-from gateway.results import AdminSandboxes, ExecResult, ResetResult, SandboxInfo
+from gateway.results import (
+    AdminSandboxes,
+    ExecResult,
+    FileContent,
+    FileList,
+    FileWritten,
+    ResetResult,
+    SandboxInfo,
+)
 from gateway.service import ExecutionService
 from policy import Principal
 
@@ -148,3 +156,47 @@ def register_tools(mcp: MCPServer[Any], service: ExecutionService) -> None:
         caller = _principal(ctx, needs="sandbox:admin")
         call = service.admin_remove(caller, principal, source_ip=_source_ip(ctx))
         return await _guarded("admin_remove_sandbox", caller, call)
+
+    @mcp.tool(
+        name="write_file",
+        description="Create or replace a file under /workspace (content as UTF-8 text or base64).",
+        structured_output=True,
+    )
+    async def write_file(
+        path: Annotated[str, Field(description="A path under /workspace (relative paths start there)")],
+        content: Annotated[str, Field(description="The file's content")],
+        ctx: Context[Any, Any],
+        encoding: Annotated[str, Field(description="utf-8 (default) or base64")] = "utf-8",
+    ) -> FileWritten:
+        principal = _principal(ctx, needs="sandbox:files")
+        call = service.write_file(principal, path, content, encoding, source_ip=_source_ip(ctx))
+        return await _guarded("write_file", principal, call)
+
+    @mcp.tool(
+        name="read_file",
+        description="Read a file under /workspace; returns content, encoding, size and truncated.",
+        structured_output=True,
+    )
+    async def read_file(
+        path: Annotated[str, Field(description="A path under /workspace")],
+        ctx: Context[Any, Any],
+        encoding: Annotated[str, Field(description="utf-8 (default) or base64 for binary files")] = "utf-8",
+        max_bytes: Annotated[int | None, Field(description="Return at most this many bytes")] = None,
+    ) -> FileContent:
+        principal = _principal(ctx, needs="sandbox:files")
+        call = service.read_file(principal, path, encoding, max_bytes, source_ip=_source_ip(ctx))
+        return await _guarded("read_file", principal, call)
+
+    @mcp.tool(
+        name="list_files",
+        description="List a directory under /workspace (name, type and size of each entry).",
+        structured_output=True,
+    )
+    async def list_files(
+        ctx: Context[Any, Any],
+        path: Annotated[str, Field(description="A directory under /workspace")] = "/workspace",
+    ) -> FileList:
+        principal = _principal(ctx, needs="sandbox:files")
+        return await _guarded(
+            "list_files", principal, service.list_files(principal, path, source_ip=_source_ip(ctx))
+        )

@@ -52,6 +52,9 @@ TOOL_NAMES = frozenset(
     {
         "execute_bash",
         "execute_python",
+        "write_file",
+        "read_file",
+        "list_files",
         "sandbox_info",
         "reset_sandbox",
         "admin_list_sandboxes",

@@ -14,7 +14,9 @@ ALICE = Principal(id="alice")
     [
         pytest.param(Action("execute_bash", 10), True, "allowed", id="bash-allowed"),
         pytest.param(Action("execute_python", 10), True, "allowed", id="python-allowed"),
-        pytest.param(Action("write_file", 10), False, "tool-not-allowed", id="unlisted-tool-denied"),
+        pytest.param(
+            Action("admin_list_sandboxes", 10), False, "tool-not-allowed", id="unlisted-tool-denied"
+        ),
         pytest.param(Action("execute_bash", 10, timeout_s=5), True, "allowed", id="shorter-timeout-allowed"),
         pytest.param(Action("execute_bash", 10, timeout_s=30), True, "allowed", id="timeout-at-max-allowed"),
         pytest.param(
