@@ -19,7 +19,7 @@ setup: $(BIN)/.installed
 
 ## run: setup, then serve MCP on 127.0.0.1:8000 (prints the URL and a dev token)
 run: setup
-	$(BIN)/sandbox-gateway serve --host 127.0.0.1 --port 8000
+	$(BIN)/sandbox-gateway serve --host 127.0.0.1 --port 8000 --skills-dir skills
 
 ## lint: ruff and mypy, as configured in pyproject.toml
 lint: $(BIN)/.installed

@@ -86,7 +86,7 @@ def build_app(
     mcp: MCPServer[Any] = MCPServer(
         "sandbox-gateway", version=__version__, instructions=_INSTRUCTIONS, log_level=log_level
     )
-    register_tools(mcp, service)
+    register_tools(mcp, service, skills_dir=settings.skills_path, tools_dir=settings.tools_path)
     backend = service.broker.backend
 
     async def health(request: Request) -> JSONResponse:

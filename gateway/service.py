@@ -20,6 +20,7 @@ from gateway.backend.commands import KILL_GRACE_S, MAX_ARGV_BYTES, bash_argv, py
 from gateway.broker import Broker
 from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded
 from gateway.files import WORKSPACE, file_argv, parse_file_result
+from gateway.library import Library, LibraryListing
 from gateway.results import (
     AdminSandbox,
     AdminSandboxes,
@@ -338,6 +339,12 @@ class ExecutionService:
                 principal, "list_files", Action("list_files"), lambda t: file_argv("list", where, t)
             )
             return FileList(path=str(answer["path"]), entries=[FileEntry(**e) for e in answer["entries"]])
+
+    async def library(self, principal: Principal, tool: str, library: Library) -> LibraryListing:
+        """list_skills / list_tools: the read-only tree every sandbox sees."""
+        async with self._request(principal, tool, None):
+            self._decide(principal, Action(tool=tool))
+            return library.listing()
 
 
 def _check_path(path: object) -> str:

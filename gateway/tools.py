@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -12,6 +13,7 @@ from pydantic import Field
 
 from audit import AuditWriteError
 from gateway.errors import GatewayError
+from gateway.library import Library, LibraryListing
 from gateway.middleware import PRINCIPAL_SCOPE_KEY
 from gateway.results import (
     AdminSandboxes,
@@ -75,7 +77,13 @@ async def _run(
     )
 
 
-def register_tools(mcp: MCPServer[Any], service: ExecutionService) -> None:
+def register_tools(
+    mcp: MCPServer[Any],
+    service: ExecutionService,
+    *,
+    skills_dir: Path | None = None,
+    tools_dir: Path | None = None,
+) -> None:
     """Add the gateway's tools to `mcp`; each profile names which of them its principals may call."""
 
     @mcp.tool(
@@ -200,3 +208,38 @@ def register_tools(mcp: MCPServer[Any], service: ExecutionService) -> None:
         return await _guarded(
             "list_files", principal, service.list_files(principal, path, source_ip=_source_ip(ctx))
         )
+
+    skills, tools = Library(skills_dir, "/skills", "skills"), Library(tools_dir, "/tools", "tools")
+
+    @mcp.tool(
+        name="list_skills",
+        description="The helper modules under /skills (importable from sandbox code).",
+        structured_output=True,
+    )
+    async def list_skills(ctx: Context[Any, Any]) -> LibraryListing:
+        principal = _principal(ctx)
+        return await _guarded("list_skills", principal, service.library(principal, "list_skills", skills))
+
+    @mcp.tool(
+        name="list_tools",
+        description="The files under /tools (read-only, mounted in every sandbox).",
+        structured_output=True,
+    )
+    async def list_tools(ctx: Context[Any, Any]) -> LibraryListing:
+        principal = _principal(ctx)
+        return await _guarded("list_tools", principal, service.library(principal, "list_tools", tools))
+
+    for library in (skills, tools):
+        for path in library.files():
+            _publish(mcp, library, path.relative_to(library.root.resolve()).as_posix())  # type: ignore[union-attr]
+
+
+def _publish(mcp: MCPServer[Any], library: Library, relative: str) -> None:
+    def read() -> str:
+        return library.read(relative)
+
+    mcp.resource(
+        f"{library.scheme}:///{relative}",
+        name=f"{library.mount}/{relative}",
+        mime_type="text/x-python" if relative.endswith(".py") else "text/plain",
+    )(read)

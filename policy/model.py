@@ -55,6 +55,8 @@ TOOL_NAMES = frozenset(
         "write_file",
         "read_file",
         "list_files",
+        "list_skills",
+        "list_tools",
         "sandbox_info",
         "reset_sandbox",
         "admin_list_sandboxes",
