@@ -36,6 +36,7 @@ EVENTS: dict[str, str] = {
     "sandbox.create": "a sandbox was created and started for a principal",
     "sandbox.adopt": "a running sandbox from before a restart was taken over",
     "sandbox.remove": "a sandbox was removed (reset, idle, max-age, spec-changed, stale, lost, shutdown)",
+    "sandbox.sweep": "start-up sweep: running sandboxes kept for adoption, stale or orphaned ones removed",
     "sandbox.admin_remove": "a tenant admin asked to remove a principal's sandbox (detail.target_principal)",
     "docker.list": "Docker API: list containers",
     "docker.create": "Docker API: create a container",

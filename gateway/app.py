@@ -72,6 +72,25 @@ async def readiness(backend: Backend, audit: AuditLog, image: str) -> dict[str, 
     return checks
 
 
+async def _reap_forever(service: ExecutionService, interval_s: float) -> None:
+    """Remove sandboxes past their idle TTL or max age, every `interval_s`."""
+    while True:
+        await anyio.sleep(interval_s)
+        try:
+            await service.broker.reap_expired()
+        except GatewayError as exc:  # the engine may be down for a while; try again next round
+            _log.warning("reaping expired sandboxes failed: %s", exc.message)
+
+
+async def _sweep(service: ExecutionService) -> None:
+    """Keep current sandboxes from before a restart for adoption; remove stale and orphaned ones."""
+    specs = {name: profile.sandbox.digest() for name, profile in service.engine.policy.profiles.items()}
+    try:
+        await service.broker.sweep(specs)
+    except GatewayError as exc:  # the engine may come up later; sandboxes are then adopted lazily
+        _log.warning("start-up sweep of sandboxes failed: %s", exc.message)
+
+
 def build_app(
     settings: Settings,
     *,
@@ -103,14 +122,6 @@ def build_app(
         max_request_body_size=settings.max_body_bytes,
     )
 
-    async def reaper() -> None:
-        while True:
-            await anyio.sleep(settings.reap_interval_s)
-            try:
-                await service.broker.reap_expired()
-            except GatewayError as exc:  # the engine may be down for a while; try again next round
-                _log.warning("reaping expired sandboxes failed: %s", exc.message)
-
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
@@ -126,7 +137,8 @@ def build_app(
                 policy_digest=service.engine.digest,
                 docker_host=settings.docker_host,
             )
-            tasks.start_soon(reaper)
+            await _sweep(service)
+            tasks.start_soon(_reap_forever, service, settings.reap_interval_s)
             try:
                 yield
             finally:

@@ -108,6 +108,26 @@ class Broker:
             found = await self._adopt(principal, decision, key)
             return found or await self._create(principal, decision, key)
 
+    async def sweep(self, current_specs: dict[str, str]) -> tuple[int, int]:
+        """At start-up: keep this gateway's running sandboxes whose profile spec is current (they are
+        adopted on their principal's next call); remove stopped ones and those made under another spec.
+        `current_specs` maps profile name -> spec digest. Returns (kept, removed)."""
+        rows = await self.ops.acall(
+            "list", self.backend.list, {_MANAGED: "true", f"{LABEL_PREFIX}.gateway": self.gateway_id}
+        )
+        kept = removed = 0
+        for row in rows:
+            profile = row.labels.get(f"{LABEL_PREFIX}.profile", "")
+            if row.running and row.labels.get(_SPEC) == current_specs.get(profile):
+                kept += 1
+                continue
+            reason = "orphan-stopped" if not row.running else "older-policy"
+            await self.ops.acall("remove", self.backend.remove, row.id, container_id=row.id, reason=reason)
+            self.audit.emit("sandbox.remove", container_id=row.id, reason=reason)
+            removed += 1
+        self.audit.emit("sandbox.sweep", kept=kept, removed=removed)
+        return kept, removed
+
     async def _adopt(self, principal: Principal, decision: Grant, key: str) -> Sandbox | None:
         """After a gateway restart: reuse the principal's running sandbox made with the same spec."""
         labels = {
