@@ -372,14 +372,8 @@ class Broker:
         for attempt in (1, 2):
             sandbox = await self._ensure(principal, grant)
             try:
-                outcome = await self.ops.acall(
-                    "exec",
-                    self.backend.exec,
-                    sandbox.container_id,
-                    request,
-                    container_id=sandbox.container_id,
-                    principal=principal.id,
-                    policy_digest=grant.policy_digest,
+                outcome = await self._exec(
+                    sandbox, request, principal=principal.id, policy_digest=grant.policy_digest
                 )
             except SandboxError as exc:
                 # The container died or vanished before the command started: replace it, once.
@@ -398,6 +392,16 @@ class Broker:
             return outcome
         raise SandboxError("the sandbox could not be started")  # pragma: no cover - the loop returns
 
+    async def _exec(self, sandbox: Sandbox, request: ExecRequest, **attrs: str) -> ExecOutcome:
+        return await self.ops.acall(
+            "exec",
+            self.backend.exec,
+            sandbox.container_id,
+            request,
+            container_id=sandbox.container_id,
+            **attrs,
+        )
+
     async def _reap_strays(self, sandbox: Sandbox) -> None:
         """After a timeout, kill what escaped the command's process group (a fork bomb's stragglers,
         setsid'd children): every process of the calling uid. The sandbox's own processes run as
@@ -412,14 +416,7 @@ class Broker:
             grace_s=2,
         )
         try:
-            outcome = await self.ops.acall(
-                "exec",
-                self.backend.exec,
-                sandbox.container_id,
-                request,
-                container_id=sandbox.container_id,
-                purpose="reap-strays",
-            )
+            outcome = await self._exec(sandbox, request, purpose="reap-strays")
         except GatewayError:
             outcome = None
         # kill -1 exits 1 when it found nothing to kill, 0 when it killed something; anything else

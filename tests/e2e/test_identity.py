@@ -118,17 +118,7 @@ async def test_a_revoked_token_stops_working_without_a_restart(token_gateway: Ga
 
 
 def test_a_session_cannot_be_used_with_another_principals_token(token_gateway: Gateway) -> None:
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
-    opened = post(token_gateway, token_gateway.tokens["alice"], init)
+    opened = post(token_gateway, token_gateway.tokens["alice"], INIT)
     session = opened.headers["mcp-session-id"]
     hijack = post(token_gateway, token_gateway.tokens["bob"], LIST_TOOLS, **{"mcp-session-id": session})
     assert hijack.status_code == 404
