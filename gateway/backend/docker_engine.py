@@ -150,7 +150,9 @@ class DockerBackend:
             raw = self._call("start a command", self._api.exec_start, exec_id, socket=True)
             sock: socket.socket = raw._sock
             try:
-                deadline_hit = _pump(sock, out, err, started + request.timeout_s + request.grace_s)
+                sock.setblocking(False)
+                early = _already_buffered(raw)
+                deadline_hit = _pump(sock, out, err, started + request.timeout_s + request.grace_s, early)
             finally:
                 sock.close()
                 raw.close()
@@ -195,10 +197,35 @@ class DockerBackend:
         self._api.close()
 
 
-def _pump(sock: socket.socket, out: BoundedCapture, err: BoundedCapture, deadline: float) -> bool:
+def _already_buffered(raw: Any) -> bytes:
+    """Bytes of the stream that the HTTP client read together with the response headers.
+
+    A fast command's first frames can arrive in the same packet as the headers; they then sit in the
+    response's buffered reader, not in the socket, and reading the socket alone would lose them.
+    """
+    try:
+        reader = raw._response.raw._fp.fp
+        pending = reader.peek(1 << 20)
+    except (AttributeError, OSError, ValueError):
+        return b""
+    return bytes(reader.read(len(pending))) if pending else b""
+
+
+def _pump(
+    sock: socket.socket, out: BoundedCapture, err: BoundedCapture, deadline: float, early: bytes = b""
+) -> bool:
     """Read the multiplexed stream into the captures until EOF; True when the deadline cut it short."""
     decoder = FrameDecoder()
-    sock.setblocking(False)
+
+    def consume(data: bytes) -> None:
+        try:
+            for stream, piece in decoder.feed(data):
+                (err if stream == STDERR else out if stream == STDOUT else _DISCARD).write(piece)
+        except FrameError as exc:
+            raise SandboxError("the engine sent a malformed output stream") from exc
+
+    if early:
+        consume(early)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -214,11 +241,7 @@ def _pump(sock: socket.socket, out: BoundedCapture, err: BoundedCapture, deadlin
             raise EngineError("the command's output stream broke off (engine or proxy restarted?)") from exc
         if not data:
             return False
-        try:
-            for stream, piece in decoder.feed(data):
-                (err if stream == STDERR else out if stream == STDOUT else _DISCARD).write(piece)
-        except FrameError as exc:
-            raise SandboxError("the engine sent a malformed output stream") from exc
+        consume(data)
 
 
 class _Discard:
