@@ -22,6 +22,20 @@ LABEL = "sandbox-gateway"
 
 _EXPORTER = InMemorySpanExporter()
 
+#: The spans of a principal's first call: find/adopt, resolve the image, create, start, exec (and its parts).
+FIRST_CALL_SPANS = frozenset(
+    {
+        "docker.list",
+        "docker.inspect_image",
+        "docker.create",
+        "docker.start",
+        "docker.exec",
+        "docker.exec_create",
+        "docker.exec_start",
+        "docker.exec_inspect",
+    }
+)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
