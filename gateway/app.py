@@ -153,8 +153,7 @@ def build_app(
                     on_shutdown()  # flush exporters now: the server may re-raise the stop signal next
 
     def rate_for(principal: Principal) -> str:
-        policy = service.engine.policy
-        profile = policy.profiles.get(policy.profile_for(principal.id, principal.tenant, principal.profile))
+        profile = service.engine.policy.profile_of(principal.id, principal.tenant, principal.profile)
         return profile.rate_limits.requests if profile else "1/hour"
 
     routes = [

@@ -254,11 +254,10 @@ class ExecutionService:
         principal: Principal,
         tool: str,
         action: Action,
-        argv_for: Callable[[float], list[str]],
+        argv_for: Callable[[Decision], list[str]],
     ) -> dict[str, Any]:
         decision = self._decide(principal, action)
-        timeout = decision.timeout_s or 0.0
-        outcome = await self.broker.execute(principal, decision, argv_for(timeout))
+        outcome = await self.broker.execute(principal, decision, argv_for(decision))
         answer = parse_file_result(outcome.exit_code, outcome.stdout, outcome.stderr)
         self.audit.emit(
             "file.finish",
@@ -287,7 +286,7 @@ class ExecutionService:
                 principal,
                 "write_file",
                 Action("write_file", input_bytes=len(data)),
-                lambda t: file_argv("write", where, t, data=data),
+                lambda d: file_argv("write", where, d.timeout_s or 0.0, data=data),
             )
             return FileWritten(path=str(answer["path"]), size=int(answer["size"]))
 
@@ -307,14 +306,16 @@ class ExecutionService:
                 raise InvalidArgument("encoding must be 'utf-8' or 'base64'")
             if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
                 raise InvalidArgument("max_bytes must be a non-negative integer")
-            profile = self.engine.policy.profiles.get(
-                self.engine.policy.profile_for(principal.id, principal.tenant, principal.profile)
-            )
-            ceiling = (profile.exec.max_output_bytes - 4096) * 3 // 4 if profile else 0
-            cap = max(0, min(ceiling, max_bytes if max_bytes is not None else ceiling))
-            answer = await self._file_call(
-                principal, "read_file", Action("read_file"), lambda t: file_argv("read", where, t, cap=cap)
-            )
+            wanted = max_bytes
+
+            def read_argv(decision: Decision) -> list[str]:
+                # base64 output must fit the profile's output cap, with room for the JSON around it
+                limit = decision.limits.max_output_bytes if decision.limits else 0
+                ceiling = max(0, (limit - 4096) * 3 // 4)
+                cap = ceiling if wanted is None else min(ceiling, wanted)
+                return file_argv("read", where, decision.timeout_s or 0.0, cap=cap)
+
+            answer = await self._file_call(principal, "read_file", Action("read_file"), read_argv)
             raw = base64.b64decode(str(answer["data"]))
             text = (
                 raw.decode("utf-8", errors="replace")
@@ -336,7 +337,10 @@ class ExecutionService:
         async with self._request(principal, "list_files", source_ip):
             where = _check_path(path)
             answer = await self._file_call(
-                principal, "list_files", Action("list_files"), lambda t: file_argv("list", where, t)
+                principal,
+                "list_files",
+                Action("list_files"),
+                lambda d: file_argv("list", where, d.timeout_s or 0.0),
             )
             return FileList(path=str(answer["path"]), entries=[FileEntry(**e) for e in answer["entries"]])
 

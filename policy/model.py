@@ -275,6 +275,10 @@ class Policy(_Strict):
         """The profile that governs a principal: policy principals, then tenants, then the token's."""
         return self.principals.get(principal_id) or self.tenants.get(tenant) or token_profile
 
+    def profile_of(self, principal_id: str, tenant: str, token_profile: str) -> Profile | None:
+        """The governing Profile itself, or None when the name it resolves to is not defined."""
+        return self.profiles.get(self.profile_for(principal_id, tenant, token_profile))
+
     def digest(self) -> str:
         """sha256 of the canonical JSON of the effective policy; names the policy version in audit events."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
