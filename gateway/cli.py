@@ -28,6 +28,15 @@ def _cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_images(args: argparse.Namespace) -> int:
+    from gateway.setup import SetupPaths
+    from gateway.setup.compose_images import build_compose_images
+
+    build_compose_images(SetupPaths.from_env(), args.gateway_image, args.proxy_image)
+    print(f"built {args.gateway_image} and {args.proxy_image}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.serve import serve
 
@@ -43,6 +52,16 @@ def _parser() -> argparse.ArgumentParser:
         "--image", help="sandbox image name (default: $MCP_EXECUTOR_IMAGE or mcp-code-executor:latest)"
     )
     setup.set_defaults(func=_cmd_setup)
+
+    images = sub.add_parser(
+        "build-images",
+        help="build the compose stack's gateway and socket-proxy images without a registry",
+    )
+    images.add_argument("--gateway-image", default="sandbox-gateway:latest", help="tag of the gateway image")
+    images.add_argument(
+        "--proxy-image", default="sandbox-gateway-proxy:latest", help="tag of the socket-proxy image"
+    )
+    images.set_defaults(func=_cmd_build_images)
 
     serve = sub.add_parser("serve", help="serve MCP over streamable HTTP at /mcp")
     serve.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,210 @@
+"""Build the compose stack's images without a registry: the gateway and its socket proxy.
+
+With a registry, `docker-compose build` does this from `python:3.11-slim-bookworm` and
+`haproxy:2.6`. Without one, the same roles are played by local base images made from debootstrap
+root filesystems (`docker import`, cached like the sandbox's), and the gateway's Python
+dependencies come as wheels built on this host and installed with `pip --no-index`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+from gateway.errors import SetupError
+from gateway.setup.image import _debian_mirror
+from gateway.setup.state import REPO_ROOT, SetupPaths, apt_install, run, say
+
+__all__ = ["BASE_PACKAGES", "DEFAULT_GATEWAY_IMAGE", "DEFAULT_PROXY_IMAGE", "build_compose_images"]
+
+DEFAULT_GATEWAY_IMAGE = "sandbox-gateway:latest"
+DEFAULT_PROXY_IMAGE = "sandbox-gateway-proxy:latest"
+#: What each local base image holds on top of debootstrap's minbase.
+BASE_PACKAGES: dict[str, tuple[str, ...]] = {
+    "python": ("python3", "python3-venv", "ca-certificates"),
+    "haproxy": ("haproxy",),
+}
+_RECIPE_VERSION = "1"
+_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
+_WHEELS = REPO_ROOT / "compose" / "wheels"
+_PROXY_CONTEXT = REPO_ROOT / "compose" / "socket-proxy"
+
+
+def _docker(paths: SetupPaths, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[bytes]:
+    return run(["docker", "-H", f"unix://{paths.docker_socket}", *args], timeout=timeout)
+
+
+def _build(paths: SetupPaths, *args: str) -> None:
+    """`docker build` with the classic builder, which takes a local image as `FROM` without a registry."""
+    docker = ["docker", "-H", f"unix://{paths.docker_socket}"]
+    argv = [*docker, "build", "--quiet", "--force-rm", "--network", "none", *args]
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    proc = subprocess.run(argv, capture_output=True, timeout=1200, check=False, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).decode(errors="replace").strip()[-2000:]
+        raise SetupError(f"docker build {args[-1]} failed (exit {proc.returncode}): {tail}")
+
+
+def _image_id(paths: SetupPaths, image: str) -> str | None:
+    proc = subprocess.run(
+        ["docker", "-H", f"unix://{paths.docker_socket}", "image", "inspect", "--format", "{{.Id}}", image],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+
+def _drop_replaced(paths: SetupPaths, image: str, previous: str | None) -> None:
+    """Remove the image a rebuild replaced, so rebuilds do not pile up untagged images."""
+    if previous is not None and _image_id(paths, image) != previous:
+        subprocess.run(
+            ["docker", "-H", f"unix://{paths.docker_socket}", "rmi", previous],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+
+def _base_image(paths: SetupPaths, role: str) -> str:
+    """`sandbox-gateway-base-ROLE:DIGEST`, imported from a cached debootstrap tree when missing."""
+    packages = BASE_PACKAGES[role]
+    mirror, suite = _debian_mirror()
+    digest = hashlib.sha256("\n".join((_RECIPE_VERSION, suite, *packages, *_ENV)).encode()).hexdigest()[:16]
+    image = f"sandbox-gateway-base-{role}:{digest}"
+    if _image_id(paths, image) is not None:
+        say(f"base image {image} is present")
+        return image
+    paths.ensure_dirs()
+    cache = paths.state_dir / "cache" / f"base-{role}-rootfs-{digest}.tar"
+    if cache.exists():
+        say(f"using the cached root filesystem {cache}")
+    else:
+        if shutil.which("debootstrap") is None:
+            apt_install(["debootstrap"], "the compose images are built offline from debootstrap trees")
+        build = Path(tempfile.mkdtemp(prefix=f"base-{role}-", dir=paths.state_dir / "cache"))
+        try:
+            say(f"debootstrap {suite} from {mirror} with {', '.join(packages)} (about a minute)")
+            include = f"--include={','.join(packages)}"
+            run(["debootstrap", "--variant=minbase", include, suite, str(build), mirror], timeout=1200)
+            for junk in ("var/cache/apt", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
+                shutil.rmtree(build / junk, ignore_errors=True)
+            partial = cache.with_suffix(".partial")
+            run(["tar", "-C", str(build), "--numeric-owner", "-cf", str(partial), "."], timeout=600)
+            partial.rename(cache)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    argv = ["import"]
+    for item in _ENV:
+        argv += ["--change", f"ENV {item}"]
+    say(f"importing {cache.name} as {image}")
+    _docker(paths, *argv, str(cache), image)
+    return image
+
+
+def _image_python(paths: SetupPaths, image: str) -> tuple[str, str, str]:
+    """(Python version, glibc version, machine) inside `image`, for choosing wheels that fit it."""
+    probe = "import platform as p; print(p.python_version(), p.libc_ver()[1], p.machine())"
+    proc = _docker(paths, "run", "--rm", "--network", "none", image, "python3", "-c", probe, timeout=60)
+    python, glibc, machine = proc.stdout.decode().split()
+    return python, glibc, machine
+
+
+def _requirements() -> list[str]:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], "setuptools>=68", "wheel"]
+
+
+def _wheelhouse(paths: SetupPaths, image: str) -> Path:
+    """Binary wheels of every dependency and the build backend, for the image's Python; cached.
+
+    pip runs on this host (which reaches the index) but picks wheels for the image's interpreter,
+    its environment markers and its glibc, so nothing is fetched during `docker build`.
+    """
+    python, glibc, machine = _image_python(paths, image)
+    requirements = _requirements()
+    key = "\n".join((python, glibc, machine, *requirements))
+    house = paths.state_dir / "cache" / f"wheels-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (house / ".complete").exists():
+        say(f"using the cached wheels {house}")
+        return house
+    say(f"downloading wheels of the gateway's dependencies for Python {python} into {house}")
+    major, minor = glibc.split(".")[:2]
+    platforms = [f"manylinux_{major}_{m}_{machine}" for m in range(5, int(minor) + 1)]
+    platforms += [f"manylinux{tag}_{machine}" for tag in ("2014", "2010", "1")]
+    abi = "cp" + "".join(python.split(".")[:2])
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+            "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+            "--abi", abi, "--abi", "abi3", "--abi", "none", "--dest", str(house)]  # fmt: skip
+    for platform in platforms:
+        argv += ["--platform", platform]
+    house.mkdir(parents=True, exist_ok=True)
+    (house / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    wanted = requirements
+    # pip evaluates environment markers with this interpreter, not the image's (a dependency needed
+    # only below Python 3.11.3, say), so ask the image what is still missing until nothing is.
+    for _ in range(10):
+        run([*argv, *wanted], timeout=1200)
+        wanted = _missing_in_image(paths, image, house)
+        if not wanted:
+            (house / ".complete").touch()
+            return house
+    raise SetupError(f"the wheels in {house} still miss {', '.join(wanted)} for the image's Python")
+
+
+def _missing_in_image(paths: SetupPaths, image: str, house: Path) -> list[str]:
+    """Requirements an offline install inside `image` cannot satisfy from `house`."""
+    script = (
+        "python3 -m venv /tmp/venv && /tmp/venv/bin/pip install --dry-run --quiet --no-index "
+        "--disable-pip-version-check --find-links /wheels -r /wheels/requirements.txt"
+    )
+    proc = subprocess.run(
+        ["docker", "-H", f"unix://{paths.docker_socket}", "run", "--rm", "--network", "none",
+         "-v", f"{house}:/wheels:ro", image, "sh", "-c", script],
+        capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    if proc.returncode == 0:
+        return []
+    found = re.findall(r"No matching distribution found for ([^;\s]+)", proc.stderr.decode(errors="replace"))
+    if not found:
+        tail = proc.stderr.decode(errors="replace")[-1500:]
+        raise SetupError(f"an offline install of the gateway's dependencies in {image} fails: {tail}")
+    return found
+
+
+def build_compose_images(
+    paths: SetupPaths,
+    gateway_image: str = DEFAULT_GATEWAY_IMAGE,
+    proxy_image: str = DEFAULT_PROXY_IMAGE,
+) -> None:
+    """Build `gateway_image` (compose/Dockerfile.gateway) and `proxy_image` (compose/socket-proxy)."""
+    python_base = _base_image(paths, "python")
+    haproxy_base = _base_image(paths, "haproxy")
+    house = _wheelhouse(paths, python_base)
+    previous = {image: _image_id(paths, image) for image in (gateway_image, proxy_image)}
+    for stale in _WHEELS.glob("*.whl"):
+        stale.unlink()
+    try:
+        for wheel in house.glob("*.whl"):
+            shutil.copy2(wheel, _WHEELS / wheel.name)
+        say(f"building {gateway_image} from {python_base}")
+        _build(
+            paths, "-f", str(REPO_ROOT / "compose" / "Dockerfile.gateway"),
+            "--build-arg", f"BASE_IMAGE={python_base}", "--build-arg", "PIP_OFFLINE=1",
+            "-t", gateway_image, str(REPO_ROOT),
+        )  # fmt: skip
+    finally:
+        for wheel in _WHEELS.glob("*.whl"):
+            wheel.unlink()
+    say(f"building {proxy_image} from {haproxy_base}")
+    _build(paths, "--build-arg", f"BASE_IMAGE={haproxy_base}", "-t", proxy_image, str(_PROXY_CONTEXT))
+    for image, before in previous.items():
+        _drop_replaced(paths, image, before)
+    say(f"compose images ready: {gateway_image}, {proxy_image}")
