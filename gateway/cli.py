@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept a unix:// engine socket instead of the socket proxy (unsafe)",
     )
+    serve.add_argument(
+        "--docker-tls-ca", type=Path, help="CA of a remote engine over TLS (or $DOCKER_CERT_PATH/ca.pem)"
+    )
+    serve.add_argument("--docker-tls-cert", type=Path, help="client certificate for the remote engine")
+    serve.add_argument("--docker-tls-key", type=Path, help="client key for the remote engine")
     serve.add_argument("--image", help="sandbox image (default: $MCP_EXECUTOR_IMAGE or the profile's first)")
     serve.add_argument("--audit-log", type=Path, help="also append audit events (JSON lines) to this file")
     serve.add_argument(

@@ -15,15 +15,24 @@ from gateway.errors import ConfigError
 __all__ = [
     "DEFAULT_DOCKER_HOST",
     "DEFAULT_IMAGE",
+    "ENV_DOCKER_CERT_PATH",
     "ENV_DOCKER_HOST",
+    "ENV_DOCKER_TLS_VERIFY",
     "ENV_EXECUTOR_IMAGE",
     "ENV_LOG_LEVEL",
     "Settings",
     "check_docker_host",
+    "check_engine_tls",
+    "engine_tls_from_env",
 ]
 
 #: Where the Docker API is reached. The default is the socket proxy started by `setup`.
 ENV_DOCKER_HOST = "DOCKER_HOST"
+#: Docker's convention for a remote engine over TLS (tcp://host:2376): any value but empty turns
+#: TLS with client certificates on; the material is read from ENV_DOCKER_CERT_PATH.
+ENV_DOCKER_TLS_VERIFY = "DOCKER_TLS_VERIFY"
+#: Directory holding ca.pem (the engine's CA), cert.pem and key.pem (this gateway's client pair).
+ENV_DOCKER_CERT_PATH = "DOCKER_CERT_PATH"
 #: The sandbox image to build and run (must be in the policy profile's `images`).
 ENV_EXECUTOR_IMAGE = "MCP_EXECUTOR_IMAGE"
 #: Gateway log level (DEBUG, INFO, WARNING, ERROR).
@@ -45,6 +54,30 @@ DEFAULT_PROXY_BIND = "127.0.0.1:2375"
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 DEFAULT_STATE_DIR = "/var/lib/sandbox-gateway"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: File names in DOCKER_CERT_PATH, as the Docker CLI expects them.
+CERT_PATH_FILES = ("ca.pem", "cert.pem", "key.pem")
+_TLS_FLAGS = "--docker-tls-ca, --docker-tls-cert and --docker-tls-key"
+
+
+def engine_tls_from_env(env: Mapping[str, str]) -> tuple[Path, Path, Path] | None:
+    """(CA, client certificate, client key) from DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, or None."""
+    verify = env.get(ENV_DOCKER_TLS_VERIFY, "")
+    if verify == "":
+        return None
+    if verify.lower() in ("0", "false", "no", "off"):
+        raise ConfigError(
+            f"{ENV_DOCKER_TLS_VERIFY}={verify}: Docker treats any value as 'on'. "
+            f"Unset it to talk to the engine without TLS, or set it to 1."
+        )
+    cert_path = env.get(ENV_DOCKER_CERT_PATH)
+    if not cert_path:
+        raise ConfigError(
+            f"{ENV_DOCKER_TLS_VERIFY} is set but {ENV_DOCKER_CERT_PATH} is not: set it to the directory "
+            f"holding {', '.join(CERT_PATH_FILES)}, or pass {_TLS_FLAGS}"
+        )
+    base = Path(cert_path).expanduser()
+    ca, cert, key = (base / name for name in CERT_PATH_FILES)
+    return ca, cert, key
 
 
 def check_docker_host(url: str, *, allow_raw_socket: bool) -> str:
@@ -60,6 +93,32 @@ def check_docker_host(url: str, *, allow_raw_socket: bool) -> str:
     return url
 
 
+def check_engine_tls(url: str, ca: Path | None, cert: Path | None, key: Path | None) -> bool:
+    """True when the engine is reached over TLS with client certificates; refuse half-made setups."""
+    given = [item for item in (ca, cert, key) if item is not None]
+    if given and len(given) != 3:
+        raise ConfigError(
+            f"TLS to the engine needs {_TLS_FLAGS} together (or {ENV_DOCKER_TLS_VERIFY}=1 with "
+            f"{ENV_DOCKER_CERT_PATH} holding {', '.join(CERT_PATH_FILES)})"
+        )
+    if not given:
+        if url.startswith("https://") or url.rstrip("/").endswith(":2376"):
+            raise ConfigError(
+                f"DOCKER_HOST={url} is an engine over TLS but no TLS material is configured: set "
+                f"{ENV_DOCKER_TLS_VERIFY}=1 and {ENV_DOCKER_CERT_PATH}, or pass {_TLS_FLAGS}"
+            )
+        return False
+    if not url.startswith(("tcp://", "https://")):
+        raise ConfigError(
+            f"TLS material for the engine was given but DOCKER_HOST={url} is not a tcp:// or https:// "
+            "URL; point it at the remote engine (tcp://host:2376) or drop the TLS settings"
+        )
+    for what, path in (("CA certificate", ca), ("client certificate", cert), ("client key", key)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"the engine TLS {what} {path} does not exist or is not a file")
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The gateway's configuration, frozen after start-up."""
@@ -68,6 +127,10 @@ class Settings:
     port: int = 8000
     docker_host: str = DEFAULT_DOCKER_HOST
     allow_raw_socket: bool = False
+    #: The engine's CA and this gateway's client pair, for a remote engine over TLS (all or none).
+    docker_tls_ca: Path | None = None
+    docker_tls_cert: Path | None = None
+    docker_tls_key: Path | None = None
     image: str | None = None
     policy_file: Path | None = None
     tokens_file: Path | None = None
@@ -107,14 +170,28 @@ class Settings:
             if env.get(ENV_AUDIT_HMAC_KEY_FILE)
             else None,
         }
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        tls = engine_tls_from_env(env)
+        if tls is not None:
+            values["docker_tls_ca"], values["docker_tls_cert"], values["docker_tls_key"] = tls
+        flags = {k: v for k, v in overrides.items() if v is not None}
+        if any(k.startswith("docker_tls_") for k in flags):  # flags replace the environment's set whole
+            values = {k: v for k, v in values.items() if not k.startswith("docker_tls_")}
+        values.update(flags)
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         return settings
 
+    @property
+    def docker_tls(self) -> tuple[Path, Path, Path] | None:
+        """(CA, client certificate, client key) when the engine is reached over TLS."""
+        if self.docker_tls_ca and self.docker_tls_cert and self.docker_tls_key:
+            return self.docker_tls_ca, self.docker_tls_cert, self.docker_tls_key
+        return None
+
     def validate(self) -> None:
         """Raise ConfigError for a setting that cannot work or is unsafe without an explicit flag."""
         check_docker_host(self.docker_host, allow_raw_socket=self.allow_raw_socket)
+        check_engine_tls(self.docker_host, self.docker_tls_ca, self.docker_tls_cert, self.docker_tls_key)
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={self.log_level!r}; use one of {', '.join(LOG_LEVELS)}")
         if not 0 < self.port < 65536:

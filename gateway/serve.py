@@ -12,7 +12,7 @@ import uvicorn
 from gateway.app import build_app
 from gateway.auditing import build_audit
 from gateway.auth import GatewayTokenVerifier
-from gateway.backend.docker_engine import DockerBackend
+from gateway.backend.docker_engine import DockerBackend, tls_config
 from gateway.broker import Broker
 from gateway.config import Settings
 from gateway.errors import ConfigError
@@ -50,6 +50,9 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         docker_host=args.docker_host,
         allow_raw_socket=args.allow_raw_socket,
+        docker_tls_ca=args.docker_tls_ca,
+        docker_tls_cert=args.docker_tls_cert,
+        docker_tls_key=args.docker_tls_key,
         image=args.image,
         policy_file=args.policy,
         tokens_file=args.tokens,
@@ -99,7 +102,8 @@ def serve(args: argparse.Namespace) -> int:
         )
     verifier = GatewayTokenVerifier(tokens, JWTVerifier(oauth) if oauth else None)
 
-    backend = DockerBackend(settings.docker_host, pool_size=settings.docker_workers * 2)
+    engine_tls = tls_config(*map(str, settings.docker_tls)) if settings.docker_tls else None
+    backend = DockerBackend(settings.docker_host, pool_size=settings.docker_workers * 2, tls=engine_tls)
     broker = Broker(
         backend,
         audit,
@@ -122,7 +126,8 @@ def serve(args: argparse.Namespace) -> int:
     url = f"http://{settings.host}:{settings.port}/mcp"
     print(
         f"Sandbox Gateway: MCP endpoint {url} "
-        f"(policy {engine.digest[:12]}, engine via {settings.docker_host})",
+        f"(policy {engine.digest[:12]}, engine via {settings.docker_host}"
+        f"{' over TLS' if engine_tls else ''})",
         file=sys.stderr,
         flush=True,
     )

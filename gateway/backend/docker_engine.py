@@ -250,3 +250,19 @@ class _Discard:
 
 
 _DISCARD = _Discard()
+
+
+def tls_config(ca_cert: str, client_cert: str, client_key: str) -> Any:
+    """TLS for a remote engine (tcp://host:2376): verify it against `ca_cert`, present the client pair.
+
+    The only place the gateway builds Docker TLS settings, so that `docker` stays imported here alone.
+    """
+    return _EngineTLS(client_cert=(client_cert, client_key), ca_cert=ca_cert, verify=ca_cert)
+
+
+class _EngineTLS(docker.tls.TLSConfig):  # type: ignore[misc]
+    def configure_client(self, client: Any) -> None:
+        super().configure_client(client)
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's CA and routes through
+        # HTTP(S)_PROXY: the engine is trusted through its own CA only, and reached directly.
+        client.trust_env = False

@@ -1,0 +1,167 @@
+"""A remote engine over TLS with client certificates: a real TLS endpoint in front of the socket proxy.
+
+HAProxy terminates TLS (requiring a client certificate signed by a throwaway CA) and forwards the
+bytes to the local socket proxy, the shape of a remote Docker host at tcp://host:2376.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.backend.docker_engine import DockerBackend, tls_config
+from gateway.errors import EngineError
+from tests.conftest import IMAGE, PROXY_URL
+from tests.e2e.conftest import start_gateway, stop_gateway
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    cert: Path
+    key: Path
+    foreign_cert: Path
+    foreign_key: Path
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+
+
+def _key_and_csr(tmp: Path, name: str, subject: str) -> None:
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", tmp / f"{name}.key", "-out", tmp / f"{name}.csr", "-subj", subject)  # fmt: skip
+
+
+def _sign(tmp: Path, name: str, ca: str, extensions: str) -> None:
+    (tmp / f"{name}.ext").write_text(extensions + "\n")
+    _openssl("x509", "-req", "-in", tmp / f"{name}.csr", "-CA", tmp / f"{ca}.pem",
+             "-CAkey", tmp / f"{ca}.key", "-CAcreateserial", "-days", "1",
+             "-out", tmp / f"{name}.pem", "-extfile", tmp / f"{name}.ext")  # fmt: skip
+
+
+def _ca(tmp: Path, name: str) -> None:
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", tmp / f"{name}.key", "-out", tmp / f"{name}.pem",
+             "-days", "1", "-subj", f"/CN={name}")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, the engine's server certificate for 127.0.0.1, a client pair, and a pair from another CA."""
+    tmp = tmp_path_factory.mktemp("pki")
+    _ca(tmp, "ca")
+    _ca(tmp, "other-ca")
+    _key_and_csr(tmp, "server", "/CN=127.0.0.1")
+    _sign(tmp, "server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
+    _key_and_csr(tmp, "client", "/CN=gateway")
+    _sign(tmp, "client", "ca", "extendedKeyUsage=clientAuth")
+    _key_and_csr(tmp, "foreign", "/CN=intruder")
+    _sign(tmp, "foreign", "other-ca", "extendedKeyUsage=clientAuth")
+    return Pki(
+        tmp / "ca.pem", tmp / "client.pem", tmp / "client.key", tmp / "foreign.pem", tmp / "foreign.key"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def tls_engine(pki: Pki, backend: DockerBackend) -> Iterator[str]:
+    """tcp://127.0.0.1:PORT: TLS with a required client certificate, forwarding to the socket proxy."""
+    haproxy = shutil.which("haproxy")
+    assert haproxy, "haproxy is installed by `make setup` (it runs the socket proxy)"
+    tmp = pki.ca.parent
+    bundle = tmp / "server-bundle.pem"
+    bundle.write_text((tmp / "server.pem").read_text() + (tmp / "server.key").read_text())
+    port = _free_port()
+    upstream = PROXY_URL.removeprefix("tcp://")
+    (tmp / "tls.cfg").write_text(
+        "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 5m\n    timeout server 5m\n"
+        f"frontend engine_tls\n    bind 127.0.0.1:{port} ssl crt {bundle}"
+        f" ca-file {pki.ca} verify required\n    default_backend proxy\n"
+        f"backend proxy\n    server proxy {upstream}\n"
+    )
+    process = subprocess.Popen(
+        [haproxy, "-db", "-f", str(tmp / "tls.cfg")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"tcp://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_the_backend_reaches_the_engine_with_its_client_certificate(tls_engine: str, pki: Pki) -> None:
+    engine = DockerBackend(tls_engine, tls=tls_config(str(pki.ca), str(pki.cert), str(pki.key)))
+    try:
+        engine.ping()
+        assert engine.image_present(IMAGE)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("who", ["no-tls", "foreign-certificate"])
+def test_without_the_right_client_certificate_the_engine_is_unreachable(
+    tls_engine: str, pki: Pki, who: str
+) -> None:
+    tls = None if who == "no-tls" else tls_config(str(pki.ca), str(pki.foreign_cert), str(pki.foreign_key))
+    engine = DockerBackend(tls_engine, timeout_s=5, tls=tls)
+    try:
+        with pytest.raises(EngineError, match=f"through {tls_engine}"):
+            engine.ping()
+    finally:
+        engine.close()
+
+
+def test_the_gateway_configured_the_docker_way_is_ready_over_tls(
+    tls_engine: str, pki: Pki, backend: DockerBackend, tmp_path: Path
+) -> None:
+    """DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, read as the Docker CLI reads them: ready, image found."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for source, name in ((pki.ca, "ca.pem"), (pki.cert, "cert.pem"), (pki.key, "key.pem")):
+        shutil.copy(source, certs / name)
+    env = {"DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(certs)}
+    gateway = start_gateway(tmp_path, "--docker-host", tls_engine, env=env)
+    try:
+        ready = httpx.get(f"{gateway.base}/ready", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"audit": True, "engine": True, "image": True, "ready": True}
+        assert '"event":"sandbox.sweep"' in gateway.audit_log.read_text(), "the start-up sweep went through"
+    finally:
+        stop_gateway(gateway)
+    assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == []
+
+
+def test_the_gateway_without_client_certificates_is_not_ready_and_names_the_engine(
+    tls_engine: str, tmp_path: Path
+) -> None:
+    """Plain TCP to the TLS engine: /ready is 503 and its error names the engine address."""
+    gateway = start_gateway(tmp_path, "--docker-host", tls_engine)
+    assert gateway.process is not None
+    try:
+        ready = httpx.get(f"{gateway.base}/ready", timeout=15)
+        assert ready.status_code == 503
+        assert ready.json()["engine"] is False
+        assert f"cannot reach the Docker engine through {tls_engine}" in ready.json()["error"]
+    finally:
+        gateway.process.send_signal(signal.SIGTERM)
+        gateway.process.wait(timeout=60)
