@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-tools unit lint clean-sandboxes
+.PHONY: setup run test test-tools unit lint clean-sandboxes compose-images
 
 $(BIN)/.installed: pyproject.toml
 	@echo "[make] creating $(VENV) and installing sandbox-gateway with its test extras"
@@ -30,15 +30,22 @@ lint: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
-## test-tools: system tools the suite starts itself (a Redis server for shared rate limits)
+## test-tools: system tools the suite runs itself (Redis for shared rate limits, docker-compose for the stack)
 test-tools:
 	@command -v redis-server >/dev/null || { echo "[make] installing redis-server for the test suite"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/dev/null || \
 	  { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/dev/null; }; }
+	@command -v docker-compose >/dev/null || { echo "[make] installing docker-compose for the deployment tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose >/dev/null || \
+	  { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose >/dev/null; }; }
 
 ## test: setup, lint, then the whole suite (unit, integration, end-to-end) on two workers
 test: setup lint test-tools
 	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+## compose-images: build the compose stack's gateway and socket-proxy images (offline, no registry needed)
+compose-images: $(BIN)/.installed
+	$(BIN)/sandbox-gateway build-images
 
 ## clean-sandboxes: remove every container this project labelled (through the socket proxy)
 clean-sandboxes:

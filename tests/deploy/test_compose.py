@@ -1,0 +1,221 @@
+"""The quick-start compose stack, built offline and run on the local engine with Debian's docker-compose.
+
+One stack per module under a unique project name: the images are built by `build-images`, the stack
+comes up, answers MCP on its published port, and is checked from outside (`docker inspect`) and from
+inside (`docker exec`). Taking it down must leave no container, network, volume or sandbox behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from gateway.setup.compose_images import build_compose_images
+from gateway.setup.state import REPO_ROOT, SetupPaths
+from gateway.tokens import TokenStore
+from tests.e2e.conftest import mcp_client
+
+COMPOSE_FILE = REPO_ROOT / "compose" / "docker-compose.yml"
+GATEWAY_IMAGE = "sandbox-gateway:deploy-test"
+PROXY_IMAGE = "sandbox-gateway-proxy:deploy-test"
+GATEWAY_UID = 10001
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    socket_path = SetupPaths.from_env().docker_socket
+    argv = ["docker", "-H", f"unix://{socket_path}", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=check)
+
+
+def _inspect(kind: str, name: str) -> dict[str, Any]:
+    return dict(json.loads(_docker(kind, "inspect", name).stdout)[0])
+
+
+@dataclass
+class Stack:
+    project: str
+    env: dict[str, str]
+    base: str
+    token: str
+
+    def compose(
+        self, *args: str, check: bool = True, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
+        argv = ["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), *args]
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, env=self.env, check=False
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(argv[3:])} failed: {proc.stderr[-2000:]}")
+        return proc
+
+    def container(self, service: str) -> str:
+        return self.compose("ps", "-q", service).stdout.strip()
+
+    def exec(self, service: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        return self.compose("exec", "-T", service, *argv, check=False, timeout=60)
+
+    def leftovers(self) -> dict[str, list[str]]:
+        label = f"label=com.docker.compose.project={self.project}"
+        return {
+            "containers": _docker("ps", "-aq", "--filter", label).stdout.split(),
+            "networks": _docker("network", "ls", "-q", "--filter", label).stdout.split(),
+            "volumes": _docker("volume", "ls", "-q", "--filter", label).stdout.split(),
+            "sandboxes": _docker(
+                "ps", "-aq", "--filter", f"label=sandbox-gateway.gateway={self.project}"
+            ).stdout.split(),
+        }
+
+
+def _wait_healthy(stack: Stack, deadline_s: float = 90) -> None:
+    deadline = time.monotonic() + deadline_s
+    status = "unknown"
+    while time.monotonic() < deadline:
+        container = stack.container("gateway")
+        if container:
+            status = _inspect("container", container)["State"].get("Health", {}).get("Status", "none")
+            if status == "healthy":
+                return
+        time.sleep(0.5)
+    logs = stack.compose("logs", "--no-color", "--tail", "40", check=False).stdout
+    raise AssertionError(f"the gateway did not become healthy within {deadline_s:.0f} s ({status}):\n{logs}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if shutil.which("docker-compose") is None:
+        pytest.fail("docker-compose is missing: `make test-tools` installs Debian's docker-compose")
+    paths = SetupPaths.from_env()
+    build_compose_images(paths, GATEWAY_IMAGE, PROXY_IMAGE)
+
+    secrets = tmp_path_factory.mktemp("secrets")
+    token = TokenStore(secrets / "tokens.jsonl").create("alice", profile="default")
+    if os.geteuid() == 0:  # the gateway runs as uid 10001 and reads the tokens file, nothing else does
+        for path in (secrets, secrets / "tokens.jsonl"):
+            os.chown(path, GATEWAY_UID, GATEWAY_UID)
+    else:
+        secrets.chmod(0o755)
+        (secrets / "tokens.jsonl").chmod(0o644)
+
+    project = f"sgwdeploy{uuid.uuid4().hex[:10]}"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SGW_"))}
+    env.update(
+        DOCKER_HOST=f"unix://{paths.docker_socket}",
+        SGW_DOCKER_SOCKET=str(paths.docker_socket),
+        DOCKER_GID=str(paths.docker_socket.stat().st_gid),
+        SGW_GATEWAY_IMAGE=GATEWAY_IMAGE,
+        SGW_PROXY_IMAGE=PROXY_IMAGE,
+        SGW_SECRETS_DIR=str(secrets),
+        SGW_SKILLS_DIR=str(REPO_ROOT / "skills"),
+        SGW_PUBLISH=f"127.0.0.1:{port}",
+        SGW_GATEWAY_ID=project,
+    )
+    running = Stack(project, env, f"http://127.0.0.1:{port}", token)
+    try:
+        running.compose("up", "-d", "--no-build")
+        _wait_healthy(running)
+        yield running
+    finally:
+        running.compose("down", "-v", "--remove-orphans", "--timeout", "60", check=False)
+
+
+def test_execute_bash_through_the_published_port(stack: Stack) -> None:
+    """A real MCP client, a real token, the sandbox made by the containerised gateway through the proxy."""
+
+    async def call() -> dict[str, Any]:
+        async with mcp_client(f"{stack.base}/mcp", stack.token) as client:
+            result = await client.call_tool(
+                "execute_bash", {"command": "id -u; python3 -c 'import textstats; print(textstats.__name__)'"}
+            )
+            assert result.structured_content is not None, result
+            return result.structured_content
+
+    outcome = anyio.run(call)
+    assert outcome["exit_code"] == 0, outcome
+    assert outcome["stdout"] == "1000\ntextstats\n"
+    assert httpx.get(f"{stack.base}/ready", timeout=10).json()["ready"] is True
+    label = f"label=sandbox-gateway.gateway={stack.project}"
+    sandboxes = _docker("ps", "-q", "--filter", label).stdout.split()
+    assert len(sandboxes) == 1, "the sandbox is a sibling container on the host's engine"
+
+
+def test_the_gateway_has_no_docker_socket_and_runs_read_only_as_non_root(stack: Stack) -> None:
+    info = _inspect("container", stack.container("gateway"))
+    mounts = {mount["Destination"]: mount for mount in info["Mounts"]}
+    assert not any("docker.sock" in (m.get("Source", "") + dest) for dest, m in mounts.items())
+    assert mounts["/run/secrets/sandbox-gateway"]["RW"] is False
+    assert mounts[str(REPO_ROOT / "skills")]["RW"] is False
+    assert mounts["/var/log/sandbox-gateway"]["Type"] == "volume"
+    host = info["HostConfig"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"]
+    assert host["NanoCpus"] == 2_000_000_000
+    assert host["Memory"] == 2 * 1024**3
+    assert host["RestartPolicy"]["Name"] == "unless-stopped"
+    assert info["Config"]["User"] == "10001:10001"
+    assert {e.split("=", 1)[0]: e.split("=", 1)[1] for e in info["Config"]["Env"]}["DOCKER_HOST"] == (
+        "tcp://docker-proxy:2375"
+    )
+
+    script = (
+        "id -u; test -e /var/run/docker.sock && echo SOCKET; "
+        "command -v docker || echo no-cli; touch /opt/x 2>/dev/null || echo read-only"
+    )
+    inside = stack.exec("gateway", "sh", "-c", script)
+    assert inside.stdout.split() == ["10001", "no-cli", "read-only"], inside.stdout + inside.stderr
+    audit = stack.exec("gateway", "cat", "/var/log/sandbox-gateway/audit.jsonl").stdout
+    assert '"event":"exec.finish"' in audit, "the audit log is written to its volume"
+
+
+def test_the_proxy_is_alone_on_an_internal_network_and_refuses_build(stack: Stack) -> None:
+    proxy = _inspect("container", stack.container("docker-proxy"))
+    networks = set(proxy["NetworkSettings"]["Networks"])
+    assert networks == {f"{stack.project}_docker-api"}
+    assert _inspect("network", f"{stack.project}_docker-api")["Internal"] is True
+    assert proxy["HostConfig"]["PortBindings"] in ({}, None), "the proxy publishes nothing"
+    assert proxy["Config"]["User"] == "65534:65534"
+    gateway_networks = set(_inspect("container", stack.container("gateway"))["NetworkSettings"]["Networks"])
+    assert gateway_networks == {f"{stack.project}_docker-api", f"{stack.project}_frontend"}
+    assert _inspect("network", f"{stack.project}_frontend")["Internal"] is False
+
+    probe = (
+        "import urllib.request, urllib.error\n"
+        "for method, path in (('GET', '/_ping'), ('POST', '/build'), ('GET', '/volumes')):\n"
+        "    request = urllib.request.Request('http://docker-proxy:2375' + path, method=method)\n"
+        "    try:\n"
+        "        print(urllib.request.urlopen(request, timeout=10).status)\n"
+        "    except urllib.error.HTTPError as exc:\n"
+        "        print(exc.code)\n"
+    )
+    statuses = stack.exec("gateway", "python3", "-c", probe)
+    assert statuses.stdout.split() == ["200", "403", "403"], statuses.stdout + statuses.stderr
+
+
+def test_taking_the_stack_down_leaves_nothing_behind(stack: Stack) -> None:
+    """The gateway removes its sandboxes on stop (promptly); `down -v` removes the rest, volume included."""
+    started = time.monotonic()
+    stack.compose("stop", "--timeout", "60", "gateway")
+    assert time.monotonic() - started < 30, "SIGTERM stops the gateway; it does not wait for the kill"
+    assert _inspect("container", stack.container("gateway"))["State"]["ExitCode"] in (0, 143)
+    assert stack.leftovers()["sandboxes"] == []
+    stack.compose("down", "-v", "--remove-orphans", "--timeout", "60")
+    assert stack.leftovers() == {"containers": [], "networks": [], "volumes": [], "sandboxes": []}
