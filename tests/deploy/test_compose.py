@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import yaml
 
 from gateway.setup.compose_images import build_compose_images
 from gateway.setup.state import REPO_ROOT, SetupPaths
@@ -219,3 +220,40 @@ def test_taking_the_stack_down_leaves_nothing_behind(stack: Stack) -> None:
     assert stack.leftovers()["sandboxes"] == []
     stack.compose("down", "-v", "--remove-orphans", "--timeout", "60")
     assert stack.leftovers() == {"containers": [], "networks": [], "volumes": [], "sandboxes": []}
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        pytest.param(("docker-compose.full.yml",), id="production"),
+        pytest.param(("docker-compose.yml", "docker-compose.dind.yml"), id="docker-in-docker"),
+    ],
+)
+def test_the_other_variants_are_valid_compose_files_that_keep_the_proxy_in_front(
+    files: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`docker-compose config` accepts them; the gateway mounts no socket and talks to the proxy only."""
+    tmp = tmp_path_factory.mktemp("variant")
+    (tmp / "key").write_bytes(os.urandom(32))
+    for name in ("skills", "tools"):
+        (tmp / name).mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SGW_"))}
+    env.update(DOCKER_GID="999", SGW_SKILLS_DIR=str(tmp / "skills"), SGW_TOOLS_DIR=str(tmp / "tools"))
+    env["SGW_AUDIT_HMAC_KEY"] = str(tmp / "key")
+    argv = ["docker-compose", "-p", "variant"]
+    for name in files:
+        argv += ["-f", str(REPO_ROOT / "compose" / name)]
+    proc = subprocess.run([*argv, "config"], capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    config = yaml.safe_load(proc.stdout)
+    gateway = config["services"]["gateway"]
+    assert gateway["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"
+    assert not any("docker.sock" in volume for volume in gateway["volumes"])
+    assert gateway["read_only"] is True and gateway["user"] == "10001:10001"
+    assert set(gateway["networks"]) == {"docker-api", "frontend"}
+    assert config["networks"]["docker-api"]["internal"] is True
+    assert set(config["services"]["docker-proxy"]["networks"]) == {"docker-api"}
+    if "dind" in config["services"]:
+        proxy_volumes = config["services"]["docker-proxy"]["volumes"]
+        assert "/dev/null:/var/run/docker.sock:ro" in proxy_volumes, "the host engine is out of reach"
+        assert config["services"]["dind"]["privileged"] is True
