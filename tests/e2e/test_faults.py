@@ -21,9 +21,10 @@ HAPROXY_CFG = Path(__file__).parents[2] / "compose" / "socket-proxy" / "haproxy.
 
 
 class PrivateProxy:
-    """A second HAProxy with the project's config on its own port: taking it down affects this test only."""
+    """A second HAProxy with the project's config on its own port (in front of `docker_socket`):
+    taking it down affects this test only."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, docker_socket: Path = Path("/var/run/docker.sock")) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -31,7 +32,7 @@ class PrivateProxy:
         self.env = {
             **os.environ,
             "SGW_PROXY_BIND": f"127.0.0.1:{self.port}",
-            "SGW_DOCKER_SOCKET": "/var/run/docker.sock",
+            "SGW_DOCKER_SOCKET": str(docker_socket),
         }
 
     def start(self) -> None:
