@@ -6,15 +6,19 @@ gateway restart a principal's running sandbox with the same spec is adopted, oth
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
+import re
 import time
 from pathlib import Path
 
 import anyio
 
 from audit import AuditLog
-from gateway.backend.base import Backend, ExecOutcome, ExecRequest
+from gateway.backend.agent_channel import AgentBroken, AgentChannel
+from gateway.backend.base import Backend, ExecOutcome, ExecRequest, OutputCallback
 from gateway.backend.create_body import LABEL_PREFIX, create_body, sandbox_env
 from gateway.errors import GatewayError, QuotaExceeded, SandboxError
 from gateway.ops import DockerOps
@@ -28,6 +32,9 @@ __all__ = ["Broker", "Grant", "Sandbox", "principal_key"]
 _MANAGED = f"{LABEL_PREFIX}.managed"
 _SPEC = f"{LABEL_PREFIX}.spec-digest"
 _SIGKILLED = 128 + 9
+_OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
+#: Errors that mean "this sandbox cannot take the call": it is replaced once, then the call retried.
+_REPLACEABLE = ("sandbox-gone", "sandbox-agent-lost")
 
 
 class Broker:
@@ -156,6 +163,16 @@ class Broker:
             self.audit.emit("sandbox.remove", container_id=row.id, reason="stale", principal_key=key)
         if keep is None:
             return None
+        channel = None
+        if decision.spec.exec_path == "agent":
+            try:
+                channel = await self._attach_agent(keep.id, principal=principal.id)
+            except GatewayError:
+                await self.ops.acall(
+                    "remove", self.backend.remove, keep.id, container_id=keep.id, reason="agent-unreachable"
+                )
+                self.audit.emit("sandbox.remove", container_id=keep.id, reason="agent-unreachable")
+                return None
         sandbox = Sandbox(
             keep.id,
             keep.name,
@@ -168,14 +185,10 @@ class Broker:
             keep.created or now,
             now,
             decision.spec.user,
+            channel=channel,
         )
-        try:  # a baseline, so an OOM kill before the restart is not blamed on a later call
-            baseline = await self.ops.acall(
-                "oom_check", self.backend.oom_kill_count, keep.id, decision.spec.user, container_id=keep.id
-            )
-            sandbox.oom_kills = baseline or 0
-        except GatewayError:
-            pass
+        with contextlib.suppress(GatewayError):  # a baseline: an earlier OOM kill is not a later call's
+            sandbox.oom_kills = await self._oom_count(sandbox) or 0
         self._sandboxes[key] = sandbox
         self._alive.add(1)
         self.audit.emit(
@@ -258,10 +271,13 @@ class Broker:
             "policy_digest": decision.policy_digest,
         }
         container_id = await self.ops.acall("create", self.backend.create, name, body, **attrs)
+        channel = None
         try:
             await self.ops.acall(
                 "start", self.backend.start, container_id, container_id=container_id, **attrs
             )
+            if decision.spec.exec_path == "agent":
+                channel = await self._attach_agent(container_id, principal=principal.id)
         except GatewayError:
             # Nothing half-created stays behind.
             await self.ops.acall(
@@ -286,6 +302,7 @@ class Broker:
             now,
             now,
             decision.spec.user,
+            channel=channel,
         )
         self._sandboxes[key] = sandbox
         self._alive.add(1)
@@ -297,12 +314,23 @@ class Broker:
             profile=decision.profile,
             policy_digest=decision.policy_digest,
             runtime=decision.spec.runtime,
+            exec_path=decision.spec.exec_path,
         )
         return sandbox
+
+    async def _attach_agent(self, container_id: str, **attrs: str) -> AgentChannel:
+        """Connect to the sandbox's agent (attach stream + handshake)."""
+        channel = AgentChannel(
+            functools.partial(self.backend.attach, container_id), container_id=container_id
+        )
+        await self.ops.acall("attach", channel.open, container_id=container_id, **attrs)
+        return channel
 
     async def _remove(self, sandbox: Sandbox, *, reason: str) -> None:
         if self._sandboxes.pop(sandbox.principal_key, None) is not None:
             self._alive.add(-1)
+        if sandbox.channel is not None:
+            sandbox.channel.close()
         await self.ops.acall(
             "remove",
             self.backend.remove,
@@ -342,8 +370,15 @@ class Broker:
 
     # -- execution -----------------------------------------------------------------------------
 
-    async def execute(self, principal: Principal, decision: Decision, argv: list[str]) -> ExecOutcome:
-        """Run argv in the principal's sandbox under the Decision's limits."""
+    async def execute(
+        self,
+        principal: Principal,
+        decision: Decision,
+        argv: list[str],
+        on_output: OutputCallback | None = None,
+    ) -> ExecOutcome:
+        """Run argv in the principal's sandbox under the Decision's limits; `on_output` sees the
+        output as it arrives (on a worker thread)."""
         grant = Grant.of(decision)
         key = principal_key(principal)
         limit = grant.limits.max_concurrent
@@ -362,26 +397,31 @@ class Broker:
                 timeout_s=grant.timeout_s,
                 max_output_bytes=grant.limits.max_output_bytes,
             )
-            return await self._execute_once_or_twice(principal, grant, request)
+            return await self._execute_once_or_twice(principal, grant, request, on_output)
         finally:
             self._running[key] -= 1
 
     async def _execute_once_or_twice(
-        self, principal: Principal, grant: Grant, request: ExecRequest
+        self, principal: Principal, grant: Grant, request: ExecRequest, on_output: OutputCallback | None
     ) -> ExecOutcome:
         for attempt in (1, 2):
             sandbox = await self._ensure(principal, grant)
             try:
                 outcome = await self._exec(
-                    sandbox, request, principal=principal.id, policy_digest=grant.policy_digest
+                    sandbox, request, on_output, principal=principal.id, policy_digest=grant.policy_digest
                 )
-            except SandboxError as exc:
-                # The container died or vanished before the command started: replace it, once.
-                if exc.code != "sandbox-gone" or attempt == 2:
+            except (SandboxError, AgentBroken) as exc:
+                # The container (or its agent) was gone before the command started: replace it, once.
+                if exc.code not in _REPLACEABLE or attempt == 2:
                     raise
                 await self._forget(sandbox, reason="lost")
                 continue
             sandbox.last_used = time.time()
+            if outcome.sandbox_lost and sandbox.channel is not None and await self._still_running(sandbox):
+                raise AgentBroken(
+                    "the connection to the sandbox broke off during the call (engine or socket proxy "
+                    "restarted?); the command's result is unknown"
+                )
             if outcome.sandbox_lost:
                 await self._forget(sandbox, reason="died-during-exec")
                 return outcome
@@ -392,15 +432,34 @@ class Broker:
             return outcome
         raise SandboxError("the sandbox could not be started")  # pragma: no cover - the loop returns
 
-    async def _exec(self, sandbox: Sandbox, request: ExecRequest, **attrs: str) -> ExecOutcome:
+    async def _exec(
+        self, sandbox: Sandbox, request: ExecRequest, on_output: OutputCallback | None = None, **attrs: str
+    ) -> ExecOutcome:
+        """One command through the sandbox's agent, or `docker exec` when it has none."""
+        if sandbox.channel is not None:
+            run = functools.partial(sandbox.channel.run, request, on_output)
+            return await self.ops.acall(
+                "exec", run, container_id=sandbox.container_id, exec_path="agent", **attrs
+            )
         return await self.ops.acall(
             "exec",
             self.backend.exec,
             sandbox.container_id,
             request,
+            on_output,
             container_id=sandbox.container_id,
+            exec_path="exec",
             **attrs,
         )
+
+    async def _still_running(self, sandbox: Sandbox) -> bool:
+        try:
+            info = await self.ops.acall(
+                "inspect", self.backend.inspect, sandbox.container_id, container_id=sandbox.container_id
+            )
+        except SandboxError:
+            return False
+        return info.running
 
     async def _reap_strays(self, sandbox: Sandbox) -> None:
         """After a timeout, kill what escaped the command's process group (a fork bomb's stragglers,
@@ -415,31 +474,51 @@ class Broker:
             max_output_bytes=1024,
             grace_s=2,
         )
+        code: int | None = None
         try:
-            outcome = await self._exec(sandbox, request, purpose="reap-strays")
+            if sandbox.channel is not None:  # the agent (PID 1) kills them itself: no process needed
+                code = await self.ops.acall(
+                    "exec",
+                    sandbox.channel.reap,
+                    container_id=sandbox.container_id,
+                    exec_path="agent",
+                    purpose="reap-strays",
+                )
+            else:
+                code = (await self._exec(sandbox, request, purpose="reap-strays")).exit_code
         except GatewayError:
-            outcome = None
+            code = None
         # kill -1 exits 1 when it found nothing to kill, 0 when it killed something; anything else
         # (the exec could not even start) means the sandbox is unusable.
-        if outcome is None or outcome.exit_code not in (0, 1):
+        if code not in (0, 1):
             await self._forget(sandbox, reason="unrecoverable-after-timeout")
 
     async def _with_oom_verdict(self, sandbox: Sandbox, outcome: ExecOutcome) -> ExecOutcome:
         """A SIGKILLed call: ask the sandbox's cgroup whether the OOM killer did it."""
         try:
-            count = await self.ops.acall(
-                "oom_check",
-                self.backend.oom_kill_count,
-                sandbox.container_id,
-                sandbox.user,
-                container_id=sandbox.container_id,
-            )
+            count = await self._oom_count(sandbox)
         except GatewayError:
             return outcome
         if count is None or count <= sandbox.oom_kills:
             return outcome
         sandbox.oom_kills = count
         return dataclasses.replace(outcome, oom_killed=True)
+
+    async def _oom_count(self, sandbox: Sandbox) -> int | None:
+        """The sandbox cgroup's OOM-kill counter (cgroup v2 or v1), or None where it cannot be read."""
+        files = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
+        request = ExecRequest(
+            argv=["cat", *files],
+            user=sandbox.user,
+            workdir="/",
+            env=[],
+            timeout_s=5,
+            max_output_bytes=4096,
+            grace_s=2,
+        )
+        outcome = await self._exec(sandbox, request, purpose="oom-check")
+        match = _OOM_KILL.search(outcome.stdout.decode(errors="replace"))
+        return int(match.group(1)) if match else None
 
     async def _forget(self, sandbox: Sandbox, *, reason: str) -> None:
         async with self._lock(sandbox.principal_key):
@@ -450,6 +529,9 @@ class Broker:
 
     def cleanup_all_sync(self) -> int:
         """Remove every sandbox this gateway manages (known or only labelled). Returns how many."""
+        for sandbox in self._sandboxes.values():
+            if sandbox.channel is not None:
+                sandbox.channel.close()
         rows = self.ops.call(
             "list", self.backend.list, {_MANAGED: "true", f"{LABEL_PREFIX}.gateway": self.gateway_id}
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.backend.agent_channel import AgentChannel
 from gateway.errors import PolicyDenied
 from policy import Decision, Principal
 from policy.model import ExecLimits, Lifecycle, RateLimits, SandboxSpec
@@ -28,6 +29,8 @@ class Sandbox:
     user: str = "1000:1000"
     #: OOM kills counted so far in this sandbox's cgroup, to tell whether a call was OOM-killed.
     oom_kills: int = 0
+    #: The connection to the sandbox's agent; None when commands go through `docker exec`.
+    channel: AgentChannel | None = None
 
     def expired(self, now: float) -> str | None:
         """Why this sandbox must go now ('idle' or 'max-age'), or None."""

@@ -123,6 +123,9 @@ class SandboxSpec(_Strict):
     init: bool = True
     ulimits: dict[str, int] = Field(default_factory=dict)
     workdir: str = "/workspace"
+    #: How commands reach the sandbox: `agent` hands them to the sandbox's own agent (PID 1) over
+    #: the container's attach stream; `exec` starts each with `docker exec` (slower, no agent needed).
+    exec_path: Literal["agent", "exec"] = "agent"
 
     @field_validator("images")
     @classmethod
@@ -159,6 +162,10 @@ class SandboxSpec(_Strict):
             raise ValueError("memory_swap is memory plus swap, so it cannot be below memory")
         if self.memory < 6 * 1024**2:
             raise ValueError("memory below 6 MiB cannot start a container")
+        if self.exec_path == "agent" and self.memory < 32 * 1024**2:
+            raise ValueError(
+                "the sandbox agent needs memory of at least 32 MiB; use exec_path: exec below that"
+            )
         return self
 
     def image_names(self) -> tuple[str, ...]:

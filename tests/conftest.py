@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from audit import AuditLog, MemorySink
+from policy import Policy, load_policy
 
 #: The socket proxy started by `make setup` (override to test another deployment).
 PROXY_URL = os.environ.get("SGW_TEST_DOCKER_HOST", "tcp://127.0.0.1:2375")
@@ -22,19 +23,29 @@ LABEL = "sandbox-gateway"
 
 _EXPORTER = InMemorySpanExporter()
 
-#: The spans of a principal's first call: find/adopt, resolve the image, create, start, exec (and its parts).
+#: The spans of a principal's first call on the agent path: find/adopt, resolve the image, create,
+#: start, attach to the agent, run.
 FIRST_CALL_SPANS = frozenset(
-    {
-        "docker.list",
-        "docker.inspect_image",
-        "docker.create",
-        "docker.start",
-        "docker.exec",
-        "docker.exec_create",
-        "docker.exec_start",
-        "docker.exec_inspect",
-    }
+    {"docker.list", "docker.inspect_image", "docker.create", "docker.start", "docker.attach", "docker.exec"}
 )
+#: The same on the `docker exec` path: no attach; exec is made of create, start and inspect.
+FIRST_CALL_SPANS_EXEC = (FIRST_CALL_SPANS - {"docker.attach"}) | {
+    "docker.exec_create",
+    "docker.exec_start",
+    "docker.exec_inspect",
+}
+#: Both ways a command can reach a sandbox; behavioural tests run on each.
+EXEC_PATHS = ("agent", "exec")
+
+
+def policy_with_exec_path(exec_path: str) -> Policy:
+    """The shipped policy with every profile switched to one exec path."""
+    base = load_policy()
+    profiles = {
+        name: profile.model_copy(update={"sandbox": profile.sandbox.model_copy(update={"exec_path": exec_path})})
+        for name, profile in base.profiles.items()
+    }
+    return base.model_copy(update={"profiles": profiles})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -46,6 +57,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
         if "deploy" in parts:
             item.add_marker(pytest.mark.deploy)
+
+
+@pytest.fixture(params=EXEC_PATHS)
+def exec_path(request: pytest.FixtureRequest) -> str:
+    """Run the test once through the sandbox agent and once through `docker exec`."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-__all__ = ["Backend", "ContainerInfo", "ExecOutcome", "ExecRequest"]
+__all__ = ["Backend", "ContainerInfo", "ExecOutcome", "ExecRequest", "OutputCallback"]
+
+#: Called with ("stdout" | "stderr", chunk) as a command's output arrives, on the calling thread.
+OutputCallback = Callable[[str, bytes], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +73,13 @@ class Backend(Protocol):
 
     def inspect(self, container_id: str) -> ContainerInfo: ...
 
-    def exec(self, container_id: str, request: ExecRequest) -> ExecOutcome: ...
+    def exec(
+        self, container_id: str, request: ExecRequest, on_output: OutputCallback | None = None
+    ) -> ExecOutcome: ...
+
+    def attach(self, container_id: str) -> tuple[socket.socket, bytes, Any]: ...
 
     def remove(self, container_id: str) -> None: ...
-
-    def oom_kill_count(self, container_id: str, user: str) -> int | None: ...
 
     def list(self, labels: dict[str, str]) -> list[ContainerInfo]: ...
 

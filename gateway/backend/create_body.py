@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import ConfigError
 from policy import SandboxSpec
@@ -14,6 +15,9 @@ LABEL_PREFIX = "sandbox-gateway"
 #: The container's own processes (init and its idle child) run as `nobody`, not as the uid that runs
 #: the calls: code in the sandbox cannot signal them, so `kill -9 -1` cannot stop its own sandbox.
 KEEPER_USER = "65534:65534"
+#: Where the sandbox image holds the agent (gateway/agent/sandbox_agent.py), and how it is started.
+AGENT_PATH = "/opt/sandbox-gateway/agent.py"
+AGENT_COMMAND = ["python3", "-I", "-S", AGENT_PATH]
 SECCOMP_DIR = Path(__file__).resolve().parents[2] / "seccomp"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -30,7 +34,15 @@ def sandbox_env(spec: SandboxSpec) -> list[str]:
     ]
 
 
-def _seccomp_option(name: str) -> list[str]:
+def _for_gvisor(profile: dict[str, Any]) -> dict[str, Any]:
+    """gVisor's seccomp ignores `errnoRet` and answers EPERM, so a clone3 refused with ENOSYS would
+    stop libc from falling back to clone (no thread could start). gVisor implements no clone3 at
+    all (it answers ENOSYS itself), so the rule is dropped there: the outcome is the same ENOSYS."""
+    rules = [rule for rule in profile.get("syscalls", []) if rule.get("names") != ["clone3"]]
+    return {**profile, "syscalls": rules + [{"names": ["clone3"], "action": "SCMP_ACT_ALLOW"}]}
+
+
+def _seccomp_option(name: str, runtime: str = "runc") -> list[str]:
     if name == "default":
         return []  # the engine applies its built-in default profile
     path = SECCOMP_DIR / f"{name}.json"
@@ -38,6 +50,8 @@ def _seccomp_option(name: str) -> list[str]:
         profile = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"seccomp profile {name!r} not found or not valid JSON in {SECCOMP_DIR}") from exc
+    if runtime == "runsc":
+        profile = _for_gvisor(profile)
     # The API takes the profile inline, not as a path.
     return [f"seccomp={json.dumps(profile, separators=(',', ':'))}"]
 
@@ -80,7 +94,7 @@ def create_body(
         "CapDrop": ["ALL"],
         "CapAdd": list(spec.cap_add),
         "SecurityOpt": (["no-new-privileges:true"] if spec.no_new_privileges else [])
-        + _seccomp_option(spec.seccomp),
+        + _seccomp_option(spec.seccomp, spec.runtime),
         "Privileged": False,
         "PidsLimit": spec.pids_limit,
         "Memory": spec.memory,
@@ -95,7 +109,7 @@ def create_body(
         "Binds": binds,
         "RestartPolicy": {"Name": "no"},
     }
-    return {
+    body: dict[str, object] = {
         "Image": image_id or image,
         "Cmd": ["sleep", "infinity"],
         "Entrypoint": [],
@@ -104,6 +118,7 @@ def create_body(
         "Env": sandbox_env(spec),
         "Labels": labels,
         "Hostname": "sandbox",
+        "StopSignal": "SIGKILL",  # nothing in a sandbox has state to flush on TERM
         "NetworkDisabled": True,
         "AttachStdin": False,
         "AttachStdout": False,
@@ -112,3 +127,18 @@ def create_body(
         "OpenStdin": False,
         "HostConfig": host_config,
     }
+    if spec.exec_path == "agent":
+        # The agent is PID 1 (it reaps orphans itself, and PID 1 ignores signals from inside the
+        # sandbox), runs as the sandbox's uid, and reads requests from stdin, which stays open
+        # across attach connections. Its stdout carries only protocol frames: no log driver keeps them.
+        body |= {
+            "Cmd": AGENT_COMMAND,
+            "User": spec.user,
+            "AttachStdin": True,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "OpenStdin": True,
+            "StdinOnce": False,
+        }
+        host_config |= {"Init": False, "LogConfig": {"Type": "none", "Config": {}}}
+    return body

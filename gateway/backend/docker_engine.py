@@ -6,7 +6,6 @@ failures become EngineError or SandboxGone with a message that says what to do.
 
 from __future__ import annotations
 
-import re
 import select
 import socket
 import time
@@ -16,14 +15,13 @@ import docker
 import docker.errors
 import requests
 
-from gateway.backend.base import ContainerInfo, ExecOutcome, ExecRequest
+from gateway.backend.base import ContainerInfo, ExecOutcome, ExecRequest, OutputCallback
 from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
 from gateway.errors import EngineError, SandboxError
 from gateway.telemetry import tracer
 
 __all__ = ["DockerBackend", "SandboxGone"]
 
-_OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 _API_VERSION = "1.41"  # Docker 20.10; newer engines accept it too
 
 
@@ -36,6 +34,11 @@ class SandboxGone(SandboxError):
 def _engine_error(exc: Exception, base_url: str, what: str) -> EngineError:
     if isinstance(exc, docker.errors.APIError) and exc.status_code == 403:
         return EngineError(f"the socket proxy refused {what} (403); check compose/socket-proxy/haproxy.cfg")
+    if isinstance(exc, docker.errors.APIError) and exc.status_code in (502, 503, 504):
+        return EngineError(
+            f"the Docker engine behind the socket proxy at {base_url} is not answering "
+            f"(HTTP {exc.status_code}) while trying to {what}; is dockerd running?"
+        )
     if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError | socket.timeout):
         return EngineError(
             f"cannot reach the Docker engine through {base_url} while trying to {what}; "
@@ -80,7 +83,14 @@ class DockerBackend:
 
     def image_identity(self, image: str) -> tuple[str, frozenset[str]]:
         """The image's id and its repo digests (`sha256:...` each), to check a pinned image."""
-        data = self._call("inspect the image", self._api.inspect_image, image)
+        try:
+            data = self._call("inspect the image", self._api.inspect_image, image)
+        except SandboxGone as exc:
+            raise SandboxError(
+                f"the sandbox image {image} is not on the engine; build it with `sandbox-gateway setup` "
+                "(or load it), or set MCP_EXECUTOR_IMAGE to an image the policy allows",
+                code="image-missing",
+            ) from exc
         digests = frozenset(str(ref).partition("@")[2] for ref in data.get("RepoDigests") or [])
         return str(data.get("Id", "")), digests - {""}
 
@@ -106,6 +116,22 @@ class DockerBackend:
         """The engine's full inspect document (for tests and `sandbox_info`)."""
         return dict(self._call("inspect a sandbox", self._api.inspect_container, container_id))
 
+    def attach(self, container_id: str) -> tuple[socket.socket, bytes, Any]:
+        """The container's stdin/stdout/stderr as one hijacked stream (for its agent), any bytes
+        already read with the response headers, and the response object, which must stay referenced
+        as long as the socket is used (collecting it would hand the connection back to the pool)."""
+        raw = self._call(
+            "attach to a sandbox",
+            self._api.attach_socket,
+            container_id,
+            params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1},
+        )
+        sock: socket.socket = getattr(raw, "_sock", raw)
+        sock.setblocking(False)  # so that peeking at the buffered reader cannot wait for data
+        early = _already_buffered(raw)
+        sock.settimeout(None)
+        return sock, early, raw
+
     def remove(self, container_id: str) -> None:
         try:
             self._call("remove a sandbox", self._api.remove_container, container_id, force=True, v=True)
@@ -126,7 +152,9 @@ class DockerBackend:
             for row in rows
         ]
 
-    def exec(self, container_id: str, request: ExecRequest) -> ExecOutcome:
+    def exec(
+        self, container_id: str, request: ExecRequest, on_output: OutputCallback | None = None
+    ) -> ExecOutcome:
         """exec create, start (hijacked stream, read into bounded captures) and inspect: a span each."""
         started = time.monotonic()
         attributes = {"sandbox_gateway.container_id": container_id}
@@ -152,7 +180,8 @@ class DockerBackend:
             try:
                 sock.setblocking(False)
                 early = _already_buffered(raw)
-                deadline_hit = _pump(sock, out, err, started + request.timeout_s + request.grace_s, early)
+                deadline = started + request.timeout_s + request.grace_s
+                deadline_hit = _pump(sock, out, err, deadline, early, on_output=on_output)
             finally:
                 sock.close()
                 raw.close()
@@ -177,22 +206,6 @@ class DockerBackend:
             sandbox_lost=lost,
         )
 
-    def oom_kill_count(self, container_id: str, user: str) -> int | None:
-        """The sandbox cgroup's OOM-kill counter (cgroup v2 or v1), or None where it cannot be read."""
-        files = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
-        request = ExecRequest(
-            argv=["cat", *files],
-            user=user,
-            workdir="/",
-            env=[],
-            timeout_s=5,
-            max_output_bytes=4096,
-            grace_s=2,
-        )
-        outcome = self.exec(container_id, request)
-        match = _OOM_KILL.search(outcome.stdout.decode(errors="replace"))
-        return int(match.group(1)) if match else None
-
     def close(self) -> None:
         self._api.close()
 
@@ -212,7 +225,13 @@ def _already_buffered(raw: Any) -> bytes:
 
 
 def _pump(
-    sock: socket.socket, out: BoundedCapture, err: BoundedCapture, deadline: float, early: bytes = b""
+    sock: socket.socket,
+    out: BoundedCapture,
+    err: BoundedCapture,
+    deadline: float,
+    early: bytes = b"",
+    *,
+    on_output: OutputCallback | None = None,
 ) -> bool:
     """Read the multiplexed stream into the captures until EOF; True when the deadline cut it short."""
     decoder = FrameDecoder()
@@ -221,6 +240,8 @@ def _pump(
         try:
             for stream, piece in decoder.feed(data):
                 (err if stream == STDERR else out if stream == STDOUT else _DISCARD).write(piece)
+                if on_output is not None and stream in (STDOUT, STDERR):
+                    on_output("stderr" if stream == STDERR else "stdout", piece)
         except FrameError as exc:
             raise SandboxError("the engine sent a malformed output stream") from exc
 

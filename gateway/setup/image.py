@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,9 @@ IMAGE_PACKAGES = ("python3", "python-is-python3", "bash", "coreutils", "procps")
 _RECIPE_VERSION = "2"
 _LABEL = "sandbox-gateway.recipe"
 _DOCKERFILE = REPO_ROOT / "compose" / "Dockerfile.sandbox"
+#: The in-sandbox agent, installed read-only at AGENT_PATH (see gateway/backend/create_body.py).
+AGENT_SOURCE = REPO_ROOT / "gateway" / "agent" / "sandbox_agent.py"
+AGENT_IN_IMAGE = "opt/sandbox-gateway/agent.py"
 _ENV = (
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME=/workspace",
@@ -34,9 +38,17 @@ _ENV = (
 )
 
 
+def _rootfs_digest() -> str:
+    """Names the cached debootstrap tree: only the packages and the recipe version shape it."""
+    material = "\n".join((_RECIPE_VERSION, *IMAGE_PACKAGES))
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
 def recipe_digest() -> str:
     """Changes whenever what goes into the image changes; stored as an image label."""
-    material = "\n".join((_RECIPE_VERSION, *IMAGE_PACKAGES, *_ENV, _DOCKERFILE.read_text()))
+    material = "\n".join(
+        (_RECIPE_VERSION, *IMAGE_PACKAGES, *_ENV, _DOCKERFILE.read_text(), AGENT_SOURCE.read_text())
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -128,7 +140,7 @@ def _customise(root: Path) -> None:
 
 
 def _rootfs_tarball(paths: SetupPaths, digest: str) -> Path:
-    cache = paths.state_dir / "cache" / f"sandbox-rootfs-{digest}.tar"
+    cache = paths.state_dir / "cache" / f"sandbox-rootfs-{_rootfs_digest()}.tar"
     if cache.exists():
         say(f"using the cached root filesystem {cache}")
         return cache
@@ -156,6 +168,25 @@ def _rootfs_tarball(paths: SetupPaths, digest: str) -> Path:
     finally:
         shutil.rmtree(build, ignore_errors=True)
     return cache
+
+
+def _with_agent(paths: SetupPaths, rootfs: Path, digest: str) -> Path:
+    """The cached root filesystem plus the agent (root-owned, read-only), as a new tarball."""
+    target = paths.state_dir / "cache" / f"sandbox-image-{digest}.tar"
+    partial = target.with_suffix(".partial")
+    shutil.copyfile(rootfs, partial)
+    with tarfile.open(partial, "a") as tar:
+        for directory in ("opt/sandbox-gateway",):
+            info = tarfile.TarInfo(f"./{directory}")
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        data = AGENT_SOURCE.read_bytes()
+        info = tarfile.TarInfo(f"./{AGENT_IN_IMAGE}")
+        info.size, info.mode = len(data), 0o444
+        with AGENT_SOURCE.open("rb") as source:
+            tar.addfile(info, source)
+    partial.rename(target)
+    return target
 
 
 def _import(paths: SetupPaths, image: str, tarball: Path, digest: str) -> None:
@@ -191,7 +222,7 @@ def ensure_image(paths: SetupPaths, image: str) -> None:
             f"{_LABEL}={digest}",
             "-t",
             image,
-            str(_DOCKERFILE.parent),
+            str(REPO_ROOT),
             timeout=1800,
             check=False,
         )
@@ -199,7 +230,11 @@ def ensure_image(paths: SetupPaths, image: str) -> None:
             say(f"built {image} with docker build")
             return
         say("docker build failed; building offline instead")
-    _import(paths, image, _rootfs_tarball(paths, digest), digest)
+    image_tar = _with_agent(paths, _rootfs_tarball(paths, digest), digest)
+    try:
+        _import(paths, image, image_tar, digest)
+    finally:
+        image_tar.unlink(missing_ok=True)
     if _image_recipe(paths, image) != digest:
         raise SetupError(f"the image {image} was imported but does not carry the recipe label")
     say(f"sandbox image {image} is ready")

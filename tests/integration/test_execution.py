@@ -12,15 +12,16 @@ from gateway.errors import PolicyDenied, QuotaExceeded
 from gateway.service import ExecutionService, InvalidArgument
 from policy import Principal, load_policy, load_policy_text
 from policy.engine import PolicyEngine
-from tests.conftest import FIRST_CALL_SPANS
+from tests.conftest import FIRST_CALL_SPANS, FIRST_CALL_SPANS_EXEC, policy_with_exec_path
 
 pytestmark = pytest.mark.anyio
 ALICE = Principal("alice")
 
 
 @pytest.fixture
-def service(broker, audit_sink: MemorySink) -> ExecutionService:  # type: ignore[no-untyped-def]
-    return ExecutionService(PolicyEngine(load_policy()), broker, broker.audit)
+def service(broker, audit_sink: MemorySink, exec_path: str) -> ExecutionService:  # type: ignore[no-untyped-def]
+    """Every test of this module runs on both exec paths (agent and `docker exec`)."""
+    return ExecutionService(PolicyEngine(policy_with_exec_path(exec_path)), broker, broker.audit)
 
 
 def events(sink: MemorySink) -> list[dict[str, object]]:
@@ -165,14 +166,16 @@ async def test_concurrent_calls_of_one_principal_are_safe_and_bounded(broker) ->
 
 
 async def test_every_docker_operation_has_a_span_and_an_audit_event(
-    service: ExecutionService, span_exporter, audit_sink: MemorySink
+    service: ExecutionService, span_exporter, audit_sink: MemorySink, exec_path: str
 ) -> None:  # type: ignore[no-untyped-def]
     span_exporter.clear()
     await service.execute(Principal("traced"), "execute_bash", "true")
     spans = {s.name: s for s in span_exporter.get_finished_spans()}
-    assert set(spans) == FIRST_CALL_SPANS
-    for child in ("docker.exec_create", "docker.exec_start", "docker.exec_inspect"):
-        assert spans[child].parent.span_id == spans["docker.exec"].context.span_id
+    assert set(spans) == (FIRST_CALL_SPANS if exec_path == "agent" else FIRST_CALL_SPANS_EXEC)
+    assert spans["docker.exec"].attributes["sandbox_gateway.exec_path"] == exec_path
+    if exec_path == "exec":
+        for child in ("docker.exec_create", "docker.exec_start", "docker.exec_inspect"):
+            assert spans[child].parent.span_id == spans["docker.exec"].context.span_id
     container = spans["docker.exec"].attributes["sandbox_gateway.container_id"]
     assert spans["docker.create"].attributes["sandbox_gateway.container_id"] == container
     assert spans["docker.exec"].attributes["sandbox_gateway.principal"] == "traced"
@@ -182,6 +185,7 @@ async def test_every_docker_operation_has_a_span_and_an_audit_event(
         "docker.create",
         "docker.start",
         "docker.exec",
+        *(["docker.attach"] if exec_path == "agent" else []),
         "policy.decision",
         "exec.start",
         "exec.finish",

@@ -8,6 +8,7 @@ import pytest
 from gateway.backend.commands import bash_argv
 from policy import Action, Principal, load_policy
 from policy.engine import PolicyEngine
+from tests.conftest import policy_with_exec_path
 
 pytestmark = pytest.mark.anyio
 ENGINE = PolicyEngine(load_policy())
@@ -29,7 +30,12 @@ async def test_inspect_shows_the_policy_hardening(broker, backend) -> None:  # t
     info = await anyio.to_thread.run_sync(backend.inspect_raw, sandbox.container_id)
     host, config = info["HostConfig"], info["Config"]
     spec = decision.spec
-    assert config["User"] == "65534:65534", "the sandbox's own processes run as nobody"
+    # PID 1 is the agent, as the sandbox's uid; no init (the agent reaps), no log of its stdout.
+    assert config["User"] == spec.user
+    assert config["Cmd"] == ["python3", "-I", "-S", "/opt/sandbox-gateway/agent.py"]
+    assert config["OpenStdin"] is True and config["StdinOnce"] is False
+    assert host["LogConfig"]["Type"] == "none"
+    assert config["StopSignal"] == "SIGKILL"
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
     assert host["Privileged"] is False
@@ -39,7 +45,7 @@ async def test_inspect_shows_the_policy_hardening(broker, backend) -> None:  # t
     assert host["PidsLimit"] == spec.pids_limit
     assert host["Memory"] == spec.memory and host["MemorySwap"] == spec.memory_swap
     assert host["NanoCpus"] == int(spec.cpus * 1e9)
-    assert host["Init"] is True
+    assert host["Init"] is False
     assert not host["Binds"]
     assert set(host["Tmpfs"]) == {"/tmp", "/workspace"}
     assert "noexec" in host["Tmpfs"]["/tmp"]
@@ -77,6 +83,37 @@ async def test_inspect_shows_the_policy_hardening(broker, backend) -> None:  # t
         pytest.param("env | grep -ci -E 'token|secret|docker_host' || true", "0\n", id="no-secrets-in-env"),
     ],
 )
-async def test_inside_the_sandbox(broker, command: str, expected: str) -> None:  # type: ignore[no-untyped-def]
-    _, output = await _bash(broker, Principal("inside"), command)
+async def test_inside_the_sandbox(broker, command: str, expected: str, exec_path: str) -> None:  # type: ignore[no-untyped-def]
+    engine = PolicyEngine(policy_with_exec_path(exec_path))
+    decision = engine.evaluate(Principal("inside"), Action("execute_bash", len(command)))
+    outcome = await broker.execute(Principal("inside"), decision, bash_argv(command, 10))
+    output = (outcome.stdout + outcome.stderr).decode()
     assert output == expected, output
+
+
+async def test_exec_path_sandbox_keeps_its_own_processes_as_nobody(broker, backend) -> None:  # type: ignore[no-untyped-def]
+    """Without an agent, PID 1 is an init and an idle child, both as nobody, not the calls' uid."""
+    principal = Principal("keeper")
+    decision = PolicyEngine(policy_with_exec_path("exec")).evaluate(principal, Action("execute_bash", 1))
+    sandbox = await broker.ensure_sandbox(principal, decision)
+    info = await anyio.to_thread.run_sync(backend.inspect_raw, sandbox.container_id)
+    assert info["Config"]["User"] == "65534:65534"
+    assert info["Config"]["Cmd"] == ["sleep", "infinity"]
+    assert info["HostConfig"]["Init"] is True
+    outcome = await broker.execute(principal, decision, bash_argv("kill -9 -1; sleep 0.2; echo alive", 10))
+    assert outcome.stdout == b"alive\n" or outcome.exit_code == 137
+
+
+async def test_the_agent_cannot_be_signalled_or_opened_by_sandbox_code(broker) -> None:  # type: ignore[no-untyped-def]
+    """Same uid, but PID 1 with no handlers and non-dumpable: kill, ptrace and /proc/1/fd all fail."""
+    principal = Principal("agent-guard")
+    command = (
+        "kill -TERM 1; kill -INT 1; kill -KILL 1; kill -STOP 1; sleep 0.2; "
+        "ls /proc/1/fd >/dev/null 2>&1 && echo fd-open || echo fd-closed; "
+        "cat /proc/1/environ >/dev/null 2>&1 && echo environ-read || echo environ-closed; "
+        "kill -9 -1"
+    )
+    code, output = await _bash(broker, principal, command)
+    assert "fd-closed" in output and "environ-closed" in output, output
+    code, output = await _bash(broker, principal, "ps -o pid=,args= -p 1")
+    assert (code, output.split()) == (0, ["1", "python3", "-I", "-S", "/opt/sandbox-gateway/agent.py"])

@@ -14,12 +14,41 @@ from policy import PolicyLoadError, load_policy, load_policy_text
 IMAGE = "mcp-code-executor:latest"
 
 
+def test_exec_path_body_runs_an_init_and_an_idle_child_as_nobody() -> None:
+    spec = load_policy().profiles["default"].sandbox.model_copy(update={"exec_path": "exec"})
+    body = create_body(spec, image=IMAGE, labels={})
+    host = body["HostConfig"]
+    assert isinstance(host, dict)
+    assert (body["User"], body["Cmd"], host["Init"], body["OpenStdin"]) == (
+        "65534:65534",
+        ["sleep", "infinity"],
+        True,
+        False,
+    )
+
+
+def test_gvisor_sandboxes_get_clone3_from_gvisor_itself() -> None:
+    """gVisor answers EPERM for any refused syscall, which stops libc's fallback from clone3 to clone;
+    it implements no clone3, so the rule is left to it (ENOSYS) on runsc, and kept everywhere else."""
+    import json
+
+    policy = load_policy()
+    for profile, expected in (("default", "SCMP_ACT_ERRNO"), ("strict", "SCMP_ACT_ALLOW")):
+        body = create_body(policy.profiles[profile].sandbox, image=IMAGE, labels={})
+        host = body["HostConfig"]
+        assert isinstance(host, dict)
+        seccomp = next(opt for opt in host["SecurityOpt"] if opt.startswith("seccomp="))
+        rules = json.loads(seccomp.removeprefix("seccomp="))["syscalls"]
+        assert [r["action"] for r in rules if r["names"] == ["clone3"]] == [expected]
+
+
 def test_default_profile_body_has_every_hardening_switch() -> None:
     spec = load_policy().profiles["default"].sandbox
     body = create_body(spec, image=IMAGE, labels={"a": "b"})
     host = body["HostConfig"]
     assert isinstance(host, dict)
-    assert body["User"] == "65534:65534"
+    assert body["User"] == spec.user  # the agent, PID 1, runs as the sandbox's uid
+    assert body["Cmd"] == ["python3", "-I", "-S", "/opt/sandbox-gateway/agent.py"]
     assert body["NetworkDisabled"] is True
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
@@ -29,7 +58,7 @@ def test_default_profile_body_has_every_hardening_switch() -> None:
     assert host["PidsLimit"] == 128
     assert host["Memory"] == host["MemorySwap"] == 512 * 1024**2
     assert host["NanoCpus"] == 10**9
-    assert host["Init"] is True
+    assert host["Init"] is False  # the agent is PID 1 and reaps orphans itself
     assert host["Binds"] == []
     assert host["Tmpfs"]["/tmp"].startswith("rw,nosuid,nodev,noexec,size=67108864")
     assert "noexec" not in host["Tmpfs"]["/workspace"]

@@ -1,0 +1,328 @@
+"""The gateway's end of a sandbox agent: one attach stream per sandbox, many calls over it.
+
+Everything read from the agent is untrusted: user code runs as the agent's uid. Frames are
+size-capped, JSON is type-checked, output is bounded by the gateway's own captures, and the
+gateway keeps its own deadline. A dead, silent or lying agent costs its sandbox, nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
+from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback
+from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
+from gateway.errors import EngineError, SandboxError
+
+__all__ = ["AgentBroken", "AgentChannel", "AgentFailure", "Connector"]
+
+#: Opens the container's attach stream: the socket, any bytes already read with the headers, and an
+#: object to keep referenced (and close) with the socket.
+Connector = Callable[[], tuple[socket.socket, bytes, Any]]
+
+#: How long the agent may take to answer hello (a fresh sandbox starts python3 first).
+HELLO_TIMEOUT_S = 15.0
+#: Beyond the agent's own deadline, how long the gateway waits before it gives up on the call.
+_SLACK_S = 2.0
+_GONE = object()
+
+
+class AgentBroken(EngineError):
+    """The attach stream to the agent closed or carried garbage; calls in flight have no result."""
+
+    code = "sandbox-agent-lost"
+
+
+class AgentFailure(SandboxError):
+    """The agent refused or could not run a command (e.g. no process slot left)."""
+
+    code = "sandbox-agent-refused"
+
+
+class _AgentDecoder:
+    """Agent frames out of the container's stdout bytes; an oversized frame is a protocol breach."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= HEADER.size:
+            kind, request_id, length = HEADER.unpack_from(self._buffer)
+            if kind not in (OUT, ERR, EXIT, HELLO, FAIL) or length > MAX_PAYLOAD:
+                raise FrameError(f"agent frame kind {kind} length {length}")
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            frames.append((kind, request_id, bytes(self._buffer[HEADER.size : end])))
+            del self._buffer[:end]
+        return frames
+
+
+class AgentChannel:
+    """Thread-safe: `run` may be called from several worker threads at once."""
+
+    def __init__(self, connect: Connector, *, container_id: str = "") -> None:
+        self._connect = connect
+        self.container_id = container_id
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._keep: Any = None
+        self._pending: dict[int, queue.SimpleQueue[Any]] = {}
+        self._next_id = secrets.randbelow(2**30) + 1
+        self._diagnostics = bytearray()
+        self.broken_reason = ""
+
+    # -- connection ----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def open(self) -> None:
+        """Attach and handshake; a no-op when already connected."""
+        with self._lock:
+            if self._sock is not None:
+                return
+            sock, early, keep = self._connect()
+            nonce = secrets.token_hex(16)
+            expected = f"{nonce} {PROTOCOL}".encode()
+            hello = HEADER.pack(HELLO, 0, len(expected)) + expected
+            try:
+                sock.settimeout(HELLO_TIMEOUT_S)
+                sock.sendall(b"\n" + _line({"op": "hello", "nonce": nonce}))
+                rest = self._await_hello(sock, early, hello)
+                sock.settimeout(None)
+            except (OSError, FrameError) as exc:
+                _close(sock, keep)
+                raise AgentBroken(
+                    "the sandbox agent did not answer (is the image built by `sandbox-gateway setup`, "
+                    "with /opt/sandbox-gateway/agent.py? set `exec_path: exec` in the profile otherwise)"
+                ) from exc
+            self._sock, self._keep, self.broken_reason = sock, keep, ""
+            threading.Thread(
+                target=self._read_forever,
+                args=(sock, rest),
+                name=f"agent-{self.container_id[:12]}",
+                daemon=True,
+            ).start()
+
+    def _await_hello(self, sock: socket.socket, early: bytes, hello: bytes) -> bytes:
+        """Skip what an earlier connection left in the stream until the exact answer to our nonce."""
+        decoder, seen = FrameDecoder(), bytearray()
+        data = early
+        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        while True:
+            for stream, piece in decoder.feed(data):
+                if stream == STDOUT:
+                    seen += piece
+                elif stream == STDERR:
+                    self._note(piece)
+            at = seen.find(hello)
+            if at >= 0:
+                return bytes(seen[at + len(hello) :])
+            if len(seen) > 4 * MAX_PAYLOAD:
+                del seen[: -len(hello)]
+            if time.monotonic() > deadline:
+                raise FrameError("no hello")
+            data = sock.recv(65536)
+            if not data:
+                raise FrameError("attach stream closed before hello" + self._diagnostic_suffix())
+
+    def close(self) -> None:
+        with self._lock:
+            sock, self._sock = self._sock, None
+            keep, self._keep = self._keep, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            _close(sock, keep)
+
+    def _note(self, piece: bytes) -> None:
+        """Keep the tail of the agent's own stderr, for error messages."""
+        self._diagnostics += piece
+        del self._diagnostics[:-2048]
+
+    def _diagnostic_suffix(self) -> str:
+        text = self._diagnostics.decode(errors="replace").strip()
+        return f" (agent said: {text[-300:]})" if text else ""
+
+    def _read_forever(self, sock: socket.socket, rest: bytes) -> None:
+        docker, agent = FrameDecoder(), _AgentDecoder()
+        reason = "the attach stream closed"
+        try:
+            agent_bytes = rest
+            while True:
+                for kind, request_id, payload in agent.feed(agent_bytes):
+                    target = self._pending.get(request_id)
+                    if target is not None:
+                        target.put((kind, payload))
+                data = sock.recv(262144)
+                if not data:
+                    break
+                agent_bytes = b""
+                for stream, piece in docker.feed(data):
+                    if stream == STDOUT:
+                        agent_bytes += piece
+                    elif stream == STDERR:
+                        self._note(piece)
+        except FrameError as exc:
+            reason = f"the agent broke the protocol ({exc})"
+        except OSError as exc:
+            reason = f"the attach stream failed ({exc.strerror or exc})"
+        with self._lock:
+            keep = None
+            if self._sock is sock:
+                self._sock, keep, self._keep = None, self._keep, None
+            self.broken_reason = reason + self._diagnostic_suffix()
+        _close(sock, keep)
+        for target in list(self._pending.values()):
+            target.put((_GONE, b""))
+
+    # -- calls -----------------------------------------------------------------------------------
+
+    def _send(self, body: dict[str, Any]) -> None:
+        sock = self._sock
+        if sock is None:
+            raise AgentBroken(f"the connection to the sandbox agent is closed: {self.broken_reason}")
+        try:
+            with self._send_lock:
+                sock.sendall(_line(body))
+        except OSError as exc:
+            raise AgentBroken("the connection to the sandbox agent broke off while sending") from exc
+
+    def _call_id(self) -> int:
+        with self._lock:
+            self._next_id = self._next_id % (2**31) + 1
+            return self._next_id
+
+    def run(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecOutcome:
+        """Run one command; blocks until it ends, its deadline passes, or the stream breaks."""
+        self.open()
+        started = time.monotonic()
+        deadline_s = request.timeout_s + request.grace_s
+        out, err = BoundedCapture(request.max_output_bytes), BoundedCapture(request.max_output_bytes)
+        call_id = self._call_id()
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending[call_id] = inbox
+        try:
+            self._send(
+                {
+                    "op": "run",
+                    "id": call_id,
+                    "argv": request.argv,
+                    "env": request.env,
+                    "cwd": request.workdir,
+                    "deadline_s": deadline_s,
+                    "max_output": request.max_output_bytes,
+                }
+            )
+            end = started + deadline_s + _SLACK_S
+            while True:
+                try:
+                    kind, payload = inbox.get(timeout=max(0.0, end - time.monotonic()))
+                except queue.Empty:
+                    self._kill(call_id)
+                    summary: dict[str, Any] = {"exit_code": None, "deadline_hit": True}
+                    break
+                if kind is _GONE:
+                    # The container may have died (the broker checks); the output so far is kept.
+                    summary = {"exit_code": None, "deadline_hit": False, "lost": True}
+                    break
+                if kind in (OUT, ERR):
+                    (out if kind == OUT else err).write(payload)
+                    if on_output is not None:
+                        on_output("stdout" if kind == OUT else "stderr", payload)
+                elif kind == EXIT:
+                    summary = _summary(payload)
+                    break
+                elif kind == FAIL:
+                    raise AgentFailure(_failure(payload))
+        finally:
+            self._pending.pop(call_id, None)
+        stdout_total = max(out.total, _count(summary.get("stdout_bytes")))
+        stderr_total = max(err.total, _count(summary.get("stderr_bytes")))
+        return ExecOutcome(
+            exit_code=summary["exit_code"],
+            stdout=out.getvalue(),
+            stderr=err.getvalue(),
+            stdout_bytes=stdout_total,
+            stderr_bytes=stderr_total,
+            truncated=max(stdout_total, stderr_total) > request.max_output_bytes,
+            deadline_hit=bool(summary["deadline_hit"]),
+            duration_ms=(time.monotonic() - started) * 1000,
+            sandbox_lost=bool(summary.get("lost")),
+        )
+
+    def _kill(self, call_id: int) -> None:
+        with contextlib.suppress(AgentBroken):
+            self._send({"op": "kill", "id": call_id})
+
+    def reap(self, timeout_s: float = 5.0) -> int | None:
+        """Kill every process of the sandbox's uid except the agent; 0 killed some, 1 found none."""
+        self.open()
+        call_id = self._call_id()
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending[call_id] = inbox
+        try:
+            self._send({"op": "reap", "id": call_id})
+            kind, payload = inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        finally:
+            self._pending.pop(call_id, None)
+        if kind != EXIT:
+            return None
+        code = _summary(payload)["exit_code"]
+        return code if isinstance(code, int) else None
+
+
+def _close(sock: socket.socket, keep: Any) -> None:
+    sock.close()
+    if keep is not None:
+        with contextlib.suppress(OSError):
+            keep.close()
+
+
+def _line(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _summary(payload: bytes) -> dict[str, Any]:
+    """The agent's end-of-call report, type-checked; anything else is a protocol breach."""
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise AgentBroken("the sandbox agent sent a malformed result") from exc
+    code = body.get("exit_code") if isinstance(body, dict) else "bad"
+    if not (code is None or (isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255)):
+        raise AgentBroken("the sandbox agent sent a malformed result")
+    return {
+        "exit_code": code,
+        "deadline_hit": body.get("deadline_hit") is True,
+        "stdout_bytes": body.get("stdout_bytes"),
+        "stderr_bytes": body.get("stderr_bytes"),
+    }
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else 0
+
+
+def _failure(payload: bytes) -> str:
+    try:
+        body = json.loads(payload)
+        message = str(body.get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        message = ""
+    return message or "the sandbox agent refused the command"
