@@ -85,7 +85,7 @@ async def test_audit_events_spans_and_metrics_reach_an_otlp_receiver(
         for resource_spans in ExportTraceServiceRequest.FromString(raw).resource_spans:
             for scope_spans in resource_spans.scope_spans:
                 span_names.update(span.name for span in scope_spans.spans)
-    assert {"tools/call execute_bash", "docker.create", "docker.exec", "docker.exec_start"} <= span_names
+    assert {"tools/call execute_bash", "docker.create", "docker.attach", "docker.exec"} <= span_names
 
     metric_names = set()
     for raw in receiver.received.get("/v1/metrics", []):
