@@ -139,6 +139,7 @@ def build_app(
             )
             await _sweep(service)
             tasks.start_soon(_reap_forever, service, settings.reap_interval_s)
+            tasks.start_soon(service.broker.maintain_pool)
             try:
                 yield
             finally:

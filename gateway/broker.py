@@ -10,7 +10,9 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import logging
 import re
+import secrets
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from gateway.backend.base import Backend, ExecOutcome, ExecRequest, OutputCallba
 from gateway.backend.create_body import LABEL_PREFIX, create_body, sandbox_env
 from gateway.errors import GatewayError, QuotaExceeded, SandboxError
 from gateway.ops import DockerOps
+from gateway.pool import PoolTarget, WarmPool
 from gateway.ratelimit import RateLimiter
 from gateway.sandbox import Grant, Sandbox, principal_key
 from gateway.telemetry import instruments
@@ -31,6 +34,11 @@ __all__ = ["Broker", "Grant", "Sandbox", "principal_key"]
 
 _MANAGED = f"{LABEL_PREFIX}.managed"
 _SPEC = f"{LABEL_PREFIX}.spec-digest"
+_POOL = f"{LABEL_PREFIX}.pool"
+_POOL_PREFIX = "sgw-pool-"
+_log = logging.getLogger("sandbox_gateway.broker")
+#: After a failed pool fill, wait this long before trying again (the engine may be down).
+_POOL_RETRY_S = 5.0
 _SIGKILLED = 128 + 9
 _OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 #: Errors that mean "this sandbox cannot take the call": it is replaced once, then the call retried.
@@ -66,15 +74,23 @@ class Broker:
         self._creating = 0
         self._creating_in: dict[str, int] = {}
         self._alive = instruments().sandboxes_alive
+        self.pool = WarmPool()
+        #: Names of sandboxes the start-up sweep kept for adoption; None when unknown (list each time).
+        self._adoptable: set[str] | None = None
 
     # -- sandboxes -----------------------------------------------------------------------------
 
-    def _labels(self, principal: Principal, decision: Grant) -> dict[str, str]:
+    def _labels(self, principal: Principal | None, decision: Grant) -> dict[str, str]:
+        """Labels of a new sandbox; a pooled one (no principal yet) carries `pool` instead."""
+        owner = (
+            {f"{LABEL_PREFIX}.principal": principal.id, f"{LABEL_PREFIX}.tenant": principal.tenant}
+            if principal is not None
+            else {_POOL: "true"}
+        )
         return {
             _MANAGED: "true",
             f"{LABEL_PREFIX}.gateway": self.gateway_id,
-            f"{LABEL_PREFIX}.principal": principal.id,
-            f"{LABEL_PREFIX}.tenant": principal.tenant,
+            **owner,
             f"{LABEL_PREFIX}.profile": decision.profile,
             f"{LABEL_PREFIX}.policy-digest": decision.policy_digest,
             f"{LABEL_PREFIX}.image": decision.image,
@@ -113,7 +129,7 @@ class Broker:
                     return known
                 await self._remove(known, reason=why)
             found = await self._adopt(principal, decision, key)
-            return found or await self._create(principal, decision, key)
+            return found or await self._provide(principal, decision, key)
 
     async def sweep(self, current_specs: dict[str, str]) -> tuple[int, int]:
         """At start-up: keep this gateway's running sandboxes whose profile spec is current (they are
@@ -123,32 +139,42 @@ class Broker:
             "list", self.backend.list, {_MANAGED: "true", f"{LABEL_PREFIX}.gateway": self.gateway_id}
         )
         kept = removed = 0
+        adoptable: set[str] = set()
         for row in rows:
             profile = row.labels.get(f"{LABEL_PREFIX}.profile", "")
-            if row.running and row.labels.get(_SPEC) == current_specs.get(profile):
+            unassigned = row.name.startswith(_POOL_PREFIX)
+            if row.running and row.labels.get(_SPEC) == current_specs.get(profile) and not unassigned:
                 kept += 1
+                adoptable.add(row.name)
                 continue
-            reason = "orphan-stopped" if not row.running else "older-policy"
+            reason = (
+                "pool-unassigned" if unassigned else "orphan-stopped" if not row.running else "older-policy"
+            )
             await self.ops.acall("remove", self.backend.remove, row.id, container_id=row.id, reason=reason)
             self.audit.emit("sandbox.remove", container_id=row.id, reason=reason)
             removed += 1
         self.audit.emit("sandbox.sweep", kept=kept, removed=removed)
+        self._adoptable = adoptable
         return kept, removed
 
     async def _adopt(self, principal: Principal, decision: Grant, key: str) -> Sandbox | None:
-        """After a gateway restart: reuse the principal's running sandbox made with the same spec."""
-        labels = {
-            _MANAGED: "true",
-            f"{LABEL_PREFIX}.gateway": self.gateway_id,
-            f"{LABEL_PREFIX}.principal": principal.id,
-            f"{LABEL_PREFIX}.tenant": principal.tenant,
-        }
-        rows = await self.ops.acall("list", self.backend.list, labels, principal=principal.id)
+        """After a gateway restart: reuse the principal's running sandbox made with the same spec.
+
+        It is found by its name (made from the gateway id and the principal), which a pooled sandbox
+        also takes when it is handed to its principal. Without a listing from the start-up sweep,
+        the engine is asked every time; with one, only for names the sweep kept."""
+        name = self._name(key)
+        if self._adoptable is not None and name not in self._adoptable:
+            return None
+        labels = {_MANAGED: "true", f"{LABEL_PREFIX}.gateway": self.gateway_id}
+        rows = await self.ops.acall("list", self.backend.list, labels, name, principal=principal.id)
+        if self._adoptable is not None:
+            self._adoptable.discard(name)
         now, keep = time.time(), None
         spec_digest = decision.spec.digest()
         for row in rows:
             young = now - row.created < decision.lifecycle.max_age_s
-            same = row.labels.get(_SPEC) == spec_digest and row.name == self._name(key)
+            same = row.labels.get(_SPEC) == spec_digest and row.name == name
             if keep is None and row.running and same and young:
                 keep = row
                 continue
@@ -215,7 +241,9 @@ class Broker:
 
     def _check_quotas(self, principal: Principal, decision: Grant) -> None:
         """Host and tenant caps on live sandboxes; checked before anything is created."""
-        if len(self._sandboxes) + self._creating >= self.max_sandboxes:
+        # A pooled sandbox already counts; taking one adds nothing, making one adds one.
+        adds = 0 if self.pool.available(decision.spec.digest()) else 1
+        if self._live() + adds > self.max_sandboxes:
             raise QuotaExceeded(
                 f"host sandbox quota: {self.max_sandboxes} sandboxes are live on this gateway",
                 code="host-sandbox-quota",
@@ -229,33 +257,42 @@ class Broker:
                 code="tenant-sandbox-quota",
             )
 
-    async def _create(self, principal: Principal, decision: Grant, key: str) -> Sandbox:
+    async def _provide(self, principal: Principal, decision: Grant, key: str) -> Sandbox:
+        """A new sandbox for the principal: a ready one from the warm pool, else one made now."""
         # Check and reserve with no await in between, so a parallel burst cannot overshoot a quota.
         self._check_quotas(principal, decision)
         self._creating += 1
         self._creating_in[principal.tenant] = self._creating_in.get(principal.tenant, 0) + 1
         try:
-            return await self._create_unchecked(principal, decision, key)
+            self._charge_creation(key, decision)
+            pooled = self.pool.take(decision.spec.digest())
+            if pooled is not None:
+                assigned = await self._assign(pooled, principal, decision, key)
+                if assigned is not None:
+                    return assigned
+            return await self._create_for(principal, decision, key)
         finally:
             self._creating -= 1
             self._creating_in[principal.tenant] -= 1
 
-    async def _create_unchecked(self, principal: Principal, decision: Grant, key: str) -> Sandbox:
+    def _charge_creation(self, key: str, decision: Grant) -> None:
         retry = self.rates.hit("sandbox_creations", key, decision.rate_limits.sandbox_creations)
-        if retry is not None:
-            self.audit.emit(
-                "ratelimit.hit",
-                limit="sandbox_creations",
-                rate=decision.rate_limits.sandbox_creations,
-                retry_after_s=retry,
-            )
-            raise QuotaExceeded(
-                f"sandbox-creation rate {decision.rate_limits.sandbox_creations} reached; "
-                f"retry in {retry:.0f} s",
-                code="sandbox-creation-rate",
-            )
+        if retry is None:
+            return
+        self.audit.emit(
+            "ratelimit.hit",
+            limit="sandbox_creations",
+            rate=decision.rate_limits.sandbox_creations,
+            retry_after_s=retry,
+        )
+        raise QuotaExceeded(
+            f"sandbox-creation rate {decision.rate_limits.sandbox_creations} reached; retry in {retry:.0f} s",
+            code="sandbox-creation-rate",
+        )
+
+    async def _make(self, principal: Principal | None, decision: Grant, name: str) -> tuple[Sandbox, str]:
+        """Create, start and (on the agent path) connect one sandbox. Returns it and its image id."""
         image_id = await self._resolve_image(decision)
-        name = self._name(key)
         body = create_body(
             decision.spec,
             image=decision.image,
@@ -265,7 +302,7 @@ class Broker:
             skills_path=self.skills_path,
         )
         attrs = {
-            "principal": principal.id,
+            "principal": principal.id if principal is not None else None,
             "image": decision.image,
             "image_digest": image_id,
             "policy_digest": decision.policy_digest,
@@ -277,7 +314,7 @@ class Broker:
                 "start", self.backend.start, container_id, container_id=container_id, **attrs
             )
             if decision.spec.exec_path == "agent":
-                channel = await self._attach_agent(container_id, principal=principal.id)
+                channel = await self._attach_agent(container_id)
         except GatewayError:
             # Nothing half-created stays behind.
             await self.ops.acall(
@@ -293,7 +330,7 @@ class Broker:
         sandbox = Sandbox(
             container_id,
             name,
-            key,
+            principal_key(principal) if principal is not None else "",
             decision.profile,
             decision.policy_digest,
             decision.spec.digest(),
@@ -304,11 +341,15 @@ class Broker:
             decision.spec.user,
             channel=channel,
         )
+        return sandbox, image_id
+
+    async def _create_for(self, principal: Principal, decision: Grant, key: str) -> Sandbox:
+        sandbox, image_id = await self._make(principal, decision, self._name(key))
         self._sandboxes[key] = sandbox
         self._alive.add(1)
         self.audit.emit(
             "sandbox.create",
-            container_id=container_id,
+            container_id=sandbox.container_id,
             image=decision.image,
             image_digest=image_id,
             profile=decision.profile,
@@ -318,7 +359,88 @@ class Broker:
         )
         return sandbox
 
-    async def _attach_agent(self, container_id: str, **attrs: str) -> AgentChannel:
+    async def _assign(
+        self, sandbox: Sandbox, principal: Principal, decision: Grant, key: str
+    ) -> Sandbox | None:
+        """Hand a pooled sandbox to its principal: rename it to the principal's sandbox name."""
+        name = self._name(key)
+        try:
+            await self.ops.acall(
+                "rename",
+                self.backend.rename,
+                sandbox.container_id,
+                name,
+                container_id=sandbox.container_id,
+                principal=principal.id,
+            )
+        except GatewayError as exc:
+            _log.warning("a pooled sandbox could not be handed out (%s); creating one", exc.message)
+            await self._remove(sandbox, reason="pool-assign-failed")
+            return None
+        sandbox.name, sandbox.principal_key = name, key
+        sandbox.profile, sandbox.policy_digest = decision.profile, decision.policy_digest
+        sandbox.last_used = time.time()
+        self._sandboxes[key] = sandbox
+        self._alive.add(1)
+        self.audit.emit(
+            "sandbox.assign",
+            container_id=sandbox.container_id,
+            profile=decision.profile,
+            policy_digest=decision.policy_digest,
+            pooled_s=round(sandbox.last_used - sandbox.created_at, 3),
+        )
+        return sandbox
+
+    # -- warm pool -------------------------------------------------------------------------------
+
+    async def maintain_pool(self) -> None:
+        """Keep the warm pools filled (runs for the gateway's lifetime)."""
+        while True:
+            for sandbox in self.pool.retired():
+                await self._remove_quietly(sandbox, reason="pool-retired")
+            failed = False
+            for target, missing in self.pool.wanted():
+                for _ in range(missing):
+                    if self._live() >= self.max_sandboxes:
+                        break
+                    try:
+                        await self._fill(target)
+                    except GatewayError as exc:
+                        _log.warning("filling the warm pool failed: %s", exc.message)
+                        failed = True
+                        break
+            if failed:
+                await anyio.sleep(_POOL_RETRY_S)
+            elif not self.pool.wanted() or self._live() >= self.max_sandboxes:
+                await self.pool.wait()
+
+    async def _fill(self, target: PoolTarget) -> None:
+        sandbox, image_id = await self._make(None, target.grant, f"{_POOL_PREFIX}{secrets.token_hex(8)}")
+        self.audit.emit(
+            "sandbox.create",
+            container_id=sandbox.container_id,
+            image=target.grant.image,
+            image_digest=image_id,
+            profile=target.grant.profile,
+            policy_digest=target.grant.policy_digest,
+            runtime=target.grant.spec.runtime,
+            exec_path=target.grant.spec.exec_path,
+            pool=True,
+        )
+        if not self.pool.offer(target, sandbox):
+            for retired in self.pool.retired():
+                await self._remove_quietly(retired, reason="pool-retired")
+
+    def _live(self) -> int:
+        return len(self._sandboxes) + self._creating + self.pool.size
+
+    async def _remove_quietly(self, sandbox: Sandbox, *, reason: str) -> None:
+        try:
+            await self._remove(sandbox, reason=reason)
+        except GatewayError as exc:
+            _log.warning("removing sandbox %s failed: %s", sandbox.container_id[:12], exc.message)
+
+    async def _attach_agent(self, container_id: str, **attrs: str | None) -> AgentChannel:
         """Connect to the sandbox's agent (attach stream + handshake)."""
         channel = AgentChannel(
             functools.partial(self.backend.attach, container_id), container_id=container_id
@@ -331,13 +453,18 @@ class Broker:
             self._alive.add(-1)
         if sandbox.channel is not None:
             sandbox.channel.close()
-        await self.ops.acall(
-            "remove",
-            self.backend.remove,
-            sandbox.container_id,
-            container_id=sandbox.container_id,
-            reason=reason,
-        )
+        try:
+            await self.ops.acall(
+                "remove",
+                self.backend.remove,
+                sandbox.container_id,
+                container_id=sandbox.container_id,
+                reason=reason,
+            )
+        except GatewayError:
+            if self._adoptable is not None:  # it may still exist under its name: look next time
+                self._adoptable.add(sandbox.name)
+            raise
         self.audit.emit(
             "sandbox.remove",
             container_id=sandbox.container_id,
@@ -357,6 +484,7 @@ class Broker:
 
     async def reap_expired(self) -> int:
         """Remove sandboxes past their idle TTL or max age (never one with a call running)."""
+        self.pool.expire(time.time())
         removed = 0
         for sandbox in self.sandboxes:
             if self._running.get(sandbox.principal_key, 0):
@@ -529,7 +657,7 @@ class Broker:
 
     def cleanup_all_sync(self) -> int:
         """Remove every sandbox this gateway manages (known or only labelled). Returns how many."""
-        for sandbox in self._sandboxes.values():
+        for sandbox in [*self._sandboxes.values(), *self.pool.sandboxes]:
             if sandbox.channel is not None:
                 sandbox.channel.close()
         rows = self.ops.call(

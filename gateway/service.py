@@ -21,6 +21,7 @@ from gateway.broker import Broker
 from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded
 from gateway.files import WORKSPACE, file_argv, parse_file_result
 from gateway.library import Library, LibraryListing
+from gateway.pool import pool_targets
 from gateway.results import (
     AdminSandbox,
     AdminSandboxes,
@@ -64,10 +65,12 @@ class ExecutionService:
         self.broker = broker
         self.audit = audit
         self.metrics = instruments()
+        broker.pool.configure(pool_targets(engine))
 
     def replace_engine(self, engine: PolicyEngine) -> None:
         """Switch to a new, already validated policy; calls in flight keep the Decision they got."""
         self.engine = engine
+        self.broker.pool.configure(pool_targets(engine))
 
     @asynccontextmanager
     async def _request(self, principal: Principal, tool: str, source_ip: str | None) -> AsyncIterator[str]:

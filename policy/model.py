@@ -218,6 +218,9 @@ class Lifecycle(_Strict):
     max_age_s: float = Field(default=8 * 3600, gt=0)
     #: Live sandboxes of one tenant in this profile (each principal has at most one).
     max_sandboxes_per_tenant: int = Field(default=100, gt=0)
+    #: Started sandboxes kept ready for new principals of this profile (each is handed to one
+    #: principal only, never reused); 0 creates every sandbox on its principal's first call.
+    warm_pool: int = Field(default=0, ge=0, le=64)
 
 
 class RateLimits(_Strict):

@@ -42,7 +42,9 @@ def policy_with_exec_path(exec_path: str) -> Policy:
     """The shipped policy with every profile switched to one exec path."""
     base = load_policy()
     profiles = {
-        name: profile.model_copy(update={"sandbox": profile.sandbox.model_copy(update={"exec_path": exec_path})})
+        name: profile.model_copy(
+            update={"sandbox": profile.sandbox.model_copy(update={"exec_path": exec_path})}
+        )
         for name, profile in base.profiles.items()
     }
     return base.model_copy(update={"profiles": profiles})

@@ -39,7 +39,7 @@ def _for_gvisor(profile: dict[str, Any]) -> dict[str, Any]:
     stop libc from falling back to clone (no thread could start). gVisor implements no clone3 at
     all (it answers ENOSYS itself), so the rule is dropped there: the outcome is the same ENOSYS."""
     rules = [rule for rule in profile.get("syscalls", []) if rule.get("names") != ["clone3"]]
-    return {**profile, "syscalls": rules + [{"names": ["clone3"], "action": "SCMP_ACT_ALLOW"}]}
+    return {**profile, "syscalls": [*rules, {"names": ["clone3"], "action": "SCMP_ACT_ALLOW"}]}
 
 
 def _seccomp_option(name: str, runtime: str = "runc") -> list[str]:

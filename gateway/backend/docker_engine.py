@@ -138,8 +138,14 @@ class DockerBackend:
         except SandboxGone:
             return
 
-    def list(self, labels: dict[str, str]) -> list[ContainerInfo]:
-        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+    def rename(self, container_id: str, name: str) -> None:
+        self._call("rename a sandbox", self._api.rename, container_id, name)
+
+    def list(self, labels: dict[str, str], name: str | None = None) -> list[ContainerInfo]:
+        """Containers with all these labels (and exactly this name, when given)."""
+        filters: dict[str, Any] = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        if name is not None:
+            filters["name"] = [f"^/{name}$"]
         rows = self._call("list sandboxes", self._api.containers, all=True, filters=filters)
         return [
             ContainerInfo(

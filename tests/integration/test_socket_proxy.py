@@ -64,10 +64,22 @@ def test_allowed_reads_pass(method: str, path: str) -> None:
         pytest.param("POST", "/v1.41/containers/x/%2e%2e/%2e%2e/build", id="encoded-dotdot"),
         pytest.param("GET", "//info", id="double-slash"),
         pytest.param("PUT", "/containers/create", id="wrong-method"),
+        pytest.param("POST", "/containers/abc/rename?name=evil", id="rename-other-name"),
+        pytest.param("POST", "/containers/abc/rename?name=sgw-0123456789abcdef&x=1", id="rename-extra-param"),
+        pytest.param("POST", "/containers/abc/rename?name=sgw-0123456789abcdeff", id="rename-long-name"),
+        pytest.param("POST", "/containers/abc/rename", id="rename-no-name"),
     ],
 )
 def test_everything_else_is_403(method: str, path: str) -> None:
     assert call(method, path, raw=b"{}" if method in ("POST", "PUT") else None).status_code == 403
+
+
+def test_rename_passes_only_to_a_sandbox_name() -> None:
+    """The one rename the broker makes (a pooled sandbox to its principal's name) reaches the engine."""
+    assert (
+        call("POST", "/v1.41/containers/no-such-container/rename?name=sgw-0123456789abcdef").status_code
+        == 404
+    )
 
 
 def _body(**host_config: object) -> dict[str, object]:

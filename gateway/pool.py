@@ -1,0 +1,140 @@
+"""Warm pools: started sandboxes kept ready, so a new principal's first call waits for no create.
+
+A pooled sandbox belongs to nobody until one principal takes it; it is then renamed to that
+principal's sandbox name (so a restarted gateway adopts it like any other) and never goes back.
+Pools are keyed by spec digest: profiles with the same sandbox spec share one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import anyio
+
+from gateway.sandbox import Grant, Sandbox
+from policy.engine import PolicyEngine
+
+__all__ = ["PoolTarget", "WarmPool", "pool_targets"]
+
+_log = logging.getLogger("sandbox_gateway.pool")
+#: After a failed fill, wait this long before trying again (the engine may be down).
+_RETRY_S = 5.0
+
+
+@dataclass(slots=True)
+class PoolTarget:
+    """How many ready sandboxes of one spec to keep, and the grant they are made from."""
+
+    grant: Grant
+    size: int
+    ready: list[Sandbox] = field(default_factory=list)
+
+
+def pool_targets(engine: PolicyEngine) -> dict[str, tuple[Grant, int]]:
+    """spec digest -> (grant of the first profile with that spec, largest warm_pool among them)."""
+    targets: dict[str, tuple[Grant, int]] = {}
+    for name, profile in engine.policy.profiles.items():
+        size = profile.lifecycle.warm_pool
+        if size <= 0:
+            continue
+        digest = profile.sandbox.digest()
+        image = profile.sandbox.image_names()[0]
+        grant = Grant(
+            profile=name,
+            policy_digest=engine.digest,
+            spec=profile.sandbox,
+            image=image,
+            image_digest=profile.sandbox.pinned_digest(image),
+            limits=profile.exec,
+            timeout_s=profile.exec.default_timeout_s,
+            lifecycle=profile.lifecycle,
+            rate_limits=profile.rate_limits,
+        )
+        known = targets.get(digest)
+        targets[digest] = (known[0] if known else grant, max(size, known[1] if known else 0))
+    return targets
+
+
+class WarmPool:
+    """Ready sandboxes per spec digest. `take` is synchronous, so two calls never get the same one."""
+
+    def __init__(self) -> None:
+        self._targets: dict[str, PoolTarget] = {}
+        self._wake = anyio.Event()
+        self._retired: list[Sandbox] = []
+
+    def configure(self, targets: dict[str, tuple[Grant, int]]) -> None:
+        """Adopt new sizes and specs (start-up, policy reload); sandboxes of dropped specs retire."""
+        for digest, target in list(self._targets.items()):
+            if digest not in targets:
+                self._retired.extend(target.ready)
+                del self._targets[digest]
+        for digest, (grant, size) in targets.items():
+            current = self._targets.get(digest)
+            if current is None:
+                self._targets[digest] = PoolTarget(grant, size)
+            else:
+                current.grant, current.size = grant, size
+                while len(current.ready) > size:
+                    self._retired.append(current.ready.pop())
+        self._wake.set()
+
+    @property
+    def size(self) -> int:
+        """Ready sandboxes across all pools (they count against the host quota)."""
+        return sum(len(t.ready) for t in self._targets.values())
+
+    @property
+    def sandboxes(self) -> list[Sandbox]:
+        return [s for t in self._targets.values() for s in t.ready]
+
+    def available(self, spec_digest: str) -> bool:
+        target = self._targets.get(spec_digest)
+        return target is not None and bool(target.ready)
+
+    def take(self, spec_digest: str) -> Sandbox | None:
+        """A ready sandbox of this spec young enough to serve a principal, or None."""
+        target = self._targets.get(spec_digest)
+        if target is None:
+            return None
+        now = time.time()
+        while target.ready:
+            sandbox = target.ready.pop(0)
+            self._wake.set()
+            # Half its max age at most, so its principal gets most of a sandbox's lifetime.
+            if now - sandbox.created_at < sandbox.lifecycle.max_age_s / 2:
+                return sandbox
+            self._retired.append(sandbox)
+        return None
+
+    def retired(self) -> list[Sandbox]:
+        """Sandboxes to remove (spec dropped, pool shrunk, or too old); the caller removes them."""
+        out, self._retired = self._retired, []
+        return out
+
+    def expire(self, now: float) -> None:
+        """Retire ready sandboxes past half their max age (see `take`)."""
+        for target in self._targets.values():
+            old = [s for s in target.ready if now - s.created_at >= s.lifecycle.max_age_s / 2]
+            if old:
+                target.ready = [s for s in target.ready if s not in old]
+                self._retired.extend(old)
+                self._wake.set()
+
+    def offer(self, target: PoolTarget, sandbox: Sandbox) -> bool:
+        """Add a freshly made sandbox to its pool, unless the pool was reconfigured meanwhile."""
+        if self._targets.get(sandbox.spec_digest) is not target or len(target.ready) >= target.size:
+            self._retired.append(sandbox)
+            return False
+        target.ready.append(sandbox)
+        return True
+
+    def wanted(self) -> list[tuple[PoolTarget, int]]:
+        return [(t, t.size - len(t.ready)) for t in self._targets.values() if len(t.ready) < t.size]
+
+    async def wait(self) -> None:
+        """Until something changed (a take, a reconfigure)."""
+        await self._wake.wait()
+        self._wake = anyio.Event()
