@@ -57,6 +57,14 @@ def pool_targets(engine: PolicyEngine) -> dict[str, tuple[Grant, int]]:
     return targets
 
 
+def _fresh(sandbox: Sandbox, now: float) -> bool:
+    """Young enough (half its max age at most, so its principal gets most of a sandbox's lifetime)
+    and, on the agent path, still connected (an engine restart stops pooled sandboxes too)."""
+    if sandbox.channel is not None and not sandbox.channel.connected:
+        return False
+    return now - sandbox.created_at < sandbox.lifecycle.max_age_s / 2
+
+
 class WarmPool:
     """Ready sandboxes per spec digest. `take` is synchronous, so two calls never get the same one."""
 
@@ -103,8 +111,7 @@ class WarmPool:
         while target.ready:
             sandbox = target.ready.pop(0)
             self._wake.set()
-            # Half its max age at most, so its principal gets most of a sandbox's lifetime.
-            if now - sandbox.created_at < sandbox.lifecycle.max_age_s / 2:
+            if _fresh(sandbox, now):
                 return sandbox
             self._retired.append(sandbox)
         return None
@@ -115,9 +122,9 @@ class WarmPool:
         return out
 
     def expire(self, now: float) -> None:
-        """Retire ready sandboxes past half their max age (see `take`)."""
+        """Retire ready sandboxes past half their max age or with a broken agent connection."""
         for target in self._targets.values():
-            old = [s for s in target.ready if now - s.created_at >= s.lifecycle.max_age_s / 2]
+            old = [s for s in target.ready if not _fresh(s, now)]
             if old:
                 target.ready = [s for s in target.ready if s not in old]
                 self._retired.extend(old)

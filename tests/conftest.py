@@ -34,6 +34,8 @@ FIRST_CALL_SPANS_EXEC = (FIRST_CALL_SPANS - {"docker.attach"}) | {
     "docker.exec_start",
     "docker.exec_inspect",
 }
+#: A first call served from a warm pool: the pooled sandbox is renamed to its principal's, then runs.
+FIRST_CALL_SPANS_POOLED = frozenset({"docker.rename", "docker.exec"})
 #: Both ways a command can reach a sandbox; behavioural tests run on each.
 EXEC_PATHS = ("agent", "exec")
 

@@ -83,17 +83,18 @@ def test_audit_verify_passes_on_a_real_log_and_names_the_first_tampered_line(
 
     lines = gateway.audit_log.read_text().splitlines()
     assert sum('"gateway.start"' in line for line in lines) == 2
+    at = next(i for i, line in enumerate(lines) if '"alice"' in line)  # alice's first event
     if tamper == "edit":
-        lines[5] = lines[5].replace('"alice"', '"mallory"')
+        lines[at] = lines[at].replace('"alice"', '"mallory"')
     elif tamper == "delete":
-        del lines[5]
+        del lines[at]
     else:
-        lines[5], lines[6] = lines[6], lines[5]
+        lines[at], lines[at + 1] = lines[at + 1], lines[at]
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_text("\n".join(lines) + "\n")
     broken = cli("audit", "verify", str(tampered))
     assert broken.returncode == 1
-    assert broken.stdout.startswith(f"BROKEN at {tampered}:6:")
+    assert broken.stdout.startswith(f"BROKEN at {tampered}:{at + 1}:")
 
 
 async def _two_calls(url: str, token: str) -> None:

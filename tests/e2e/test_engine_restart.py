@@ -255,13 +255,21 @@ async def call(rig: Rig, command: str) -> Any:
 
 
 def sandboxes(rig: Rig) -> list[str]:
-    return (
+    """The principals' sandboxes (not the warm pool's unassigned ones)."""
+    rows = (
         rig.engine.docker(
-            "ps", "-aq", "--no-trunc", "--filter", f"label=sandbox-gateway.gateway={rig.gateway.gateway_id}"
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--format",
+            "{{.ID}} {{.Names}}",
+            "--filter",
+            f"label=sandbox-gateway.gateway={rig.gateway.gateway_id}",
         )
         .stdout.decode()
-        .split()
+        .splitlines()
     )
+    return [row.split()[0] for row in rows if not row.split()[1].startswith("sgw-pool-")]
 
 
 def ready(rig: Rig) -> httpx.Response:
@@ -340,9 +348,13 @@ async def test_dockerd_restarted_while_idle(rig: Rig) -> None:
     removed = [
         (e["resource"]["container_id"], e["detail"]["reason"])
         for e in events
-        if e["event"] == "sandbox.remove"
+        if e["event"] == "sandbox.remove" and not e["detail"]["reason"].startswith("pool-")
     ]
-    created = [e["resource"]["container_id"] for e in events if e["event"] == "sandbox.create"]
+    created = [
+        e["resource"]["container_id"]
+        for e in events
+        if e["event"] == "sandbox.create" and not e.get("detail", {}).get("pool")
+    ]
     assert removed == [(old, "lost")] and created[-1:] == [new], (removed, created)
     assert_every_call_recorded(rig, since, calls=3, errors=[down])
 

@@ -3,6 +3,7 @@ and the audit chain continues."""
 
 from __future__ import annotations
 
+import hashlib
 import signal
 from pathlib import Path
 
@@ -23,6 +24,15 @@ async def run(url: str, token: str, command: str) -> str:
     return str(result.structured_content["stdout"])
 
 
+def _name(principal: str, tenant: str = "default") -> str:
+    """The sandbox name a gateway gives a principal (see Broker._name)."""
+    return "sgw-" + hashlib.sha256(f"restart-test\0{tenant}/{principal}".encode()).hexdigest()[:16]
+
+
+def _pooled(name: str) -> bool:
+    return name.startswith("sgw-pool-")
+
+
 async def test_sigkill_then_restart_adopts_current_sandboxes_and_removes_stale_ones(
     tmp_path: Path, backend
 ) -> None:  # type: ignore[no-untyped-def]
@@ -41,7 +51,8 @@ async def test_sigkill_then_restart_adopts_current_sandboxes_and_removes_stale_o
     assert first.process is not None
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(timeout=30)
-    assert len(backend.list({"sandbox-gateway.gateway": "restart-test"})) == 2, "SIGKILL left them running"
+    owned = [r for r in backend.list({"sandbox-gateway.gateway": "restart-test"}) if not _pooled(r.name)]
+    assert sorted(r.name for r in owned) == sorted([_name("alice"), _name("bob")]), "SIGKILL left them"
 
     # bob's profile gets a stricter sandbox spec: his sandbox is stale; alice's is current.
     write_policy(policy, {"profiles.data-science.sandbox.pids_limit": 200})
@@ -60,7 +71,7 @@ async def test_sigkill_then_restart_adopts_current_sandboxes_and_removes_stale_o
     )
     try:
         left = backend.list({"sandbox-gateway.gateway": "restart-test"})
-        assert [row.labels["sandbox-gateway.principal"] for row in left] == ["alice"]
+        assert [row.name for row in left if not _pooled(row.name)] == [_name("alice")]
         assert await run(second.url, tokens["alice"], "cat /workspace/state") == "survived\n"
     finally:
         stop_gateway(second)

@@ -1,4 +1,4 @@
-"""Warm pools on the real engine: filled ahead, each sandbox handed to one principal only, adopted after a restart."""
+"""Warm pools on the real engine: filled ahead, one principal per sandbox, adopted after a restart."""
 
 from __future__ import annotations
 
