@@ -13,15 +13,18 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import structlog
 
 from audit import AuditLog
+from gateway.backend.base import ExecOutcome
 from gateway.backend.commands import KILL_GRACE_S, MAX_ARGV_BYTES, bash_argv, python_argv
 from gateway.broker import Broker
 from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded
 from gateway.files import WORKSPACE, file_argv, parse_file_result
 from gateway.library import Library, LibraryListing
 from gateway.pool import pool_targets
+from gateway.progress import OutputTail, ProgressReport, relay_progress
 from gateway.results import (
     AdminSandbox,
     AdminSandboxes,
@@ -122,13 +125,34 @@ class ExecutionService:
         timeout_s: float | None = None,
         *,
         source_ip: str | None = None,
+        on_progress: ProgressReport | None = None,
     ) -> ExecResult:
-        """Run `code` with `tool` for `principal`; raises GatewayError subclasses with a stable code."""
+        """Run `code` with `tool` for `principal`; raises GatewayError subclasses with a stable code.
+        `on_progress(bytes so far, latest output)` is awaited now and then while output arrives."""
         async with self._request(principal, tool, source_ip):
-            return await self._execute(principal, tool, code, timeout_s)
+            return await self._execute(principal, tool, code, timeout_s, on_progress)
+
+    async def _run_with_progress(
+        self, principal: Principal, decision: Decision, argv: list[str], on_progress: ProgressReport | None
+    ) -> ExecOutcome:
+        if on_progress is None:
+            return await self.broker.execute(principal, decision, argv)
+        tail = OutputTail()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(relay_progress, tail, on_progress)
+            try:
+                outcome = await self.broker.execute(principal, decision, argv, tail)
+            finally:
+                tasks.cancel_scope.cancel()
+        return outcome
 
     async def _execute(
-        self, principal: Principal, tool: str, code: object, timeout_s: float | None
+        self,
+        principal: Principal,
+        tool: str,
+        code: object,
+        timeout_s: float | None,
+        on_progress: ProgressReport | None = None,
     ) -> ExecResult:
         builder = _ARGV_BUILDERS.get(tool)
         if builder is None:
@@ -153,7 +177,7 @@ class ExecutionService:
             code=text,  # the audit pipeline keeps an HMAC, the text, or nothing, as the policy says
         )
         try:
-            outcome = await self.broker.execute(principal, decision, argv)
+            outcome = await self._run_with_progress(principal, decision, argv, on_progress)
         except GatewayError as exc:
             self.audit.emit(
                 "exec.finish", outcome="error", error=exc.code, policy_digest=decision.policy_digest

@@ -72,9 +72,13 @@ async def _run(
     service: ExecutionService, ctx: Context[Any, Any], tool: str, code: str, timeout_s: float | None
 ) -> ExecResult:
     principal = _principal(ctx)
-    return await _guarded(
-        tool, principal, service.execute(principal, tool, code, timeout_s, source_ip=_source_ip(ctx))
-    )
+
+    async def progress(output_bytes: float, latest: str) -> None:
+        # A no-op unless the client sent a progress token with this call.
+        await ctx.report_progress(output_bytes, None, latest)
+
+    call = service.execute(principal, tool, code, timeout_s, source_ip=_source_ip(ctx), on_progress=progress)
+    return await _guarded(tool, principal, call)
 
 
 def register_tools(

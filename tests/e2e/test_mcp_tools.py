@@ -167,3 +167,27 @@ async def test_the_audit_log_records_principal_tool_decision_and_outcome(gateway
     assert "duration_ms" in finish["outcome"]
     assert any(e["event"] == "docker.exec" and e.get("actor", {}).get("principal") == "bob" for e in events)
     assert gateway.tokens["bob"] not in gateway.audit_log.read_text()
+
+
+async def test_a_client_asking_for_progress_gets_the_output_so_far(gateway: Gateway) -> None:
+    notes: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        notes.append((progress, total, message))
+
+    command = "for i in 1 2 3; do echo step $i; sleep 1.3; done"
+    async with mcp_client(gateway.url, gateway.tokens["alice"]) as client:
+        result = await client.call_tool(
+            "execute_bash", {"command": command, "timeout_s": 10}, progress_callback=on_progress
+        )
+        assert not result.is_error and result.structured_content["stdout"] == "step 1\nstep 2\nstep 3\n"
+        quiet: list[object] = []
+
+        async def none_expected(progress: float, total: float | None, message: str | None) -> None:
+            quiet.append(message)
+
+        await client.call_tool("execute_bash", {"command": "echo at once"}, progress_callback=none_expected)
+    assert len(notes) >= 2, notes
+    assert notes[0][2] is not None and notes[0][2].startswith("step 1")
+    assert [n[0] for n in notes] == sorted(n[0] for n in notes) and notes[0][0] == len("step 1\n")
+    assert quiet == [], "a call that ends before the first interval sends no progress"

@@ -227,3 +227,28 @@ async def test_a_memory_bomb_is_reported_as_oom_killed(
     assert plain_kill.exit_code == 137 and not plain_kill.oom_killed
     finish = [e for e in events(audit_sink) if e["event"] == "exec.finish"]
     assert [e["outcome"]["oom_killed"] for e in finish] == [True, False, False]
+
+
+async def test_long_commands_report_their_output_so_far(service: ExecutionService) -> None:
+    reports: list[tuple[float, str]] = []
+
+    async def progress(output_bytes: float, latest: str) -> None:
+        reports.append((output_bytes, latest))
+
+    command = "for i in 1 2 3; do echo step $i; sleep 1.3; done"
+    result = await service.execute(ALICE, "execute_bash", command, timeout_s=10, on_progress=progress)
+    assert result.stdout == "step 1\nstep 2\nstep 3\n"
+    assert len(reports) >= 2, reports
+    assert reports[0][1].startswith("step 1\n")
+    assert [r[0] for r in reports] == sorted({r[0] for r in reports}), "only new output is reported"
+    assert reports[-1][1].endswith("step 3\n") or reports[-1][1].endswith("step 2\n")
+
+
+async def test_a_quiet_command_sends_no_progress(service: ExecutionService) -> None:
+    reports: list[tuple[float, str]] = []
+
+    async def progress(output_bytes: float, latest: str) -> None:
+        reports.append((output_bytes, latest))
+
+    result = await service.execute(ALICE, "execute_bash", "sleep 1.5", timeout_s=10, on_progress=progress)
+    assert result.exit_code == 0 and reports == []
