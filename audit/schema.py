@@ -26,7 +26,7 @@ __all__ = ["EVENTS", "GROUPS", "TOP_LEVEL", "AuditEvent"]
 #: Every event name the gateway emits, and when.
 EVENTS: dict[str, str] = {
     "gateway.start": "the gateway started serving (version, gateway id, policy digest)",
-    "gateway.stop": "the gateway stopped; how many sandboxes it removed",
+    "gateway.stop": "the gateway stopped; sandboxes it removed, calls still running when they were removed",
     "auth.failed": "a request to /mcp without a valid credential (reason, source address)",
     "policy.decision": "the policy engine decided a tool call (allow or deny, reasons, rule ids)",
     "policy.reload": "a policy reload was applied (ok) or refused (rejected), with the error",

@@ -91,6 +91,19 @@ async def _sweep(service: ExecutionService) -> None:
         _log.warning("start-up sweep of sandboxes failed: %s", exc.message)
 
 
+#: After the server's graceful wait, how long calls still running get before sandboxes are removed.
+_SETTLE_S = 2.0
+
+
+async def _cleanup(service: ExecutionService) -> int:
+    """Remove every sandbox of this gateway; with the engine unreachable, say so and stop anyway."""
+    try:
+        return await service.broker.cleanup_all()
+    except GatewayError as exc:
+        _log.error("sandboxes could not be removed on shutdown (%s); the next start sweeps them", exc.message)
+        return 0
+
+
 def build_app(
     settings: Settings,
     *,
@@ -146,10 +159,13 @@ def build_app(
                 loop.remove_signal_handler(signal.SIGHUP)
                 tasks.cancel_scope.cancel()
                 removed = 0
-                if settings.remove_on_shutdown:
-                    with anyio.CancelScope(shield=True):
-                        removed = await service.broker.cleanup_all()
-                audit.emit("gateway.stop", sandboxes_removed=removed)
+                with anyio.CancelScope(shield=True):
+                    # The server already let open requests finish (up to the grace); calls still
+                    # running now lost their client, or outlived the grace: they get a moment more.
+                    interrupted = await service.broker.wait_idle(min(settings.shutdown_grace_s, _SETTLE_S))
+                    if settings.remove_on_shutdown:
+                        removed = await _cleanup(service)
+                audit.emit("gateway.stop", sandboxes_removed=removed, calls_interrupted=interrupted)
                 if on_shutdown is not None:
                     on_shutdown()  # flush exporters now: the server may re-raise the stop signal next
 

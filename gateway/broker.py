@@ -670,6 +670,17 @@ class Broker:
         self._sandboxes.clear()
         return len(rows)
 
+    @property
+    def running_calls(self) -> int:
+        return sum(self._running.values())
+
+    async def wait_idle(self, timeout_s: float) -> int:
+        """Wait until no call runs, at most `timeout_s`; returns how many still run then."""
+        with anyio.move_on_after(timeout_s):
+            while self.running_calls:
+                await anyio.sleep(0.1)
+        return self.running_calls
+
     async def cleanup_all(self) -> int:
         """cleanup_all_sync on the worker pool."""
         return await self.ops.run(self.cleanup_all_sync)

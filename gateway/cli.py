@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
         "--max-sandboxes", type=int, default=1000, help="live sandboxes at most (all principals)"
     )
     serve.add_argument("--reap-interval", type=float, default=30.0, help="seconds between expiry sweeps")
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds running calls may take to finish before sandboxes are removed",
+    )
     serve.add_argument("--address-rate", default="600/minute", help="requests to /mcp per client address")
     serve.add_argument(
         "--rate-limit-storage", default="memory://", help="slowapi storage URI for rate counters"

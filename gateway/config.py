@@ -145,6 +145,8 @@ class Settings:
     docker_workers: int = 16
     #: How often expired sandboxes (idle TTL, max age) are looked for.
     reap_interval_s: float = 30.0
+    #: On shutdown, how long running calls may take to finish before sandboxes are removed.
+    shutdown_grace_s: float = 30.0
     #: Live sandboxes this gateway keeps at most, across all principals.
     max_sandboxes: int = 1000
     #: Requests to /mcp per client address, counted before authentication.
@@ -205,6 +207,8 @@ class Settings:
         for name, tls_path in (("certificate", self.tls_cert), ("key", self.tls_key)):
             if tls_path is not None and not tls_path.is_file():
                 raise ConfigError(f"the TLS {name} {tls_path} does not exist")
+        if not 0 <= self.shutdown_grace_s <= 3600:
+            raise ConfigError("--shutdown-grace must be between 0 and 3600 seconds")
         if self.max_body_bytes < 1024:
             raise ConfigError("the request body cap must be at least 1 KiB")
         for name, path in (("tools", self.tools_path), ("skills", self.skills_path)):

@@ -178,6 +178,12 @@ class ExecutionService:
         )
         try:
             outcome = await self._run_with_progress(principal, decision, argv, on_progress)
+        except anyio.get_cancelled_exc_class():
+            # The client went away or the gateway stops: still, no execution goes unrecorded.
+            self.audit.emit(
+                "exec.finish", outcome="error", error="cancelled", policy_digest=decision.policy_digest
+            )
+            raise
         except GatewayError as exc:
             self.audit.emit(
                 "exec.finish", outcome="error", error=exc.code, policy_digest=decision.policy_digest
