@@ -11,14 +11,16 @@ import contextlib
 import json
 import queue
 import secrets
+import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
-from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback
+from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, close_stream
 from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
 from gateway.errors import EngineError, SandboxError
 
@@ -33,6 +35,7 @@ HELLO_TIMEOUT_S = 15.0
 #: Beyond the agent's own deadline, how long the gateway waits before it gives up on the call.
 _SLACK_S = 2.0
 _GONE = object()
+_NO_LOCK = contextlib.nullcontext()
 
 
 class AgentBroken(EngineError):
@@ -76,6 +79,7 @@ class AgentChannel:
         self.container_id = container_id
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self._tls_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._keep: Any = None
         self._pending: dict[int, queue.SimpleQueue[Any]] = {}
@@ -104,7 +108,7 @@ class AgentChannel:
                 rest = self._await_hello(sock, early, hello)
                 sock.settimeout(None)
             except (OSError, FrameError) as exc:
-                _close(sock, keep)
+                close_stream(sock, keep)
                 raise AgentBroken(
                     "the sandbox agent did not answer (is the image built by `sandbox-gateway setup`, "
                     "with /opt/sandbox-gateway/agent.py? set `exec_path: exec` in the profile otherwise)"
@@ -146,7 +150,7 @@ class AgentChannel:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            _close(sock, keep)
+            close_stream(sock, keep)
 
     def _note(self, piece: bytes) -> None:
         """Keep the tail of the agent's own stderr, for error messages."""
@@ -156,6 +160,16 @@ class AgentChannel:
     def _diagnostic_suffix(self) -> str:
         text = self._diagnostics.decode(errors="replace").strip()
         return f" (agent said: {text[-300:]})" if text else ""
+
+    def _receive(self, sock: socket.socket) -> bytes:
+        """The next bytes from the stream. A TLS socket is shared with senders under a lock, taken
+        only once data is there (OpenSSL does not allow a read and a write on one connection at once)."""
+        if not isinstance(sock, ssl.SSLSocket):
+            return sock.recv(262144)
+        if not sock.pending():
+            select.select([sock], [], [])
+        with self._tls_lock:
+            return sock.recv(262144)
 
     def _read_forever(self, sock: socket.socket, rest: bytes) -> None:
         docker, agent = FrameDecoder(), _AgentDecoder()
@@ -167,7 +181,7 @@ class AgentChannel:
                     target = self._pending.get(request_id)
                     if target is not None:
                         target.put((kind, payload))
-                data = sock.recv(262144)
+                data = self._receive(sock)
                 if not data:
                     break
                 agent_bytes = b""
@@ -185,7 +199,7 @@ class AgentChannel:
             if self._sock is sock:
                 self._sock, keep, self._keep = None, self._keep, None
             self.broken_reason = reason + self._diagnostic_suffix()
-        _close(sock, keep)
+        close_stream(sock, keep)
         for target in list(self._pending.values()):
             target.put((_GONE, b""))
 
@@ -196,7 +210,7 @@ class AgentChannel:
         if sock is None:
             raise AgentBroken(f"the connection to the sandbox agent is closed: {self.broken_reason}")
         try:
-            with self._send_lock:
+            with self._send_lock, self._tls_lock if isinstance(sock, ssl.SSLSocket) else _NO_LOCK:
                 sock.sendall(_line(body))
         except OSError as exc:
             raise AgentBroken("the connection to the sandbox agent broke off while sending") from exc
@@ -285,13 +299,6 @@ class AgentChannel:
             return None
         code = _summary(payload)["exit_code"]
         return code if isinstance(code, int) else None
-
-
-def _close(sock: socket.socket, keep: Any) -> None:
-    sock.close()
-    if keep is not None:
-        with contextlib.suppress(OSError):
-            keep.close()
 
 
 def _line(body: dict[str, Any]) -> bytes:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Backend", "ContainerInfo", "ExecOutcome", "ExecRequest", "OutputCallback"]
+__all__ = ["Backend", "ContainerInfo", "ExecOutcome", "ExecRequest", "OutputCallback", "close_stream"]
 
 #: Called with ("stdout" | "stderr", chunk) as a command's output arrives, on the calling thread.
 OutputCallback = Callable[[str, bytes], None]
@@ -86,3 +87,13 @@ class Backend(Protocol):
     def list(self, labels: dict[str, str], name: str | None = None) -> list[ContainerInfo]: ...
 
     def close(self) -> None: ...
+
+
+def close_stream(sock: socket.socket, raw: Any) -> None:
+    """Close a hijacked stream: the socket, its file object and the HTTP response holding a
+    reference to it (a TLS socket is only closed when all of them are)."""
+    sock.close()
+    for part in (raw, getattr(raw, "_response", None)):
+        if part is not None:
+            with contextlib.suppress(OSError, ValueError):  # ValueError: its file is already closed
+                part.close()

@@ -56,6 +56,19 @@ def _seccomp_option(name: str, runtime: str = "runc") -> list[str]:
     return [f"seccomp={json.dumps(profile, separators=(',', ':'))}"]
 
 
+#: Under gVisor the sandbox's pids cgroup also holds the Sentry (about 35 host threads when idle)
+#: and a host thread per running application thread; hitting the limit crashes the whole sandbox.
+GVISOR_PIDS_FACTOR, GVISOR_PIDS_BASE = 3, 128
+
+
+def host_pids_limit(spec: SandboxSpec) -> int:
+    """The pids cgroup limit for the container: the policy's own under runc; scaled under gVisor,
+    whose Sentry counts there too (see GVISOR_PIDS_FACTOR)."""
+    if spec.runtime == "runsc":
+        return spec.pids_limit * GVISOR_PIDS_FACTOR + GVISOR_PIDS_BASE
+    return spec.pids_limit
+
+
 def _tmpfs(spec: SandboxSpec) -> dict[str, str]:
     mounts = {}
     for mount in spec.tmpfs:
@@ -96,7 +109,7 @@ def create_body(
         "SecurityOpt": (["no-new-privileges:true"] if spec.no_new_privileges else [])
         + _seccomp_option(spec.seccomp, spec.runtime),
         "Privileged": False,
-        "PidsLimit": spec.pids_limit,
+        "PidsLimit": host_pids_limit(spec),
         "Memory": spec.memory,
         "MemorySwap": spec.memory_swap,
         "NanoCpus": int(spec.cpus * 1e9),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -15,7 +16,7 @@ import docker
 import docker.errors
 import requests
 
-from gateway.backend.base import ContainerInfo, ExecOutcome, ExecRequest, OutputCallback
+from gateway.backend.base import ContainerInfo, ExecOutcome, ExecRequest, OutputCallback, close_stream
 from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
 from gateway.errors import EngineError, SandboxError
 from gateway.telemetry import tracer
@@ -182,15 +183,14 @@ class DockerBackend:
         out, err = BoundedCapture(request.max_output_bytes), BoundedCapture(request.max_output_bytes)
         with tracer().start_as_current_span("docker.exec_start", attributes=attributes) as span:
             raw = self._call("start a command", self._api.exec_start, exec_id, socket=True)
-            sock: socket.socket = raw._sock
+            sock: socket.socket = getattr(raw, "_sock", raw)  # a TLS connection is the socket itself
             try:
                 sock.setblocking(False)
                 early = _already_buffered(raw)
                 deadline = started + request.timeout_s + request.grace_s
                 deadline_hit = _pump(sock, out, err, deadline, early, on_output=on_output)
             finally:
-                sock.close()
-                raw.close()
+                close_stream(sock, raw)
             span.set_attribute("sandbox_gateway.stdout_bytes", out.total)
             span.set_attribute("sandbox_gateway.stderr_bytes", err.total)
         with tracer().start_as_current_span("docker.exec_inspect", attributes=attributes):
@@ -257,12 +257,12 @@ def _pump(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return True
-        readable, _, _ = select.select([sock], [], [], min(remaining, 1.0))
-        if not readable:
+        buffered = isinstance(sock, ssl.SSLSocket) and sock.pending()  # decrypted, not seen by select
+        if not buffered and not select.select([sock], [], [], min(remaining, 1.0))[0]:
             continue
         try:
             data = sock.recv(262144)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantReadError):
             continue
         except OSError as exc:
             raise EngineError("the command's output stream broke off (engine or proxy restarted?)") from exc

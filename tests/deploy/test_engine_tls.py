@@ -11,17 +11,24 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
+from audit import AuditLog, MemorySink
 from gateway.backend.docker_engine import DockerBackend, tls_config
+from gateway.broker import Broker
 from gateway.errors import EngineError
-from tests.conftest import IMAGE, PROXY_URL
-from tests.e2e.conftest import start_gateway, stop_gateway
+from gateway.service import ExecutionService
+from policy import Principal
+from policy.engine import PolicyEngine
+from tests.conftest import IMAGE, PROXY_URL, policy_with_exec_path
+from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,8 @@ def test_the_gateway_configured_the_docker_way_is_ready_over_tls(
         assert ready.status_code == 200, ready.text
         assert ready.json() == {"audit": True, "engine": True, "image": True, "ready": True}
         assert '"event":"sandbox.sweep"' in gateway.audit_log.read_text(), "the start-up sweep went through"
+        result = anyio.run(_echo_over_mcp, gateway)
+        assert result == "through tls\n"
     finally:
         stop_gateway(gateway)
     assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == []
@@ -165,3 +174,29 @@ def test_the_gateway_without_client_certificates_is_not_ready_and_names_the_engi
     finally:
         gateway.process.send_signal(signal.SIGTERM)
         gateway.process.wait(timeout=60)
+
+
+async def _echo_over_mcp(gateway: Gateway) -> str:
+    async with mcp_client(gateway.url, gateway.tokens["alice"]) as client:
+        result = await client.call_tool("execute_bash", {"command": "echo through tls"})
+    assert not result.is_error, result.content
+    return str(result.structured_content["stdout"])
+
+
+@pytest.mark.anyio
+async def test_commands_run_over_tls_on_both_exec_paths(
+    tls_engine: str, pki: Pki, backend: DockerBackend, exec_path: str
+) -> None:
+    """The attach stream (agent) and exec's hijacked stream both work over a TLS connection."""
+    engine = DockerBackend(tls_engine, tls=tls_config(str(pki.ca), str(pki.cert), str(pki.key)))
+    broker = Broker(engine, AuditLog([MemorySink()]), gateway_id=f"tls-{uuid.uuid4().hex[:10]}")
+    service = ExecutionService(PolicyEngine(policy_with_exec_path(exec_path)), broker, broker.audit)
+    try:
+        small = await service.execute(Principal("tls"), "execute_bash", "echo over tls")
+        big = await service.execute(Principal("tls"), "execute_bash", "head -c 600000 /dev/zero | tr '\\0' a")
+        assert (small.exit_code, small.stdout) == (0, "over tls\n")
+        assert (big.exit_code, len(big.stdout), big.truncated) == (0, 600000, False)
+    finally:
+        broker.cleanup_all_sync()
+        engine.close()
+    assert backend.list({"sandbox-gateway.gateway": broker.gateway_id}) == []

@@ -127,3 +127,13 @@ def test_no_loadable_policy_produces_a_dangerous_container(extra: dict[str, Any]
     assert int(uid) != 0 and int(gid) != 0
     assert host["CapDrop"] == ["ALL"]
     assert set(host["CapAdd"]) <= {"CHOWN", "KILL"}
+
+
+def test_gvisor_pids_limit_leaves_room_for_the_sentry() -> None:
+    """Under gVisor the pids cgroup also counts the Sentry's host threads: the limit is scaled."""
+    policy = load_policy()
+    strict = create_body(policy.profiles["strict"].sandbox, image=IMAGE, labels={})["HostConfig"]
+    default = create_body(policy.profiles["default"].sandbox, image=IMAGE, labels={})["HostConfig"]
+    assert isinstance(strict, dict) and isinstance(default, dict)
+    assert strict["PidsLimit"] == 64 * 3 + 128
+    assert default["PidsLimit"] == 128
