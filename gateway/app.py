@@ -142,7 +142,7 @@ def build_app(
             loop.add_signal_handler(signal.SIGHUP, reload_policy, service, settings.policy_file, audit)
         except (RuntimeError, ValueError):  # an embedded server off the main thread: no signals there
             _log.warning("policy reload on SIGHUP is unavailable outside the main thread")
-        async with mcp.session_manager.run(), anyio.create_task_group() as tasks:
+        async with mcp.session_manager.run():
             audit.emit(
                 "gateway.start",
                 version=__version__,
@@ -151,13 +151,18 @@ def build_app(
                 docker_host=settings.docker_host,
             )
             await _sweep(service)
-            tasks.start_soon(_reap_forever, service, settings.reap_interval_s)
-            tasks.start_soon(service.broker.maintain_pool)
             try:
-                yield
+                # Background work ends (and its Docker calls return) before the clean-up below, so
+                # a pool sandbox being made now cannot outlive the shutdown.
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(_reap_forever, service, settings.reap_interval_s)
+                    tasks.start_soon(service.broker.maintain_pool)
+                    try:
+                        yield
+                    finally:
+                        loop.remove_signal_handler(signal.SIGHUP)
+                        tasks.cancel_scope.cancel()
             finally:
-                loop.remove_signal_handler(signal.SIGHUP)
-                tasks.cancel_scope.cancel()
                 removed = 0
                 with anyio.CancelScope(shield=True):
                     # The server already let open requests finish (up to the grace); calls still

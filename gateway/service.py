@@ -138,12 +138,17 @@ class ExecutionService:
         if on_progress is None:
             return await self.broker.execute(principal, decision, argv)
         tail = OutputTail()
+        failure: Exception | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(relay_progress, tail, on_progress)
             try:
                 outcome = await self.broker.execute(principal, decision, argv, tail)
+            except Exception as exc:  # noqa: BLE001 - re-raised as itself below, not in an exception group
+                failure = exc
             finally:
                 tasks.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         return outcome
 
     async def _execute(
