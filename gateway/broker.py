@@ -215,15 +215,7 @@ class Broker:
         )
         with contextlib.suppress(GatewayError):  # a baseline: an earlier OOM kill is not a later call's
             sandbox.oom_kills = await self._oom_count(sandbox) or 0
-        self._sandboxes[key] = sandbox
-        self._alive.add(1)
-        self.audit.emit(
-            "sandbox.adopt",
-            container_id=keep.id,
-            profile=decision.profile,
-            policy_digest=decision.policy_digest,
-        )
-        return sandbox
+        return self._register(key, sandbox, "sandbox.adopt")
 
     async def _resolve_image(self, decision: Grant) -> str:
         """The image id to create from. Creating from the id inspected here means a tag moved between
@@ -345,19 +337,15 @@ class Broker:
 
     async def _create_for(self, principal: Principal, decision: Grant, key: str) -> Sandbox:
         sandbox, image_id = await self._make(principal, decision, self._name(key))
-        self._sandboxes[key] = sandbox
-        self._alive.add(1)
-        self.audit.emit(
+        return self._register(
+            key,
+            sandbox,
             "sandbox.create",
-            container_id=sandbox.container_id,
             image=decision.image,
             image_digest=image_id,
-            profile=decision.profile,
-            policy_digest=decision.policy_digest,
             runtime=decision.spec.runtime,
             exec_path=decision.spec.exec_path,
         )
-        return sandbox
 
     async def _assign(
         self, sandbox: Sandbox, principal: Principal, decision: Grant, key: str
@@ -380,14 +368,20 @@ class Broker:
         sandbox.name, sandbox.principal_key = name, key
         sandbox.profile, sandbox.policy_digest = decision.profile, decision.policy_digest
         sandbox.last_used = time.time()
+        return self._register(
+            key, sandbox, "sandbox.assign", pooled_s=round(sandbox.last_used - sandbox.created_at, 3)
+        )
+
+    def _register(self, key: str, sandbox: Sandbox, event: str, **attrs: object) -> Sandbox:
+        """The principal's sandbox from now on: known, counted, and recorded as `event`."""
         self._sandboxes[key] = sandbox
         self._alive.add(1)
         self.audit.emit(
-            "sandbox.assign",
+            event,
             container_id=sandbox.container_id,
-            profile=decision.profile,
-            policy_digest=decision.policy_digest,
-            pooled_s=round(sandbox.last_used - sandbox.created_at, 3),
+            profile=sandbox.profile,
+            policy_digest=sandbox.policy_digest,
+            **attrs,
         )
         return sandbox
 
