@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-tools unit lint clean-sandboxes compose-images
+.PHONY: setup run test test-tools unit lint clean-sandboxes compose-images bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml
 	@echo "[make] creating $(VENV) and installing sandbox-gateway with its test extras"
@@ -23,7 +23,7 @@ run: setup
 
 ## lint: ruff and mypy, as configured in pyproject.toml
 lint: $(BIN)/.installed
-	$(BIN)/ruff check gateway policy audit tests seccomp
+	$(BIN)/ruff check gateway policy audit tests seccomp bench
 	$(BIN)/mypy
 
 ## unit: the tests that need no engine
@@ -42,6 +42,15 @@ test-tools:
 ## test: setup, lint, then the whole suite (unit, integration, end-to-end) on two workers
 test: setup lint test-tools
 	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+## bench: raw docker exec vs the gateway's fast path and fallback, side by side (BENCH_ARGS="--json out.json")
+BENCH_ARGS ?=
+bench: setup
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## bench-smoke: every benchmark variant with a few samples; fails only on errors
+bench-smoke: setup
+	$(BIN)/python -m bench --smoke $(BENCH_ARGS)
 
 ## compose-images: build the compose stack's gateway and socket-proxy images (offline, no registry needed)
 compose-images: $(BIN)/.installed
