@@ -7,7 +7,7 @@ Top level: `ts`, `event_id`, `event`, `request_id`, `trace_id`, `span_id`, `tool
 - `decision`: the policy's answer — `result` (allow/deny), `reasons`, `rule_ids`, `profile`
 - `resource`: what it touched — `container_id`, `image`, `image_digest`, `runtime`
 - `outcome`: how it ended — `status` (ok/error/rejected), `error`, `exit_code`, `timed_out`,
-  `oom_killed`, `truncated`, `sandbox_lost`, `duration_ms`, `stdout_bytes`, `stderr_bytes`
+  `oom_killed`, `truncated`, `sandbox_lost`, `sandbox_replaced`, `duration_ms`, `stdout_bytes`, `stderr_bytes`
 - `limits`: what bounded it — `timeout_s`, `max_output_bytes`, `input_bytes`, `limit`, `rate`,
   `retry_after_s`
 - `code`: the submitted code, per the policy's `audit.code`: `{"hmac_sha256": ...}` (default),
@@ -87,6 +87,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "oom_killed": ("outcome", "oom_killed"),
     "truncated": ("outcome", "truncated"),
     "sandbox_lost": ("outcome", "sandbox_lost"),
+    "sandbox_replaced": ("outcome", "sandbox_replaced"),
     "duration_ms": ("outcome", "duration_ms"),
     "stdout_bytes": ("outcome", "stdout_bytes"),
     "stderr_bytes": ("outcome", "stderr_bytes"),
@@ -132,6 +133,7 @@ class Outcome(_Group):
     oom_killed: bool | None = None
     truncated: bool | None = None
     sandbox_lost: bool | None = None
+    sandbox_replaced: bool | None = None
     duration_ms: float | None = None
     stdout_bytes: int | None = None
     stderr_bytes: int | None = None

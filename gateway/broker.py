@@ -75,6 +75,8 @@ class Broker:
         self._creating_in: dict[str, int] = {}
         self._alive = instruments().sandboxes_alive
         self.pool = WarmPool()
+        #: Principals whose sandbox was lost since their last call: their next result says so.
+        self._lost: set[str] = set()
         #: Names of sandboxes the start-up sweep kept for adoption; None when unknown (list each time).
         self._adoptable: set[str] | None = None
 
@@ -526,6 +528,7 @@ class Broker:
     async def _execute_once_or_twice(
         self, principal: Principal, grant: Grant, request: ExecRequest, on_output: OutputCallback | None
     ) -> ExecOutcome:
+        key = principal_key(principal)
         for attempt in (1, 2):
             sandbox = await self._ensure(principal, grant)
             try:
@@ -539,6 +542,9 @@ class Broker:
                 await self._forget(sandbox, reason="lost")
                 continue
             sandbox.last_used = time.time()
+            if key in self._lost and not outcome.sandbox_lost:
+                self._lost.discard(key)
+                outcome = dataclasses.replace(outcome, sandbox_replaced=True)
             if outcome.sandbox_lost and sandbox.channel is not None and await self._still_running(sandbox):
                 raise AgentBroken(
                     "the connection to the sandbox broke off during the call (engine or socket proxy "
@@ -643,6 +649,8 @@ class Broker:
         return int(match.group(1)) if match else None
 
     async def _forget(self, sandbox: Sandbox, *, reason: str) -> None:
+        """Drop a sandbox that was lost; its principal's next result says so."""
+        self._lost.add(sandbox.principal_key)
         async with self._lock(sandbox.principal_key):
             if self._sandboxes.get(sandbox.principal_key) is sandbox:
                 await self._remove(sandbox, reason=reason)

@@ -30,6 +30,11 @@ class ExecResult(BaseModel):
     timed_out: bool = Field(description="The command was stopped at its timeout")
     truncated: bool = Field(description="stdout or stderr exceeded the output cap and was cut")
     oom_killed: bool = Field(default=False, description="A process was killed for exceeding the memory limit")
+    sandbox_replaced: bool = Field(
+        default=False,
+        description="Your previous sandbox was lost (stopped or removed outside the gateway, or ended by "
+        "its own command); this call ran in a new one, so files from earlier calls are gone",
+    )
 
 
 class SandboxState(BaseModel):

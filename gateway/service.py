@@ -208,6 +208,7 @@ class ExecutionService:
             timed_out=timed_out,
             truncated=outcome.truncated,
             oom_killed=outcome.oom_killed,
+            sandbox_replaced=outcome.sandbox_replaced,
         )
         outcome_label = "timeout" if timed_out else ("oom" if result.oom_killed else "ok")
         self.metrics.tool_calls.add(1, {"tool": tool, "outcome": outcome_label})
@@ -222,6 +223,7 @@ class ExecutionService:
             stdout_bytes=outcome.stdout_bytes,
             stderr_bytes=outcome.stderr_bytes,
             sandbox_lost=outcome.sandbox_lost,
+            sandbox_replaced=outcome.sandbox_replaced,
             oom_killed=outcome.oom_killed,
             policy_digest=decision.policy_digest,
             max_output_bytes=decision.limits.max_output_bytes if decision.limits else None,

@@ -44,6 +44,8 @@ class ExecOutcome:
     sandbox_lost: bool = False
     #: The kernel's OOM killer ended a process of this call (the sandbox hit its memory limit).
     oom_killed: bool = False
+    #: The principal's previous sandbox was lost; this call ran in a new one (earlier files are gone).
+    sandbox_replaced: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -338,10 +338,10 @@ async def test_dockerd_restarted_while_idle(rig: Rig) -> None:
 
     rig.engine.start()
     wait_ready(rig)
-    # Without live-restore the engine stopped the sandbox: the next call gets a fresh one, and says
-    # nothing about it beyond the audit log (a sandbox the engine killed is replaced on the next call).
+    # Without live-restore the engine stopped the sandbox: the next call gets a fresh one and says so.
     after = await call(rig, "cat /workspace/f 2>/dev/null || echo fresh")
     assert after.structured_content["stdout"] == "fresh\n", after.content
+    assert after.structured_content["sandbox_replaced"] is True, after.content
     [new] = sandboxes(rig)
     assert new != old, "the stopped sandbox was replaced and removed"
     events = audit_events(rig)[since:]

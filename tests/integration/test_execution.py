@@ -101,7 +101,10 @@ async def test_a_sandbox_killed_from_outside_is_replaced(service: ExecutionServi
     await anyio.to_thread.run_sync(backend.remove, sandbox.container_id)
     result = await service.execute(ALICE, "execute_bash", "echo new")
     assert result.stdout == "new\n"
+    assert result.sandbox_replaced, "the call says its sandbox is a new one"
     assert broker.sandbox_of(ALICE).container_id != sandbox.container_id
+    again = await service.execute(ALICE, "execute_bash", "true")
+    assert not again.sandbox_replaced
 
 
 @pytest.mark.parametrize(
