@@ -78,16 +78,25 @@ class Children:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         done = threading.Event()
+        spawned = False
         try:
             with self._lock:  # registered before the reaper can see the exit
-                pid = os.fork()
-                if pid == 0:  # pragma: no cover - the child execs or exits
-                    _child(argv, env, cwd, out_w, err_w)
+                if os.path.realpath(cwd) == os.getcwd():
+                    pid = _spawn(argv, env, out_w, err_w)  # vfork-based: far cheaper than fork
+                else:
+                    pid = os.fork()
+                    if pid == 0:  # pragma: no cover - the child execs or exits
+                        _child(argv, env, cwd, out_w, err_w)
                 self._waiting[pid] = [done, None]
+                spawned = True
         finally:
             os.close(out_w)
             os.close(err_w)
+            if not spawned:
+                os.close(out_r)
+                os.close(err_r)
         self._spawned.set()
+        _prefer_for_oom_kill(pid)
         return pid, out_r, err_r, done
 
     def status(self, pid: int) -> int | None:
@@ -117,6 +126,33 @@ class Children:
                     entry[0].set()
 
 
+def _spawn(argv: list[str], env: dict[str, str], out_w: int, err_w: int) -> int:
+    """posix_spawn in the agent's working directory: own session, stdin from /dev/null, the pipes
+    as stdout and stderr, default dispositions for the signals Python ignores."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        return os.posix_spawnp(
+            argv[0],
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, null, 0),
+                (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_DUP2, err_w, 2),
+            ],
+            setsid=True,
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT),
+        )
+    finally:
+        os.close(null)
+
+
+def _prefer_for_oom_kill(pid: int) -> None:
+    """The OOM killer should pick the command, not the agent (raising a score needs no privilege)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as adj:
+        adj.write("1000")
+
+
 def _child(
     argv: list[str], env: dict[str, str], cwd: str, out_w: int, err_w: int
 ) -> None:  # pragma: no cover
@@ -129,11 +165,6 @@ def _child(
         os.dup2(err_w, 2)
         for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        try:  # the OOM killer should pick the command, not the agent
-            with open("/proc/self/oom_score_adj", "w") as adj:
-                adj.write("1000")
-        except OSError:
-            pass
         os.chdir(cwd)
         os.execvpe(argv[0], argv, env)  # noqa: S606 - the gateway's argv, run as the sandbox uid
     except OSError as exc:
@@ -203,23 +234,24 @@ class Agent:
         argv = [str(a) for a in request["argv"]]
         env = dict(str(item).partition("=")[::2] for item in request.get("env", []))
         cwd = str(request.get("cwd") or "/")
-        limit = float(request["deadline_s"])
         cap = int(request["max_output"])
         if not argv:
             raise ValueError("empty argv")
         started = time.monotonic()
-        deadline = started + limit
+        run = _Run(started + float(request["deadline_s"]))
+        if request.get("timeout_s") is not None:  # `timeout --kill-after=K T`, done here
+            run.term_at = started + float(request["timeout_s"])
+            run.kill_at = run.term_at + float(request.get("kill_after_s") or 0)
         pid, out_r, err_r, done = self.children.spawn(argv, env, cwd)
+        run.pid = pid
         with self._runs_lock:
             self._runs[request_id] = pid
         try:
-            totals, deadline_hit = self._pump(request_id, {out_r: OUT, err_r: ERR}, cap, deadline)
-            if deadline_hit:
-                _killpg(pid)
-            done.wait(max(0.0, deadline - time.monotonic()) + (1.0 if deadline_hit else 0.0))
-            if not done.is_set():
-                _killpg(pid)
-                deadline_hit = True
+            totals = self._pump(request_id, {out_r: OUT, err_r: ERR}, cap, run)
+            while not done.is_set() and not run.deadline_hit:
+                done.wait(run.tick())
+            if run.deadline_hit:
+                done.wait(1.0)
         finally:
             with self._runs_lock:
                 self._runs.pop(request_id, None)
@@ -228,17 +260,16 @@ class Agent:
             EXIT,
             request_id,
             {
-                "exit_code": _exit_code(status),
-                "deadline_hit": deadline_hit,
+                "exit_code": run.exit_code(status),
+                "deadline_hit": run.deadline_hit,
                 "stdout_bytes": totals[OUT],
                 "stderr_bytes": totals[ERR],
             },
         )
 
-    def _pump(
-        self, request_id: int, fds: dict[int, int], cap: int, deadline: float
-    ) -> tuple[dict[int, int], bool]:
-        """Forward both pipes until EOF, at most `cap` bytes each (the rest counted); True at the deadline."""
+    def _pump(self, request_id: int, fds: dict[int, int], cap: int, run: _Run) -> dict[int, int]:
+        """Forward both pipes until EOF, at most `cap` bytes each (the rest counted), minding the
+        run's timers; stops at its hard deadline."""
         totals = {OUT: 0, ERR: 0}
         poller = select.poll()
         for fd in fds:
@@ -246,10 +277,10 @@ class Agent:
         open_fds = set(fds)
         try:
             while open_fds:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return totals, True
-                for fd, _ in poller.poll(remaining * 1000):
+                wait = run.tick()
+                if run.deadline_hit:
+                    break
+                for fd, _ in poller.poll(wait * 1000):
                     data = os.read(fd, MAX_PAYLOAD)
                     kind = fds[fd]
                     if not data:
@@ -260,15 +291,53 @@ class Agent:
                     if room > 0:
                         self.writer.send(kind, request_id, data[:room])
                     totals[kind] += len(data)
-            return totals, False
+            return totals
         finally:
             for fd in fds:
                 os.close(fd)
 
 
-def _killpg(pid: int) -> None:
+class _Run:
+    """The clock of one command: TERM at its timeout, KILL `kill_after` later (as coreutils
+    `timeout --kill-after` does, with its exit statuses), and a hard deadline for the whole call."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.term_at: float | None = None
+        self.kill_at: float | None = None
+        self.pid = 0
+        self.termed = self.killed = self.deadline_hit = False
+
+    def tick(self) -> float:
+        """Send what is due; return the seconds until the next thing to do (0 after the deadline)."""
+        now = time.monotonic()
+        if self.term_at is not None and not self.termed and now >= self.term_at:
+            self.termed = True
+            _killpg(self.pid, signal.SIGTERM)
+        if self.kill_at is not None and self.termed and not self.killed and now >= self.kill_at:
+            self.killed = True
+            _killpg(self.pid, signal.SIGKILL)
+        if now >= self.deadline:
+            self.deadline_hit = True
+            _killpg(self.pid, signal.SIGKILL)
+            return 0.0
+        upcoming = [self.deadline]
+        if self.term_at is not None and not self.termed:
+            upcoming.append(self.term_at)
+        elif self.kill_at is not None and not self.killed:
+            upcoming.append(self.kill_at)
+        return max(0.0, min(upcoming) - now)
+
+    def exit_code(self, status: int | None) -> int | None:
+        code = _exit_code(status)
+        if code is None or not self.termed:
+            return code
+        return 128 + signal.SIGKILL if self.killed else 124
+
+
+def _killpg(pid: int, sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(OSError):
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, sig)
 
 
 def _lines(fd: int) -> Any:

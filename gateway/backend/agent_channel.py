@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
 from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, close_stream
+from gateway.backend.commands import unwrap_timeout
 from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
 from gateway.errors import EngineError, SandboxError
 
@@ -229,18 +230,20 @@ class AgentChannel:
         call_id = self._call_id()
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending[call_id] = inbox
+        body: dict[str, Any] = {
+            "op": "run",
+            "id": call_id,
+            "argv": request.argv,
+            "env": request.env,
+            "cwd": request.workdir,
+            "deadline_s": deadline_s,
+            "max_output": request.max_output_bytes,
+        }
+        wrapped = unwrap_timeout(request.argv)
+        if wrapped is not None:  # the agent times the command itself, as `timeout` would
+            body["timeout_s"], body["kill_after_s"], body["argv"] = wrapped
         try:
-            self._send(
-                {
-                    "op": "run",
-                    "id": call_id,
-                    "argv": request.argv,
-                    "env": request.env,
-                    "cwd": request.workdir,
-                    "deadline_s": deadline_s,
-                    "max_output": request.max_output_bytes,
-                }
-            )
+            self._send(body)
             end = started + deadline_s + _SLACK_S
             while True:
                 try:

@@ -7,7 +7,7 @@ upgrade on a request with a body). `timeout` bounds it and kills its whole proce
 
 from __future__ import annotations
 
-__all__ = ["KILL_GRACE_S", "MAX_ARGV_BYTES", "bash_argv", "python_argv", "split_chunks"]
+__all__ = ["KILL_GRACE_S", "MAX_ARGV_BYTES", "bash_argv", "python_argv", "split_chunks", "unwrap_timeout"]
 
 #: After the timeout, TERM; this many seconds later, KILL for whatever ignored TERM.
 KILL_GRACE_S = 2
@@ -32,6 +32,17 @@ def split_chunks(text: str) -> list[str]:
 
 def _timeout(timeout_s: float) -> list[str]:
     return ["timeout", f"--kill-after={KILL_GRACE_S}", f"{timeout_s:g}s"]
+
+
+def unwrap_timeout(argv: list[str]) -> tuple[float, float, list[str]] | None:
+    """(timeout, kill-after, command) of an argv that `_timeout` wrapped, else None. The sandbox
+    agent applies the same TERM-then-KILL timing itself and skips starting `timeout`."""
+    if len(argv) < 4 or argv[0] != "timeout" or not argv[1].startswith("--kill-after="):
+        return None
+    try:
+        return float(argv[2].removesuffix("s")), float(argv[1].partition("=")[2]), argv[3:]
+    except ValueError:
+        return None
 
 
 def bash_argv(command: str, timeout_s: float) -> list[str]:
