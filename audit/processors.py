@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import threading
 import uuid
 from collections.abc import MutableMapping
@@ -34,6 +35,8 @@ EventDict = MutableMapping[str, Any]
 CodeMode = Literal["full", "hmac", "none"]
 
 _SECRET_KEYS = frozenset({"token", "authorization", "password", "secret", "api_key", "bearer", "cookie"})
+#: A key naming a credential, anywhere in it, any case (one compiled scan instead of one per word).
+_SECRET_KEY = re.compile("|".join(sorted(_SECRET_KEYS)), re.IGNORECASE)
 
 
 class AddTimestamp:
@@ -96,7 +99,7 @@ class RedactSecrets:
 def _redact(value: Any) -> Any:
     if isinstance(value, MutableMapping):
         for key in list(value):
-            if any(part in str(key).lower() for part in _SECRET_KEYS):
+            if _SECRET_KEY.search(str(key)):
                 value[key] = "[redacted]"
             else:
                 value[key] = _redact(value[key])
