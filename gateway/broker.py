@@ -591,17 +591,10 @@ class Broker:
 
     async def _reap_strays(self, sandbox: Sandbox) -> None:
         """After a timeout, kill what escaped the command's process group (a fork bomb's stragglers,
-        setsid'd children): every process of the calling uid. The sandbox's own processes run as
-        another uid and survive. If even that cannot run (no pid left), the sandbox is replaced."""
-        request = ExecRequest(
-            argv=["kill", "-KILL", "-1"],
-            user=sandbox.user,
-            workdir="/",
-            env=[],
-            timeout_s=5,
-            max_output_bytes=1024,
-            grace_s=2,
-        )
+        setsid'd children): every process of the calling uid. The agent (PID 1) is out of reach of
+        that signal; without an agent, the sandbox's own processes run as another uid. If even that
+        cannot run (no pid left), the sandbox is replaced."""
+        request = _internal(sandbox, ["kill", "-KILL", "-1"], 1024)
         code: int | None = None
         try:
             if sandbox.channel is not None:  # the agent (PID 1) kills them itself: no process needed
@@ -635,16 +628,7 @@ class Broker:
     async def _oom_count(self, sandbox: Sandbox) -> int | None:
         """The sandbox cgroup's OOM-kill counter (cgroup v2 or v1), or None where it cannot be read."""
         files = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
-        request = ExecRequest(
-            argv=["cat", *files],
-            user=sandbox.user,
-            workdir="/",
-            env=[],
-            timeout_s=5,
-            max_output_bytes=4096,
-            grace_s=2,
-        )
-        outcome = await self._exec(sandbox, request, purpose="oom-check")
+        outcome = await self._exec(sandbox, _internal(sandbox, ["cat", *files], 4096), purpose="oom-check")
         match = _OOM_KILL.search(outcome.stdout.decode(errors="replace"))
         return int(match.group(1)) if match else None
 
@@ -686,3 +670,16 @@ class Broker:
     async def cleanup_all(self) -> int:
         """cleanup_all_sync on the worker pool."""
         return await self.ops.run(self.cleanup_all_sync)
+
+
+def _internal(sandbox: Sandbox, argv: list[str], max_output_bytes: int) -> ExecRequest:
+    """A short command of the gateway's own in a sandbox (5 s, no environment)."""
+    return ExecRequest(
+        argv=argv,
+        user=sandbox.user,
+        workdir="/",
+        env=[],
+        timeout_s=5,
+        max_output_bytes=max_output_bytes,
+        grace_s=2,
+    )
