@@ -7,7 +7,6 @@ Pools are keyed by spec digest: profiles with the same sandbox spec share one.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
@@ -17,10 +16,6 @@ from gateway.sandbox import Grant, Sandbox
 from policy.engine import PolicyEngine
 
 __all__ = ["PoolTarget", "WarmPool", "pool_targets"]
-
-_log = logging.getLogger("sandbox_gateway.pool")
-#: After a failed fill, wait this long before trying again (the engine may be down).
-_RETRY_S = 5.0
 
 
 @dataclass(slots=True)

@@ -99,11 +99,6 @@ class Children:
         _prefer_for_oom_kill(pid)
         return pid, out_r, err_r, done
 
-    def status(self, pid: int) -> int | None:
-        with self._lock:
-            entry = self._waiting.get(pid)
-            return None if entry is None else entry[1]
-
     def forget(self, pid: int) -> int | None:
         with self._lock:
             entry = self._waiting.pop(pid, None)
