@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,7 @@ def start_gateway(
     principals: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
     https: bool = False,
+    preexec: Callable[[], None] | None = None,
 ) -> Gateway:
     """Start the gateway on a free port with a tokens file; wait until /health answers."""
     store = TokenStore(tmp / "tokens.jsonl")
@@ -80,6 +81,7 @@ def start_gateway(
             stdout=subprocess.DEVNULL,
             stderr=log,
             env={**os.environ, "LOG_LEVEL": "INFO", **(env or {})},
+            preexec_fn=preexec,  # noqa: PLW1509 - only sets a resource limit before exec
         )
     base = f"{'https' if https else 'http'}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -101,3 +101,20 @@ async def _two_calls(url: str, token: str) -> None:
     async with mcp_client(url, token) as client:
         await client.call_tool("execute_bash", {"command": "echo one"})
         await client.call_tool("execute_bash", {"command": "echo two"})
+
+
+def test_serve_lifts_a_low_open_file_limit(tmp_path: Path, backend) -> None:  # type: ignore[no-untyped-def]
+    """Each sandbox agent holds a stream: a soft limit of 256 under a hard 8192 is lifted to 8192."""
+    import resource
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 8192))
+
+    gateway = start_gateway(tmp_path, preexec=low_soft_limit)
+    try:
+        assert gateway.process is not None
+        limits = Path(f"/proc/{gateway.process.pid}/limits").read_text()
+        row = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert row.split()[3:5] == ["8192", "8192"], row
+    finally:
+        stop_gateway(gateway)
