@@ -284,8 +284,9 @@ class Broker:
             code="sandbox-creation-rate",
         )
 
-    async def _make(self, principal: Principal | None, decision: Grant, name: str) -> tuple[Sandbox, str]:
-        """Create, start and (on the agent path) connect one sandbox. Returns it and its image id."""
+    async def _make(self, principal: Principal | None, decision: Grant, name: str) -> Sandbox:
+        """Create, start and (on the agent path) connect one sandbox, and record its creation
+        (for a principal, or with `pool` for a warm pool when there is none)."""
         image_id = await self._resolve_image(decision)
         body = create_body(
             decision.spec,
@@ -335,19 +336,21 @@ class Broker:
             decision.spec.user,
             channel=channel,
         )
-        return sandbox, image_id
-
-    async def _create_for(self, principal: Principal, decision: Grant, key: str) -> Sandbox:
-        sandbox, image_id = await self._make(principal, decision, self._name(key))
-        return self._register(
-            key,
-            sandbox,
+        self.audit.emit(
             "sandbox.create",
+            container_id=container_id,
             image=decision.image,
             image_digest=image_id,
+            profile=decision.profile,
+            policy_digest=decision.policy_digest,
             runtime=decision.spec.runtime,
             exec_path=decision.spec.exec_path,
+            pool=True if principal is None else None,
         )
+        return sandbox
+
+    async def _create_for(self, principal: Principal, decision: Grant, key: str) -> Sandbox:
+        return self._register(key, await self._make(principal, decision, self._name(key)))
 
     async def _assign(
         self, sandbox: Sandbox, principal: Principal, decision: Grant, key: str
@@ -374,10 +377,12 @@ class Broker:
             key, sandbox, "sandbox.assign", pooled_s=round(sandbox.last_used - sandbox.created_at, 3)
         )
 
-    def _register(self, key: str, sandbox: Sandbox, event: str, **attrs: object) -> Sandbox:
-        """The principal's sandbox from now on: known, counted, and recorded as `event`."""
+    def _register(self, key: str, sandbox: Sandbox, event: str | None = None, **attrs: object) -> Sandbox:
+        """The principal's sandbox from now on: known, counted, and recorded as `event` (if any)."""
         self._sandboxes[key] = sandbox
         self._alive.add(1)
+        if event is None:
+            return sandbox
         self.audit.emit(
             event,
             container_id=sandbox.container_id,
@@ -411,18 +416,7 @@ class Broker:
                 await self.pool.wait()
 
     async def _fill(self, target: PoolTarget) -> None:
-        sandbox, image_id = await self._make(None, target.grant, f"{_POOL_PREFIX}{secrets.token_hex(8)}")
-        self.audit.emit(
-            "sandbox.create",
-            container_id=sandbox.container_id,
-            image=target.grant.image,
-            image_digest=image_id,
-            profile=target.grant.profile,
-            policy_digest=target.grant.policy_digest,
-            runtime=target.grant.spec.runtime,
-            exec_path=target.grant.spec.exec_path,
-            pool=True,
-        )
+        sandbox = await self._make(None, target.grant, f"{_POOL_PREFIX}{secrets.token_hex(8)}")
         if not self.pool.offer(target, sandbox):
             for retired in self.pool.retired():
                 await self._remove_quietly(retired, reason="pool-retired")

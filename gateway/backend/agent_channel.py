@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
@@ -221,52 +221,23 @@ class AgentChannel:
             self._next_id = self._next_id % (2**31) + 1
             return self._next_id
 
-    def run(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecOutcome:
-        """Run one command; blocks until it ends, its deadline passes, or the stream breaks."""
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[tuple[int, queue.SimpleQueue[Any]]]:
+        """A connected channel, a fresh call id and the inbox its frames are routed to while open."""
         self.open()
-        started = time.monotonic()
-        deadline_s = request.timeout_s + request.grace_s
-        out, err = BoundedCapture(request.max_output_bytes), BoundedCapture(request.max_output_bytes)
         call_id = self._call_id()
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._pending[call_id] = inbox
-        body: dict[str, Any] = {
-            "op": "run",
-            "id": call_id,
-            "argv": request.argv,
-            "env": request.env,
-            "cwd": request.workdir,
-            "deadline_s": deadline_s,
-            "max_output": request.max_output_bytes,
-        }
-        wrapped = unwrap_timeout(request.argv)
-        if wrapped is not None:  # the agent times the command itself, as `timeout` would
-            body["timeout_s"], body["kill_after_s"], body["argv"] = wrapped
         try:
-            self._send(body)
-            end = started + deadline_s + _SLACK_S
-            while True:
-                try:
-                    kind, payload = inbox.get(timeout=max(0.0, end - time.monotonic()))
-                except queue.Empty:
-                    self._kill(call_id)
-                    summary: dict[str, Any] = {"exit_code": None, "deadline_hit": True}
-                    break
-                if kind is _GONE:
-                    # The container may have died (the broker checks); the output so far is kept.
-                    summary = {"exit_code": None, "deadline_hit": False, "lost": True}
-                    break
-                if kind in (OUT, ERR):
-                    (out if kind == OUT else err).write(payload)
-                    if on_output is not None:
-                        on_output("stdout" if kind == OUT else "stderr", payload)
-                elif kind == EXIT:
-                    summary = _summary(payload)
-                    break
-                elif kind == FAIL:
-                    raise AgentFailure(_failure(payload))
+            yield call_id, inbox
         finally:
             self._pending.pop(call_id, None)
+
+    def run(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecOutcome:
+        """Run one command; blocks until it ends, its deadline passes, or the stream breaks."""
+        with self._call() as (call_id, inbox):
+            started = time.monotonic()
+            summary, out, err = self._run(call_id, inbox, request, on_output)
         stdout_total = max(out.total, _count(summary.get("stdout_bytes")))
         stderr_total = max(err.total, _count(summary.get("stderr_bytes")))
         return ExecOutcome(
@@ -281,23 +252,61 @@ class AgentChannel:
             sandbox_lost=bool(summary.get("lost")),
         )
 
+    def _run(
+        self,
+        call_id: int,
+        inbox: queue.SimpleQueue[Any],
+        request: ExecRequest,
+        on_output: OutputCallback | None,
+    ) -> tuple[dict[str, Any], BoundedCapture, BoundedCapture]:
+        """Send the command and collect its frames: (the end-of-call summary, stdout, stderr)."""
+        started = time.monotonic()
+        deadline_s = request.timeout_s + request.grace_s
+        out, err = BoundedCapture(request.max_output_bytes), BoundedCapture(request.max_output_bytes)
+        body: dict[str, Any] = {
+            "op": "run",
+            "id": call_id,
+            "argv": request.argv,
+            "env": request.env,
+            "cwd": request.workdir,
+            "deadline_s": deadline_s,
+            "max_output": request.max_output_bytes,
+        }
+        wrapped = unwrap_timeout(request.argv)
+        if wrapped is not None:  # the agent times the command itself, as `timeout` would
+            body["timeout_s"], body["kill_after_s"], body["argv"] = wrapped
+        self._send(body)
+        end = started + deadline_s + _SLACK_S
+        while True:
+            try:
+                kind, payload = inbox.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                self._kill(call_id)
+                return {"exit_code": None, "deadline_hit": True}, out, err
+            if kind is _GONE:
+                # The container may have died (the broker checks); the output so far is kept.
+                return {"exit_code": None, "deadline_hit": False, "lost": True}, out, err
+            if kind in (OUT, ERR):
+                (out if kind == OUT else err).write(payload)
+                if on_output is not None:
+                    on_output("stdout" if kind == OUT else "stderr", payload)
+            elif kind == EXIT:
+                return _summary(payload), out, err
+            elif kind == FAIL:
+                raise AgentFailure(_failure(payload))
+
     def _kill(self, call_id: int) -> None:
         with contextlib.suppress(AgentBroken):
             self._send({"op": "kill", "id": call_id})
 
     def reap(self, timeout_s: float = 5.0) -> int | None:
         """Kill every process of the sandbox's uid except the agent; 0 killed some, 1 found none."""
-        self.open()
-        call_id = self._call_id()
-        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._pending[call_id] = inbox
-        try:
+        with self._call() as (call_id, inbox):
             self._send({"op": "reap", "id": call_id})
-            kind, payload = inbox.get(timeout=timeout_s)
-        except queue.Empty:
-            return None
-        finally:
-            self._pending.pop(call_id, None)
+            try:
+                kind, payload = inbox.get(timeout=timeout_s)
+            except queue.Empty:
+                return None
         if kind != EXIT:
             return None
         code = _summary(payload)["exit_code"]
