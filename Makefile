@@ -58,4 +58,4 @@ compose-images: $(BIN)/.installed
 
 ## clean-sandboxes: remove every container this project labelled (through the socket proxy)
 clean-sandboxes:
-	docker -H tcp://127.0.0.1:2375 ps -aq --filter label=sandbox-gateway.managed=true | xargs -r docker -H tcp://127.0.0.1:2375 rm -f
+	docker -H unix:///run/sandbox-gateway/docker-proxy.sock ps -aq --filter label=sandbox-gateway.managed=true | xargs -r docker -H unix:///run/sandbox-gateway/docker-proxy.sock rm -f

@@ -17,7 +17,8 @@ import docker
 import yaml
 
 from bench.gateways import PROFILE, bench_policy
-from gateway.backend.create_body import LABEL_PREFIX, create_body
+from gateway.backend.create_body import LABEL_PREFIX, USER_LABEL, create_body
+from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy.loader import load_policy_text
 
 __all__ = ["RAW_LABEL", "RawEngine"]
@@ -50,17 +51,19 @@ class RawEngine:
         """Create and start a hardened container; returns the SDK Container."""
         body = create_body(
             self.spec,
+            uid=UidRange.parse(DEFAULT_UID_RANGE).pick(),
             image=self.image,
             labels={f"{LABEL_PREFIX}.managed": "true", RAW_LABEL: self.run_id},
         )
-        name = f"sgw-bench-raw-{secrets.token_hex(6)}"
+        name = f"sgw-{secrets.token_hex(8)}"  # a sandbox name: the proxy accepts no other
         created = self.client.api.create_container_from_config(body, name=name)
         self._made.append(created["Id"])
         self.client.api.start(created["Id"])
         return self.client.containers.get(created["Id"])
 
     def exec_run(self, container: Any, command: str) -> tuple[int, bytes]:
-        result = container.exec_run(["bash", "-c", command], user=self.spec.user, workdir=self.spec.workdir)
+        user = container.labels[USER_LABEL]  # the sandbox's own uid:gid
+        result = container.exec_run(["bash", "-c", command], user=user, workdir=self.spec.workdir)
         return int(result.exit_code), bytes(result.output)
 
     def remove(self, container_id: str) -> None:

@@ -21,13 +21,14 @@ import anyio
 from audit import AuditLog
 from gateway.backend.agent_channel import AgentBroken, AgentChannel
 from gateway.backend.base import Backend, ExecOutcome, ExecRequest, OutputCallback
-from gateway.backend.create_body import LABEL_PREFIX, create_body, sandbox_env
+from gateway.backend.create_body import LABEL_PREFIX, USER_LABEL, create_body, sandbox_env
 from gateway.errors import GatewayError, QuotaExceeded, SandboxError
 from gateway.ops import DockerOps
 from gateway.pool import PoolTarget, WarmPool
 from gateway.ratelimit import RateLimiter
 from gateway.sandbox import Grant, Sandbox, principal_key
 from gateway.telemetry import instruments
+from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Decision, Principal
 
 __all__ = ["Broker", "Grant", "Sandbox", "principal_key"]
@@ -40,6 +41,8 @@ _log = logging.getLogger("sandbox_gateway.broker")
 #: After a failed pool fill, wait this long before trying again (the engine may be down).
 _POOL_RETRY_S = 5.0
 _SIGKILLED = 128 + 9
+#: Tries at a free uid when the proxy says another sandbox has the one picked.
+_UID_ATTEMPTS = 5
 _OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 #: Errors that mean "this sandbox cannot take the call": it is replaced once, then the call retried.
 _REPLACEABLE = ("sandbox-gone", "sandbox-agent-lost")
@@ -59,8 +62,11 @@ class Broker:
         workers: int = 16,
         rates: RateLimiter | None = None,
         max_sandboxes: int = 1000,
+        uids: UidRange | None = None,
     ) -> None:
         self.backend = backend
+        #: Host uids for sandboxes: each gets its own (see gateway/uids.py).
+        self.uids = uids or UidRange.parse(DEFAULT_UID_RANGE)
         self.audit = audit
         self.gateway_id = gateway_id
         self.tools_path = tools_path
@@ -177,7 +183,8 @@ class Broker:
         for row in rows:
             young = now - row.created < decision.lifecycle.max_age_s
             same = row.labels.get(_SPEC) == spec_digest and row.name == name
-            if keep is None and row.running and same and young:
+            own_uid = _uid_of(row.labels) in self.uids
+            if keep is None and row.running and same and young and own_uid:
                 keep = row
                 continue
             await self.ops.acall(
@@ -212,7 +219,7 @@ class Broker:
             decision.lifecycle,
             keep.created or now,
             now,
-            decision.spec.user,
+            row_user(keep.labels),
             channel=channel,
         )
         with contextlib.suppress(GatewayError):  # a baseline: an earlier OOM kill is not a later call's
@@ -288,21 +295,32 @@ class Broker:
         """Create, start and (on the agent path) connect one sandbox, and record its creation
         (for a principal, or with `pool` for a warm pool when there is none)."""
         image_id = await self._resolve_image(decision)
-        body = create_body(
-            decision.spec,
-            image=decision.image,
-            image_id=image_id,
-            labels=self._labels(principal, decision),
-            tools_path=self.tools_path,
-            skills_path=self.skills_path,
-        )
         attrs = {
             "principal": principal.id if principal is not None else None,
             "image": decision.image,
             "image_digest": image_id,
             "policy_digest": decision.policy_digest,
         }
-        container_id = await self.ops.acall("create", self.backend.create, name, body, **attrs)
+        for attempt in range(_UID_ATTEMPTS):
+            uid = self.uids.pick({_uid_of_user(known.user) for known in self._sandboxes.values()})
+            body = create_body(
+                decision.spec,
+                uid=uid,
+                image=decision.image,
+                image_id=image_id,
+                labels=self._labels(principal, decision),
+                tools_path=self.tools_path,
+                skills_path=self.skills_path,
+            )
+            try:
+                container_id = await self.ops.acall(
+                    "create", self.backend.create, name, body, uid=uid, **attrs
+                )
+                break
+            except SandboxError as exc:
+                # Another gateway's sandbox has this uid (the proxy refuses a second one): pick again.
+                if exc.code != "uid-in-use" or attempt == _UID_ATTEMPTS - 1:
+                    raise
         channel = None
         try:
             await self.ops.acall(
@@ -333,7 +351,7 @@ class Broker:
             decision.lifecycle,
             now,
             now,
-            decision.spec.user,
+            f"{uid}:{uid}",
             channel=channel,
         )
         self.audit.emit(
@@ -509,7 +527,6 @@ class Broker:
         try:
             request = ExecRequest(
                 argv=argv,
-                user=grant.spec.user,
                 workdir=grant.spec.workdir,
                 env=sandbox_env(grant.spec),
                 timeout_s=grant.timeout_s,
@@ -557,7 +574,9 @@ class Broker:
     async def _exec(
         self, sandbox: Sandbox, request: ExecRequest, on_output: OutputCallback | None = None, **attrs: str
     ) -> ExecOutcome:
-        """One command through the sandbox's agent, or `docker exec` when it has none."""
+        """One command through the sandbox's agent, or `docker exec` when it has none; as the
+        sandbox's own uid."""
+        request = dataclasses.replace(request, user=sandbox.user)
         if sandbox.channel is not None:
             run = functools.partial(sandbox.channel.run, request, on_output)
             return await self.ops.acall(
@@ -677,3 +696,17 @@ def _internal(sandbox: Sandbox, argv: list[str], max_output_bytes: int) -> ExecR
         max_output_bytes=max_output_bytes,
         grace_s=2,
     )
+
+
+def _uid_of_user(user: str) -> int:
+    uid = user.partition(":")[0]
+    return int(uid) if uid.isdigit() else -1
+
+
+def _uid_of(labels: dict[str, str]) -> int:
+    return _uid_of_user(labels.get(USER_LABEL, ""))
+
+
+def row_user(labels: dict[str, str]) -> str:
+    """The `uid:gid` recorded on a sandbox (its code runs as it)."""
+    return labels.get(USER_LABEL, "")

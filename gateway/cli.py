@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway.audit_cli import add_audit_commands
 from gateway.errors import GatewayError
@@ -37,16 +38,29 @@ def _cmd_build_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_socket_proxy(args: argparse.Namespace) -> int:
+    from gateway.sockproxy.main import run
+
+    return run(args)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.serve import serve
 
     return serve(args)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sandbox-gateway", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _add_socket_proxy(sub: Any) -> None:
+    from gateway.sockproxy.main import add_arguments
 
+    proxy = sub.add_parser(
+        "socket-proxy", help="the socket proxy: the only door to the Docker API (setup starts it)"
+    )
+    add_arguments(proxy)
+    proxy.set_defaults(func=_cmd_socket_proxy)
+
+
+def _add_setup(sub: Any) -> None:
     setup = sub.add_parser("setup", help="make sure the engine, socket proxy and sandbox image are ready")
     setup.add_argument(
         "--image", help="sandbox image name (default: $MCP_EXECUTOR_IMAGE or mcp-code-executor:latest)"
@@ -63,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     images.set_defaults(func=_cmd_build_images)
 
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sandbox-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_setup(sub)
     serve = sub.add_parser("serve", help="serve MCP over streamable HTTP at /mcp")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -90,6 +110,24 @@ def _parser() -> argparse.ArgumentParser:
         "--audit-hmac-key-file",
         type=Path,
         help="key for HMACs of submitted code (default: $SGW_AUDIT_HMAC_KEY_FILE, else per-process)",
+    )
+    serve.add_argument(
+        "--audit-repeat-window",
+        type=float,
+        default=60.0,
+        help="seconds per window in which repeated auth failures and rate-limit hits from one source "
+        "are written once and then counted into a summary",
+    )
+    serve.add_argument(
+        "--audit-repeat-sources",
+        type=int,
+        default=512,
+        help="sources tracked one by one per window; beyond, new sources are counted together",
+    )
+    serve.add_argument(
+        "--sandbox-uids",
+        help="host uid range sandboxes run as, LOW-HIGH, each sandbox its own "
+        "(default: $SGW_SANDBOX_UIDS or 2000000000-2000999999; the socket proxy's must match)",
     )
     serve.add_argument(
         "--gateway-id",
@@ -133,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_cmd_serve)
 
+    _add_socket_proxy(sub)
     add_policy_commands(sub)
     add_audit_commands(sub)
 

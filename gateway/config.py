@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import ConfigError
+from gateway.uids import DEFAULT_UID_RANGE, UidRange
 
 __all__ = [
     "DEFAULT_DOCKER_HOST",
@@ -20,6 +21,7 @@ __all__ = [
     "ENV_DOCKER_TLS_VERIFY",
     "ENV_EXECUTOR_IMAGE",
     "ENV_LOG_LEVEL",
+    "ENV_SANDBOX_UIDS",
     "Settings",
     "check_docker_host",
     "check_engine_tls",
@@ -37,8 +39,11 @@ ENV_DOCKER_CERT_PATH = "DOCKER_CERT_PATH"
 ENV_EXECUTOR_IMAGE = "MCP_EXECUTOR_IMAGE"
 #: Gateway log level (DEBUG, INFO, WARNING, ERROR).
 ENV_LOG_LEVEL = "LOG_LEVEL"
-#: Listen address of the socket proxy that `setup` starts.
-ENV_PROXY_BIND = "SGW_PROXY_BIND"
+#: The unix socket the socket proxy that `setup` starts listens on.
+ENV_PROXY_SOCKET = "SGW_PROXY_SOCKET"
+#: Extra host directories (os.pathsep-separated) the proxy that `setup` starts lets be mounted at
+#: /tools or /skills.
+ENV_MOUNT_SOURCES = "SGW_MOUNT_SOURCES"
 #: The engine's unix socket, for `setup` and the socket proxy only.
 ENV_DOCKER_SOCKET = "SGW_DOCKER_SOCKET"
 #: Where `setup` keeps logs, pid files and the cached sandbox root filesystem.
@@ -48,9 +53,13 @@ ENV_AUDIT_HMAC_KEY_FILE = "SGW_AUDIT_HMAC_KEY_FILE"
 #: Standard OpenTelemetry variables: when set, traces, metrics and audit events are exported over OTLP/HTTP.
 ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
-DEFAULT_DOCKER_HOST = "tcp://127.0.0.1:2375"
+#: Host uid range sandboxes run as (each its own uid); the gateway and its socket proxy share it.
+ENV_SANDBOX_UIDS = "SGW_SANDBOX_UIDS"
+
+#: The socket proxy's unix socket (owner-only) that `setup` starts it on.
+DEFAULT_PROXY_SOCKET = "/run/sandbox-gateway/docker-proxy.sock"
+DEFAULT_DOCKER_HOST = f"unix://{DEFAULT_PROXY_SOCKET}"
 DEFAULT_IMAGE = "mcp-code-executor:latest"
-DEFAULT_PROXY_BIND = "127.0.0.1:2375"
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 DEFAULT_STATE_DIR = "/var/lib/sandbox-gateway"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -80,16 +89,25 @@ def engine_tls_from_env(env: Mapping[str, str]) -> tuple[Path, Path, Path] | Non
     return ca, cert, key
 
 
+def _engine_socket(url: str) -> bool:
+    """A unix:// URL that names an engine's own socket rather than the socket proxy's."""
+    path = url.removeprefix("unix://")
+    engine_sockets = {DEFAULT_DOCKER_SOCKET, "/run/docker.sock", os.environ.get(ENV_DOCKER_SOCKET, "")}
+    name = os.path.basename(path)
+    return path in engine_sockets or name == "docker.sock" or "containerd" in name
+
+
 def check_docker_host(url: str, *, allow_raw_socket: bool) -> str:
     """Refuse a raw engine socket unless explicitly allowed: the proxy is the only door."""
-    if url.startswith(("unix://", "npipe://")) and not allow_raw_socket:
+    raw = url.startswith("npipe://") or (url.startswith("unix://") and _engine_socket(url))
+    if raw and not allow_raw_socket:
         raise ConfigError(
             f"DOCKER_HOST={url} is the engine's raw socket, which gives full control of the host. "
-            "Point the gateway at the socket proxy (default tcp://127.0.0.1:2375, started by "
+            f"Point the gateway at the socket proxy (default {DEFAULT_DOCKER_HOST}, started by "
             "`sandbox-gateway setup`), or pass --allow-raw-socket to accept the risk."
         )
     if not url.startswith(("tcp://", "http://", "https://", "unix://", "ssh://", "npipe://")):
-        raise ConfigError(f"DOCKER_HOST={url!r} is not a URL the Docker client understands (tcp://host:port)")
+        raise ConfigError(f"DOCKER_HOST={url!r} is not a URL the Docker client understands (unix://PATH)")
     return url
 
 
@@ -139,6 +157,10 @@ class Settings:
     audit_backups: int = 5
     audit_stdout: bool = True
     audit_hmac_key_file: Path | None = None
+    #: Repeated auth failures and rate-limit hits from one source are folded per window this long...
+    audit_repeat_window_s: float = 60.0
+    #: ...for at most this many sources per window; beyond, new sources are counted together.
+    audit_repeat_sources: int = 512
     log_level: str = "INFO"
     gateway_id: str = "default"
     max_body_bytes: int = 1024 * 1024
@@ -159,6 +181,8 @@ class Settings:
     tools_path: Path | None = None
     skills_path: Path | None = None
     allowed_hosts: tuple[str, ...] = field(default=())
+    #: Host uids sandboxes run as, `LOW-HIGH` (each sandbox its own); the socket proxy's range too.
+    sandbox_uids: str = DEFAULT_UID_RANGE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -168,6 +192,7 @@ class Settings:
             "docker_host": env.get(ENV_DOCKER_HOST) or DEFAULT_DOCKER_HOST,
             "image": env.get(ENV_EXECUTOR_IMAGE) or None,
             "log_level": (env.get(ENV_LOG_LEVEL) or "INFO").upper(),
+            "sandbox_uids": env.get(ENV_SANDBOX_UIDS) or DEFAULT_UID_RANGE,
             "audit_hmac_key_file": Path(env[ENV_AUDIT_HMAC_KEY_FILE])
             if env.get(ENV_AUDIT_HMAC_KEY_FILE)
             else None,
@@ -194,6 +219,7 @@ class Settings:
         """Raise ConfigError for a setting that cannot work or is unsafe without an explicit flag."""
         check_docker_host(self.docker_host, allow_raw_socket=self.allow_raw_socket)
         check_engine_tls(self.docker_host, self.docker_tls_ca, self.docker_tls_cert, self.docker_tls_key)
+        UidRange.parse(self.sandbox_uids)
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL={self.log_level!r}; use one of {', '.join(LOG_LEVELS)}")
         if not 0 < self.port < 65536:
@@ -202,6 +228,10 @@ class Settings:
             raise ConfigError(
                 "--no-audit-stdout needs --audit-log: every decision must be recorded somewhere"
             )
+        if not 1 <= self.audit_repeat_window_s <= 3600:
+            raise ConfigError("--audit-repeat-window must be between 1 and 3600 seconds")
+        if not 1 <= self.audit_repeat_sources <= 1_000_000:
+            raise ConfigError("--audit-repeat-sources must be between 1 and 1000000")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         for name, tls_path in (("certificate", self.tls_cert), ("key", self.tls_key)):

@@ -13,6 +13,7 @@ import yaml
 from gateway.backend.create_body import create_body
 from gateway.errors import ConfigError
 from gateway.tokens import TokenStore
+from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Action, PolicyError, Principal, load_policy
 from policy.diff import diff_policies, render_diff
 from policy.engine import PolicyEngine
@@ -88,7 +89,9 @@ def _render(args: argparse.Namespace) -> int:
     policy = _load(args.file)
     rendered = {}
     for name, profile in policy.profiles.items():
-        body = create_body(profile.sandbox, image=profile.sandbox.image_names()[0], labels={})
+        # Each sandbox gets its own uid; the range's first stands for it here.
+        uid = UidRange.parse(DEFAULT_UID_RANGE).low
+        body = create_body(profile.sandbox, uid=uid, image=profile.sandbox.image_names()[0], labels={})
         rendered[name] = {"Image": body["Image"], "User": body["User"], "HostConfig": body["HostConfig"]}
     print(json.dumps(rendered, indent=2, sort_keys=True))
     return 0

@@ -26,7 +26,8 @@ class Sandbox:
     lifecycle: Lifecycle
     created_at: float
     last_used: float
-    user: str = "1000:1000"
+    #: `uid:gid` its code runs as: a host uid of its own (gateway/uids.py).
+    user: str = ""
     #: OOM kills counted so far in this sandbox's cgroup, to tell whether a call was OOM-killed.
     oom_kills: int = 0
     #: The connection to the sandbox's agent; None when commands go through `docker exec`.

@@ -22,6 +22,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.service import ExecutionService
 from gateway.telemetry import configure_telemetry
 from gateway.tokens import TokenStore
+from gateway.uids import UidRange, host_accounts_in
 from policy import PolicyError, load_policy
 from policy.engine import PolicyEngine
 
@@ -84,6 +85,8 @@ def serve(args: argparse.Namespace) -> int:
         audit_backups=args.audit_backups,
         audit_stdout=not args.no_audit_stdout,
         audit_hmac_key_file=args.audit_hmac_key_file,
+        audit_repeat_window_s=args.audit_repeat_window,
+        audit_repeat_sources=args.audit_repeat_sources,
         gateway_id=args.gateway_id,
         remove_on_shutdown=not args.keep_sandboxes,
         tools_path=args.tools_dir,
@@ -96,6 +99,7 @@ def serve(args: argparse.Namespace) -> int:
         rate_limit_storage=args.rate_limit_storage,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        sandbox_uids=args.sandbox_uids,
     )
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -127,6 +131,12 @@ def serve(args: argparse.Namespace) -> int:
         )
     verifier = GatewayTokenVerifier(tokens, JWTVerifier(oauth) if oauth else None)
 
+    uids = UidRange.parse(settings.sandbox_uids)
+    if accounts := host_accounts_in(uids):
+        raise ConfigError(
+            f"the sandbox uid range {uids} holds host accounts ({'; '.join(accounts[:5])}): sandboxes "
+            f"would share their kernel limits; choose a free range with --sandbox-uids"
+        )
     engine_tls = tls_config(*map(str, settings.docker_tls)) if settings.docker_tls else None
     backend = DockerBackend(settings.docker_host, pool_size=settings.docker_workers * 2, tls=engine_tls)
     broker = Broker(
@@ -138,6 +148,7 @@ def serve(args: argparse.Namespace) -> int:
         workers=settings.docker_workers,
         max_sandboxes=settings.max_sandboxes,
         rates=RateLimiter(settings.rate_limit_storage),
+        uids=uids,
     )
     # Request rates are enforced per HTTP request (429) by the app, not again per tool call.
     service = ExecutionService(engine, broker, audit, enforce_request_rate=False)

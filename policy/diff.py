@@ -60,7 +60,7 @@ _NUMERIC = (
 _BOOLEAN = ("sandbox.read_only_rootfs", "sandbox.no_new_privileges", "sandbox.init")
 _SETS = ("tools", "sandbox.images", "sandbox.cap_add")
 _RATES = ("rate_limits.requests", "rate_limits.sandbox_creations")
-_UNORDERED = ("sandbox.user", "sandbox.seccomp", "sandbox.workdir", "sandbox.network")
+_UNORDERED = ("sandbox.seccomp", "sandbox.workdir", "sandbox.network")
 
 
 def _get(profile: Profile, dotted: str) -> Any:

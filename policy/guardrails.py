@@ -79,8 +79,19 @@ def _root_user(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
         return
     user = str(section["user"]).strip()
     uid, _, gid = user.partition(":")
-    if uid in ("0", "root", "") or gid in ("0", "root"):
+    if _is_root_id(uid) or (gid and _is_root_id(gid)):
         yield f"{prefix}.user", "no-root", "sandboxes never run as uid or gid 0"
+
+
+def _is_root_id(value: str) -> bool:
+    """`root`, empty, or any spelling the engine reads as 0 (`00`, `+0`, `-0`, ` 0`)."""
+    text = value.strip()
+    if text in ("", "root"):
+        return True
+    try:
+        return int(text) == 0
+    except ValueError:
+        return False
 
 
 def _capabilities(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:

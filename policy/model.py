@@ -17,6 +17,7 @@ from policy.units import parse_size
 __all__ = [
     "CAP_ADD_ALLOW_LIST",
     "TOOL_NAMES",
+    "ULIMIT_NAMES",
     "AuditPolicy",
     "ExecLimits",
     "Lifecycle",
@@ -74,7 +75,7 @@ def split_image(entry: str) -> tuple[str, str | None]:
     return name, (digest or None)
 
 
-_ULIMIT_NAMES = frozenset({"nofile", "nproc", "fsize", "core", "cpu", "stack", "memlock", "sigpending"})
+ULIMIT_NAMES = frozenset({"nofile", "nproc", "fsize", "core", "cpu", "stack", "memlock", "sigpending"})
 
 
 class _Strict(BaseModel):
@@ -108,7 +109,6 @@ class SandboxSpec(_Strict):
     """What a sandbox container is made of. The broker creates exactly this, nothing more."""
 
     images: tuple[str, ...] = Field(min_length=1)
-    user: str = "1000:1000"
     read_only_rootfs: bool = True
     network: Literal["none"] = "none"
     cpus: float = Field(default=1.0, gt=0, le=64)
@@ -138,20 +138,22 @@ class SandboxSpec(_Strict):
                 raise ValueError(f"{entry!r}: a pinned image is name@sha256:<64 hex digits>")
         return value
 
-    @field_validator("user")
+    @model_validator(mode="before")
     @classmethod
-    def _numeric_non_root(cls, value: str) -> str:
-        parts = value.split(":")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise ValueError("user must be numeric 'uid:gid', e.g. '1000:1000'")
-        return value
+    def _no_fixed_user(cls, data: object) -> object:
+        if isinstance(data, dict) and "user" in data:
+            raise ValueError(
+                "user is not set by policy: every sandbox runs as a host uid of its own, from the "
+                "gateway's range (--sandbox-uids); remove `user`"
+            )
+        return data
 
     @field_validator("ulimits")
     @classmethod
     def _known_ulimits(cls, value: dict[str, int]) -> dict[str, int]:
-        unknown = sorted(set(value) - _ULIMIT_NAMES)
+        unknown = sorted(set(value) - ULIMIT_NAMES)
         if unknown:
-            raise ValueError(f"unknown ulimit(s) {unknown}; known: {sorted(_ULIMIT_NAMES)}")
+            raise ValueError(f"unknown ulimit(s) {unknown}; known: {sorted(ULIMIT_NAMES)}")
         if any(v < 0 for v in value.values()):
             raise ValueError("ulimits cannot be negative")
         return value
@@ -183,14 +185,6 @@ class SandboxSpec(_Strict):
         """sha256 of this spec alone: a sandbox is replaced when its profile's spec changes."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
-
-    @property
-    def uid(self) -> int:
-        return int(self.user.split(":")[0])
-
-    @property
-    def gid(self) -> int:
-        return int(self.user.split(":")[1])
 
 
 class ExecLimits(_Strict):

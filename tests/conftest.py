@@ -17,7 +17,7 @@ from audit import AuditLog, MemorySink
 from policy import Policy, load_policy
 
 #: The socket proxy started by `make setup` (override to test another deployment).
-PROXY_URL = os.environ.get("SGW_TEST_DOCKER_HOST", "tcp://127.0.0.1:2375")
+PROXY_URL = os.environ.get("SGW_TEST_DOCKER_HOST", "unix:///run/sandbox-gateway/docker-proxy.sock")
 IMAGE = os.environ.get("MCP_EXECUTOR_IMAGE", "mcp-code-executor:latest")
 LABEL = "sandbox-gateway"
 

@@ -19,11 +19,12 @@ class ExecRequest:
     """One process to run in a sandbox, with its bounds."""
 
     argv: list[str]
-    user: str
     workdir: str
     env: list[str]
     timeout_s: float
     max_output_bytes: int
+    #: `uid:gid` to run as: the sandbox's own, which the broker fills in.
+    user: str = ""
     #: Gateway-side deadline on top of the in-sandbox `timeout` (covers escaped background writers).
     grace_s: float = 5.0
 

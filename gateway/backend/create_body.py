@@ -9,9 +9,19 @@ from typing import Any
 from gateway.errors import ConfigError
 from policy import SandboxSpec
 
-__all__ = ["LABEL_PREFIX", "SECCOMP_DIR", "create_body", "sandbox_env"]
+__all__ = [
+    "LABEL_PREFIX",
+    "SANDBOX_PATH_ENV",
+    "SECCOMP_DIR",
+    "USER_LABEL",
+    "create_body",
+    "sandbox_env",
+    "seccomp_options",
+]
 
 LABEL_PREFIX = "sandbox-gateway"
+#: The `uid:gid` a sandbox's code runs as: a uid of its own, from the gateway's range (see uids.py).
+USER_LABEL = f"{LABEL_PREFIX}.user"
 #: The container's own processes (init and its idle child) run as `nobody`, not as the uid that runs
 #: the calls: code in the sandbox cannot signal them, so `kill -9 -1` cannot stop its own sandbox.
 KEEPER_USER = "65534:65534"
@@ -19,13 +29,13 @@ KEEPER_USER = "65534:65534"
 AGENT_PATH = "/opt/sandbox-gateway/agent.py"
 AGENT_COMMAND = ["python3", "-I", "-S", AGENT_PATH]
 SECCOMP_DIR = Path(__file__).resolve().parents[2] / "seccomp"
-_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SANDBOX_PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def sandbox_env(spec: SandboxSpec) -> list[str]:
     """The whole environment of sandbox processes: fixed, with no secret from the gateway."""
     return [
-        f"PATH={_PATH}",
+        f"PATH={SANDBOX_PATH_ENV}",
         f"HOME={spec.workdir}",
         "LANG=C.UTF-8",
         "PYTHONUNBUFFERED=1",
@@ -56,6 +66,17 @@ def _seccomp_option(name: str, runtime: str = "runc") -> list[str]:
     return [f"seccomp={json.dumps(profile, separators=(',', ':'))}"]
 
 
+def seccomp_options(directory: Path = SECCOMP_DIR) -> frozenset[str]:
+    """Every `seccomp=...` option the broker can send: each profile in `directory`, as sent for
+    runc and as sent for runsc (the socket proxy accepts exactly these)."""
+    return frozenset(
+        option
+        for path in sorted(directory.glob("*.json"))
+        for runtime in ("runc", "runsc")
+        for option in _seccomp_option(path.stem, runtime)
+    )
+
+
 #: Under gVisor the sandbox's pids cgroup also holds the Sentry (about 35 host threads when idle)
 #: and a host thread per running application thread; hitting the limit crashes the whole sandbox.
 GVISOR_PIDS_FACTOR, GVISOR_PIDS_BASE = 3, 128
@@ -69,13 +90,13 @@ def host_pids_limit(spec: SandboxSpec) -> int:
     return spec.pids_limit
 
 
-def _tmpfs(spec: SandboxSpec) -> dict[str, str]:
+def _tmpfs(spec: SandboxSpec, uid: int) -> dict[str, str]:
     mounts = {}
     for mount in spec.tmpfs:
         options = ["rw", "nosuid", "nodev"]
         if mount.noexec:
             options.append("noexec")
-        options += [f"size={mount.size}", f"mode={mount.mode:o}", f"uid={spec.uid}", f"gid={spec.gid}"]
+        options += [f"size={mount.size}", f"mode={mount.mode:o}", f"uid={uid}", f"gid={uid}"]
         mounts[mount.path] = ",".join(options)
     return mounts
 
@@ -83,6 +104,7 @@ def _tmpfs(spec: SandboxSpec) -> dict[str, str]:
 def create_body(
     spec: SandboxSpec,
     *,
+    uid: int,
     image: str,
     labels: dict[str, str],
     image_id: str | None = None,
@@ -91,9 +113,11 @@ def create_body(
 ) -> dict[str, object]:
     """The Docker Engine API body for POST /containers/create.
 
+    `uid` is the sandbox's own host uid (and gid), allocated by the broker from the gateway's range.
     `image` must be a name the profile allows; `image_id`, when the broker resolved it, is what the
     container is created from, so the image cannot change between the check and the create.
     """
+    user = f"{uid}:{uid}"
     if image not in spec.image_names():
         raise ConfigError(f"image {image!r} is not allowed by the profile")
     binds = [
@@ -113,7 +137,7 @@ def create_body(
         "Memory": spec.memory,
         "MemorySwap": spec.memory_swap,
         "NanoCpus": int(spec.cpus * 1e9),
-        "Tmpfs": _tmpfs(spec),
+        "Tmpfs": _tmpfs(spec, uid),
         "Ulimits": [
             {"Name": name, "Soft": value, "Hard": value} for name, value in sorted(spec.ulimits.items())
         ],
@@ -129,7 +153,7 @@ def create_body(
         "User": KEEPER_USER,
         "WorkingDir": spec.workdir,
         "Env": sandbox_env(spec),
-        "Labels": labels,
+        "Labels": {**labels, USER_LABEL: user},
         "Hostname": "sandbox",
         "StopSignal": "SIGKILL",  # nothing in a sandbox has state to flush on TERM
         "NetworkDisabled": True,
@@ -146,7 +170,7 @@ def create_body(
         # across attach connections. Its stdout carries only protocol frames: no log driver keeps them.
         body |= {
             "Cmd": AGENT_COMMAND,
-            "User": spec.user,
+            "User": user,
             "AttachStdin": True,
             "AttachStdout": True,
             "AttachStderr": True,

@@ -34,7 +34,8 @@ class SandboxGone(SandboxError):
 
 def _engine_error(exc: Exception, base_url: str, what: str) -> EngineError:
     if isinstance(exc, docker.errors.APIError) and exc.status_code == 403:
-        return EngineError(f"the socket proxy refused {what} (403); check compose/socket-proxy/haproxy.cfg")
+        # The proxy's own words (which rule refused), never the engine's: the proxy wrote them.
+        return EngineError(f"the socket proxy refused to {what} (403): {str(exc.explanation or '')[:300]}")
     if isinstance(exc, docker.errors.APIError) and exc.status_code in (502, 503, 504):
         return EngineError(
             f"the Docker engine behind the socket proxy at {base_url} is not answering "
@@ -96,7 +97,12 @@ class DockerBackend:
         return str(data.get("Id", "")), digests - {""}
 
     def create(self, name: str, body: dict[str, object]) -> str:
-        result = self._call("create a sandbox", self._api.create_container_from_config, body, name=name)
+        try:
+            result = self._call("create a sandbox", self._api.create_container_from_config, body, name=name)
+        except SandboxGone as exc:
+            if "(uid-in-use)" in str(getattr(exc.__cause__, "explanation", "")):
+                raise SandboxError("another sandbox runs as this uid", code="uid-in-use") from exc
+            raise
         return str(result["Id"])
 
     def start(self, container_id: str) -> None:

@@ -1,30 +1,81 @@
-"""Start the socket proxy (HAProxy with compose/socket-proxy/haproxy.cfg) in front of the engine."""
+"""Start the socket proxy (`python -m gateway.sockproxy`) on its owner-only unix socket."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
+from gateway.config import ENV_MOUNT_SOURCES, ENV_SANDBOX_UIDS
 from gateway.errors import SetupError
-from gateway.setup.probe import http_status
-from gateway.setup.state import SetupPaths, apt_install, pid_alive, say
+from gateway.setup.probe import unix_http_status
+from gateway.setup.state import REPO_ROOT, SetupPaths, pid_alive, say
+from gateway.uids import DEFAULT_UID_RANGE
 
-__all__ = ["ensure_proxy", "proxy_is_filtering"]
+__all__ = ["ensure_proxy", "proxy_argv", "proxy_is_filtering"]
+
+#: What the proxy is made of: a change to any of these restarts it.
+_SOURCES = (REPO_ROOT / "gateway" / "sockproxy", REPO_ROOT / "seccomp", REPO_ROOT / "gateway" / "backend")
 
 
-def proxy_is_filtering(bind: str) -> bool:
-    """True when `bind` answers like our proxy: the ping goes through, a volume listing is refused."""
-    return http_status(bind, "/_ping") == 200 and http_status(bind, "/volumes") == 403
+def proxy_is_filtering(socket_path: Path) -> bool:
+    """True when the socket answers like our proxy: the ping goes through, a volume listing is refused."""
+    return (
+        unix_http_status(socket_path, "/_ping") == 200
+        and unix_http_status(socket_path, "/v1.41/volumes") == 403
+    )
 
 
-def _config_digest(paths: SetupPaths) -> str:
-    return hashlib.sha256(
-        paths.haproxy_cfg.read_bytes() + paths.proxy_bind.encode() + str(paths.docker_socket).encode()
-    ).hexdigest()
+def proxy_argv(paths: SetupPaths) -> list[str]:
+    """The proxy's command line: the repository's skills/ and the setup's mount root may be mounted."""
+    sources = [str(REPO_ROOT / "skills")]
+    sources += [p for p in os.environ.get(ENV_MOUNT_SOURCES, "").split(os.pathsep) if p]
+    argv = [
+        sys.executable,
+        "-m",
+        "gateway.sockproxy",
+        "--listen",
+        f"unix:{paths.proxy_socket}",
+        "--engine",
+        str(paths.docker_socket),
+        "--sandbox-uids",
+        os.environ.get(ENV_SANDBOX_UIDS) or DEFAULT_UID_RANGE,
+        "--mount-root",
+        str(paths.mount_root),
+    ]
+    for source in sources:
+        argv += ["--mount-source", source]
+    return argv
+
+
+def _digest(argv: list[str]) -> str:
+    sha = hashlib.sha256("\0".join(argv).encode())
+    for root in _SOURCES:
+        for path in sorted(root.rglob("*")):
+            if path.suffix in (".py", ".json") and path.is_file():
+                sha.update(path.name.encode() + path.read_bytes())
+    return sha.hexdigest()
+
+
+def _proxy_pid(pid_file: Path) -> int | None:
+    """The pid in `pid_file` when that process is our socket proxy, else None."""
+    pid = _read_pid(pid_file)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if pid else b""
+    except OSError:
+        return None
+    return pid if b"gateway.sockproxy" in cmdline else None
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _stop(pid: int) -> None:
@@ -39,52 +90,57 @@ def _stop(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _stop_legacy_haproxy(paths: SetupPaths) -> None:
+    """An HAProxy that an older setup started on loopback TCP is open to every local user: stop it."""
+    pid = pid_alive(paths.state_dir / "run" / "haproxy.pid", "haproxy")
+    if pid is not None:
+        say(f"stopping the old HAProxy socket proxy on loopback TCP (pid {pid})")
+        _stop(pid)
+
+
 def ensure_proxy(paths: SetupPaths) -> None:
-    """Reuse a running proxy with the current config; otherwise (re)start HAProxy and check it filters."""
+    """Reuse a running proxy with the current code and options; otherwise (re)start it and check it."""
     paths.ensure_dirs()
-    pid_file = paths.state_dir / "run" / "haproxy.pid"
-    digest_file = paths.state_dir / "run" / "haproxy.cfg.sha256"
-    digest = _config_digest(paths)
-    pid = pid_alive(pid_file, "haproxy")
+    _stop_legacy_haproxy(paths)
+    pid_file = paths.state_dir / "run" / "socket-proxy.pid"
+    digest_file = paths.state_dir / "run" / "socket-proxy.sha256"
+    argv = proxy_argv(paths)
+    digest = _digest(argv)
+    pid = _proxy_pid(pid_file)
     if (
         pid
         and digest_file.exists()
         and digest_file.read_text() == digest
-        and proxy_is_filtering(paths.proxy_bind)
+        and proxy_is_filtering(paths.proxy_socket)
     ):
-        say(f"socket proxy answers on {paths.proxy_bind} (haproxy pid {pid})")
+        say(f"socket proxy answers on {paths.proxy_socket} (pid {pid})")
         return
     if pid:
-        say(f"restarting the socket proxy (pid {pid}): its configuration changed or it stopped answering")
+        say(f"restarting the socket proxy (pid {pid}): its code or options changed, or it stopped answering")
         _stop(pid)
-    elif http_status(paths.proxy_bind, "/_ping") is not None:
-        if proxy_is_filtering(paths.proxy_bind):
-            say(f"a filtering socket proxy already answers on {paths.proxy_bind}; using it")
-            return
-        raise SetupError(
-            f"{paths.proxy_bind} is taken by something that is not a filtering socket proxy "
-            "(it answers /volumes). Stop it, or set SGW_PROXY_BIND to a free address."
+    log = paths.state_dir / "log" / "socket-proxy.log"
+    say(f"starting the socket proxy on {paths.proxy_socket} -> {paths.docker_socket} (log: {log})")
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd="/",
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         )
-    if shutil.which("haproxy") is None:
-        apt_install(["haproxy"], "the socket proxy runs on HAProxy")
-    env = {**os.environ, "SGW_PROXY_BIND": paths.proxy_bind, "SGW_DOCKER_SOCKET": str(paths.docker_socket)}
-    _haproxy(["-c", "-q", "-f", str(paths.haproxy_cfg)], env, f"{paths.haproxy_cfg} is invalid")
-    say(f"starting the socket proxy on {paths.proxy_bind} -> {paths.docker_socket}")
-    _haproxy(["-D", "-f", str(paths.haproxy_cfg), "-p", str(pid_file)], env, "haproxy failed to start")
+    pid_file.write_text(str(proc.pid))
     digest_file.write_text(digest)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if proxy_is_filtering(paths.proxy_bind):
+        if proc.poll() is not None:
+            raise SetupError(f"the socket proxy exited ({proc.returncode}); see {log}")
+        if proxy_is_filtering(paths.proxy_socket):
             say("socket proxy answers, and refuses what it should")
             return
         time.sleep(0.2)
     raise SetupError(
-        f"the socket proxy on {paths.proxy_bind} did not answer /_ping with 200 and "
-        "/volumes with 403 within 15 s"
+        f"the socket proxy on {paths.proxy_socket} did not answer /_ping with 200 and /volumes with 403 "
+        f"within 15 s; see {log}"
     )
-
-
-def _haproxy(args: list[str], env: dict[str, str], failure: str) -> None:
-    proc = subprocess.run(["haproxy", *args], env=env, capture_output=True, timeout=30, check=False)
-    if proc.returncode != 0:
-        raise SetupError(f"{failure}: {proc.stderr.decode(errors='replace')[-800:]}")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from gateway.config import (
     DEFAULT_DOCKER_SOCKET,
-    DEFAULT_PROXY_BIND,
+    DEFAULT_PROXY_SOCKET,
     DEFAULT_STATE_DIR,
     ENV_DOCKER_SOCKET,
-    ENV_PROXY_BIND,
+    ENV_PROXY_SOCKET,
     ENV_STATE_DIR,
 )
 from gateway.errors import SetupError
@@ -30,24 +30,27 @@ class SetupPaths:
 
     state_dir: Path
     docker_socket: Path
-    proxy_bind: str
-    haproxy_cfg: Path
+    proxy_socket: Path
 
     @classmethod
     def from_env(cls) -> SetupPaths:
         return cls(
             state_dir=Path(os.environ.get(ENV_STATE_DIR) or DEFAULT_STATE_DIR),
             docker_socket=Path(os.environ.get(ENV_DOCKER_SOCKET) or DEFAULT_DOCKER_SOCKET),
-            proxy_bind=os.environ.get(ENV_PROXY_BIND) or DEFAULT_PROXY_BIND,
-            haproxy_cfg=REPO_ROOT / "compose" / "socket-proxy" / "haproxy.cfg",
+            proxy_socket=Path(os.environ.get(ENV_PROXY_SOCKET) or DEFAULT_PROXY_SOCKET),
         )
 
     @property
     def proxy_url(self) -> str:
-        return f"tcp://{self.proxy_bind}"
+        return f"unix://{self.proxy_socket}"
+
+    @property
+    def mount_root(self) -> Path:
+        """Subdirectories of this may be mounted at /tools and /skills (besides the repo's skills/)."""
+        return self.state_dir / "mounts"
 
     def ensure_dirs(self) -> None:
-        for sub in ("", "log", "run", "cache"):
+        for sub in ("", "log", "run", "cache", "mounts"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
 
 

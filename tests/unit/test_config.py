@@ -7,7 +7,11 @@ from gateway.errors import ConfigError
 
 
 def test_default_goes_through_the_socket_proxy() -> None:
-    assert Settings.from_env({}).docker_host == DEFAULT_DOCKER_HOST == "tcp://127.0.0.1:2375"
+    assert (
+        Settings.from_env({}).docker_host
+        == DEFAULT_DOCKER_HOST
+        == "unix:///run/sandbox-gateway/docker-proxy.sock"
+    )
 
 
 def test_docker_host_and_image_come_from_the_environment() -> None:

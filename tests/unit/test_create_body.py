@@ -12,11 +12,12 @@ from gateway.backend.create_body import create_body
 from policy import PolicyLoadError, load_policy, load_policy_text
 
 IMAGE = "mcp-code-executor:latest"
+UID = 2000000123
 
 
 def test_exec_path_body_runs_an_init_and_an_idle_child_as_nobody() -> None:
     spec = load_policy().profiles["default"].sandbox.model_copy(update={"exec_path": "exec"})
-    body = create_body(spec, image=IMAGE, labels={})
+    body = create_body(spec, uid=UID, image=IMAGE, labels={})
     host = body["HostConfig"]
     assert isinstance(host, dict)
     assert (body["User"], body["Cmd"], host["Init"], body["OpenStdin"]) == (
@@ -34,7 +35,7 @@ def test_gvisor_sandboxes_get_clone3_from_gvisor_itself() -> None:
 
     policy = load_policy()
     for profile, expected in (("default", "SCMP_ACT_ERRNO"), ("strict", "SCMP_ACT_ALLOW")):
-        body = create_body(policy.profiles[profile].sandbox, image=IMAGE, labels={})
+        body = create_body(policy.profiles[profile].sandbox, uid=UID, image=IMAGE, labels={})
         host = body["HostConfig"]
         assert isinstance(host, dict)
         seccomp = next(opt for opt in host["SecurityOpt"] if opt.startswith("seccomp="))
@@ -44,10 +45,11 @@ def test_gvisor_sandboxes_get_clone3_from_gvisor_itself() -> None:
 
 def test_default_profile_body_has_every_hardening_switch() -> None:
     spec = load_policy().profiles["default"].sandbox
-    body = create_body(spec, image=IMAGE, labels={"a": "b"})
+    body = create_body(spec, uid=UID, image=IMAGE, labels={"a": "b"})
     host = body["HostConfig"]
     assert isinstance(host, dict)
-    assert body["User"] == spec.user  # the agent, PID 1, runs as the sandbox's uid
+    assert body["User"] == f"{UID}:{UID}"  # the agent, PID 1, runs as the sandbox's own uid
+    assert body["Labels"]["sandbox-gateway.user"] == f"{UID}:{UID}"  # recorded on the sandbox
     assert body["Cmd"] == ["python3", "-I", "-S", "/opt/sandbox-gateway/agent.py"]
     assert body["NetworkDisabled"] is True
     assert host["NetworkMode"] == "none"
@@ -67,14 +69,14 @@ def test_default_profile_body_has_every_hardening_switch() -> None:
 
 def test_tools_and_skills_are_the_only_mounts_and_read_only(tmp_path: Path) -> None:
     spec = load_policy().profiles["default"].sandbox
-    body = create_body(spec, image=IMAGE, labels={}, tools_path=tmp_path, skills_path=tmp_path)
+    body = create_body(spec, uid=UID, image=IMAGE, labels={}, tools_path=tmp_path, skills_path=tmp_path)
     assert body["HostConfig"]["Binds"] == [f"{tmp_path}:/tools:ro", f"{tmp_path}:/skills:ro"]  # type: ignore[index]
 
 
 def test_environment_holds_no_gateway_secret(monkeypatch) -> None:
     monkeypatch.setenv("SGW_SECRET_PROBE", "leak")
     spec = load_policy().profiles["default"].sandbox
-    assert not any("leak" in item for item in create_body(spec, image=IMAGE, labels={})["Env"])  # type: ignore[union-attr]
+    assert not any("leak" in item for item in create_body(spec, uid=UID, image=IMAGE, labels={})["Env"])  # type: ignore[union-attr]
 
 
 FORBIDDEN = {
@@ -82,7 +84,7 @@ FORBIDDEN = {
     "network": st.sampled_from(["host", "none", "bridge", "container:x"]),
     "pid": st.sampled_from(["host", "private"]),
     "ipc_mode": st.just("host"),
-    "user": st.sampled_from(["0:0", "root", "1000:1000", "1000:0", "0", "65534:65534"]),
+    "user": st.sampled_from(["0:0", "root", "1000:1000", "1000:0", "0", "00:00", "+0:1", "65534:65534"]),
     "seccomp": st.sampled_from(["unconfined", "default", "Unconfined"]),
     "security_opt": st.lists(
         st.sampled_from(["seccomp=unconfined", "apparmor:unconfined", "label=disable"]), max_size=2
@@ -113,7 +115,7 @@ def test_no_loadable_policy_produces_a_dangerous_container(extra: dict[str, Any]
         policy = load_policy_text(yaml.safe_dump(doc))
     except PolicyLoadError:
         return
-    body = create_body(policy.profiles["p"].sandbox, image=IMAGE, labels={})
+    body = create_body(policy.profiles["p"].sandbox, uid=UID, image=IMAGE, labels={})
     host = body["HostConfig"]
     assert isinstance(host, dict)
     text = json.dumps(body).lower()
@@ -132,8 +134,8 @@ def test_no_loadable_policy_produces_a_dangerous_container(extra: dict[str, Any]
 def test_gvisor_pids_limit_leaves_room_for_the_sentry() -> None:
     """Under gVisor the pids cgroup also counts the Sentry's host threads: the limit is scaled."""
     policy = load_policy()
-    strict = create_body(policy.profiles["strict"].sandbox, image=IMAGE, labels={})["HostConfig"]
-    default = create_body(policy.profiles["default"].sandbox, image=IMAGE, labels={})["HostConfig"]
+    strict = create_body(policy.profiles["strict"].sandbox, uid=UID, image=IMAGE, labels={})["HostConfig"]
+    default = create_body(policy.profiles["default"].sandbox, uid=UID, image=IMAGE, labels={})["HostConfig"]
     assert isinstance(strict, dict) and isinstance(default, dict)
     assert strict["PidsLimit"] == 64 * 3 + 128
     assert default["PidsLimit"] == 128

@@ -52,7 +52,6 @@ def changed(path: str, value: Any) -> Any:
         pytest.param(
             "profiles.default.sandbox.seccomp", "default", "sandbox.seccomp", "changed", id="seccomp"
         ),
-        pytest.param("profiles.default.sandbox.user", "1001:1001", "sandbox.user", "changed", id="user"),
         pytest.param(
             "profiles.default.sandbox.images",
             ["mcp-code-executor:latest", "other:1"],

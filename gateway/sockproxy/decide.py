@@ -1,0 +1,270 @@
+"""Per-route decisions: what is forwarded for a matched request, and on which container.
+
+Container and exec verbs act only on the gateway's own sandboxes. Which container a reference
+means is asked of the engine (inspect), and the request is forwarded with the container's full
+id, so a rename between the check and the call cannot redirect it. A container counts as a sandbox
+when it carries the managed label, a sandbox name, network none and is not privileged: every
+container the proxy lets be created has all four.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from gateway.backend.create_body import LABEL_PREFIX, USER_LABEL
+from gateway.sockproxy.engine import Engine, EngineReply
+from gateway.sockproxy.routes import API, Match
+from gateway.sockproxy.rules import (
+    NAME,
+    ContainerFacts,
+    ProxyRules,
+    sandbox_user,
+    validate_create,
+    validate_exec_create,
+    validate_exec_start,
+)
+from gateway.sockproxy.shapes import Refused, fail, list_of, obj, text
+from gateway.sockproxy.strict_json import StrictJSONError, canonical, decode
+
+__all__ = ["Decider", "Forward", "Respond"]
+
+_MANAGED = f"{LABEL_PREFIX}.managed"
+_FULL_ID = re.compile(r"[0-9a-f]{64}")
+_CACHE = 8192
+_BOOL = ("0", "1", "true", "false", "True", "False")
+_SIGNALS = ("KILL", "SIGKILL", "9")
+_CONDITIONS = ("not-running", "next-exit", "removed")
+_LIST_KEYS = frozenset({"limit", "all", "size", "trunc_cmd", "filters"})
+_FILTERS = obj({}, {key: list_of(text, max_items=32) for key in ("label", "name", "status", "id")})
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send this to the engine (path and query rebuilt by the proxy, body re-encoded)."""
+
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    facts: ContainerFacts | None = None
+    #: Held until the engine has answered (creates, so that two cannot take one uid); released by
+    #: whoever forwards.
+    lock: asyncio.Lock | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Answer the client directly."""
+
+    status: int
+    body: Any
+
+
+class Decider:
+    def __init__(self, rules: ProxyRules, engine: Engine) -> None:
+        self.rules = rules
+        self.engine = engine
+        self._sandboxes: OrderedDict[str, ContainerFacts] = OrderedDict()
+        self._execs: OrderedDict[str, str] = OrderedDict()
+        #: Creates are serialised so that two cannot take the same uid.
+        self._create_lock = asyncio.Lock()
+
+    async def decide(self, found: Match, body: Any) -> Forward | Respond:  # noqa: PLR0911 - a return per route
+        name, ref, query = found.route.name, found.ref, found.query
+        if name in ("ping", "version"):
+            _no_query(query)
+            return Forward(f"{API}/_ping" if name == "ping" else f"{API}/version")
+        if name == "image.inspect":
+            _no_query(query)
+            return Forward(f"{API}/images/{ref}/json")
+        if name == "container.create":
+            return await self._create(query, body)
+        if name == "container.list":
+            return Forward(f"{API}/containers/json", _list_query(query))
+        if name.startswith("exec.") and name != "exec.create":
+            facts = await self._exec_owner(ref)
+            if name == "exec.start":
+                _no_query(query)
+                return Forward(
+                    f"{API}/exec/{ref}/start", body=canonical(validate_exec_start(body)), facts=facts
+                )
+            _no_query(query)
+            return Forward(f"{API}/exec/{ref}/json", facts=facts)
+        facts = await self.sandbox(ref, fresh=name == "container.rename")
+        base = f"{API}/containers/{facts.id}"
+        return self._container_verb(name, base, query, body, facts)
+
+    def _container_verb(  # noqa: PLR0911 - a return per route
+        self, name: str, base: str, query: dict[str, str], body: Any, facts: ContainerFacts
+    ) -> Forward:
+        if name == "container.inspect":
+            _no_query(query)
+            return Forward(f"{base}/json", facts=facts)
+        if name == "container.start":
+            _no_query(query)
+            return Forward(f"{base}/start", facts=facts)
+        if name == "container.kill":
+            _allowed_query(query, {"signal": _SIGNALS})
+            return Forward(f"{base}/kill", {"signal": "KILL"}, facts=facts)
+        if name == "container.wait":
+            _allowed_query(query, {"condition": _CONDITIONS})
+            return Forward(f"{base}/wait", query, facts=facts)
+        if name == "container.attach":
+            return Forward(f"{base}/attach", _attach_query(query), facts=facts)
+        if name == "container.rename":
+            new = query.get("name", "")
+            if set(query) != {"name"} or not re.fullmatch(r"sgw-[0-9a-f]{16}", new):
+                raise Refused("rename", "only name=sgw-<16 hex digits> is allowed")
+            if not facts.name.startswith("sgw-pool-"):
+                raise Refused("rename", f"only a warm-pool sandbox is renamed, not {facts.name}")
+            return Forward(f"{base}/rename", {"name": new}, facts=facts)
+        if name == "container.remove":
+            _allowed_query(query, {"v": _BOOL, "force": _BOOL, "link": ("0", "false", "False")})
+            return Forward(base, {"force": "1", "v": "1"}, facts=facts)
+        if name == "exec.create":
+            _no_query(query)
+            checked = validate_exec_create(body, facts)
+            checked["Container"] = facts.id
+            return Forward(f"{base}/exec", body=canonical(checked), facts=facts)
+        raise Refused("no-route", name)  # pragma: no cover - every route name is handled above
+
+    async def after(self, found: Match, action: Forward, reply: EngineReply) -> bytes:
+        """The body returned to the client; remembers what the engine just told about sandboxes."""
+        name = found.route.name
+        if name == "container.list" and reply.status == 200:
+            rows = reply.json()
+            kept = [row for row in rows if (row.get("Labels") or {}).get(_MANAGED) == "true"]
+            return canonical(kept)
+        if name == "exec.create" and reply.status == 201 and action.facts is not None:
+            exec_id = str((reply.json() or {}).get("Id", ""))
+            if _FULL_ID.fullmatch(exec_id):
+                _remember(self._execs, exec_id, action.facts.id)
+        if name == "container.remove" and action.facts is not None:
+            self._sandboxes.pop(action.facts.id, None)
+        return reply.body
+
+    async def _create(self, query: dict[str, str], body: Any) -> Forward:
+        if set(query) != {"name"}:
+            raise Refused("query", "a create takes exactly name=<sandbox name>")
+        checked = validate_create(query["name"], body, self.rules)
+        user = checked["Labels"][USER_LABEL]
+        await self._create_lock.acquire()
+        try:
+            in_use = await self._users_in_use()
+        except BaseException:
+            self._create_lock.release()
+            raise
+        if user in in_use:
+            self._create_lock.release()
+            raise Refused("uid-in-use", f"uid:gid {user} belongs to another sandbox", status=409)
+        return Forward(
+            f"{API}/containers/create", {"name": query["name"]}, canonical(checked), lock=self._create_lock
+        )
+
+    async def _users_in_use(self) -> set[str]:
+        filters = canonical({"label": [f"{_MANAGED}=true"]}).decode()
+        status, rows = await self.engine.get_json(
+            f"{API}/containers/json?all=1&filters={quote(filters, safe='')}"
+        )
+        if status != 200 or not isinstance(rows, list):
+            raise Refused("uid-check", "cannot list sandboxes to check the uid", status=502)
+        return {str((row.get("Labels") or {}).get(USER_LABEL)) for row in rows}
+
+    async def sandbox(self, ref: str, *, fresh: bool = False) -> ContainerFacts:
+        """The facts of the sandbox `ref` names; Refused (404) when it names no sandbox."""
+        if not fresh and ref in self._sandboxes:
+            return self._sandboxes[ref]
+        status, doc = await self.engine.get_json(f"{API}/containers/{ref}/json")
+        if status == 404 or not isinstance(doc, dict):
+            raise Refused("no-such-sandbox", f"no such container: {ref}", status=404)
+        facts = self._facts(doc)
+        if facts is None:
+            raise Refused("not-a-sandbox", f"no such container: {ref}", status=404)
+        _remember(self._sandboxes, facts.id, facts)
+        return facts
+
+    def _facts(self, doc: dict[str, Any]) -> ContainerFacts | None:
+        config, host = doc.get("Config") or {}, doc.get("HostConfig") or {}
+        labels = config.get("Labels") or {}
+        name = str(doc.get("Name", "")).lstrip("/")
+        if not (
+            _FULL_ID.fullmatch(str(doc.get("Id", "")))
+            and NAME.fullmatch(name)
+            and labels.get(_MANAGED) == "true"
+            and host.get("NetworkMode") == "none"
+            and host.get("Privileged") is False
+        ):
+            return None
+        try:
+            user: str | None = sandbox_user(labels.get(USER_LABEL), "label", self.rules)
+        except Refused:
+            user = None
+        return ContainerFacts(str(doc["Id"]), name, user, tuple(config.get("Env") or ()))
+
+    async def _exec_owner(self, exec_id: str) -> ContainerFacts:
+        container = self._execs.get(exec_id)
+        if container is None:
+            status, doc = await self.engine.get_json(f"{API}/exec/{exec_id}/json")
+            if status != 200 or not isinstance(doc, dict):
+                raise Refused("no-such-exec", f"no such exec instance: {exec_id}", status=404)
+            container = str(doc.get("ContainerID", ""))
+        facts = await self.sandbox(container)
+        _remember(self._execs, exec_id, facts.id)
+        return facts
+
+
+def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _CACHE:
+        cache.popitem(last=False)
+
+
+def _no_query(query: dict[str, str]) -> None:
+    if query:
+        raise Refused("query", f"no query parameters here, got {sorted(query)}")
+
+
+def _allowed_query(query: dict[str, str], allowed: dict[str, tuple[str, ...]]) -> None:
+    for key, value in query.items():
+        if value not in allowed.get(key, ()):
+            raise Refused("query", f"{key}={value[:40]!r} is not allowed here")
+
+
+def _attach_query(query: dict[str, str]) -> dict[str, str]:
+    if query.get("logs", "0") not in ("0", "false"):
+        raise Refused("attach-logs", "attach never replays the container's log (logs=1)")
+    _allowed_query(
+        query,
+        dict.fromkeys(("stdin", "stdout", "stderr", "stream", "logs"), ("0", "1", "true", "false")),
+    )
+    if query.get("stream") not in ("1", "true"):
+        raise Refused("query", "attach needs stream=1")
+    return {key: "1" if query.get(key) in ("1", "true") else "0" for key in ("stdin", "stdout", "stderr")} | {
+        "stream": "1",
+        "logs": "0",
+    }
+
+
+def _list_query(query: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(query) - _LIST_KEYS)
+    if unknown:
+        raise Refused("query", f"unknown list parameter(s) {unknown}")
+    if query.get("size", "0") not in ("0", "false"):
+        raise Refused("query", "size=1 is refused (it walks every container's files)")
+    out = {"all": "1" if query.get("all") in ("1", "true") else "0"}
+    if "limit" in query:
+        if not re.fullmatch(r"-1|[0-9]{1,6}", query["limit"]):
+            raise fail("limit", "must be an integer")
+        out["limit"] = query["limit"]
+    if "filters" in query:
+        try:
+            filters = _FILTERS(decode(query["filters"].encode()), "filters")
+        except StrictJSONError as exc:
+            raise Refused("query", f"filters: {exc}") from exc
+        out["filters"] = canonical(filters).decode()
+    return out

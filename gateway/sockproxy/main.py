@@ -1,0 +1,133 @@
+"""`sandbox-gateway socket-proxy`: listen (unix socket, owner-only; or TCP on a private network),
+forward to the engine's unix socket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import structlog
+
+from gateway.backend.create_body import SECCOMP_DIR, seccomp_options
+from gateway.config import DEFAULT_DOCKER_SOCKET, DEFAULT_PROXY_SOCKET, ENV_SANDBOX_UIDS
+from gateway.errors import ConfigError
+from gateway.sockproxy.rules import ProxyRules
+from gateway.sockproxy.server import ProxyServer
+from gateway.uids import DEFAULT_UID_RANGE, UidRange
+
+__all__ = ["add_arguments", "rules_from_args", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        action="append",
+        help=f"unix:PATH (default unix:{DEFAULT_PROXY_SOCKET}) or tcp:HOST:PORT; repeatable",
+    )
+    parser.add_argument("--engine", default=DEFAULT_DOCKER_SOCKET, help="the engine's unix socket")
+    parser.add_argument(
+        "--sandbox-uids",
+        default=os.environ.get(ENV_SANDBOX_UIDS) or DEFAULT_UID_RANGE,
+        help=f"host uid range of sandboxes (default: ${ENV_SANDBOX_UIDS} or {DEFAULT_UID_RANGE})",
+    )
+    parser.add_argument(
+        "--mount-source", action="append", default=[], help="a host directory allowed at /tools or /skills"
+    )
+    parser.add_argument(
+        "--mount-root", action="append", default=[], help="a directory whose subdirectories may be mounted"
+    )
+    parser.add_argument(
+        "--socket-group", help="group that may use the unix socket (mode 0660); default: owner only (0600)"
+    )
+
+
+def rules_from_args(args: argparse.Namespace) -> ProxyRules:
+    uids = UidRange.parse(args.sandbox_uids)
+    for path in (*args.mount_source, *args.mount_root):
+        if not os.path.isabs(path) or os.path.normpath(path) != path:
+            raise ConfigError(f"mount directory {path!r} must be an absolute, normalised path")
+    return ProxyRules(
+        uid_low=uids.low,
+        uid_high=uids.high,
+        seccomp_options=seccomp_options(SECCOMP_DIR),
+        mount_sources=frozenset(args.mount_source),
+        mount_roots=tuple(args.mount_root),
+    )
+
+
+def _configure_logging() -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(sort_keys=True),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+async def _listen(server: ProxyServer, spec: str, group: str | None) -> asyncio.base_events.Server:
+    kind, _, where = spec.partition(":")
+    if kind == "unix":
+        path = Path(where)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if path.is_socket() or path.is_symlink():
+            path.unlink()  # a stale socket of a proxy that died
+        old_umask = os.umask(0o177)
+        try:
+            listener = await asyncio.start_unix_server(server.serve_connection, str(path), limit=1 << 18)
+        finally:
+            os.umask(old_umask)
+        if group:
+            os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            os.chmod(path, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP)
+        return listener
+    if kind == "tcp":
+        host, _, port = where.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"--listen {spec!r}: expected tcp:HOST:PORT")
+        if not host:
+            raise ConfigError(f"--listen {spec!r}: name the address (a private network's)")
+        return await asyncio.start_server(server.serve_connection, host, int(port), limit=1 << 18)
+    raise ConfigError(f"--listen {spec!r}: expected unix:PATH or tcp:HOST:PORT")
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    server = ProxyServer(rules_from_args(args), args.engine)
+    listeners = [
+        await _listen(server, spec, args.socket_group)
+        for spec in args.listen or [f"unix:{DEFAULT_PROXY_SOCKET}"]
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    server.log.info(
+        "proxy.start",
+        listen=args.listen,
+        engine=args.engine,
+        sandbox_uids=f"{server.decider.rules.uid_low}-{server.decider.rules.uid_high}",
+        mount_sources=sorted(server.decider.rules.mount_sources),
+        mount_roots=list(server.decider.rules.mount_roots),
+    )
+    await stop.wait()
+    for listener in listeners:
+        listener.close()
+    server.log.info("proxy.stop", **server.stats())
+
+
+def run(args: argparse.Namespace) -> int:
+    _configure_logging()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args))
+    return 0
