@@ -44,6 +44,9 @@ ENV_PROXY_SOCKET = "SGW_PROXY_SOCKET"
 #: Extra host directories (os.pathsep-separated) the proxy that `setup` starts lets be mounted at
 #: /tools or /skills.
 ENV_MOUNT_SOURCES = "SGW_MOUNT_SOURCES"
+#: Extra images (os.pathsep-separated) the proxy that `setup` starts lets sandboxes be made from,
+#: besides the shipped policy's and $MCP_EXECUTOR_IMAGE.
+ENV_PROXY_IMAGES = "SGW_PROXY_IMAGES"
 #: The engine's unix socket, for `setup` and the socket proxy only.
 ENV_DOCKER_SOCKET = "SGW_DOCKER_SOCKET"
 #: Where `setup` keeps logs, pid files and the cached sandbox root filesystem.

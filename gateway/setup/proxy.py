@@ -10,16 +10,28 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.config import ENV_MOUNT_SOURCES, ENV_SANDBOX_UIDS
+from gateway.config import (
+    DEFAULT_IMAGE,
+    ENV_EXECUTOR_IMAGE,
+    ENV_MOUNT_SOURCES,
+    ENV_PROXY_IMAGES,
+    ENV_SANDBOX_UIDS,
+)
 from gateway.errors import SetupError
 from gateway.setup.probe import unix_http_status
 from gateway.setup.state import REPO_ROOT, SetupPaths, pid_alive, say
 from gateway.uids import DEFAULT_UID_RANGE
+from policy import load_policy
 
 __all__ = ["ensure_proxy", "proxy_argv", "proxy_is_filtering"]
 
 #: What the proxy is made of: a change to any of these restarts it.
-_SOURCES = (REPO_ROOT / "gateway" / "sockproxy", REPO_ROOT / "seccomp", REPO_ROOT / "gateway" / "backend")
+_SOURCES = (
+    REPO_ROOT / "gateway" / "sockproxy",
+    REPO_ROOT / "seccomp",
+    REPO_ROOT / "gateway" / "backend",
+    REPO_ROOT / "policy" / "profiles",
+)
 
 
 def proxy_is_filtering(socket_path: Path) -> bool:
@@ -49,14 +61,27 @@ def proxy_argv(paths: SetupPaths) -> list[str]:
     ]
     for source in sources:
         argv += ["--mount-source", source]
+    for image in _policy_images():
+        argv += ["--image", image]
     return argv
+
+
+def _policy_images() -> list[str]:
+    """The images sandboxes may be made from: the shipped policy's, $MCP_EXECUTOR_IMAGE, and any
+    in $SGW_PROXY_IMAGES (os.pathsep-separated) for operators' own policies."""
+    names = {
+        name for profile in load_policy().profiles.values() for name in profile.sandbox.image_names()
+    }
+    names.add(os.environ.get(ENV_EXECUTOR_IMAGE) or DEFAULT_IMAGE)
+    names.update(p for p in os.environ.get(ENV_PROXY_IMAGES, "").split(os.pathsep) if p)
+    return sorted(names)
 
 
 def _digest(argv: list[str]) -> str:
     sha = hashlib.sha256("\0".join(argv).encode())
     for root in _SOURCES:
         for path in sorted(root.rglob("*")):
-            if path.suffix in (".py", ".json") and path.is_file():
+            if path.suffix in (".py", ".json", ".yaml") and path.is_file():
                 sha.update(path.name.encode() + path.read_bytes())
     return sha.hexdigest()
 

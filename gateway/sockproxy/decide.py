@@ -80,6 +80,7 @@ class Decider:
             return Forward(f"{API}/_ping" if name == "ping" else f"{API}/version")
         if name == "image.inspect":
             _no_query(query)
+            await self._allowed_image(ref)
             return Forward(f"{API}/images/{ref}/json")
         if name == "container.create":
             return await self._create(query, body)
@@ -151,6 +152,8 @@ class Decider:
         if set(query) != {"name"}:
             raise Refused("query", "a create takes exactly name=<sandbox name>")
         checked = validate_create(query["name"], body, self.rules)
+        # Created from the image's id, so a tag moved after this check changes nothing.
+        checked["Image"] = await self._allowed_image(checked["Image"])
         user = checked["Labels"][USER_LABEL]
         await self._create_lock.acquire()
         try:
@@ -164,6 +167,18 @@ class Decider:
         return Forward(
             f"{API}/containers/create", {"name": query["name"]}, canonical(checked), lock=self._create_lock
         )
+
+    async def _allowed_image(self, ref: str) -> str:
+        """The id of image `ref` when it carries an allowed name; Refused otherwise."""
+        status, doc = await self.engine.get_json(f"{API}/images/{ref}/json")
+        if status != 200 or not isinstance(doc, dict):
+            raise Refused("image", f"no such image: {ref}", status=404)
+        tags = set(doc.get("RepoTags") or ())
+        if self.rules.images and not tags & self.rules.images:
+            raise Refused(
+                "image", f"{ref} is not an image sandboxes are made from ({sorted(self.rules.images)})"
+            )
+        return str(doc["Id"])
 
     async def _users_in_use(self) -> set[str]:
         filters = canonical({"label": [f"{_MANAGED}=true"]}).decode()

@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mount-root", action="append", default=[], help="a directory whose subdirectories may be mounted"
     )
     parser.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        help="an image (name:tag) sandboxes may be made from; repeatable; none given: any image",
+    )
+    parser.add_argument(
         "--socket-group", help="group that may use the unix socket (mode 0660); default: owner only (0600)"
     )
 
@@ -60,7 +66,13 @@ def rules_from_args(args: argparse.Namespace) -> ProxyRules:
         seccomp_options=seccomp_options(SECCOMP_DIR),
         mount_sources=frozenset(args.mount_source),
         mount_roots=tuple(args.mount_root),
+        images=frozenset(_tagged(image) for image in args.image),
     )
+
+
+def _tagged(image: str) -> str:
+    """`name` -> `name:latest`, as the engine lists its tags."""
+    return image if ":" in image.rpartition("/")[2] else f"{image}:latest"
 
 
 def _configure_logging() -> None:
@@ -119,6 +131,7 @@ async def _serve(args: argparse.Namespace) -> None:
         sandbox_uids=f"{server.decider.rules.uid_low}-{server.decider.rules.uid_high}",
         mount_sources=sorted(server.decider.rules.mount_sources),
         mount_roots=list(server.decider.rules.mount_roots),
+        images=sorted(server.decider.rules.images) or "any",
     )
     await stop.wait()
     for listener in listeners:

@@ -74,6 +74,8 @@ class ProxyRules:
     mount_sources: frozenset[str] = frozenset()
     #: Directories whose subdirectories may be such a source.
     mount_roots: tuple[str, ...] = ()
+    #: Image names (`name:tag`) sandboxes may be made from; empty means any image on the engine.
+    images: frozenset[str] = frozenset()
 
     def uid_in_range(self, uid: int) -> bool:
         return self.uid_low <= uid <= self.uid_high

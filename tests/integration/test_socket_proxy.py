@@ -32,6 +32,8 @@ ENGINE = "/var/run/docker.sock"
 REPO = Path(__file__).resolve().parents[2]
 UIDS = UidRange.parse(DEFAULT_UID_RANGE)
 TEST_LABEL = "sandbox-gateway.gateway"
+#: This test process's own label value, so that parallel workers never clean up each other's containers.
+RUN = f"proxy-test-{uuid.uuid4().hex[:8]}"
 
 
 def call(
@@ -45,7 +47,9 @@ def call(
 ) -> httpx.Response:
     content = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     sent = {"Content-Type": "application/json"} if content is not None else {}
-    with httpx.Client(transport=httpx.HTTPTransport(uds=through), base_url="http://docker", timeout=30) as client:
+    with httpx.Client(
+        transport=httpx.HTTPTransport(uds=through), base_url="http://docker", timeout=30
+    ) as client:
         return client.request(method, path, content=content, headers={**sent, **(headers or {})})
 
 
@@ -63,7 +67,7 @@ def sandbox_name() -> str:
 def canonical(exec_path: str = "agent", profile: str = "default", uid: int | None = None) -> dict[str, Any]:
     """The body the broker sends for a profile of the shipped policy."""
     spec = load_policy().profiles[profile].sandbox.model_copy(update={"exec_path": exec_path})
-    labels = {"sandbox-gateway.managed": "true", TEST_LABEL: "proxy-test"}
+    labels = {"sandbox-gateway.managed": "true", TEST_LABEL: RUN}
     return create_body(spec, uid=uid or UIDS.pick(), image=IMAGE, labels=labels)
 
 
@@ -75,7 +79,9 @@ def _engine(method: str, path: str, body: object | None = None) -> httpx.Respons
 @pytest.fixture(autouse=True)
 def remove_what_the_test_made() -> Iterator[None]:
     yield
-    rows = _engine("GET", '/v1.41/containers/json?all=1&filters={"label":["sandbox-gateway.gateway=proxy-test"]}')
+    rows = _engine(
+        "GET", '/v1.41/containers/json?all=1&filters={"label":["sandbox-gateway.gateway=' + RUN + '"]}'
+    )
     for row in rows.json():
         _engine("DELETE", f"/v1.41/containers/{row['Id']}?force=1")
 
@@ -186,12 +192,23 @@ def _without(body: dict[str, Any], path: str) -> dict[str, Any]:
 
 def _user(body: dict[str, Any], user: str) -> dict[str, Any]:
     """The same body claiming another uid everywhere it appears (User, label, tmpfs owners)."""
-    out = _with(_with(body, "User", user), f"Labels/{USER_LABEL}", user)
-    return out
+    return _with(_with(body, "User", user), f"Labels/{USER_LABEL}", user)
 
 
 def _uid_zero_cases() -> list[Any]:
-    spellings = ["0:0", "00:00", "000:0", "+0:+0", "-0:-0", " 0:0", "0", "root", "root:root", "0x0:0x0", "0:2000000001"]
+    spellings = [
+        "0:0",
+        "00:00",
+        "000:0",
+        "+0:+0",
+        "-0:-0",
+        " 0:0",
+        "0",
+        "root",
+        "root:root",
+        "0x0:0x0",
+        "0:2000000001",
+    ]
     return [pytest.param(spelling, id=f"uid0-{spelling.strip() or 'blank'}") for spelling in spellings]
 
 
@@ -202,8 +219,8 @@ def test_uid_zero_in_any_spelling_is_refused(user: str) -> None:
     assert refused_by(response) in ("user", "body-shape")
 
 
-#: Raw UTF-8 letters that Go's case folding maps onto ASCII ones: ſ -> s, K (Kelvin) -> k.
-_FOLD = {"s": "ſ", "k": "\u212a"}
+#: Raw UTF-8 letters that Go's case folding maps onto ASCII ones: long s -> s, Kelvin sign -> k.
+_FOLD = {"s": "\u017f", "k": "\u212a"}
 
 
 def _folded(key: str) -> str:
@@ -219,7 +236,9 @@ def _folded(key: str) -> str:
     [
         pytest.param("HostConfig/Binds", ["/:/host"], id="binds"),
         pytest.param("HostConfig/Mounts", [{"Type": "bind", "Source": "/", "Target": "/host"}], id="mounts"),
-        pytest.param("HostConfig/Devices", [{"PathOnHost": "/dev/mem", "PathInContainer": "/dev/mem"}], id="devices"),
+        pytest.param(
+            "HostConfig/Devices", [{"PathOnHost": "/dev/mem", "PathInContainer": "/dev/mem"}], id="devices"
+        ),
         pytest.param("HostConfig/NetworkMode", "host", id="network-mode"),
         pytest.param("HostConfig/UTSMode", "host", id="uts-mode"),
         pytest.param("User", "0:0", id="user"),
@@ -244,10 +263,13 @@ def _raw_cases() -> list[Any]:
         pytest.param(
             body.replace('"Privileged": false', '"Privileged": false, "Privileged": true'), id="duplicate-key"
         ),
-        pytest.param(body.replace('"Privileged": false', '"Privileged": false, "privileged": true'), id="case-twin"),
+        pytest.param(
+            body.replace('"Privileged": false', '"Privileged": false, "privileged": true'), id="case-twin"
+        ),
         pytest.param(body.replace('"Privileged": false', '"PRIVILEGED": true'), id="upper-case-key"),
         pytest.param(
-            body.replace('"Privileged": false', '"Privileged": false, "Privileg\\u0065d": true'), id="escaped-twin"
+            body.replace('"Privileged": false', '"Privileged": false, "Privileg\\u0065d": true'),
+            id="escaped-twin",
         ),
         pytest.param(body.replace('"Memory": 536870912', '"Memory": 5.36870912e8'), id="float-memory"),
         pytest.param(body.replace('"Memory": 536870912', '"Memory": NaN'), id="nan"),
@@ -256,7 +278,9 @@ def _raw_cases() -> list[Any]:
         pytest.param(body.replace('"MemorySwap": 536870912', '"MemorySwap": -1'), id="swap-unlimited"),
         pytest.param(body.replace('"Privileged": false', '"Privileged": "false"'), id="string-bool"),
         pytest.param(body[:-1] + ', "HostConfig": {"Privileged": true}}', id="second-hostconfig"),
-        pytest.param(body.replace('"Privileged": false', '"Privileged": false, "x": ' + "[" * 50 + "]" * 50), id="deep"),
+        pytest.param(
+            body.replace('"Privileged": false', '"Privileged": false, "x": ' + "[" * 50 + "]" * 50), id="deep"
+        ),
         pytest.param("\ufeff" + body, id="byte-order-mark"),
         pytest.param(body.replace('"/workspace"', '"/work\\u017fpace"', 1), id="non-ascii-string"),
     ]
@@ -272,7 +296,9 @@ def test_whitespace_is_read_as_the_engine_reads_it() -> None:
     """Any JSON whitespace decodes as the engine decodes it, and the engine gets the proxy's own
     compact encoding: an allow-all seccomp profile padded with whitespace is still refused, and
     the broker's body padded with whitespace is still the broker's body."""
-    padded = json.dumps(canonical(), indent="\t" * 3 + " " * 40, separators=(" \r\n,\t ", "\n\n :\t" + " " * 60))
+    padded = json.dumps(
+        canonical(), indent="\t" * 3 + " " * 40, separators=(" \r\n,\t ", "\n\n :\t" + " " * 60)
+    )
     name = sandbox_name()
     assert call("POST", f"/v1.41/containers/create?name={name}", raw=padded.encode()).status_code == 201
     allow_all = 'seccomp={"defaultAction"  \n\t   :   "SCMP_ACT_ALLOW"}'
@@ -319,20 +345,26 @@ def _shape_cases() -> list[Any]:
         ),
         "label-disable": _with(agent, "HostConfig/SecurityOpt", ["label=disable"]),
         "no-new-privs-false": _with(
-            agent, "HostConfig/SecurityOpt", ["no-new-privileges:false", agent["HostConfig"]["SecurityOpt"][1]]
+            agent,
+            "HostConfig/SecurityOpt",
+            ["no-new-privileges:false", agent["HostConfig"]["SecurityOpt"][1]],
         ),
         "root-bind-at-tools": _with(agent, "HostConfig/Binds", ["/:/tools:ro"]),
         "run-bind-at-skills": _with(agent, "HostConfig/Binds", ["/run:/skills:ro"]),
         "socket-bind-at-tools": _with(agent, "HostConfig/Binds", ["/var/run/docker.sock:/tools:ro"]),
-        "allowed-then-forbidden-bind": _with(agent, "HostConfig/Binds", [f"{REPO}/skills:/tools:ro", "/:/host"]),
+        "allowed-then-forbidden-bind": _with(
+            agent, "HostConfig/Binds", [f"{REPO}/skills:/tools:ro", "/:/host"]
+        ),
         "writable-tools": _with(agent, "HostConfig/Binds", [f"{REPO}/skills:/tools:rw"]),
         "bind-options": _with(agent, "HostConfig/Binds", [f"{REPO}/skills:/tools:ro,rshared"]),
-        "dotdot-source": _with(agent, "HostConfig/Binds", ["/var/lib/sandbox-gateway/mounts/../../..:/tools:ro"]),
-        "tmpfs-exec-suid": _with(agent, "HostConfig/Tmpfs", {"/tmp": f"rw,exec,suid,size=1m,uid={uid}"}),
-        "tmpfs-root-owned": _with(agent, "HostConfig/Tmpfs", {"/tmp": "rw,nosuid,nodev,size=1m,mode=1777,uid=0,gid=0"}),
-        "tmpfs-over-proc": _with(
-            agent, "HostConfig/Tmpfs", {"/proc": agent["HostConfig"]["Tmpfs"]["/tmp"]}
+        "dotdot-source": _with(
+            agent, "HostConfig/Binds", ["/var/lib/sandbox-gateway/mounts/../../..:/tools:ro"]
         ),
+        "tmpfs-exec-suid": _with(agent, "HostConfig/Tmpfs", {"/tmp": f"rw,exec,suid,size=1m,uid={uid}"}),
+        "tmpfs-root-owned": _with(
+            agent, "HostConfig/Tmpfs", {"/tmp": "rw,nosuid,nodev,size=1m,mode=1777,uid=0,gid=0"}
+        ),
+        "tmpfs-over-proc": _with(agent, "HostConfig/Tmpfs", {"/proc": agent["HostConfig"]["Tmpfs"]["/tmp"]}),
         "tmpfs-over-dev": _with(agent, "HostConfig/Tmpfs", {"/dev": agent["HostConfig"]["Tmpfs"]["/tmp"]}),
         "env-ld-preload": _with(agent, "Env", [*agent["Env"], "LD_PRELOAD=/tmp/x.so"]),
         "other-command": _with(agent, "Cmd", ["sh", "-c", "id"]),
@@ -443,7 +475,7 @@ def _raw_container(name: str, **extra: Any) -> str:
         "Image": IMAGE,
         "Cmd": ["sleep", "infinity"],
         "Env": ["SECRET=hunter2"],
-        "Labels": {TEST_LABEL: "proxy-test"},
+        "Labels": {TEST_LABEL: RUN},
         "HostConfig": {"NetworkMode": "none"},
         **extra,
     }
@@ -460,10 +492,13 @@ def victims() -> list[tuple[str, str]]:
     label but not its shape (it is privileged)."""
     plain = f"victim-{uuid.uuid4().hex[:8]}"
     fake = sandbox_name()
-    fake_labels = {TEST_LABEL: "proxy-test", "sandbox-gateway.managed": "true"}
+    fake_labels = {TEST_LABEL: RUN, "sandbox-gateway.managed": "true"}
     return [
         (plain, _raw_container(plain)),
-        (fake, _raw_container(fake, Labels=fake_labels, HostConfig={"NetworkMode": "none", "Privileged": True})),
+        (
+            fake,
+            _raw_container(fake, Labels=fake_labels, HostConfig={"NetworkMode": "none", "Privileged": True}),
+        ),
     ]
 
 
@@ -504,9 +539,10 @@ def test_no_verb_reaches_a_container_that_is_not_a_sandbox(victims: list[tuple[s
 def test_the_container_list_shows_sandboxes_only(victims: list[tuple[str, str]]) -> None:
     listed = {row["Id"] for row in call("GET", "/v1.41/containers/json?all=1").json()}
     assert victims[0][1] not in listed
-    assert all(row["Labels"].get("sandbox-gateway.managed") == "true" for row in call(
-        "GET", "/v1.41/containers/json?all=1"
-    ).json())
+    assert all(
+        row["Labels"].get("sandbox-gateway.managed") == "true"
+        for row in call("GET", "/v1.41/containers/json?all=1").json()
+    )
 
 
 def test_an_exec_on_another_container_cannot_be_started_or_read(victims: list[tuple[str, str]]) -> None:
@@ -525,14 +561,14 @@ def test_an_exec_on_another_container_cannot_be_started_or_read(victims: list[tu
 
 
 @pytest.fixture
-def sandbox() -> Iterator[tuple[str, str]]:
+def sandbox() -> tuple[str, str]:
     """A sandbox made through the proxy from the broker's body (exec path), started: (id, uid:gid)."""
     body = canonical("exec")
     created = call("POST", f"/v1.41/containers/create?name={sandbox_name()}", body)
     assert created.status_code == 201, created.text
     container_id = created.json()["Id"]
     assert call("POST", f"/v1.41/containers/{container_id}/start").status_code == 204
-    yield container_id, body["Labels"][USER_LABEL]
+    return container_id, body["Labels"][USER_LABEL]
 
 
 def _exec_body(user: str, **changes: Any) -> dict[str, Any]:
@@ -569,7 +605,9 @@ def _exec_body(user: str, **changes: Any) -> dict[str, Any]:
         pytest.param({"privileged": True}, id="case-twin"),
     ],
 )
-def test_exec_create_runs_only_as_the_sandbox_itself(sandbox: tuple[str, str], changes: dict[str, Any]) -> None:
+def test_exec_create_runs_only_as_the_sandbox_itself(
+    sandbox: tuple[str, str], changes: dict[str, Any]
+) -> None:
     container_id, user = sandbox
     body = _exec_body(user, **changes)
     response = call("POST", f"/v1.41/containers/{container_id}/exec", body)
@@ -577,9 +615,13 @@ def test_exec_create_runs_only_as_the_sandbox_itself(sandbox: tuple[str, str], c
     assert refused_by(response) in ("body-shape", "body-json", "user")
 
 
-def test_start_kill_wait_and_attach_take_no_body_and_attach_never_replays_logs(sandbox: tuple[str, str]) -> None:
+def test_start_kill_wait_and_attach_take_no_body_and_attach_never_replays_logs(
+    sandbox: tuple[str, str],
+) -> None:
     container_id, user = sandbox
-    with_body = call("POST", f"/v1.41/containers/{container_id}/start", {"Privileged": True, "Binds": ["/:/h"]})
+    with_body = call(
+        "POST", f"/v1.41/containers/{container_id}/start", {"Privileged": True, "Binds": ["/:/h"]}
+    )
     assert with_body.status_code == 403 and refused_by(with_body) == "body"
     upgrade = {"Connection": "Upgrade", "Upgrade": "tcp"}
     logs = call("POST", f"/v1.41/containers/{container_id}/attach?logs=1&stream=1&stdout=1", headers=upgrade)
@@ -618,3 +660,21 @@ def test_every_refusal_is_logged_and_counted() -> None:
     event = events[0]
     assert event["event"] == "proxy.refused" and event["rule"] == "no-route" and event["method"] == "GET"
     assert event["path"].startswith("/v1.41/volumes") and event["client"].startswith("unix:pid=")
+
+
+def test_sandboxes_are_made_only_from_allowed_images_and_pinned_by_id() -> None:
+    """An image under another name is refused; an allowed one is created from its id, not its tag."""
+    source = _raw_container(f"victim-{uuid.uuid4().hex[:8]}")
+    made = _engine("POST", f"/v1.41/commit?container={source}&repo=sgw-other-{RUN}&tag=x", {})
+    assert made.status_code == 201, made.text
+    try:
+        other = _with(canonical(), "Image", f"sgw-other-{RUN}:x")
+        response = call("POST", f"/v1.41/containers/create?name={sandbox_name()}", other)
+        assert response.status_code == 403 and refused_by(response) == "image"
+        assert call("GET", f"/v1.41/images/sgw-other-{RUN}:x/json").status_code == 403
+    finally:
+        _engine("DELETE", f"/v1.41/images/sgw-other-{RUN}:x")
+    name = sandbox_name()
+    assert call("POST", f"/v1.41/containers/create?name={name}", canonical()).status_code == 201
+    image_id = _engine("GET", f"/v1.41/images/{IMAGE}/json").json()["Id"]
+    assert _engine("GET", f"/v1.41/containers/{name}/json").json()["Image"] == image_id
