@@ -19,7 +19,7 @@ import tomllib
 from pathlib import Path
 
 from gateway.errors import SetupError
-from gateway.setup.image import _debian_mirror
+from gateway.setup.image import debian_source, debootstrap
 from gateway.setup.state import REPO_ROOT, SetupPaths, apt_install, run, say
 
 __all__ = ["BASE_PACKAGES", "DEFAULT_GATEWAY_IMAGE", "DEFAULT_PROXY_IMAGE", "build_compose_images"]
@@ -76,8 +76,10 @@ def _drop_replaced(paths: SetupPaths, image: str, previous: str | None) -> None:
 def _base_image(paths: SetupPaths, role: str) -> str:
     """`sandbox-gateway-base-ROLE:DIGEST`, imported from a cached debootstrap tree when missing."""
     packages = BASE_PACKAGES[role]
-    mirror, suite = _debian_mirror()
-    digest = hashlib.sha256("\n".join((_RECIPE_VERSION, suite, *packages, *_ENV)).encode()).hexdigest()[:16]
+    source = debian_source()
+    digest = hashlib.sha256(
+        "\n".join((_RECIPE_VERSION, source.suite, *packages, *_ENV)).encode()
+    ).hexdigest()[:16]
     image = f"sandbox-gateway-base-{role}:{digest}"
     if _image_id(paths, image) is not None:
         say(f"base image {image} is present")
@@ -91,9 +93,7 @@ def _base_image(paths: SetupPaths, role: str) -> str:
             apt_install(["debootstrap"], "the compose images are built offline from debootstrap trees")
         build = Path(tempfile.mkdtemp(prefix=f"base-{role}-", dir=paths.state_dir / "cache"))
         try:
-            say(f"debootstrap {suite} from {mirror} with {', '.join(packages)} (about a minute)")
-            include = f"--include={','.join(packages)}"
-            run(["debootstrap", "--variant=minbase", include, suite, str(build), mirror], timeout=1200)
+            debootstrap(source, packages, build)
             for junk in ("var/cache/apt", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
                 shutil.rmtree(build / junk, ignore_errors=True)
             partial = cache.with_suffix(".partial")

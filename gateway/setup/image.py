@@ -6,6 +6,7 @@ The root filesystem tarball is cached, so a rebuild after `docker rmi` takes sec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -14,12 +15,24 @@ import socket
 import subprocess
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import SetupError
 from gateway.setup.state import REPO_ROOT, SetupPaths, apt_install, run, say
 
-__all__ = ["IMAGE_PACKAGES", "ensure_image", "recipe_digest"]
+__all__ = [
+    "ENV_DEBIAN_MIRROR",
+    "IMAGE_PACKAGES",
+    "AptSource",
+    "DebianSource",
+    "choose_debian_source",
+    "debian_source",
+    "debootstrap",
+    "ensure_image",
+    "read_apt_sources",
+    "recipe_digest",
+]
 
 #: On top of debootstrap's minbase: full python3 (python3-minimal lacks json), also as `python`.
 IMAGE_PACKAGES = ("python3", "python-is-python3", "bash", "coreutils", "procps")
@@ -29,6 +42,14 @@ _DOCKERFILE = REPO_ROOT / "compose" / "Dockerfile.sandbox"
 #: The in-sandbox agent, installed read-only at AGENT_PATH (see gateway/backend/create_body.py).
 AGENT_SOURCE = REPO_ROOT / "gateway" / "agent" / "sandbox_agent.py"
 AGENT_IN_IMAGE = "opt/sandbox-gateway/agent.py"
+#: `URL [SUITE]` of a Debian mirror for debootstrap, instead of the one apt's sources name.
+ENV_DEBIAN_MIRROR = "SGW_DEBIAN_MIRROR"
+_FALLBACK_MIRROR, _FALLBACK_SUITE = "http://deb.debian.org/debian", "bookworm"
+#: The URI methods debootstrap can fetch from (not apt's mirror+, tor+ or cdrom: methods).
+_SCHEMES = ("http://", "https://", "file:")
+_ONE_LINE = re.compile(
+    r"^\s*deb\s+(?:\[(?P<options>[^\]]*)\]\s*)?(?P<uri>\S+)\s+(?P<suite>\S+)(?P<components>(?:\s+\S+)*)\s*$"
+)
 _ENV = (
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME=/workspace",
@@ -85,28 +106,154 @@ def _registry_answers(timeout: float = 3.0) -> bool:
         return False
 
 
-def _debian_mirror() -> tuple[str, str]:
-    """The host's Debian mirror and suite, so debootstrap uses what apt already reaches."""
-    mirror, suite = "http://deb.debian.org/debian", "bookworm"
-    for source in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")):
+@dataclass(frozen=True, slots=True)
+class AptSource:
+    """One `deb` line of apt's configuration: a URI and one suite of it."""
+
+    uri: str
+    suite: str
+    components: tuple[str, ...]
+    keyring: str | None  # Signed-By, when it names a keyring file
+    origin: str  # the file it came from
+
+
+@dataclass(frozen=True, slots=True)
+class DebianSource:
+    """Where debootstrap fetches the image's packages from, and why that place."""
+
+    mirror: str
+    suite: str
+    keyring: Path | None
+    origin: str
+
+
+def _keyring(value: str) -> str | None:
+    """A Signed-By value that names one keyring file (not fingerprints, not an inline key)."""
+    words = value.split()
+    return words[0] if len(words) == 1 and words[0].startswith("/") else None
+
+
+def parse_one_line_sources(text: str, origin: str) -> list[AptSource]:
+    """`deb [options] URI SUITE COMPONENT...` lines (sources.list, *.list)."""
+    found = []
+    for line in text.splitlines():
+        match = _ONE_LINE.match(line.partition("#")[0])
+        if match is None:
+            continue
+        options = dict(opt.partition("=")[::2] for opt in (match["options"] or "").split())
+        found.append(
+            AptSource(
+                uri=match["uri"].rstrip("/"),
+                suite=match["suite"],
+                components=tuple(match["components"].split()),
+                keyring=_keyring(options.get("signed-by", "")),
+                origin=origin,
+            )
+        )
+    return found
+
+
+def parse_deb822_sources(text: str, origin: str) -> list[AptSource]:
+    """Stanzas of `Types:`, `URIs:`, `Suites:`, `Components:` (*.sources), skipping `Enabled: no`."""
+    found = []
+    for stanza in re.split(r"\n[ \t]*\n", text):
+        fields: dict[str, str] = {}
+        key = ""
+        for line in stanza.splitlines():
+            if line.startswith("#"):
+                continue
+            if line[:1] in (" ", "\t"):
+                if key:
+                    fields[key] += "\n" + line.strip()
+                continue
+            name, sep, value = line.partition(":")
+            if sep:
+                key = name.strip().lower()
+                fields[key] = value.strip()
+        if fields.get("enabled", "yes").lower() == "no" or "deb" not in fields.get("types", "").split():
+            continue
+        components = tuple(fields.get("components", "").split())
+        keyring = _keyring(fields.get("signed-by", ""))
+        found += [
+            AptSource(uri.rstrip("/"), suite, components, keyring, origin)
+            for uri in fields.get("uris", "").split()
+            for suite in fields.get("suites", "").split()
+        ]
+    return found
+
+
+def read_apt_sources(etc_apt: Path = Path("/etc/apt")) -> list[AptSource]:
+    """Every `deb` source apt reads, in apt's order: sources.list, then sources.list.d/ by name
+    (only `*.list` and `*.sources`; apt ignores other names, and so do we)."""
+    files = [etc_apt / "sources.list"]
+    with contextlib.suppress(OSError):
+        files += sorted(
+            path for path in (etc_apt / "sources.list.d").iterdir() if path.suffix in (".list", ".sources")
+        )
+    found: list[AptSource] = []
+    for path in files:
         try:
-            text = source.read_text()
+            text = path.read_text()
         except OSError:
             continue
-        match = re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.MULTILINE) or re.search(
-            r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)\s+(\w+)\s", text, re.MULTILINE
-        )
-        if match:
-            mirror = match.group(1)
-            break
+        parse = parse_deb822_sources if path.suffix == ".sources" else parse_one_line_sources
+        found += parse(text, str(path))
+    return found
+
+
+def choose_debian_source(
+    sources: list[AptSource], codename: str | None, override: str | None = None
+) -> DebianSource:
+    """The mirror and suite debootstrap should use.
+
+    `override` (`URL [SUITE]`, from SGW_DEBIAN_MIRROR) wins. Otherwise, on a Debian host (`codename`
+    set), the first source apt uses for the host's own release (`main` of suite `codename`, by a
+    method debootstrap speaks: http, https or file): a local mirror or cache configured for apt is
+    used as is. Only when there is none, Debian's own mirror.
+    """
+    if override and override.split():
+        mirror, *rest = override.split()
+        suite = rest[0] if rest else codename or _FALLBACK_SUITE
+        return DebianSource(mirror.rstrip("/"), suite, None, ENV_DEBIAN_MIRROR)
+    if codename:
+        for source in sources:
+            if source.suite == codename and "main" in source.components and source.uri.startswith(_SCHEMES):
+                keyring = Path(source.keyring) if source.keyring and source.keyring.endswith(".gpg") else None
+                return DebianSource(source.uri, codename, keyring, source.origin)
+    why = "no apt source for this Debian release" if codename else "this host is not Debian"
+    return DebianSource(_FALLBACK_MIRROR, codename or _FALLBACK_SUITE, None, f"default ({why})")
+
+
+def _host_codename() -> str | None:
+    """The Debian release this host runs (`VERSION_CODENAME`), or None on another distribution."""
     try:
         release = Path("/etc/os-release").read_text()
-        codename = re.search(r"^VERSION_CODENAME=(\w+)", release, re.MULTILINE)
-        if codename and "ID=debian" in release:
-            suite = codename.group(1)
     except OSError:
-        pass
-    return mirror, suite
+        return None
+    codename = re.search(r"^VERSION_CODENAME=\"?(\w+)", release, re.MULTILINE)
+    is_debian = re.search(r"^ID=\"?debian\"?$", release, re.MULTILINE)
+    return codename.group(1) if codename and is_debian else None
+
+
+def debian_source() -> DebianSource:
+    """Where this machine's setup takes Debian packages from (see choose_debian_source)."""
+    return choose_debian_source(read_apt_sources(), _host_codename(), os.environ.get(ENV_DEBIAN_MIRROR))
+
+
+def debootstrap_argv(source: DebianSource, packages: tuple[str, ...], target: Path) -> list[str]:
+    argv = ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}"]
+    if source.keyring is not None and source.keyring.is_file():
+        argv.append(f"--keyring={source.keyring}")
+    return [*argv, source.suite, str(target), source.mirror]
+
+
+def debootstrap(source: DebianSource, packages: tuple[str, ...], target: Path) -> None:
+    """A minbase tree of `source`'s suite with `packages` in `target` (about a minute)."""
+    say(
+        f"debootstrap {source.suite} from {source.mirror} (from {source.origin}) "
+        f"with {', '.join(packages)} (about a minute)"
+    )
+    run(debootstrap_argv(source, packages, target), timeout=1200)
 
 
 def _customise(root: Path) -> None:
@@ -146,21 +293,10 @@ def _rootfs_tarball(paths: SetupPaths, digest: str) -> Path:
         return cache
     if shutil.which("debootstrap") is None:
         apt_install(["debootstrap"], "the sandbox image is built offline from a debootstrap root filesystem")
-    mirror, suite = _debian_mirror()
+    source = debian_source()
     build = Path(tempfile.mkdtemp(prefix="rootfs-", dir=paths.state_dir / "cache"))
     try:
-        say(f"debootstrap {suite} from {mirror} with {', '.join(IMAGE_PACKAGES)} (about a minute)")
-        run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(IMAGE_PACKAGES)}",
-                suite,
-                str(build),
-                mirror,
-            ],
-            timeout=1200,
-        )
+        debootstrap(source, IMAGE_PACKAGES, build)
         _customise(build)
         partial = cache.with_suffix(".partial")
         run(["tar", "-C", str(build), "--numeric-owner", "-cf", str(partial), "."], timeout=600)
