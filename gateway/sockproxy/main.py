@@ -10,6 +10,7 @@ import grp
 import logging
 import os
 import signal
+import ssl
 import stat
 import sys
 from pathlib import Path
@@ -30,8 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
         action="append",
-        help=f"unix:PATH (default unix:{DEFAULT_PROXY_SOCKET}) or tcp:HOST:PORT; repeatable",
+        help=f"unix:PATH (default unix:{DEFAULT_PROXY_SOCKET}), tls:HOST:PORT (client certificates "
+        "required: --tls-cert, --tls-key, --tls-client-ca) or tcp:HOST:PORT (a private network only); "
+        "repeatable",
     )
+    parser.add_argument("--tls-cert", type=Path, help="this proxy's certificate (PEM), for tls: listeners")
+    parser.add_argument("--tls-key", type=Path, help="its private key (PEM)")
+    parser.add_argument("--tls-client-ca", type=Path, help="CA that signs the gateways' client certificates")
     parser.add_argument("--engine", default=DEFAULT_DOCKER_SOCKET, help="the engine's unix socket")
     parser.add_argument(
         "--sandbox-uids",
@@ -88,8 +94,21 @@ def _configure_logging() -> None:
     )
 
 
-async def _listen(server: ProxyServer, spec: str, group: str | None) -> asyncio.base_events.Server:
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext:
+    """Server TLS that requires a client certificate from the given CA (and no other)."""
+    if not (args.tls_cert and args.tls_key and args.tls_client_ca):
+        raise ConfigError("a tls: listener needs --tls-cert, --tls-key and --tls-client-ca")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    context.load_verify_locations(cafile=args.tls_client_ca)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+async def _listen(server: ProxyServer, spec: str, args: argparse.Namespace) -> asyncio.base_events.Server:
     kind, _, where = spec.partition(":")
+    group = args.socket_group
     if kind == "unix":
         path = Path(where)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -104,20 +123,21 @@ async def _listen(server: ProxyServer, spec: str, group: str | None) -> asyncio.
             os.chown(path, -1, grp.getgrnam(group).gr_gid)
             os.chmod(path, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP)
         return listener
-    if kind == "tcp":
+    if kind in ("tcp", "tls"):
         host, _, port = where.rpartition(":")
-        if not port.isdigit():
-            raise ConfigError(f"--listen {spec!r}: expected tcp:HOST:PORT")
-        if not host:
-            raise ConfigError(f"--listen {spec!r}: name the address (a private network's)")
-        return await asyncio.start_server(server.serve_connection, host, int(port), limit=1 << 18)
-    raise ConfigError(f"--listen {spec!r}: expected unix:PATH or tcp:HOST:PORT")
+        if not port.isdigit() or not host:
+            raise ConfigError(f"--listen {spec!r}: expected {kind}:HOST:PORT (a private network's address)")
+        context = _tls_context(args) if kind == "tls" else None
+        return await asyncio.start_server(
+            server.serve_connection, host, int(port), limit=1 << 18, ssl=context
+        )
+    raise ConfigError(f"--listen {spec!r}: expected unix:PATH, tls:HOST:PORT or tcp:HOST:PORT")
 
 
 async def _serve(args: argparse.Namespace) -> None:
     server = ProxyServer(rules_from_args(args), args.engine)
     listeners = [
-        await _listen(server, spec, args.socket_group)
+        await _listen(server, spec, args)
         for spec in args.listen or [f"unix:{DEFAULT_PROXY_SOCKET}"]
     ]
     stop = asyncio.Event()

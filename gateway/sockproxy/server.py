@@ -281,4 +281,9 @@ def _client_of(writer: asyncio.StreamWriter) -> str:
             return f"unix:pid={pid},uid={uid},gid={gid}"
         return "unix"
     peer = writer.get_extra_info("peername")
-    return f"tcp:{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
+    address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unknown"
+    certificate = writer.get_extra_info("peercert")
+    if certificate:
+        subject = dict(item for rdn in certificate.get("subject", ()) for item in rdn)
+        return f"tls:{address},cn={subject.get('commonName', '?')}"
+    return f"tcp:{address}"

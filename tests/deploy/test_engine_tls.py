@@ -1,7 +1,7 @@
-"""A remote engine over TLS with client certificates: a real TLS endpoint in front of the socket proxy.
+"""A remote engine over TLS with client certificates: the socket proxy listening on TLS.
 
-HAProxy terminates TLS (requiring a client certificate signed by a throwaway CA) and forwards the
-bytes to the local socket proxy, the shape of a remote Docker host at tcp://host:2376.
+A second socket proxy listens on tcp://127.0.0.1:PORT with TLS, requires a client certificate
+signed by a throwaway CA and forwards to the local engine: the shape of a remote sandbox host.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from gateway.errors import EngineError
 from gateway.service import ExecutionService
 from policy import Principal
 from policy.engine import PolicyEngine
-from tests.conftest import IMAGE, PROXY_URL, policy_with_exec_path
+from tests.conftest import IMAGE, policy_with_exec_path
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
 
 
@@ -87,29 +88,23 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def tls_engine(pki: Pki, backend: DockerBackend) -> Iterator[str]:
-    """tcp://127.0.0.1:PORT: TLS with a required client certificate, forwarding to the socket proxy."""
-    haproxy = shutil.which("haproxy")
-    assert haproxy, "haproxy is installed by `make setup` (it runs the socket proxy)"
+    """tcp://127.0.0.1:PORT: the socket proxy on TLS, with a required client certificate."""
     tmp = pki.ca.parent
-    bundle = tmp / "server-bundle.pem"
-    bundle.write_text((tmp / "server.pem").read_text() + (tmp / "server.key").read_text())
     port = _free_port()
-    upstream = PROXY_URL.removeprefix("tcp://")
-    (tmp / "tls.cfg").write_text(
-        "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 5m\n    timeout server 5m\n"
-        f"frontend engine_tls\n    bind 127.0.0.1:{port} ssl crt {bundle}"
-        f" ca-file {pki.ca} verify required\n    default_backend proxy\n"
-        f"backend proxy\n    server proxy {upstream}\n"
-    )
-    process = subprocess.Popen(
-        [haproxy, "-db", "-f", str(tmp / "tls.cfg")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    argv = [
+        sys.executable, "-m", "gateway.sockproxy", "--listen", f"tls:127.0.0.1:{port}",
+        "--tls-cert", tmp / "server.pem", "--tls-key", tmp / "server.key", "--tls-client-ca", pki.ca,
+        "--image", IMAGE, "--mount-source", Path(__file__).parents[2] / "skills",
+    ]  # fmt: skip
+    with (tmp / "proxy.log").open("ab") as log:
+        process = subprocess.Popen([str(arg) for arg in argv], stdout=log, stderr=log)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
+            assert process.poll() is None, (tmp / "proxy.log").read_text()[-500:]
             time.sleep(0.05)
     yield f"tcp://127.0.0.1:{port}"
     process.terminate()

@@ -3,7 +3,7 @@
 The engine restarted here is a private one: a second dockerd with its own data root, exec root,
 managed containerd, socket, network namespace (so its bridge and iptables rules are its own; a
 dockerd without a bridge would delete the host's `docker0`) and setup's daemon.json, behind a
-private socket proxy with the project's HAProxy config. The shared engine other tests use is never
+private socket proxy (the project's own). The shared engine other tests use is never
 touched.
 """
 
@@ -226,7 +226,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         print(f"\nprivate engine up and sandbox image loaded in {time.monotonic() - started:.1f} s")
         proxy.start()
         (engine.root / "gateway").mkdir()
-        gateway = start_gateway(engine.root / "gateway", "--docker-host", f"tcp://127.0.0.1:{proxy.port}")
+        gateway = start_gateway(engine.root / "gateway", "--docker-host", proxy.url)
         yield Rig(engine, proxy, gateway)
         if engine.process is None:
             engine.start()

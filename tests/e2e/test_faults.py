@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,57 +11,59 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.setup.probe import unix_http_status
+from tests.conftest import IMAGE
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.anyio
-HAPROXY_CFG = Path(__file__).parents[2] / "compose" / "socket-proxy" / "haproxy.cfg"
+REPO = Path(__file__).parents[2]
 
 
 class PrivateProxy:
-    """A second HAProxy with the project's config on its own port (in front of `docker_socket`):
-    taking it down affects this test only."""
+    """A second socket proxy, the project's own, on a unix socket of its own (in front of
+    `docker_socket`): taking it down affects this test only."""
 
     def __init__(self, tmp: Path, docker_socket: Path = Path("/var/run/docker.sock")) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.pid_file = tmp / "haproxy.pid"
-        self.env = {
-            **os.environ,
-            "SGW_PROXY_BIND": f"127.0.0.1:{self.port}",
-            "SGW_DOCKER_SOCKET": str(docker_socket),
-        }
+        self.socket = tmp / "docker-proxy.sock"
+        self.url = f"unix://{self.socket}"
+        self.log = tmp / "socket-proxy.log"
+        self.docker_socket = docker_socket
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        subprocess.run(
-            ["haproxy", "-D", "-f", str(HAPROXY_CFG), "-p", str(self.pid_file)],
-            env=self.env,
-            check=True,
-            timeout=30,
-        )
+        argv = [
+            sys.executable,
+            "-m",
+            "gateway.sockproxy",
+            "--listen",
+            f"unix:{self.socket}",
+            "--engine",
+            str(self.docker_socket),
+            "--image",
+            IMAGE,
+            "--mount-source",
+            str(REPO / "skills"),
+        ]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO)
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/_ping", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+        while unix_http_status(self.socket, timeout=1) != 200:
+            assert self.process.poll() is None, f"the private proxy exited: {self.log.read_text()[-500:]}"
             assert time.monotonic() < deadline, "the private proxy did not start"
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.pid_file.exists():
-            for pid in self.pid_file.read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-            self.pid_file.unlink()
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
 
 
 @pytest.fixture
 def proxied(tmp_path: Path, backend) -> Iterator[tuple[Gateway, PrivateProxy]]:  # type: ignore[no-untyped-def]
     proxy = PrivateProxy(tmp_path)
     proxy.start()
-    gateway = start_gateway(tmp_path, "--docker-host", f"tcp://127.0.0.1:{proxy.port}")
+    gateway = start_gateway(tmp_path, "--docker-host", proxy.url)
     try:
         yield gateway, proxy
     finally:
