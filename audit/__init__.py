@@ -2,11 +2,13 @@
 
 Every policy decision and every Docker operation is an event. Sinks are pluggable; with
 `fail_closed` (the default) an event that no sink could write raises AuditWriteError, so the
-caller can refuse the request rather than act unrecorded.
+caller can refuse the request rather than act unrecorded. Events a client can repeat at will
+(bad tokens, requests over a rate limit) are folded per source and window (`emit_repeated`).
 """
 
 from audit.errors import AuditError, AuditWriteError
 from audit.log import AuditLog
+from audit.repeats import RepeatTable
 from audit.sinks import AuditSink, FileSink, MemorySink, StreamSink, rotated_files
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "AuditWriteError",
     "FileSink",
     "MemorySink",
+    "RepeatTable",
     "StreamSink",
     "rotated_files",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -21,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from audit import AuditLog
+from audit import AuditLog, AuditWriteError
 from gateway import __version__
 from gateway.auth import GatewayTokenVerifier
 from gateway.backend.base import Backend
@@ -32,7 +33,7 @@ from gateway.reload import reload_policy
 from gateway.service import ExecutionService
 from gateway.throttle import AddressRateLimitMiddleware, PrincipalRateLimitMiddleware
 from gateway.tokens import SCOPES
-from gateway.tools import register_tools
+from gateway.tools import AuditedMCPServer, register_tools
 from policy import Principal
 
 __all__ = ["build_app", "readiness"]
@@ -91,6 +92,28 @@ async def _sweep(service: ExecutionService) -> None:
         _log.warning("start-up sweep of sandboxes failed: %s", exc.message)
 
 
+#: How often ended windows of repeated audit events are summarised (their summaries are this late at most).
+_REPEAT_FLUSH_S = 1.0
+
+
+async def _flush_repeated_forever(audit: AuditLog) -> None:
+    """Write the summary of each window of repeated events (auth failures, rate-limit hits) once it ends."""
+    while True:
+        await anyio.sleep(_REPEAT_FLUSH_S)
+        try:
+            audit.flush_repeated()
+        except AuditWriteError:  # the sinks' failures are logged and counted; try again next round
+            continue
+
+
+def _record_stop(audit: AuditLog, removed: int, interrupted: int) -> None:
+    """Summarise the windows of repeated events still open, so no counted event is lost at a stop,
+    then record the stop itself (the chain's last line for this run)."""
+    with contextlib.suppress(AuditWriteError):
+        audit.flush_repeated(everything=True)
+    audit.emit("gateway.stop", sandboxes_removed=removed, calls_interrupted=interrupted)
+
+
 #: After the server's graceful wait, how long calls still running get before sandboxes are removed.
 _SETTLE_S = 2.0
 
@@ -115,8 +138,12 @@ def build_app(
 ) -> Starlette:
     """Assemble the app. The lifespan runs the MCP session manager and removes sandboxes on shutdown."""
     log_level = cast(Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], settings.log_level)
-    mcp: MCPServer[Any] = MCPServer(
-        "sandbox-gateway", version=__version__, instructions=_INSTRUCTIONS, log_level=log_level
+    mcp: MCPServer[Any] = AuditedMCPServer(
+        "sandbox-gateway",
+        service=service,
+        version=__version__,
+        instructions=_INSTRUCTIONS,
+        log_level=log_level,
     )
     register_tools(mcp, service, skills_dir=settings.skills_path, tools_dir=settings.tools_path)
     backend = service.broker.backend
@@ -157,6 +184,7 @@ def build_app(
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(_reap_forever, service, settings.reap_interval_s)
                     tasks.start_soon(service.broker.maintain_pool)
+                    tasks.start_soon(_flush_repeated_forever, audit)
                     try:
                         yield
                     finally:
@@ -170,7 +198,7 @@ def build_app(
                     interrupted = await service.broker.wait_idle(min(settings.shutdown_grace_s, _SETTLE_S))
                     if settings.remove_on_shutdown:
                         removed = await _cleanup(service)
-                audit.emit("gateway.stop", sandboxes_removed=removed, calls_interrupted=interrupted)
+                _record_stop(audit, removed, interrupted)
                 if on_shutdown is not None:
                     on_shutdown()  # flush exporters now: the server may re-raise the stop signal next
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from audit import AuditLog, FileSink, StreamSink
+from audit import AuditLog, FileSink, RepeatTable, StreamSink
 from audit.otlp import OTLPLogSink, otlp_logs_configured
 from audit.sinks import AuditSink
 from gateway.config import Settings
@@ -29,7 +29,8 @@ def _hmac_key(settings: Settings) -> bytes | None:
 
 
 def build_audit(settings: Settings, policy: Policy) -> AuditLog:
-    """Sinks: stdout (unless turned off), the rotated file, OTLP logs when OTEL_* says so. Fail-closed."""
+    """Sinks: stdout (unless turned off), the rotated file, OTLP logs when OTEL_* says so. Fail-closed.
+    Repeated refusals from one source are folded per window (see audit.repeats)."""
     sinks: list[AuditSink] = []
     if settings.audit_stdout:
         sinks.append(StreamSink())
@@ -47,4 +48,5 @@ def build_audit(settings: Settings, policy: Policy) -> AuditLog:
     key = _hmac_key(settings)
     if key is None and policy.audit.code == "hmac":
         _log.warning("no audit HMAC key configured (SGW_AUDIT_HMAC_KEY_FILE): code HMACs are per process")
-    return AuditLog(sinks, fail_closed=True, code_mode=policy.audit.code, hmac_key=key)
+    repeats = RepeatTable(settings.audit_repeat_window_s, settings.audit_repeat_sources)
+    return AuditLog(sinks, fail_closed=True, code_mode=policy.audit.code, hmac_key=key, repeats=repeats)

@@ -17,6 +17,8 @@ __all__ = ["PRINCIPAL_SCOPE_KEY", "BearerAuthMiddleware", "BodyLimitMiddleware",
 
 #: Where the authenticated Principal is put in the ASGI scope.
 PRINCIPAL_SCOPE_KEY = "sandbox_gateway.principal"
+#: The request path is the client's to choose: an audit line keeps this much of it.
+_MAX_PATH_IN_AUDIT = 256
 
 
 async def _json_response(
@@ -94,6 +96,9 @@ class _TooLarge(Exception):
 class BearerAuthMiddleware:
     """401 unless `Authorization: Bearer <token>` verifies; 403 when it carries no gateway scope.
 
+    Each refusal is an `auth.failed` event, folded per client address and window so that a flood
+    of bad tokens costs the log a line per reason and a summary, not a line per request.
+
     The principal goes in the scope for the tools, and the SDK's AuthenticatedUser in `scope["user"]`
     so that an MCP session can only be used with the credential that opened it.
     """
@@ -127,10 +132,11 @@ class BearerAuthMiddleware:
             else:
                 principal, access, reason = self.verifier.authenticate(token.strip())
         client = scope.get("client")
-        source_ip = client[0] if client else None
+        source = {"source_ip": client[0] if client else "unknown"}
+        path = scope["path"][:_MAX_PATH_IN_AUDIT]
         if principal is None or access is None:
             with contextlib.suppress(AuditWriteError):  # the request is refused either way
-                self.audit.emit("auth.failed", reason=reason, source_ip=source_ip, path=scope["path"])
+                self.audit.emit_repeated("auth.failed", source, by="reason", reason=reason, path=path)
             await _json_response(
                 send,
                 401,
@@ -140,13 +146,14 @@ class BearerAuthMiddleware:
             return
         if not principal.scopes & set(SCOPES):
             with contextlib.suppress(AuditWriteError):
-                self.audit.emit(
+                self.audit.emit_repeated(
                     "auth.failed",
+                    source,
+                    by="reason",
                     reason="no-scope",
                     principal=principal.id,
                     tenant=principal.tenant,
-                    source_ip=source_ip,
-                    path=scope["path"],
+                    path=path,
                 )
             await _json_response(
                 send,

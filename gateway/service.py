@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,7 +17,7 @@ from typing import Any
 import anyio
 import structlog
 
-from audit import AuditLog
+from audit import AuditLog, AuditWriteError
 from gateway.backend.base import ExecOutcome
 from gateway.backend.commands import KILL_GRACE_S, MAX_ARGV_BYTES, bash_argv, python_argv
 from gateway.broker import Broker
@@ -49,6 +50,8 @@ _ARGV_BUILDERS: dict[str, Callable[[str, float], list[str]]] = {
 }
 #: Exit statuses of `timeout` when it stopped the command (TERM) or had to KILL it.
 _TIMEOUT_EXITS = (124, 128 + 9)
+#: File-tool codes that are a refusal (the call was not allowed to touch that path), not a failure.
+_REFUSED_FILE_CODES = frozenset({"path-outside-workspace"})
 
 
 class InvalidArgument(GatewayError):
@@ -77,6 +80,7 @@ class ExecutionService:
 
     @asynccontextmanager
     async def _request(self, principal: Principal, tool: str, source_ip: str | None) -> AsyncIterator[str]:
+        """The call's audit context; an argument the gateway refuses is recorded as `tool.rejected`."""
         request_id = uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(
             request_id=request_id,
@@ -86,7 +90,31 @@ class ExecutionService:
             source_ip=source_ip,
             tool=tool,
         ):
-            yield request_id
+            try:
+                yield request_id
+            except InvalidArgument as exc:
+                self._rejected(tool, exc.code, message=exc.message)
+                raise
+
+    def _rejected(self, tool: str, code: str, **detail: object) -> None:
+        self.metrics.tool_calls.add(1, {"tool": tool, "outcome": "rejected"})
+        with contextlib.suppress(AuditWriteError):  # the call is refused either way
+            self.audit.emit("tool.rejected", outcome="rejected", error=code, **detail)
+
+    def record_rejection(
+        self, principal: Principal | None, tool: str, code: str, *, source_ip: str | None, **detail: object
+    ) -> None:
+        """Record a call refused before it reached the service: a missing scope, arguments that fail
+        the tool's input schema, an unknown tool. `detail` never holds an argument's value."""
+        with structlog.contextvars.bound_contextvars(
+            request_id=uuid.uuid4().hex,
+            principal=principal.id if principal else None,
+            tenant=principal.tenant if principal else None,
+            auth_method=principal.auth_method if principal else None,
+            source_ip=source_ip,
+            tool=tool,
+        ):
+            self._rejected(tool, code, **detail)
 
     def _decide(self, principal: Principal, action: Action) -> Decision:
         """Evaluate, record (fail-closed), refuse denials, then apply the principal's request rate."""
@@ -294,11 +322,28 @@ class ExecutionService:
         principal: Principal,
         tool: str,
         action: Action,
+        path: str,
         argv_for: Callable[[Decision], list[str]],
     ) -> dict[str, Any]:
+        """Run one file operation; every end is a `file.finish` (a refused path with its code)."""
         decision = self._decide(principal, action)
-        outcome = await self.broker.execute(principal, decision, argv_for(decision))
-        answer = parse_file_result(outcome.exit_code, outcome.stdout, outcome.stderr)
+        try:
+            outcome = await self.broker.execute(principal, decision, argv_for(decision))
+            answer = parse_file_result(outcome.exit_code, outcome.stdout, outcome.stderr)
+        except anyio.get_cancelled_exc_class():
+            self.audit.emit("file.finish", outcome="error", error="cancelled", tool=tool, path=path)
+            raise
+        except GatewayError as exc:
+            status = "rejected" if exc.code in _REFUSED_FILE_CODES else "error"
+            self.audit.emit(
+                "file.finish",
+                outcome=status,
+                error=exc.code,
+                tool=tool,
+                input_bytes=action.input_bytes,
+                path=path,
+            )
+            raise
         self.audit.emit(
             "file.finish",
             outcome="ok",
@@ -326,6 +371,7 @@ class ExecutionService:
                 principal,
                 "write_file",
                 Action("write_file", input_bytes=len(data)),
+                where,
                 lambda d: file_argv("write", where, d.timeout_s or 0.0, data=data),
             )
             return FileWritten(path=str(answer["path"]), size=int(answer["size"]))
@@ -355,7 +401,7 @@ class ExecutionService:
                 cap = ceiling if wanted is None else min(ceiling, wanted)
                 return file_argv("read", where, decision.timeout_s or 0.0, cap=cap)
 
-            answer = await self._file_call(principal, "read_file", Action("read_file"), read_argv)
+            answer = await self._file_call(principal, "read_file", Action("read_file"), where, read_argv)
             raw = base64.b64decode(str(answer["data"]))
             text = (
                 raw.decode("utf-8", errors="replace")
@@ -380,6 +426,7 @@ class ExecutionService:
                 principal,
                 "list_files",
                 Action("list_files"),
+                where,
                 lambda d: file_argv("list", where, d.timeout_s or 0.0),
             )
             return FileList(path=str(answer["path"]), entries=[FileEntry(**e) for e in answer["entries"]])

@@ -1,5 +1,7 @@
 """HTTP rate limits: by client address before authentication, by principal after it (limits from
-the principal's policy profile). Over the limit: 429 with Retry-After, and an audit event."""
+the principal's policy profile). Over the limit: 429 with Retry-After, and a `ratelimit.hit` audit
+event folded per source and window (the first at once, the rest counted in a summary): a client
+that keeps knocking cannot push older evidence out of the log."""
 
 from __future__ import annotations
 
@@ -54,8 +56,11 @@ class AddressRateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         with contextlib.suppress(AuditWriteError):
-            self.audit.emit(
-                "ratelimit.hit", limit="address", rate=self.rate, retry_after_s=retry, source_ip=address
+            self.audit.emit_repeated(
+                "ratelimit.hit",
+                {"source_ip": address, "limit": "address"},
+                rate=self.rate,
+                retry_after_s=retry,
             )
         await _too_many(send, retry, f"more than {self.rate} requests from this address")
 
@@ -83,13 +88,13 @@ class PrincipalRateLimitMiddleware:
         if retry is None:
             await self.app(scope, receive, send)
             return
+        client = scope.get("client")
         with contextlib.suppress(AuditWriteError):
-            self.audit.emit(
+            self.audit.emit_repeated(
                 "ratelimit.hit",
-                limit="requests",
+                {"principal": principal.id, "tenant": principal.tenant, "limit": "requests"},
                 rate=rate,
                 retry_after_s=retry,
-                principal=principal.id,
-                tenant=principal.tenant,
+                source_ip=client[0] if client else None,
             )
         await _too_many(send, retry, f"more than {rate} requests for this principal")

@@ -62,7 +62,8 @@ def test_missing_malformed_and_wrong_tokens_get_401_and_an_audit_event(tmp_path)
         assert response.status_code == 401
         assert response.headers["www-authenticate"].startswith("Bearer")
     reasons = [json.loads(line)["detail"]["reason"] for line in sink.lines]
-    assert reasons == ["missing", "malformed", "malformed", "malformed", "unknown-token"]
+    # The first of each reason from a source; the repeats are counted (tests/unit/test_audit_repeats.py).
+    assert reasons == ["missing", "malformed", "unknown-token"]
     assert token not in "".join(sink.lines)
 
 
