@@ -464,6 +464,10 @@ def test_two_sandboxes_cannot_share_a_uid() -> None:
     assert first.status_code == 201
     second = call("POST", f"/v1.41/containers/create?name={sandbox_name()}", canonical("exec", uid=uid))
     assert second.status_code == 409 and refused_by(second) == "uid-in-use"
+    # Released when the sandbox goes: the uid is free again.
+    assert call("DELETE", f"/v1.41/containers/{first.json()['Id']}?force=1").status_code == 204
+    third = call("POST", f"/v1.41/containers/create?name={sandbox_name()}", canonical("exec", uid=uid))
+    assert third.status_code == 201
 
 
 # -- verbs on containers ------------------------------------------------------------------------
