@@ -66,15 +66,15 @@ def _seccomp_option(name: str, runtime: str = "runc") -> list[str]:
     return [f"seccomp={json.dumps(profile, separators=(',', ':'))}"]
 
 
-def seccomp_options(directory: Path = SECCOMP_DIR) -> frozenset[str]:
-    """Every `seccomp=...` option the broker can send: each profile in `directory`, as sent for
-    runc and as sent for runsc (the socket proxy accepts exactly these)."""
-    return frozenset(
-        option
-        for path in sorted(directory.glob("*.json"))
+def seccomp_options(directory: Path = SECCOMP_DIR) -> dict[str, frozenset[str]]:
+    """Per runtime, every `seccomp=...` option the broker can send for it: each profile in
+    `directory` as sent for that runtime (the socket proxy accepts exactly these)."""
+    return {
+        runtime: frozenset(
+            option for path in sorted(directory.glob("*.json")) for option in _seccomp_option(path.stem, runtime)
+        )
         for runtime in ("runc", "runsc")
-        for option in _seccomp_option(path.stem, runtime)
-    )
+    }
 
 
 #: Under gVisor the sandbox's pids cgroup also holds the Sentry (about 35 host threads when idle)

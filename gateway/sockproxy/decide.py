@@ -16,14 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from gateway.backend.create_body import LABEL_PREFIX, USER_LABEL
+from gateway.backend.create_body import KEEPER_USER, LABEL_PREFIX, USER_LABEL
 from gateway.sockproxy.engine import Engine, EngineReply
 from gateway.sockproxy.routes import API, Match
 from gateway.sockproxy.rules import (
     NAME,
     ContainerFacts,
     ProxyRules,
+    bind_source,
+    binds_of,
+    caps,
     sandbox_user,
+    security_opt,
     validate_create,
     validate_exec_create,
     validate_exec_start,
@@ -40,6 +44,23 @@ _BOOL = ("0", "1", "true", "false", "True", "False")
 _SIGNALS = ("KILL", "SIGKILL", "9")
 _CONDITIONS = ("not-running", "next-exit", "removed")
 _LIST_KEYS = frozenset({"limit", "all", "size", "trunc_cmd", "filters"})
+#: HostConfig fields a sandbox never has (namespaces shared, devices, mounts beside its binds...).
+_NEVER_SET = (
+    "PidMode",
+    "UTSMode",
+    "UsernsMode",
+    "Devices",
+    "DeviceRequests",
+    "DeviceCgroupRules",
+    "Mounts",
+    "VolumesFrom",
+    "Links",
+    "PortBindings",
+    "Sysctls",
+    "CgroupParent",
+    "OomKillDisable",
+    "PublishAllPorts",
+)
 _FILTERS = obj({}, {key: list_of(text, max_items=32) for key in ("label", "name", "status", "id")})
 
 
@@ -107,6 +128,9 @@ class Decider:
             return Forward(f"{base}/json", facts=facts)
         if name == "container.start":
             _no_query(query)
+            # The engine resolves bind sources now, not at create: look at them again.
+            for bind in facts.binds:
+                bind_source(bind.partition(":")[0], self.rules)
             return Forward(f"{base}/start", facts=facts)
         if name == "container.kill":
             _allowed_query(query, {"signal": _SIGNALS})
@@ -137,9 +161,7 @@ class Decider:
         """The body returned to the client; remembers what the engine just told about sandboxes."""
         name = found.route.name
         if name == "container.list" and reply.status == 200:
-            rows = reply.json()
-            kept = [row for row in rows if (row.get("Labels") or {}).get(_MANAGED) == "true"]
-            return canonical(kept)
+            return canonical([row for row in reply.json() if self._listed(row)])
         if name == "exec.create" and reply.status == 201 and action.facts is not None:
             exec_id = str((reply.json() or {}).get("Id", ""))
             if _FULL_ID.fullmatch(exec_id):
@@ -147,6 +169,21 @@ class Decider:
         if name == "container.remove" and action.facts is not None:
             self._sandboxes.pop(action.facts.id, None)
         return reply.body
+
+    def _listed(self, row: dict[str, Any]) -> bool:
+        """A row of the container list that may be shown: a sandbox's, as far as a row tells."""
+        labels = row.get("Labels") or {}
+        names = row.get("Names") or []
+        try:
+            sandbox_user(labels.get(USER_LABEL), "label", self.rules)
+        except Refused:
+            return False
+        return (
+            labels.get(_MANAGED) == "true"
+            and len(names) == 1
+            and NAME.fullmatch(str(names[0]).lstrip("/")) is not None
+            and (row.get("HostConfig") or {}).get("NetworkMode") == "none"
+        )
 
     async def _create(self, query: dict[str, str], body: Any) -> Forward:
         if set(query) != {"name"}:
@@ -203,22 +240,33 @@ class Decider:
         return facts
 
     def _facts(self, doc: dict[str, Any]) -> ContainerFacts | None:
+        """The sandbox an inspect document describes, or None when it is not one in every respect
+        the proxy checks at create (a container that only wears a sandbox's name and labels, or one
+        made before sandboxes had a uid of their own, is not one)."""
         config, host = doc.get("Config") or {}, doc.get("HostConfig") or {}
         labels = config.get("Labels") or {}
         name = str(doc.get("Name", "")).lstrip("/")
-        if not (
+        try:
+            user = sandbox_user(labels.get(USER_LABEL), "label", self.rules)
+            caps(host.get("CapAdd") or [], "CapAdd")
+            security_opt(host.get("SecurityOpt") or [], "SecurityOpt", self.rules, host.get("Runtime"))
+            binds = binds_of(host.get("Binds") or [], "Binds", self.rules)
+        except Refused:
+            return None
+        shaped = (
             _FULL_ID.fullmatch(str(doc.get("Id", "")))
             and NAME.fullmatch(name)
             and labels.get(_MANAGED) == "true"
+            and config.get("User") in (user, KEEPER_USER)
             and host.get("NetworkMode") == "none"
             and host.get("Privileged") is False
-        ):
+            and host.get("CapDrop") == ["ALL"]
+            and not any(host.get(key) for key in _NEVER_SET)
+            and host.get("IpcMode") in ("private", "shareable", "none", "")
+        )
+        if not shaped:
             return None
-        try:
-            user: str | None = sandbox_user(labels.get(USER_LABEL), "label", self.rules)
-        except Refused:
-            user = None
-        return ContainerFacts(str(doc["Id"]), name, user, tuple(config.get("Env") or ()))
+        return ContainerFacts(str(doc["Id"]), name, user, tuple(config.get("Env") or ()), tuple(binds))
 
     async def _exec_owner(self, exec_id: str) -> ContainerFacts:
         container = self._execs.get(exec_id)

@@ -50,10 +50,14 @@ class Engine:
         body: bytes | None = None,
         *,
         upgrade: bool = False,
+        timeout_s: float | None = 300.0,
     ) -> EngineReply:
+        """One exchange; the engine must answer within `timeout_s` (None: a long poll, `wait`)."""
         try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=_READ * 4)
-        except OSError as exc:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.socket_path, limit=_READ * 4), 10.0
+            )
+        except (OSError, TimeoutError) as exc:
             raise EngineUnavailable(f"cannot connect to {self.socket_path}: {exc}") from exc
         conn = h11.Connection(h11.CLIENT)
         headers = [("Host", "docker"), ("User-Agent", "sandbox-gateway-socket-proxy")]
@@ -70,7 +74,10 @@ class Engine:
             data += conn.send(h11.EndOfMessage())
             writer.write(data)
             await writer.drain()
-            reply = await self._response(conn, reader, writer)
+            reply = await asyncio.wait_for(self._response(conn, reader, writer), timeout_s)
+        except TimeoutError as exc:
+            writer.close()
+            raise EngineUnavailable(f"the engine did not answer within {timeout_s:.0f} s") from exc
         except (OSError, h11.ProtocolError) as exc:
             writer.close()
             raise EngineUnavailable(f"the engine's answer broke off: {exc}") from exc

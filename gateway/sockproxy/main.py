@@ -9,6 +9,7 @@ import contextlib
 import grp
 import logging
 import os
+import resource
 import signal
 import ssl
 import stat
@@ -55,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="an image (name:tag) sandboxes may be made from; repeatable; none given: any image",
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=4096, help="connections open at once (each sandbox holds one)"
+    )
+    parser.add_argument(
+        "--log-repeat-window",
+        type=float,
+        default=60.0,
+        help="seconds in which repeated refusals from one client are written once per rule, then counted",
     )
     parser.add_argument(
         "--socket-group", help="group that may use the unix socket (mode 0660); default: owner only (0600)"
@@ -135,10 +145,15 @@ async def _listen(server: ProxyServer, spec: str, args: argparse.Namespace) -> a
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    server = ProxyServer(rules_from_args(args), args.engine)
+    _raise_open_file_limit()
+    server = ProxyServer(
+        rules_from_args(args),
+        args.engine,
+        max_connections=args.max_connections,
+        repeat_window_s=args.log_repeat_window,
+    )
     listeners = [
-        await _listen(server, spec, args)
-        for spec in args.listen or [f"unix:{DEFAULT_PROXY_SOCKET}"]
+        await _listen(server, spec, args) for spec in args.listen or [f"unix:{DEFAULT_PROXY_SOCKET}"]
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -153,10 +168,22 @@ async def _serve(args: argparse.Namespace) -> None:
         mount_roots=list(server.decider.rules.mount_roots),
         images=sorted(server.decider.rules.images) or "any",
     )
-    await stop.wait()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        server.flush_repeats()
     for listener in listeners:
         listener.close()
+    server.flush_repeats(everything=True)
     server.log.info("proxy.stop", **server.stats())
+
+
+def _raise_open_file_limit() -> None:
+    """Each sandbox on the agent path holds a connection (and one to the engine): lift the soft
+    open-file limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run(args: argparse.Namespace) -> int:

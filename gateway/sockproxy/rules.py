@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +43,11 @@ from policy.model import CAP_ADD_ALLOW_LIST, ULIMIT_NAMES
 __all__ = [
     "ContainerFacts",
     "ProxyRules",
+    "bind_source",
+    "binds_of",
+    "caps",
     "sandbox_user",
+    "security_opt",
     "validate_create",
     "validate_exec_create",
     "validate_exec_start",
@@ -58,7 +64,8 @@ _TMPFS_OPTIONS = re.compile(
 _USER = re.compile(r"(?P<uid>[1-9][0-9]{0,9}):(?P<gid>[1-9][0-9]{0,9})")
 _KERNEL_TREES = ("/proc", "/sys", "/dev")
 _GIB = 1024**3
-MAX_PIDS = 32768 * GVISOR_PIDS_FACTOR + GVISOR_PIDS_BASE
+#: The largest pids limit a profile can give, per runtime (gVisor's is scaled: create_body.py).
+MAX_PIDS = {"runc": 32768, "runsc": 32768 * GVISOR_PIDS_FACTOR + GVISOR_PIDS_BASE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +75,10 @@ class ProxyRules:
     #: Inclusive range of host uids (and gids) that sandboxes run as; no host account may use it.
     uid_low: int
     uid_high: int
-    #: Every `seccomp=<profile>` option the broker may send (the profiles in seccomp/, as sent).
-    seccomp_options: frozenset[str]
+    #: Per runtime, every `seccomp=<profile>` option the broker may send for it (the profiles in
+    #: seccomp/ as sent for that runtime: the runsc variant leaves clone3 to gVisor, which must
+    #: never reach runc).
+    seccomp_options: Mapping[str, frozenset[str]]
     #: Host directories allowed as the source of the read-only /tools and /skills binds.
     mount_sources: frozenset[str] = frozenset()
     #: Directories whose subdirectories may be such a source.
@@ -88,8 +97,10 @@ class ContainerFacts:
     id: str
     name: str
     #: `uid:gid` that commands of this sandbox run as (its `sandbox-gateway.user` label).
-    user: str | None
+    user: str
     env: tuple[str, ...]
+    #: Its read-only binds (`SRC:/tools:ro`), whose sources are checked again at start.
+    binds: tuple[str, ...] = ()
 
 
 def sandbox_user(value: Any, where: str, rules: ProxyRules) -> str:
@@ -121,17 +132,32 @@ def _path(value: Any, where: str) -> str:
     return path
 
 
-def _bind_source(source: str, rules: ProxyRules) -> None:
-    allowed = source in rules.mount_sources or any(
-        source.startswith(root.rstrip("/") + "/") for root in rules.mount_roots
-    )
-    if not allowed:
+def bind_source(source: str, rules: ProxyRules) -> None:
+    """A directory the engine may mount read-only at /tools or /skills; Refused otherwise.
+
+    A configured source is taken as the operator wrote it (in compose the proxy cannot see host
+    paths). A directory below a mount root must exist now, be no link, and, with every directory
+    above it, belong to root (or the proxy's own uid) and be writable by no one else: nobody else
+    could swap it for a link to the host's root before the engine mounts it."""
+    if source in rules.mount_sources:
+        if os.path.lexists(source) and (os.path.realpath(source) != source or not os.path.isdir(source)):
+            raise Refused("bind-source", f"{source} is a link or not a directory")
+        return
+    if not any(source.startswith(root.rstrip("/") + "/") for root in rules.mount_roots):
         raise Refused("bind-source", f"{source} is not a configured tools/skills directory")
-    if os.path.lexists(source) and (os.path.realpath(source) != source or not os.path.isdir(source)):
-        raise Refused("bind-source", f"{source} is a link or not a directory")
+    if not os.path.isdir(source) or os.path.realpath(source) != source:
+        raise Refused("bind-source", f"{source} does not exist, is a link or is not a directory")
+    path = source
+    while True:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode) or info.st_uid not in (0, os.geteuid()) or info.st_mode & 0o022:
+            raise Refused("bind-source", f"{path} may be changed by someone other than root")
+        if path == "/":
+            return
+        path = os.path.dirname(path)
 
 
-def _binds(value: Any, where: str, rules: ProxyRules) -> list[str]:
+def binds_of(value: Any, where: str, rules: ProxyRules) -> list[str]:
     binds: list[str] = list_of(text, max_items=2)(value, where)
     targets = []
     for index, bind in enumerate(binds):
@@ -140,7 +166,7 @@ def _binds(value: Any, where: str, rules: ProxyRules) -> list[str]:
             raise Refused(
                 "bind-target", f"{where}[{index}]: only SRC:/tools:ro and SRC:/skills:ro are allowed"
             )
-        _bind_source(_path(source, f"{where}[{index}]"), rules)
+        bind_source(_path(source, f"{where}[{index}]"), rules)
         targets.append(rest)
     if len(set(targets)) != len(targets):
         raise Refused("bind-target", f"{where}: a target is bound twice")
@@ -178,7 +204,7 @@ def _ulimits(value: Any, where: str) -> list[dict[str, Any]]:
     return items
 
 
-def _caps(value: Any, where: str) -> list[str]:
+def caps(value: Any, where: str) -> list[str]:
     caps: list[str] = list_of(matching(_CAP), max_items=len(CAP_ADD_ALLOW_LIST))(value, where)
     names = [cap.upper().removeprefix("CAP_") for cap in caps]
     if len(set(names)) != len(names):
@@ -186,12 +212,15 @@ def _caps(value: Any, where: str) -> list[str]:
     return caps
 
 
-def _security_opt(value: Any, where: str, rules: ProxyRules) -> list[str]:
+def security_opt(value: Any, where: str, rules: ProxyRules, runtime: Any) -> list[str]:
+    """No-new-privileges and the project's seccomp profile for this runtime, nothing else."""
     options: list[str] = list_of(_any_string, max_items=2)(value, where)
     rest = options[1:] if options[:1] == ["no-new-privileges:true"] else options
-    if len(rest) > 1 or (rest and rest[0] not in rules.seccomp_options):
+    allowed = rules.seccomp_options.get(runtime, frozenset()) if isinstance(runtime, str) else frozenset()
+    if len(rest) > 1 or (rest and rest[0] not in allowed):
         raise Refused(
-            "security-opt", f"{where}: only no-new-privileges:true and the project's seccomp profile"
+            "security-opt",
+            f"{where}: only no-new-privileges:true and the project's seccomp profile for {runtime}",
         )
     return options
 
@@ -223,14 +252,16 @@ def validate_create(name: str, body: Any, rules: ProxyRules) -> dict[str, Any]:
     )
     uid = int(code_user.split(":")[0])
     workdir = _path(body.get("WorkingDir"), "WorkingDir")
+    host_in = body.get("HostConfig")
+    runtime = host_in.get("Runtime") if isinstance(host_in, dict) else None
     host = {
         "NetworkMode": const("none"),
         "ReadonlyRootfs": boolean,
         "CapDrop": const(["ALL"]),
-        "CapAdd": _caps,
-        "SecurityOpt": lambda v, w: _security_opt(v, w, rules),
+        "CapAdd": caps,
+        "SecurityOpt": lambda v, w: security_opt(v, w, rules, runtime),
         "Privileged": const(False),
-        "PidsLimit": integer(1, MAX_PIDS),
+        "PidsLimit": integer(1, MAX_PIDS.get(runtime, 0) if isinstance(runtime, str) else 0),
         "Memory": integer(6 * 1024**2, 1024 * _GIB),
         "MemorySwap": integer(6 * 1024**2, 2048 * _GIB),
         "NanoCpus": integer(1, 64 * 10**9),
@@ -238,7 +269,7 @@ def validate_create(name: str, body: Any, rules: ProxyRules) -> dict[str, Any]:
         "Ulimits": _ulimits,
         "Init": const(False) if agent else boolean,
         "Runtime": one_of("runc", "runsc"),
-        "Binds": lambda v, w: _binds(v, w, rules),
+        "Binds": lambda v, w: binds_of(v, w, rules),
         "RestartPolicy": obj({"Name": const("no")}),
     }
     if agent:
@@ -273,8 +304,6 @@ def validate_create(name: str, body: Any, rules: ProxyRules) -> dict[str, Any]:
 def validate_exec_create(body: Any, facts: ContainerFacts) -> dict[str, Any]:
     """An exec create body: the sandbox's own uid, not privileged, no tty or stdin, its own
     environment (or none)."""
-    if facts.user is None:
-        raise Refused("exec-user", f"{facts.name} has no sandbox uid label; it predates per-sandbox uids")
     env = body.get("Env") if isinstance(body, dict) else None
     checked: dict[str, Any] = obj(
         {

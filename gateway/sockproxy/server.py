@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 import h11
 import structlog
 
+from audit.repeats import RepeatTable, Summary
 from gateway.sockproxy.decide import Decider, Forward, Respond
 from gateway.sockproxy.engine import Engine, EngineReply, EngineUnavailable
 from gateway.sockproxy.routes import Match, match
@@ -32,6 +33,10 @@ __all__ = ["MAX_BODY_BYTES", "ProxyServer"]
 
 #: Largest request body read (a create body with the inline seccomp profile is about 20 KiB).
 MAX_BODY_BYTES = 512 * 1024
+#: A request must arrive whole (head and body) this long after its first byte...
+REQUEST_TIMEOUT_S = 10.0
+#: ...and a kept-alive connection may wait this long for its next request.
+IDLE_TIMEOUT_S = 120.0
 _READ = 65536
 _KEPT_HEADERS = {b"content-type", b"api-version", b"docker-experimental", b"ostype", b"server"}
 
@@ -39,15 +44,34 @@ _KEPT_HEADERS = {b"content-type", b"api-version", b"docker-experimental", b"osty
 class ProxyServer:
     """Serves the Engine API subset on a listening socket; counts and logs every decision."""
 
-    def __init__(self, rules: ProxyRules, engine_socket: str) -> None:
+    def __init__(
+        self,
+        rules: ProxyRules,
+        engine_socket: str,
+        *,
+        max_connections: int = 4096,
+        repeat_window_s: float = 60.0,
+    ) -> None:
         self.engine = Engine(engine_socket)
         self.decider = Decider(rules, self.engine)
         self.counts: Counter[str] = Counter()
         self.log = structlog.get_logger("sandbox_gateway.socket_proxy")
+        #: Connections open at once; beyond, a new one is answered 503 and closed at once.
+        self.max_connections = max_connections
+        self.connections = 0
+        #: Refusals from one client are written once per rule and window, then summarised.
+        self.repeats = RepeatTable(window_s=repeat_window_s, capacity=1024)
 
     async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _client_of(writer)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        if self.connections >= self.max_connections:
+            self._refused(client, "-", "-", Refused("connections", "too many connections", status=503))
+            with contextlib.suppress(OSError):
+                await self._send_error(conn, writer, 503, "socket proxy: too many connections")
+            writer.close()
+            return
+        self.connections += 1
         try:
             while True:
                 request, body = await self._read_request(conn, reader, writer, client)
@@ -57,9 +81,10 @@ class ProxyServer:
                 if upgraded or conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
-        except (OSError, h11.ProtocolError, asyncio.IncompleteReadError):
+        except (OSError, h11.ProtocolError, asyncio.IncompleteReadError, TimeoutError):
             return
         finally:
+            self.connections -= 1
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -70,6 +95,8 @@ class ProxyServer:
         request: h11.Request | None = None
         chunks: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None  # set by the request's first byte
         while True:
             try:
                 event = conn.next_event()
@@ -78,7 +105,20 @@ class ProxyServer:
                 await self._send_error(conn, writer, exc.error_status_hint, "malformed HTTP request")
                 return None, b""
             if event is h11.NEED_DATA:
-                conn.receive_data(await reader.read(_READ))
+                # Idle between requests for IDLE_TIMEOUT_S at most; once a request has begun, it
+                # must be whole within REQUEST_TIMEOUT_S (a trickle cannot hold a connection).
+                wait = IDLE_TIMEOUT_S if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    data = await asyncio.wait_for(reader.read(_READ), wait)
+                except TimeoutError:
+                    if deadline is not None:
+                        self._refused(
+                            client, "-", "-", Refused("slow-request", "request not whole in time", status=408)
+                        )
+                    return None, b""
+                if deadline is None and data:
+                    deadline = loop.time() + REQUEST_TIMEOUT_S
+                conn.receive_data(data)
                 continue
             if isinstance(event, h11.Request):
                 request = event
@@ -132,7 +172,13 @@ class ProxyServer:
             return False
         target_out = action.path + (f"?{urlencode(action.query)}" if action.query else "")
         try:
-            reply = await self.engine.request(method, target_out, action.body, upgrade=found.route.upgrade)
+            reply = await self.engine.request(
+                method,
+                target_out,
+                action.body,
+                upgrade=found.route.upgrade,
+                timeout_s=None if found.route.name == "container.wait" else 300.0,
+            )
         except EngineUnavailable as exc:
             self.counts[f"{route_name}:engine-unavailable"] += 1
             self.log.warning("proxy.engine_unavailable", route=route_name, error=str(exc))
@@ -150,7 +196,14 @@ class ProxyServer:
         return False
 
     def _refused(self, client: str, method: str, target: str, refusal: Refused) -> None:
+        """Count every refusal; write the first of each rule per client and window, then a summary."""
         self.counts[f"refused:{refusal.rule}"] += 1
+        seen = self.repeats.observe("proxy.refused", (("client", client),), ("rule", refusal.rule))
+        self._summarise(seen.closed)
+        if seen.overflow_started:
+            self.log.warning("proxy.refused.overflow", detail="too many clients refused: counted together")
+        if not seen.record:
+            return
         self.log.warning(
             "proxy.refused",
             client=client,
@@ -161,10 +214,32 @@ class ProxyServer:
             detail=refusal.detail[:500],
         )
 
+    def _summarise(self, summaries: list[Summary]) -> None:
+        for summary in summaries:
+            self.log.warning(
+                "proxy.refused.repeated",
+                client=dict(summary.key).get("client", "(others)"),
+                count=summary.count,
+                unlogged=summary.suppressed,
+                rules={value: count for (_, value), count in summary.counts.items()},
+                first=summary.first,
+                last=summary.last,
+                window_s=summary.window_s,
+            )
+
+    def flush_repeats(self, *, everything: bool = False) -> None:
+        """Write the summaries of windows that have ended (all of them at a stop)."""
+        self._summarise(self.repeats.drain() if everything else self.repeats.expire())
+
     def stats(self) -> dict[str, Any]:
         allowed = {k.partition(":")[0]: v for k, v in self.counts.items() if k.endswith(":allowed")}
         refused = {k.partition(":")[2]: v for k, v in self.counts.items() if k.startswith("refused:")}
-        return {"allowed": allowed, "refused": refused, "refused_total": sum(refused.values())}
+        return {
+            "allowed": allowed,
+            "refused": refused,
+            "refused_total": sum(refused.values()),
+            "connections": self.connections,
+        }
 
     async def _send(
         self,

@@ -23,7 +23,10 @@ class PrivateProxy:
     """A second socket proxy, the project's own, on a unix socket of its own (in front of
     `docker_socket`): taking it down affects this test only."""
 
-    def __init__(self, tmp: Path, docker_socket: Path = Path("/var/run/docker.sock")) -> None:
+    def __init__(
+        self, tmp: Path, docker_socket: Path = Path("/var/run/docker.sock"), extra: tuple[str, ...] = ()
+    ) -> None:
+        self.extra = extra
         self.socket = tmp / "docker-proxy.sock"
         self.url = f"unix://{self.socket}"
         self.log = tmp / "socket-proxy.log"
@@ -43,6 +46,7 @@ class PrivateProxy:
             IMAGE,
             "--mount-source",
             str(REPO / "skills"),
+            *self.extra,
         ]
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO)

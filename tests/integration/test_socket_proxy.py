@@ -13,6 +13,8 @@ import json
 import os
 import socket
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,7 @@ from gateway.setup.state import SetupPaths
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import load_policy
 from tests.conftest import IMAGE, PROXY_URL
+from tests.e2e.test_faults import PrivateProxy
 
 SOCKET = PROXY_URL.removeprefix("unix://")
 ENGINE = "/var/run/docker.sock"
@@ -650,11 +653,16 @@ def test_only_a_pool_sandbox_is_renamed_and_only_to_a_sandbox_name(sandbox: tupl
     assert good.status_code == 204
 
 
+def _refuse_from_a_new_client(path: str, times: int = 1) -> None:
+    """`times` refused requests from a process of its own (the proxy knows clients by pid and uid)."""
+    subprocess.run([sys.executable, "-c", _FLOOD, SOCKET, path, str(times)], check=True, timeout=120)
+
+
 def test_every_refusal_is_logged_and_counted() -> None:
     """The proxy's log (JSON lines) names method, path, rule and client; its counters move."""
     before = call("GET", "/_sandbox_gateway/proxy/stats").json()
     marker = uuid.uuid4().hex
-    call("GET", f"/v1.41/volumes?marker={marker}")
+    _refuse_from_a_new_client(f"/v1.41/volumes?marker={marker}")
     after = call("GET", "/_sandbox_gateway/proxy/stats").json()
     assert after["refused"]["no-route"] == before["refused"].get("no-route", 0) + 1
     assert after["allowed"]["proxy.stats"] >= 1
@@ -664,6 +672,42 @@ def test_every_refusal_is_logged_and_counted() -> None:
     event = events[0]
     assert event["event"] == "proxy.refused" and event["rule"] == "no-route" and event["method"] == "GET"
     assert event["path"].startswith("/v1.41/volumes") and event["client"].startswith("unix:pid=")
+
+
+def test_a_flood_of_refusals_writes_one_line_and_a_summary(tmp_path: Path) -> None:
+    """A client cannot wash the proxy's log out: 500 refusals are one line, then one summary with
+    the count when the window ends (a private proxy with a 1 s window)."""
+    proxy = PrivateProxy(tmp_path, extra=("--log-repeat-window", "1"))
+    proxy.start()
+    try:
+        marker = uuid.uuid4().hex
+        subprocess.run(
+            [sys.executable, "-c", _FLOOD, str(proxy.socket), f"/v1.41/volumes?m={marker}", "500"],
+            check=True,
+            timeout=120,
+        )
+        deadline = time.monotonic() + 30
+        while "proxy.refused.repeated" not in proxy.log.read_text():
+            assert time.monotonic() < deadline, "no summary within 30 s"
+            time.sleep(0.2)
+    finally:
+        proxy.stop()
+    events = [json.loads(line) for line in proxy.log.read_text().splitlines() if line.startswith("{")]
+    refused = [e for e in events if e["event"] == "proxy.refused"]
+    summaries = [e for e in events if e["event"] == "proxy.refused.repeated"]
+    assert len(refused) == 1 and marker in refused[0]["path"]
+    assert len(summaries) == 1
+    assert summaries[0]["count"] == 500 and summaries[0]["unlogged"] == 499
+    assert summaries[0]["rules"] == {"no-route": 500}
+
+
+_FLOOD = (
+    "import socket, sys\n"
+    "for _ in range(int(sys.argv[3])):\n"
+    "    s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+    "    s.sendall(f'GET {sys.argv[2]} HTTP/1.1\\r\\nHost: d\\r\\n\\r\\n'.encode())\n"
+    "    assert s.recv(100).startswith(b'HTTP/1.1 403'); s.close()\n"
+)
 
 
 def test_sandboxes_are_made_only_from_allowed_images_and_pinned_by_id() -> None:
