@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +99,24 @@ def backend():  # type: ignore[no-untyped-def]
     assert docker_backend.image_present(IMAGE), f"sandbox image {IMAGE} missing; run `make setup`"
     yield docker_backend
     docker_backend.close()
+
+
+def mountable_dir(prefix: str) -> Path:
+    """A new directory the socket proxy lets sandboxes mount at /tools or /skills: below setup's
+    mount root (root's alone), never a world-writable temporary directory."""
+    from gateway.setup.state import SetupPaths
+
+    path = SetupPaths.from_env().mount_root / f"{prefix}-{uuid.uuid4().hex[:8]}"
+    path.mkdir(mode=0o755)
+    return path
+
+
+@pytest.fixture
+def mount_dir() -> Iterator[Path]:
+    """A directory the proxy lets be mounted (see `mountable_dir`), removed afterwards."""
+    path = mountable_dir("test")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

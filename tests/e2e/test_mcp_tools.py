@@ -38,6 +38,7 @@ async def test_two_principals_cannot_see_each_others_files(gateway: Gateway) -> 
     async with mcp_client(gateway.url, gateway.tokens["alice"]) as alice:
         await alice.call_tool("execute_bash", {"command": "echo alice-secret > /workspace/secret.txt"})
         again = await alice.call_tool("execute_bash", {"command": "cat /workspace/secret.txt"})
+        alice_uid = await alice.call_tool("execute_bash", {"command": "id -u"})
     async with mcp_client(gateway.url, gateway.tokens["bob"]) as bob:
         peek = await bob.call_tool("execute_bash", {"command": "cat /workspace/secret.txt"})
         listing = await bob.call_tool(
@@ -46,7 +47,12 @@ async def test_two_principals_cannot_see_each_others_files(gateway: Gateway) -> 
     assert again.structured_content and again.structured_content["stdout"] == "alice-secret\n"
     assert peek.structured_content and "alice-secret" not in peek.structured_content["stdout"]
     assert peek.structured_content["exit_code"] == 1
-    assert listing.structured_content and listing.structured_content["stdout"] == "[] 1000\n"
+    assert listing.structured_content and alice_uid.structured_content
+    empty, bob_uid = listing.structured_content["stdout"].split()
+    assert empty == "[]", "bob's workspace is his own, and empty"
+    # Each runs as a host uid of its own, from the sandbox range.
+    assert int(bob_uid) != int(alice_uid.structured_content["stdout"])
+    assert {int(bob_uid), int(alice_uid.structured_content["stdout"])} <= set(range(2000000000, 2001000000))
 
 
 @pytest.mark.parametrize(

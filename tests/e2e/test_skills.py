@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import mountable_dir
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.anyio
@@ -16,12 +18,12 @@ SKILLS = Path(__file__).parents[2] / "skills"
 @pytest.fixture(scope="module")
 def library_gateway(tmp_path_factory: pytest.TempPathFactory, backend) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("library")
-    tools = tmp / "tools"
-    tools.mkdir()
+    tools = mountable_dir("library-tools")
     (tools / "greet.sh").write_text("#!/bin/sh\necho hello from tools\n")
     gateway = start_gateway(tmp, "--skills-dir", str(SKILLS), "--tools-dir", str(tools))
     yield gateway
     stop_gateway(gateway)
+    shutil.rmtree(tools)
     assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == []
 
 

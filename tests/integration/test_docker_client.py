@@ -56,10 +56,10 @@ def test_an_image_outside_the_policy_is_refused() -> None:
         DockerExecutionClient(image_name="alpine:latest", docker_host=PROXY_URL)
 
 
-async def test_tools_and_skills_are_mounted_read_only(tmp_path: Path, backend) -> None:  # type: ignore[no-untyped-def]
-    tools, skills = tmp_path / "tools", tmp_path / "skills"
-    tools.mkdir()
-    skills.mkdir()
+async def test_tools_and_skills_are_mounted_read_only(mount_dir: Path, backend) -> None:  # type: ignore[no-untyped-def]
+    tools, skills = mount_dir / "tools", mount_dir / "skills"
+    tools.mkdir(mode=0o755)
+    skills.mkdir(mode=0o755)
     (tools / "hello.py").write_text("print('tool')\n")
     (skills / "greet.py").write_text("def greet(name):\n    return f'hi {name}'\n")
     client = DockerExecutionClient(

@@ -6,6 +6,7 @@ import anyio
 import pytest
 
 from gateway.backend.commands import bash_argv
+from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Action, Principal, load_policy
 from policy.engine import PolicyEngine
 from tests.conftest import policy_with_exec_path
@@ -30,8 +31,11 @@ async def test_inspect_shows_the_policy_hardening(broker, backend) -> None:  # t
     info = await anyio.to_thread.run_sync(backend.inspect_raw, sandbox.container_id)
     host, config = info["HostConfig"], info["Config"]
     spec = decision.spec
-    # PID 1 is the agent, as the sandbox's uid; no init (the agent reaps), no log of its stdout.
-    assert config["User"] == spec.user
+    # PID 1 is the agent, as the sandbox's own uid (recorded on it, from the range); no init (the
+    # agent reaps), no log of its stdout.
+    uid, gid = (int(part) for part in config["User"].split(":"))
+    assert uid == gid and uid in UidRange.parse(DEFAULT_UID_RANGE)
+    assert config["Labels"]["sandbox-gateway.user"] == config["User"] == sandbox.user
     assert config["Cmd"] == ["python3", "-I", "-S", "/opt/sandbox-gateway/agent.py"]
     assert config["OpenStdin"] is True and config["StdinOnce"] is False
     assert host["LogConfig"]["Type"] == "none"
@@ -59,7 +63,12 @@ async def test_inspect_shows_the_policy_hardening(broker, backend) -> None:  # t
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
-        pytest.param("id -u; id -g", "1000\n1000\n", id="non-root"),
+        pytest.param(
+            "u=$(id -u); g=$(id -g); [ $u = $g ] && [ $u -ge 2000000000 ] && [ $u -le 2000999999 ] "
+            "&& echo own",
+            "own\n",
+            id="non-root-own-uid",
+        ),
         pytest.param(
             "grep -E '^(NoNewPrivs|CapEff|CapPrm|CapBnd|Seccomp):' /proc/self/status | tr -s '\\t' ' '",
             "CapPrm: 0000000000000000\nCapEff: 0000000000000000\nCapBnd: 0000000000000000\n"
