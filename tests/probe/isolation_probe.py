@@ -110,7 +110,7 @@ for family, kind, name in (
     except OSError as exc:
         check(f"socket_{name}_refused", True, errno.errorcode.get(exc.errno, exc.errno))
 
-# the engine is out of reach
+# the engine and its socket proxy are out of reach
 sockets = [
     p
     for p in (
@@ -119,6 +119,7 @@ sockets = [
         "/run/containerd/containerd.sock",
         "/var/run/containerd/containerd.sock",
         "/run/docker/docker.sock",
+        "/run/sandbox-gateway/docker-proxy.sock",
     )
     if os.path.exists(p)
 ]
