@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -72,9 +73,8 @@ class Forward:
     query: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     facts: ContainerFacts | None = None
-    #: Held until the engine has answered (creates, so that two cannot take one uid); released by
-    #: whoever forwards.
-    lock: asyncio.Lock | None = None
+    #: Called once the engine has answered (a create holds its uid until then); by whoever forwards.
+    release: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +91,8 @@ class Decider:
         self.engine = engine
         self._sandboxes: OrderedDict[str, ContainerFacts] = OrderedDict()
         self._execs: OrderedDict[str, str] = OrderedDict()
-        #: Creates are serialised so that two cannot take the same uid.
-        self._create_lock = asyncio.Lock()
+        #: Creates of one uid are serialised so that two cannot both take it; other uids go on.
+        self._uid_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def decide(self, found: Match, body: Any) -> Forward | Respond:  # noqa: PLR0911 - a return per route
         name, ref, query = found.route.name, found.ref, found.query
@@ -192,18 +192,41 @@ class Decider:
         # Created from the image's id, so a tag moved after this check changes nothing.
         checked["Image"] = await self._allowed_image(checked["Image"])
         user = checked["Labels"][USER_LABEL]
-        await self._create_lock.acquire()
+        release = await self._hold_uid(user)
         try:
-            in_use = await self._users_in_use()
+            in_use = await self._user_in_use(user)
         except BaseException:
-            self._create_lock.release()
+            release()
             raise
-        if user in in_use:
-            self._create_lock.release()
+        if in_use:
+            release()
             raise Refused("uid-in-use", f"uid:gid {user} belongs to another sandbox", status=409)
         return Forward(
-            f"{API}/containers/create", {"name": query["name"]}, canonical(checked), lock=self._create_lock
+            f"{API}/containers/create", {"name": query["name"]}, canonical(checked), release=release
         )
+
+    async def _hold_uid(self, user: str) -> Callable[[], None]:
+        """Wait for the lock of `user`; returns its release (which forgets the lock once unused)."""
+        lock, users = self._uid_locks.get(user, (asyncio.Lock(), 0))
+        self._uid_locks[user] = (lock, users + 1)
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._forget_uid(user)
+            raise
+
+        def release() -> None:
+            lock.release()
+            self._forget_uid(user)
+
+        return release
+
+    def _forget_uid(self, user: str) -> None:
+        lock, users = self._uid_locks[user]
+        if users <= 1:
+            del self._uid_locks[user]
+        else:
+            self._uid_locks[user] = (lock, users - 1)
 
     async def _allowed_image(self, ref: str) -> str:
         """The id of image `ref` when it carries an allowed name; Refused otherwise."""
@@ -217,14 +240,15 @@ class Decider:
             )
         return str(doc["Id"])
 
-    async def _users_in_use(self) -> set[str]:
-        filters = canonical({"label": [f"{_MANAGED}=true"]}).decode()
+    async def _user_in_use(self, user: str) -> bool:
+        """Whether a container (running or not) already carries this sandbox uid."""
+        filters = canonical({"label": [f"{_MANAGED}=true", f"{USER_LABEL}={user}"]}).decode()
         status, rows = await self.engine.get_json(
             f"{API}/containers/json?all=1&filters={quote(filters, safe='')}"
         )
         if status != 200 or not isinstance(rows, list):
             raise Refused("uid-check", "cannot list sandboxes to check the uid", status=502)
-        return {str((row.get("Labels") or {}).get(USER_LABEL)) for row in rows}
+        return bool(rows)
 
     async def sandbox(self, ref: str, *, fresh: bool = False) -> ContainerFacts:
         """The facts of the sandbox `ref` names; Refused (404) when it names no sandbox."""

@@ -185,8 +185,8 @@ class ProxyServer:
             await self._send_error(conn, writer, 502, "socket proxy: the Docker engine is not answering")
             return False
         finally:
-            if action.lock is not None:
-                action.lock.release()
+            if action.release is not None:
+                action.release()
         self.counts[f"{route_name}:allowed"] += 1
         if reply.status == 101:
             await self._relay(conn, reply, reader, writer)

@@ -726,3 +726,18 @@ def test_sandboxes_are_made_only_from_allowed_images_and_pinned_by_id() -> None:
     assert call("POST", f"/v1.41/containers/create?name={name}", canonical()).status_code == 201
     image_id = _engine("GET", f"/v1.41/images/{IMAGE}/json").json()["Id"]
     assert _engine("GET", f"/v1.41/containers/{name}/json").json()["Image"] == image_id
+
+
+def test_parallel_creates_of_one_uid_make_one_sandbox() -> None:
+    """Twelve creates with the same uid at once: one sandbox, eleven refusals."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    uid = UIDS.pick()
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(
+            pool.map(
+                lambda _: call("POST", f"/v1.41/containers/create?name={sandbox_name()}", canonical(uid=uid)),
+                range(12),
+            )
+        )
+    assert sorted(response.status_code for response in responses) == [201] + [409] * 11
