@@ -33,10 +33,11 @@ from bench.machine import describe, machine_line
 from bench.raw import RawEngine
 from bench.stats import Series
 from gateway.backend.create_body import LABEL_PREFIX
+from gateway.config import DEFAULT_DOCKER_HOST
 
 __all__ = ["main"]
 
-PROXY_URL = "tcp://127.0.0.1:2375"
+PROXY_URL = DEFAULT_DOCKER_HOST
 UNIX_SOCKET = "/var/run/docker.sock"
 
 

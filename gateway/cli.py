@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit_cli import add_audit_commands
+from gateway.config import DEFAULT_DOCKER_HOST
 from gateway.errors import GatewayError
 from gateway.policy_cli import add_policy_commands
 from gateway.token_cli import add_token_commands
@@ -88,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--tokens", type=Path, help="tokens file (without it a dev token is made and printed)")
     serve.add_argument("--policy", type=Path, help="policy file (default: the shipped default.yaml)")
-    serve.add_argument("--docker-host", help="Docker API URL (default: $DOCKER_HOST or tcp://127.0.0.1:2375)")
+    serve.add_argument(
+        "--docker-host", help=f"Docker API URL (default: $DOCKER_HOST or {DEFAULT_DOCKER_HOST})"
+    )
     serve.add_argument(
         "--allow-raw-socket",
         action="store_true",

@@ -1,8 +1,8 @@
 """How a tool call becomes an argv inside the sandbox.
 
 The code travels in argv, split into chunks below the kernel's per-argument limit, because the
-socket proxy cannot carry a client-to-engine stream on `exec start` (HAProxy refuses an HTTP
-upgrade on a request with a body). `timeout` bounds it and kills its whole process group.
+socket proxy lets no exec take stdin (`AttachStdin` must be false), so nothing streams from the
+client to the engine on `exec start`. `timeout` bounds it and kills its whole process group.
 """
 
 from __future__ import annotations

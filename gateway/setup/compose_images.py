@@ -1,9 +1,10 @@
 """Build the compose stack's images without a registry: the gateway and its socket proxy.
 
-With a registry, `docker-compose build` does this from `python:3.11-slim-bookworm` and
-`haproxy:2.6`. Without one, the same roles are played by local base images made from debootstrap
-root filesystems (`docker import`, cached like the sandbox's), and the gateway's Python
-dependencies come as wheels built on this host and installed with `pip --no-index`.
+With a registry, `docker-compose build` does this from `python:3.11-slim-bookworm`. Without one,
+that role is played by a local base image made from a debootstrap root filesystem (`docker
+import`, cached like the sandbox's), and the gateway's Python dependencies come as wheels built on
+this host and installed with `pip --no-index`. The socket proxy's image is the gateway's image with
+another entry point (`sandbox-gateway socket-proxy`), built from the one just made.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ DEFAULT_PROXY_IMAGE = "sandbox-gateway-proxy:latest"
 #: What each local base image holds on top of debootstrap's minbase.
 BASE_PACKAGES: dict[str, tuple[str, ...]] = {
     "python": ("python3", "python3-venv", "ca-certificates"),
-    "haproxy": ("haproxy",),
 }
 _RECIPE_VERSION = "1"
 _ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
@@ -184,9 +184,9 @@ def build_compose_images(
     gateway_image: str = DEFAULT_GATEWAY_IMAGE,
     proxy_image: str = DEFAULT_PROXY_IMAGE,
 ) -> None:
-    """Build `gateway_image` (compose/Dockerfile.gateway) and `proxy_image` (compose/socket-proxy)."""
+    """Build `gateway_image` (compose/Dockerfile.gateway), then `proxy_image` (compose/socket-proxy)
+    from it."""
     python_base = _base_image(paths, "python")
-    haproxy_base = _base_image(paths, "haproxy")
     house = _wheelhouse(paths, python_base)
     previous = {image: _image_id(paths, image) for image in (gateway_image, proxy_image)}
     for stale in _WHEELS.glob("*.whl"):
@@ -203,8 +203,9 @@ def build_compose_images(
     finally:
         for wheel in _WHEELS.glob("*.whl"):
             wheel.unlink()
-    say(f"building {proxy_image} from {haproxy_base}")
-    _build(paths, "--build-arg", f"BASE_IMAGE={haproxy_base}", "-t", proxy_image, str(_PROXY_CONTEXT))
-    for image, before in previous.items():
-        _drop_replaced(paths, image, before)
+    say(f"building {proxy_image} from {gateway_image}")
+    _build(paths, "--build-arg", f"BASE_IMAGE={gateway_image}", "-t", proxy_image, str(_PROXY_CONTEXT))
+    # The old proxy image first: it was built on the old gateway image, which cannot go before it.
+    for image in (proxy_image, gateway_image):
+        _drop_replaced(paths, image, previous[image])
     say(f"compose images ready: {gateway_image}, {proxy_image}")

@@ -2,7 +2,9 @@
 
 One stack per module under a unique project name: the images are built by `build-images`, the stack
 comes up, answers MCP on its published port, and is checked from outside (`docker inspect`) and from
-inside (`docker exec`). Taking it down must leave no container, network, volume or sandbox behind.
+inside (`docker exec`). Its socket proxy is the project's own (`sandbox-gateway socket-proxy`, in an
+image built from the gateway's). Taking it down must leave no container, network, volume or sandbox
+behind.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ import yaml
 from gateway.setup.compose_images import build_compose_images
 from gateway.setup.state import REPO_ROOT, SetupPaths
 from gateway.tokens import TokenStore
+from gateway.uids import UidRange
 from tests.e2e.conftest import mcp_client
 
 COMPOSE_FILE = REPO_ROOT / "compose" / "docker-compose.yml"
 GATEWAY_IMAGE = "sandbox-gateway:deploy-test"
 PROXY_IMAGE = "sandbox-gateway-proxy:deploy-test"
 GATEWAY_UID = 10001
+#: Not the default range, so a sandbox made at all shows that the proxy and the gateway got the same one.
+SANDBOX_UIDS = UidRange.parse("2001000000-2001009999")
 
 
 def _free_port() -> int:
@@ -86,18 +91,18 @@ class Stack:
         }
 
 
-def _wait_healthy(stack: Stack, deadline_s: float = 90) -> None:
+def _wait_healthy(stack: Stack, service: str, deadline_s: float = 90) -> None:
     deadline = time.monotonic() + deadline_s
     status = "unknown"
     while time.monotonic() < deadline:
-        container = stack.container("gateway")
+        container = stack.container(service)
         if container:
             status = _inspect("container", container)["State"].get("Health", {}).get("Status", "none")
             if status == "healthy":
                 return
         time.sleep(0.5)
     logs = stack.compose("logs", "--no-color", "--tail", "40", check=False).stdout
-    raise AssertionError(f"the gateway did not become healthy within {deadline_s:.0f} s ({status}):\n{logs}")
+    raise AssertionError(f"{service} did not become healthy within {deadline_s:.0f} s ({status}):\n{logs}")
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +134,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         SGW_SKILLS_DIR=str(REPO_ROOT / "skills"),
         SGW_PUBLISH=f"127.0.0.1:{port}",
         SGW_GATEWAY_ID=project,
+        SGW_SANDBOX_UIDS=str(SANDBOX_UIDS),
     )
     running = Stack(project, env, f"http://127.0.0.1:{port}", token)
     try:
         running.compose("up", "-d", "--no-build")
-        _wait_healthy(running)
+        # The proxy's health check is a /_ping through it to the engine.
+        for service in ("docker-proxy", "gateway"):
+            _wait_healthy(running, service)
         yield running
     finally:
         running.compose("down", "-v", "--remove-orphans", "--timeout", "60", check=False)
@@ -152,7 +160,8 @@ def test_execute_bash_through_the_published_port(stack: Stack) -> None:
 
     outcome = anyio.run(call)
     assert outcome["exit_code"] == 0, outcome
-    assert outcome["stdout"] == "1000\ntextstats\n"
+    uid, module = outcome["stdout"].split()
+    assert int(uid) in SANDBOX_UIDS and module == "textstats", outcome
     assert httpx.get(f"{stack.base}/ready", timeout=10).json()["ready"] is True
     label = f"label=sandbox-gateway.gateway={stack.project}"
     names = _docker("ps", "--format", "{{.Names}}", "--filter", label).stdout.split()
@@ -188,6 +197,10 @@ def test_the_gateway_has_no_docker_socket_and_runs_read_only_as_non_root(stack: 
     assert '"event":"exec.finish"' in audit, "the audit log is written to its volume"
 
 
+def _env(info: dict[str, Any]) -> dict[str, str]:
+    return dict(entry.split("=", 1) for entry in info["Config"]["Env"])
+
+
 def test_the_proxy_is_alone_on_an_internal_network_and_refuses_build(stack: Stack) -> None:
     proxy = _inspect("container", stack.container("docker-proxy"))
     networks = set(proxy["NetworkSettings"]["Networks"])
@@ -195,6 +208,15 @@ def test_the_proxy_is_alone_on_an_internal_network_and_refuses_build(stack: Stac
     assert _inspect("network", f"{stack.project}_docker-api")["Internal"] is True
     assert proxy["HostConfig"]["PortBindings"] in ({}, None), "the proxy publishes nothing"
     assert proxy["Config"]["User"] == "65534:65534"
+    assert proxy["HostConfig"]["ReadonlyRootfs"] is True and proxy["HostConfig"]["CapDrop"] == ["ALL"]
+    assert proxy["Config"]["Entrypoint"][:2] == ["sandbox-gateway", "socket-proxy"]
+    assert proxy["HostConfig"]["Init"] is True, "an init forwards SIGTERM to the proxy"
+    assert [*proxy["Config"]["Entrypoint"], *proxy["Config"]["Cmd"]][2:] == [
+        "--listen", "tcp:0.0.0.0:2375", "--engine", "/var/run/docker.sock",
+        f"--mount-source={REPO_ROOT / 'skills'}", "--image=mcp-code-executor:latest",
+    ]  # fmt: skip
+    gateway = _inspect("container", stack.container("gateway"))
+    assert _env(proxy)["SGW_SANDBOX_UIDS"] == _env(gateway)["SGW_SANDBOX_UIDS"] == str(SANDBOX_UIDS)
     gateway_networks = set(_inspect("container", stack.container("gateway"))["NetworkSettings"]["Networks"])
     assert gateway_networks == {f"{stack.project}_docker-api", f"{stack.project}_frontend"}
     assert _inspect("network", f"{stack.project}_frontend")["Internal"] is False
@@ -210,6 +232,46 @@ def test_the_proxy_is_alone_on_an_internal_network_and_refuses_build(stack: Stac
     )
     statuses = stack.exec("gateway", "python3", "-c", probe)
     assert statuses.stdout.split() == ["200", "403", "403"], statuses.stdout + statuses.stderr
+
+
+#: Run in the gateway's container: the body its broker sends for a sandbox, but privileged.
+_PRIVILEGED_CREATE = """
+import json, os, sys, urllib.error, urllib.request
+from pathlib import Path
+from gateway.backend.create_body import create_body
+from gateway.uids import UidRange
+from policy import load_policy
+
+name, skills = sys.argv[1:]
+body = create_body(
+    load_policy().profiles["default"].sandbox,
+    uid=UidRange.parse(os.environ["SGW_SANDBOX_UIDS"]).pick(),
+    image=os.environ["MCP_EXECUTOR_IMAGE"],
+    labels={"sandbox-gateway.managed": "true", "sandbox-gateway.gateway": name},
+    skills_path=Path(skills),
+)
+body["HostConfig"]["Privileged"] = True
+request = urllib.request.Request(
+    "http://docker-proxy:2375/v1.41/containers/create?name=" + name,
+    data=json.dumps(body).encode(),
+    headers={"Content-Type": "application/json"},
+    method="POST",
+)
+try:
+    print(urllib.request.urlopen(request, timeout=10).status)
+except urllib.error.HTTPError as exc:
+    print(exc.code, json.loads(exc.read())["message"])
+"""
+
+
+def test_the_proxy_refuses_a_privileged_create_from_the_gateway(stack: Stack) -> None:
+    """A compromised gateway that asks the compose proxy for a privileged container gets 403, and nothing."""
+    name = f"sgw-{uuid.uuid4().hex[:16]}"
+    refused = stack.exec("gateway", "python3", "-c", _PRIVILEGED_CREATE, name, str(REPO_ROOT / "skills"))
+    status, _, message = refused.stdout.strip().partition(" ")
+    assert status == "403", refused.stdout + refused.stderr
+    assert message.startswith("socket proxy refused (body-shape)") and "Privileged" in message, message
+    assert _docker("ps", "-aq", "--filter", f"name=^/{name}$").stdout.split() == []
 
 
 def test_taking_the_stack_down_leaves_nothing_behind(stack: Stack) -> None:
@@ -253,8 +315,16 @@ def test_the_other_variants_are_valid_compose_files_that_keep_the_proxy_in_front
     assert gateway["read_only"] is True and gateway["user"] == "10001:10001"
     assert set(gateway["networks"]) == {"docker-api", "frontend"}
     assert config["networks"]["docker-api"]["internal"] is True
-    assert set(config["services"]["docker-proxy"]["networks"]) == {"docker-api"}
+    proxy = config["services"]["docker-proxy"]
+    assert set(proxy["networks"]) == {"docker-api"}
+    assert "ports" not in proxy and proxy["read_only"] is True and proxy["cap_drop"] == ["ALL"]
+    mounts = [f"--mount-source={tmp / 'skills'}"]
+    if "--tools-dir" in " ".join(gateway["command"]):
+        mounts.append(f"--mount-source={tmp / 'tools'}")
+    assert proxy["command"] == [*mounts, "--image=mcp-code-executor:latest"]
+    assert proxy["environment"]["SGW_SANDBOX_UIDS"] == gateway["environment"]["SGW_SANDBOX_UIDS"]
     if "dind" in config["services"]:
         proxy_volumes = config["services"]["docker-proxy"]["volumes"]
         assert "/dev/null:/var/run/docker.sock:ro" in proxy_volumes, "the host engine is out of reach"
+        assert "--engine=/var/run/dind/docker.sock" in proxy["entrypoint"]
         assert config["services"]["dind"]["privileged"] is True

@@ -166,7 +166,7 @@ def _clean(root: Path) -> None:
     """Stop whatever a run left under `root`, unmount what it mounted there, and remove it.
 
     Every process of a run names its directory (a random name) on its command line: the gateway (its
-    tokens and audit log), dockerd, containerd, the container shims and HAProxy. The gateway goes
+    tokens and audit log), dockerd, containerd, the container shims and the socket proxy. The gateway goes
     first, dockerd gets SIGTERM so that it stops its containers, anything left gets SIGKILL."""
     marker = str(root)
     for pid, cmdline in _processes_mentioning(marker):
