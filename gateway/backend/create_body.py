@@ -71,7 +71,9 @@ def seccomp_options(directory: Path = SECCOMP_DIR) -> dict[str, frozenset[str]]:
     `directory` as sent for that runtime (the socket proxy accepts exactly these)."""
     return {
         runtime: frozenset(
-            option for path in sorted(directory.glob("*.json")) for option in _seccomp_option(path.stem, runtime)
+            option
+            for path in sorted(directory.glob("*.json"))
+            for option in _seccomp_option(path.stem, runtime)
         )
         for runtime in ("runc", "runsc")
     }
