@@ -39,7 +39,8 @@ class RawEngine:
     def __init__(self, base_url: str, run_id: str) -> None:
         self.base_url = base_url
         self.run_id = run_id
-        self.client = docker.DockerClient(base_url=base_url, version="1.41", timeout=60)  # the API the proxy serves
+        # The one API version the socket proxy serves (no unversioned /version to negotiate with).
+        self.client = docker.DockerClient(base_url=base_url, version="1.41", timeout=60)
         self.spec = _spec()
         self.image = self.spec.image_names()[0]
         self._made: list[str] = []
