@@ -51,11 +51,18 @@ class UidRange:
 
     def pick(self, taken: Collection[int] = ()) -> int:
         """A random uid of the range that is not in `taken` (the socket proxy has the last word)."""
+        size = self.high - self.low + 1
         for _ in range(64):
-            uid = self.low + secrets.randbelow(self.high - self.low + 1)
+            uid = self.low + secrets.randbelow(size)
             if uid not in taken:
                 return uid
-        raise ConfigError(f"the sandbox uid range {self} is nearly full; widen it")
+        # Mostly taken: walk the whole range once from a random place.
+        start = secrets.randbelow(size)
+        for step in range(size):
+            uid = self.low + (start + step) % size
+            if uid not in taken:
+                return uid
+        raise ConfigError(f"every uid of the sandbox uid range {self} is taken; widen it")
 
 
 def _ranges(root: Path) -> Iterator[tuple[str, int, int]]:
