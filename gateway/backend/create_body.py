@@ -15,6 +15,7 @@ __all__ = [
     "SECCOMP_DIR",
     "USER_LABEL",
     "create_body",
+    "environment",
     "sandbox_env",
     "seccomp_options",
 ]
@@ -34,9 +35,14 @@ SANDBOX_PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 def sandbox_env(spec: SandboxSpec) -> list[str]:
     """The whole environment of sandbox processes: fixed, with no secret from the gateway."""
+    return environment(spec.workdir)
+
+
+def environment(workdir: str) -> list[str]:
+    """The fixed environment of a sandbox whose working directory (and HOME) is `workdir`."""
     return [
         f"PATH={SANDBOX_PATH_ENV}",
-        f"HOME={spec.workdir}",
+        f"HOME={workdir}",
         "LANG=C.UTF-8",
         "PYTHONUNBUFFERED=1",
         "PYTHONDONTWRITEBYTECODE=1",

@@ -23,8 +23,8 @@ from gateway.backend.create_body import (
     GVISOR_PIDS_FACTOR,
     KEEPER_USER,
     LABEL_PREFIX,
-    SANDBOX_PATH_ENV,
     USER_LABEL,
+    environment,
 )
 from gateway.sockproxy.shapes import (
     Refused,
@@ -112,17 +112,6 @@ def sandbox_user(value: Any, where: str, rules: ProxyRules) -> str:
     if uid != gid or not rules.uid_in_range(uid):
         raise Refused("user", f"{where}: {value!r} is outside {rules.uid_low}-{rules.uid_high} or uid != gid")
     return str(value)
-
-
-def _env(workdir: str) -> list[str]:
-    return [
-        f"PATH={SANDBOX_PATH_ENV}",
-        f"HOME={workdir}",
-        "LANG=C.UTF-8",
-        "PYTHONUNBUFFERED=1",
-        "PYTHONDONTWRITEBYTECODE=1",
-        "PYTHONPATH=/skills",
-    ]
 
 
 def _path(value: Any, where: str) -> str:
@@ -280,7 +269,7 @@ def validate_create(name: str, body: Any, rules: ProxyRules) -> dict[str, Any]:
         "Entrypoint": const([]),
         "User": const(code_user if agent else KEEPER_USER),
         "WorkingDir": const(workdir),
-        "Env": const(_env(workdir)),
+        "Env": const(environment(workdir)),
         "Labels": lambda v, w: _labels(v, w, code_user),
         "Hostname": const("sandbox"),
         "StopSignal": const("SIGKILL"),

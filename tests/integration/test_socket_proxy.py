@@ -74,7 +74,7 @@ def canonical(exec_path: str = "agent", profile: str = "default", uid: int | Non
     return create_body(spec, uid=uid or UIDS.pick(), image=IMAGE, labels=labels)
 
 
-def _engine(method: str, path: str, body: object | None = None) -> httpx.Response:
+def engine_call(method: str, path: str, body: object | None = None) -> httpx.Response:
     """The raw engine, for setting up victims and checking that nothing was made (never the gateway's way)."""
     return call(method, path, body, through=ENGINE)
 
@@ -82,11 +82,11 @@ def _engine(method: str, path: str, body: object | None = None) -> httpx.Respons
 @pytest.fixture(autouse=True)
 def remove_what_the_test_made() -> Iterator[None]:
     yield
-    rows = _engine(
+    rows = engine_call(
         "GET", '/v1.41/containers/json?all=1&filters={"label":["sandbox-gateway.gateway=' + RUN + '"]}'
     )
     for row in rows.json():
-        _engine("DELETE", f"/v1.41/containers/{row['Id']}?force=1")
+        engine_call("DELETE", f"/v1.41/containers/{row['Id']}?force=1")
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -405,7 +405,7 @@ def test_bodies_the_broker_never_sends_are_refused(body: dict[str, Any]) -> None
     response = call("POST", f"/v1.41/containers/create?name={name}", body)
     assert response.status_code == 403, response.text
     assert refused_by(response) not in ("", "container-name", "no-route")
-    assert _engine("GET", f"/v1.41/containers/{name}/json").status_code == 404
+    assert engine_call("GET", f"/v1.41/containers/{name}/json").status_code == 404
 
 
 def test_a_link_in_the_mount_root_to_the_host_root_is_refused(tmp_path: Path) -> None:
@@ -486,10 +486,10 @@ def _raw_container(name: str, **extra: Any) -> str:
         "HostConfig": {"NetworkMode": "none"},
         **extra,
     }
-    created = _engine("POST", f"/v1.41/containers/create?name={name}", body)
+    created = engine_call("POST", f"/v1.41/containers/create?name={name}", body)
     assert created.status_code == 201, created.text
     container_id = str(created.json()["Id"])
-    assert _engine("POST", f"/v1.41/containers/{container_id}/start").status_code == 204
+    assert engine_call("POST", f"/v1.41/containers/{container_id}/start").status_code == 204
     return container_id
 
 
@@ -539,7 +539,7 @@ def test_no_verb_reaches_a_container_that_is_not_a_sandbox(victims: list[tuple[s
                 headers={"Connection": "Upgrade", "Upgrade": "tcp"},
             )
             assert attach.status_code in (403, 404)
-        state = _engine("GET", f"/v1.41/containers/{container_id}/json").json()
+        state = engine_call("GET", f"/v1.41/containers/{container_id}/json").json()
         assert state["State"]["Running"] and state["Name"] == f"/{name}"
 
 
@@ -554,7 +554,7 @@ def test_the_container_list_shows_sandboxes_only(victims: list[tuple[str, str]])
 
 def test_an_exec_on_another_container_cannot_be_started_or_read(victims: list[tuple[str, str]]) -> None:
     _, container_id = victims[0]
-    made = _engine(
+    made = engine_call(
         "POST", f"/v1.41/containers/{container_id}/exec", {"Cmd": ["env"], "AttachStdout": True}
     ).json()["Id"]
     start = call(
@@ -713,7 +713,7 @@ _FLOOD = (
 def test_sandboxes_are_made_only_from_allowed_images_and_pinned_by_id() -> None:
     """An image under another name is refused; an allowed one is created from its id, not its tag."""
     source = _raw_container(f"victim-{uuid.uuid4().hex[:8]}")
-    made = _engine("POST", f"/v1.41/commit?container={source}&repo=sgw-other-{RUN}&tag=x", {})
+    made = engine_call("POST", f"/v1.41/commit?container={source}&repo=sgw-other-{RUN}&tag=x", {})
     assert made.status_code == 201, made.text
     try:
         other = _with(canonical(), "Image", f"sgw-other-{RUN}:x")
@@ -721,11 +721,11 @@ def test_sandboxes_are_made_only_from_allowed_images_and_pinned_by_id() -> None:
         assert response.status_code == 403 and refused_by(response) == "image"
         assert call("GET", f"/v1.41/images/sgw-other-{RUN}:x/json").status_code == 403
     finally:
-        _engine("DELETE", f"/v1.41/images/sgw-other-{RUN}:x")
+        engine_call("DELETE", f"/v1.41/images/sgw-other-{RUN}:x")
     name = sandbox_name()
     assert call("POST", f"/v1.41/containers/create?name={name}", canonical()).status_code == 201
-    image_id = _engine("GET", f"/v1.41/images/{IMAGE}/json").json()["Id"]
-    assert _engine("GET", f"/v1.41/containers/{name}/json").json()["Image"] == image_id
+    image_id = engine_call("GET", f"/v1.41/images/{IMAGE}/json").json()["Id"]
+    assert engine_call("GET", f"/v1.41/containers/{name}/json").json()["Image"] == image_id
 
 
 def test_parallel_creates_of_one_uid_make_one_sandbox() -> None:

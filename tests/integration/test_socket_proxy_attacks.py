@@ -26,6 +26,8 @@ from gateway.setup.state import SetupPaths
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import load_policy
 from tests.conftest import IMAGE, PROXY_URL
+from tests.integration.test_socket_proxy import call, refused_by, sandbox_name
+from tests.integration.test_socket_proxy import engine_call as _engine
 
 SOCKET = PROXY_URL.removeprefix("unix://")
 ENGINE = "/var/run/docker.sock"
@@ -35,35 +37,6 @@ TEST_VALUE = "proxy-attack-test"
 UPGRADE = {"Connection": "Upgrade", "Upgrade": "tcp"}
 #: How long a client may take to finish sending a request before the proxy should drop it.
 IDLE_LIMIT = 30.0
-
-
-def call(
-    method: str,
-    path: str,
-    body: object | None = None,
-    *,
-    headers: dict[str, str] | None = None,
-    through: str = SOCKET,
-) -> httpx.Response:
-    content = json.dumps(body).encode() if body is not None else None
-    sent = {"Content-Type": "application/json"} if content is not None else {}
-    transport = httpx.HTTPTransport(uds=through)
-    with httpx.Client(transport=transport, base_url="http://docker", timeout=30) as client:
-        return client.request(method, path, content=content, headers={**sent, **(headers or {})})
-
-
-def _engine(method: str, path: str, body: object | None = None) -> httpx.Response:
-    return call(method, path, body, through=ENGINE)
-
-
-def refused_by(response: httpx.Response) -> str:
-    message = response.json().get("message", "") if response.content else ""
-    prefix = "socket proxy refused ("
-    return message[len(prefix) : message.index(")")] if message.startswith(prefix) else ""
-
-
-def sandbox_name() -> str:
-    return f"sgw-{uuid.uuid4().hex[:16]}"
 
 
 def canonical(exec_path: str = "exec", profile: str = "default", uid: int | None = None) -> dict[str, Any]:

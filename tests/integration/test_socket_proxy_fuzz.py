@@ -24,7 +24,8 @@ from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import SandboxSpec
 from policy.model import CAP_ADD_ALLOW_LIST, TmpfsMount
 from tests.conftest import IMAGE
-from tests.integration.test_socket_proxy import REPO, _engine, call, refused_by
+from tests.integration.test_socket_proxy import REPO, call, refused_by
+from tests.integration.test_socket_proxy import engine_call as _engine
 
 pytestmark = pytest.mark.slow
 UIDS = UidRange.parse(DEFAULT_UID_RANGE)
