@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import struct
 from collections import Counter
@@ -22,6 +23,7 @@ import h11
 import structlog
 
 from audit.repeats import RepeatTable, Summary
+from gateway.backend.commands import MAX_ARGV_BYTES
 from gateway.sockproxy.decide import Decider, Forward, Respond
 from gateway.sockproxy.engine import Engine, EngineReply, EngineUnavailable
 from gateway.sockproxy.routes import Match, match
@@ -31,13 +33,17 @@ from gateway.sockproxy.strict_json import StrictJSONError, decode
 
 __all__ = ["MAX_BODY_BYTES", "ProxyServer"]
 
-#: Largest request body read (a create body with the inline seccomp profile is about 20 KiB).
+#: Largest request body read (a create body with the inline seccomp profile is about 20 KiB)...
 MAX_BODY_BYTES = 512 * 1024
+#: ...but an exec create carries the code in its argv (up to MAX_ARGV_BYTES, each byte at most six
+#: once JSON-escaped).
+MAX_EXEC_BODY_BYTES = 6 * MAX_ARGV_BYTES + 64 * 1024
 #: A request must arrive whole (head and body) this long after its first byte...
 REQUEST_TIMEOUT_S = 10.0
 #: ...and a kept-alive connection may wait this long for its next request.
 IDLE_TIMEOUT_S = 120.0
 _READ = 65536
+_EXEC_CREATE = re.compile(r"/v1\.41/containers/[^/]+/exec")
 _KEPT_HEADERS = {b"content-type", b"api-version", b"docker-experimental", b"ostype", b"server"}
 
 
@@ -94,7 +100,7 @@ class ProxyServer:
     ) -> tuple[h11.Request | None, bytes]:
         request: h11.Request | None = None
         chunks: list[bytes] = []
-        size = 0
+        size, cap = 0, MAX_BODY_BYTES
         loop = asyncio.get_running_loop()
         deadline: float | None = None  # set by the request's first byte
         while True:
@@ -122,11 +128,13 @@ class ProxyServer:
                 continue
             if isinstance(event, h11.Request):
                 request = event
+                if _EXEC_CREATE.fullmatch(event.target.decode("ascii", "replace").partition("?")[0]):
+                    cap = MAX_EXEC_BODY_BYTES
             elif isinstance(event, h11.Data):
                 size += len(event.data)
-                if size > MAX_BODY_BYTES:
+                if size > cap:
                     self._refused(client, "-", "-", Refused("body-size", "body too large", status=413))
-                    await self._send_error(conn, writer, 413, f"request body over {MAX_BODY_BYTES} bytes")
+                    await self._send_error(conn, writer, 413, f"request body over {cap} bytes")
                     return None, b""
                 chunks.append(bytes(event.data))
             elif event is h11.PAUSED or isinstance(event, h11.EndOfMessage):

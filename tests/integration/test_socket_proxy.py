@@ -741,3 +741,15 @@ def test_parallel_creates_of_one_uid_make_one_sandbox() -> None:
             )
         )
     assert sorted(response.status_code for response in responses) == [201] + [409] * 11
+
+
+def test_an_exec_carrying_the_largest_code_passes(sandbox: tuple[str, str]) -> None:
+    """Code travels in an exec's argv (up to MAX_ARGV_BYTES): its JSON, escaped, is not refused as too big."""
+    from gateway.backend.commands import MAX_ARGV_BYTES, split_chunks
+
+    container_id, user = sandbox
+    code = '\u00e9"\n' * (MAX_ARGV_BYTES // 12)  # escapes to several times its size in JSON
+    response = call(
+        "POST", f"/v1.41/containers/{container_id}/exec", _exec_body(user, Cmd=["true", *split_chunks(code)])
+    )
+    assert response.status_code == 201, response.text[:300]
