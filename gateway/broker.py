@@ -45,7 +45,8 @@ _SIGKILLED = 128 + 9
 _UID_ATTEMPTS = 5
 _OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 #: Errors that mean "this sandbox cannot take the call": it is replaced once, then the call retried.
-_REPLACEABLE = ("sandbox-gone", "sandbox-agent-lost")
+#: `sandbox-exhausted`: the agent could not start the command (no process, memory or descriptor left).
+_REPLACEABLE = ("sandbox-gone", "sandbox-agent-lost", "sandbox-exhausted")
 
 
 class Broker:

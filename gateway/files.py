@@ -3,6 +3,11 @@
 They travel the same exec path as code, so the socket proxy needs nothing more. Paths are confined
 to /workspace: traversal, absolute paths elsewhere, symlinks resolving outside and NUL bytes are
 refused with a clear error code.
+
+The helper runs isolated from what the code in the sandbox can write: `python3 -I -S` imports only
+the standard library of the read-only root (no working directory, PYTHONPATH or site-packages on its
+path, no PYTHON* variable read), and it works from `/`, so nothing placed in /workspace (a json.py,
+a sitecustomize.py...) or on /skills changes what it does.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ __all__ = ["WORKSPACE", "FileError", "file_argv", "parse_file_result"]
 WORKSPACE = "/workspace"
 
 _HELPER = r"""
-import base64, errno, json, os, sys
+import os
+os.chdir("/")
+import base64, errno, json, sys
 ROOT = "/workspace"
 def done(**fields):
     print(json.dumps(fields))
@@ -92,7 +99,8 @@ def file_argv(op: str, path: str, timeout_s: float, *, data: bytes = b"", cap: i
     extra = (
         split_chunks(base64.b64encode(data).decode()) if op == "write" else [str(cap)] if op == "read" else []
     )
-    return ["timeout", "--kill-after=2", f"{timeout_s:g}s", "python3", "-c", _HELPER, op, path, *extra]
+    isolated = ["python3", "-I", "-S", "-c", _HELPER]
+    return ["timeout", "--kill-after=2", f"{timeout_s:g}s", *isolated, op, path, *extra]
 
 
 def parse_file_result(exit_code: int | None, stdout: bytes, stderr: bytes) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from gateway.backend.commands import unwrap_timeout
 from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
 from gateway.errors import EngineError, SandboxError
 
-__all__ = ["AgentBroken", "AgentChannel", "AgentFailure", "Connector"]
+__all__ = ["AgentBroken", "AgentCannotStart", "AgentChannel", "AgentFailure", "Connector"]
 
 #: Opens the container's attach stream: the socket, any bytes already read with the headers, and an
 #: object to keep referenced (and close) with the socket.
@@ -46,9 +46,16 @@ class AgentBroken(EngineError):
 
 
 class AgentFailure(SandboxError):
-    """The agent refused or could not run a command (e.g. no process slot left)."""
+    """The agent refused or could not run a command (a malformed request, a program that is not there)."""
 
     code = "sandbox-agent-refused"
+
+
+class AgentCannotStart(AgentFailure):
+    """The sandbox has no process, memory or descriptor left to start a command: it must be replaced,
+    since calling it again would only be refused again."""
+
+    code = "sandbox-exhausted"
 
 
 class _AgentDecoder:
@@ -293,7 +300,8 @@ class AgentChannel:
             elif kind == EXIT:
                 return _summary(payload), out, err
             elif kind == FAIL:
-                raise AgentFailure(_failure(payload))
+                error, message = _failure(payload)
+                raise (AgentCannotStart if error == "no-resources" else AgentFailure)(message)
 
     def _kill(self, call_id: int) -> None:
         with contextlib.suppress(AgentBroken):
@@ -338,10 +346,11 @@ def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else 0
 
 
-def _failure(payload: bytes) -> str:
+def _failure(payload: bytes) -> tuple[str, str]:
+    """The agent's refusal: its error kind and message (both untrusted, only shown or compared)."""
     try:
         body = json.loads(payload)
-        message = str(body.get("message", ""))[:300]
+        error, message = str(body.get("error", "")), str(body.get("message", ""))[:300]
     except (ValueError, AttributeError):
-        message = ""
-    return message or "the sandbox agent refused the command"
+        error, message = "", ""
+    return error, message or "the sandbox agent refused the command"

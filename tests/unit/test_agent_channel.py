@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
-from gateway.backend.agent_channel import AgentBroken, AgentChannel, AgentFailure
+from gateway.backend.agent_channel import AgentBroken, AgentCannotStart, AgentChannel, AgentFailure
 from gateway.backend.base import ExecRequest
 
 Script = Callable[[socket.socket, dict[str, object]], None]
@@ -169,13 +169,28 @@ def test_a_silent_agent_meets_the_gateways_deadline(channel_for: Callable[..., A
     assert outcome.deadline_hit and outcome.exit_code is None
 
 
-def test_a_refusal_is_a_clear_error(channel_for: Callable[..., AgentChannel]) -> None:
+def _refusing(error: str, message: str) -> Script:
     def script(peer: socket.socket, request: dict[str, object]) -> None:
-        body = json.dumps({"error": "no-thread", "message": "no process slot left (pids limit)"})
+        body = json.dumps({"error": error, "message": message})
         peer.sendall(_agent_frame(FAIL, int(str(request["id"])), body.encode()))
 
-    with pytest.raises(AgentFailure, match="pids limit"):
+    return script
+
+
+def test_a_refusal_is_a_clear_error(channel_for: Callable[..., AgentChannel]) -> None:
+    with pytest.raises(AgentFailure, match="No such file") as info:
+        channel_for(_refusing("spawn-failed", "could not start: No such file or directory")).run(_request())
+    assert info.value.code == "sandbox-agent-refused"
+
+
+def test_a_command_the_sandbox_has_no_resources_to_start_says_the_sandbox_is_exhausted(
+    channel_for: Callable[..., AgentChannel],
+) -> None:
+    """The broker replaces a sandbox on this code (tests/integration/test_execution.py)."""
+    script = _refusing("no-resources", "could not start: Resource temporarily unavailable")
+    with pytest.raises(AgentCannotStart, match="temporarily unavailable") as info:
         channel_for(script).run(_request())
+    assert info.value.code == "sandbox-exhausted"
 
 
 def test_an_agent_that_never_answers_hello_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ from gateway.backend.create_body import create_body
 from policy import PolicyLoadError, load_policy, load_policy_text
 
 IMAGE = "mcp-code-executor:latest"
+SHIPPED = json.loads((Path(__file__).parents[2] / "seccomp" / "sandbox.json").read_text())
 UID = 2000000123
 
 
@@ -41,6 +42,8 @@ def test_gvisor_sandboxes_get_clone3_from_gvisor_itself() -> None:
         seccomp = next(opt for opt in host["SecurityOpt"] if opt.startswith("seccomp="))
         rules = json.loads(seccomp.removeprefix("seccomp="))["syscalls"]
         assert [r["action"] for r in rules if r["names"] == ["clone3"]] == [expected]
+        # every argument filter (the agent out of reach of signals, limits and priorities) stays
+        assert [r for r in rules if r.get("args")] == [r for r in SHIPPED["syscalls"] if r.get("args")]
 
 
 def test_default_profile_body_has_every_hardening_switch() -> None:
