@@ -26,6 +26,7 @@ from audit.repeats import RepeatTable, Summary
 from gateway.backend.commands import MAX_ARGV_BYTES
 from gateway.sockproxy.decide import Decider, Forward, Respond
 from gateway.sockproxy.engine import Engine, EngineReply, EngineUnavailable
+from gateway.sockproxy.relay import relay
 from gateway.sockproxy.routes import Match, match
 from gateway.sockproxy.rules import ProxyRules
 from gateway.sockproxy.shapes import Refused
@@ -299,39 +300,16 @@ class ProxyServer:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        """Both ways until the engine ends its side; the client's end-of-input is passed on."""
+        """Answer 101 as the engine did, then relay the stream both ways (relay.py)."""
         if reply.reader is None or reply.writer is None:  # pragma: no cover - a 101 reply carries its stream
             return
         kept = (*_KEPT_HEADERS, b"connection", b"upgrade")
         headers = [(k, v) for k, v in reply.headers if k.lower() in kept]
         writer.write(conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b"")
         pending, _closed = conn.trailing_data
-        if reply.early:
-            writer.write(reply.early)
-        await writer.drain()
-        engine_reader, engine_writer = reply.reader, reply.writer
-        if pending:
-            engine_writer.write(pending)
-        to_engine = asyncio.create_task(_pipe(reader, engine_writer))
-        try:
-            await _pipe(engine_reader, writer)
-        finally:
-            to_engine.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await to_engine
-            engine_writer.close()
-
-
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    try:
-        while data := await src.read(_READ):
-            dst.write(data)
-            await dst.drain()
-    except (OSError, asyncio.IncompleteReadError):
-        return
-    with contextlib.suppress(OSError, RuntimeError):
-        if dst.can_write_eof():
-            dst.write_eof()
+        await relay(
+            (reader, writer), (reply.reader, reply.writer), to_engine=bytes(pending), to_client=reply.early
+        )
 
 
 def _checked_body(found: Match, request: h11.Request, body: bytes) -> Any:
