@@ -91,5 +91,8 @@ def match(method: str, target: str) -> Match:
     for route in ROUTES:
         found = route.pattern.fullmatch(path)
         if found is not None and method in route.methods:
-            return Match(route, found.groupdict().get("ref") or "", query_of(raw_query))
+            ref = found.groupdict().get("ref") or ""
+            if ".." in ref or "//" in ref:
+                raise Refused("no-route", f"{method} {path[:120]}: '..' or '//' in a name")
+            return Match(route, ref, query_of(raw_query))
     raise Refused("no-route", f"{method} {path[:120]} is not an operation the broker makes")

@@ -140,6 +140,8 @@ def test_allowed_reads_pass(method: str, path: str) -> None:
         pytest.param("GET", "/V1.41/containers/json", id="upper-case-version"),
         pytest.param("PUT", "/v1.41/containers/create", id="wrong-method"),
         pytest.param("GET", "/v1.41/exec/abc/json", id="exec-id-not-an-id"),
+        pytest.param("GET", "/v1.41/images/a/../../info/json", id="image-dotdot"),
+        pytest.param("GET", "/v1.41/images/a//b/json", id="image-double-slash"),
     ],
 )
 def test_every_other_operation_is_refused(method: str, path: str) -> None:
