@@ -93,8 +93,9 @@ class ProxyServer:
         finally:
             self.connections -= 1
             writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            # Bounded: a TLS peer that never answers the close must not hold the task (or a stop).
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
 
     async def _read_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str

@@ -195,3 +195,43 @@ async def test_commands_run_over_tls_on_both_exec_paths(
         broker.cleanup_all_sync()
         engine.close()
     assert backend.list({"sandbox-gateway.gateway": broker.gateway_id}) == []
+
+
+def test_the_tls_proxy_stops_promptly_with_clients_connected(pki: Pki) -> None:
+    """SIGTERM with idle TLS clients still connected: the proxy exits at once, not after the TLS
+    close handshake's 30 s timeout (a stop must never hang on a peer)."""
+    import ssl
+
+    tmp = pki.ca.parent
+    port = _free_port()
+    argv = [
+        sys.executable, "-m", "gateway.sockproxy", "--listen", f"tls:127.0.0.1:{port}",
+        "--tls-cert", tmp / "server.pem", "--tls-key", tmp / "server.key", "--tls-client-ca", pki.ca,
+    ]  # fmt: skip
+    quiet = subprocess.DEVNULL
+    process = subprocess.Popen([str(arg) for arg in argv], stdout=quiet, stderr=quiet)
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(str(pki.cert), str(pki.key))
+    clients = []
+    try:
+        deadline = time.monotonic() + 10
+        while not clients:
+            try:
+                raw = socket.create_connection(("127.0.0.1", port), timeout=1)
+            except OSError:
+                assert time.monotonic() < deadline, "the proxy did not listen"
+                time.sleep(0.05)
+                continue
+            clients.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+        clients += [
+            context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
+            for _ in range(2)
+        ]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        for client in clients:
+            client.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
