@@ -198,7 +198,7 @@ class ExecLimits(_Strict):
     max_concurrent: int = Field(default=4, gt=0, le=256)
     #: ...and for its whole tenant (all its principals, whatever their profile); the caller's
     #: profile says how many. Above either, a call is refused at once, never queued.
-    max_concurrent_per_tenant: int = Field(default=16, gt=0, le=4096)
+    max_concurrent_per_tenant: int = Field(default=64, gt=0, le=4096)
 
     @model_validator(mode="after")
     def _default_within_max(self) -> ExecLimits:
@@ -228,7 +228,7 @@ class RateLimits(_Strict):
     `sandbox_creations` per principal, `tenant_requests` for all the principals of its tenant."""
 
     requests: str = "120/minute"
-    tenant_requests: str = "1200/minute"
+    tenant_requests: str = "6000/minute"
     sandbox_creations: str = "10/minute"
 
     @field_validator("requests", "tenant_requests", "sandbox_creations")

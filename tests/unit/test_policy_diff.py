@@ -98,7 +98,7 @@ def changed(path: str, value: Any) -> Any:
         ),
         pytest.param(
             "profiles.default.rate_limits.tenant_requests",
-            "100/second",
+            "1000/second",
             "rate_limits.tenant_requests",
             "weaker",
             id="faster-tenant-rate",
