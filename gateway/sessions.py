@@ -110,7 +110,12 @@ def _refusal(message: str) -> Response:
 
 
 class GatewaySessionManager(StreamableHTTPSessionManager):
-    """The SDK's session manager with the per-principal bounds of `table` (see the module)."""
+    """The SDK's session manager with the per-principal bounds of `table` (see the module).
+
+    It hooks the SDK's `_admit_session` (called under its creation lock, so the cap cannot be
+    raced past) and `_discard_session` (called however a session ends: DELETE, idle expiry, a
+    failed opening request); the SDK offers no public hook for either. tests/e2e/test_budgets.py
+    pins the behaviour, so an SDK release that changes them fails there, not in production."""
 
     def __init__(self, app: Any, *, table: SessionTable, on_refused: OnRefused, **settings: Any) -> None:
         super().__init__(app, **settings)
