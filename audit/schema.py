@@ -29,9 +29,9 @@ EVENTS: dict[str, str] = {
     "gateway.stop": "the gateway stopped; sandboxes it removed, calls still running when they were removed",
     "auth.failed": "a request to /mcp without a valid credential (reason, source address); the first from "
     "a source in a window (and the first of each reason), the rest are counted in audit.repeated",
-    "audit.repeated": "a window of repeated auth.failed or ratelimit.hit from one source ended: detail.of, "
-    "count, suppressed (got no line of their own), first_ts, last_ts, window_s, counts (per reason); "
-    "detail.overflow for sources the full table did not track one by one",
+    "audit.repeated": "a window of repeated auth.failed, ratelimit.hit or budget.refused from one source "
+    "ended: detail.of, count, suppressed (got no line of their own), first_ts, last_ts, window_s, "
+    "counts (per reason); detail.overflow for sources the full table did not track one by one",
     "audit.overflow": "the table of sources for repeated events is full (detail.of, capacity, window_s): "
     "new sources are counted together until the window ends",
     "tool.rejected": "a tool call refused before it ran, with outcome.error: insufficient-scope, "
@@ -39,8 +39,14 @@ EVENTS: dict[str, str] = {
     "unknown-tool",
     "policy.decision": "the policy engine decided a tool call (allow or deny, reasons, rule ids)",
     "policy.reload": "a policy reload was applied (ok) or refused (rejected), with the error",
-    "ratelimit.hit": "a call or a sandbox creation was refused by a rate limit; at the HTTP front, the first "
-    "per source (address or principal) and window, the rest counted in audit.repeated",
+    "ratelimit.hit": "a call or a sandbox creation was refused by a rate limit (limits.limit: address for "
+    "requests that did not authenticate, requests per principal, tenant-requests per tenant, ...); at the "
+    "HTTP front, the first per source (address, principal or tenant) and window, the rest counted in "
+    "audit.repeated",
+    "budget.refused": "a call or a new MCP session was refused because a budget shared with others was "
+    "spent: limits.limit tenant-concurrency (the tenant's calls running at once, detail.cap), sessions "
+    "(the principal's open MCP sessions) or session-requests (requests in flight on one session); the first "
+    "per source and window, the rest counted in audit.repeated",
     "exec.start": "an allowed command is about to run (code digest, limits)",
     "exec.finish": "a command ended (exit code, timeout, OOM, truncation, byte counts, duration)",
     "file.finish": "a file tool ended: ok (the resolved detail.path), rejected (path-outside-workspace) "

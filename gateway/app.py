@@ -15,12 +15,14 @@ import anyio.to_thread
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+from starlette.types import Scope
 
 from audit import AuditLog, AuditWriteError
 from gateway import __version__
@@ -28,10 +30,16 @@ from gateway.auth import GatewayTokenVerifier
 from gateway.backend.base import Backend
 from gateway.config import Settings
 from gateway.errors import GatewayError
-from gateway.middleware import BearerAuthMiddleware, BodyLimitMiddleware, SecureHeadersMiddleware
+from gateway.middleware import (
+    PRINCIPAL_SCOPE_KEY,
+    BearerAuthMiddleware,
+    BodyLimitMiddleware,
+    SecureHeadersMiddleware,
+)
 from gateway.reload import reload_policy
 from gateway.service import ExecutionService
-from gateway.throttle import AddressRateLimitMiddleware, PrincipalRateLimitMiddleware
+from gateway.sessions import GatewaySessionManager, SessionTable
+from gateway.throttle import AddressBudget, AddressRateLimitMiddleware, PrincipalRateLimitMiddleware
 from gateway.tokens import SCOPES
 from gateway.tools import AuditedMCPServer, register_tools
 from policy import Principal
@@ -127,6 +135,89 @@ async def _cleanup(service: ExecutionService) -> int:
         return 0
 
 
+def _session_manager(
+    sdk: StreamableHTTPSessionManager, settings: Settings, service: ExecutionService
+) -> GatewaySessionManager:
+    """The SDK's session manager, as configured by the SDK, with the gateway's per-principal bounds."""
+
+    def refused(scope: Scope, limit: str, cap: int) -> None:
+        principal = scope.get(PRINCIPAL_SCOPE_KEY)
+        client = scope.get("client")
+        key = (
+            {"principal": principal.id, "tenant": principal.tenant}
+            if isinstance(principal, Principal)
+            else {}
+        )
+        service.budget_refused(limit, key, cap=cap, source_ip=client[0] if client else None)
+
+    return GatewaySessionManager(
+        sdk.app,
+        table=SessionTable(settings.sessions_per_principal, settings.requests_per_session),
+        on_refused=refused,
+        json_response=sdk.json_response,
+        security_settings=sdk.security_settings,
+        max_request_body_size=settings.max_body_bytes,
+        session_idle_timeout=settings.session_idle_timeout_s,
+        max_sessions=settings.max_sessions,
+    )
+
+
+def _oauth_routes(verifier: GatewayTokenVerifier) -> tuple[list[BaseRoute], str | None]:
+    """The protected-resource metadata route and its URL, when JWT access tokens are accepted."""
+    oauth = verifier.jwt.settings if verifier.jwt else None
+    if oauth is None:
+        return [], None
+    # AuthSettings keeps the issuer exactly as configured (RFC 8414 compares issuers as strings).
+    auth = AuthSettings.model_validate(
+        {
+            "issuer_url": oauth.issuer,
+            "resource_server_url": oauth.resource_url,
+            "required_scopes": sorted(SCOPES),
+            "validate_token_resource": False,  # the JWT verifier checks the audience itself
+        }
+    )
+    assert auth.resource_server_url is not None  # noqa: S101 - just set
+    routes = create_protected_resource_routes(
+        resource_url=auth.resource_server_url,
+        authorization_servers=[auth.issuer_url],
+        scopes_supported=auth.required_scopes,
+    )
+    return list(routes), str(build_resource_metadata_url(auth.resource_server_url))
+
+
+def _front_door(
+    settings: Settings,
+    service: ExecutionService,
+    verifier: GatewayTokenVerifier,
+    audit: AuditLog,
+    metadata_url: str | None,
+) -> list[Middleware]:
+    """Headers, body cap, then: the address budget (unauthenticated requests), the credential,
+    the principal's and its tenant's request budgets."""
+
+    def rates_for(principal: Principal) -> tuple[str, str]:
+        profile = service.engine.policy.profile_of(principal.id, principal.tenant, principal.profile)
+        if profile is None:
+            return "1/hour", "1/hour"
+        return profile.rate_limits.requests, profile.rate_limits.tenant_requests
+
+    limiter = service.broker.rates
+    address_budget = AddressBudget(limiter, settings.address_rate)
+    return [
+        Middleware(SecureHeadersMiddleware),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(AddressRateLimitMiddleware, budget=address_budget, audit=audit),
+        Middleware(
+            BearerAuthMiddleware,
+            verifier=verifier,
+            audit=audit,
+            resource_metadata_url=metadata_url,
+            charge_address=address_budget.charge,
+        ),
+        Middleware(PrincipalRateLimitMiddleware, limiter=limiter, audit=audit, rates_for=rates_for),
+    ]
+
+
 def build_app(
     settings: Settings,
     *,
@@ -161,6 +252,7 @@ def build_app(
         host=settings.host,
         max_request_body_size=settings.max_body_bytes,
     )
+    sessions = _session_manager(mcp.session_manager, settings, service)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -169,7 +261,7 @@ def build_app(
             loop.add_signal_handler(signal.SIGHUP, reload_policy, service, settings.policy_file, audit)
         except (RuntimeError, ValueError):  # an embedded server off the main thread: no signals there
             _log.warning("policy reload on SIGHUP is unavailable outside the main thread")
-        async with mcp.session_manager.run():
+        async with sessions.run():
             audit.emit(
                 "gateway.start",
                 version=__version__,
@@ -202,45 +294,16 @@ def build_app(
                 if on_shutdown is not None:
                     on_shutdown()  # flush exporters now: the server may re-raise the stop signal next
 
-    def rate_for(principal: Principal) -> str:
-        profile = service.engine.policy.profile_of(principal.id, principal.tenant, principal.profile)
-        return profile.rate_limits.requests if profile else "1/hour"
-
+    oauth_routes, metadata_url = _oauth_routes(verifier)
     routes = [
-        *inner.routes,
+        *(route for route in inner.routes if getattr(route, "path", None) != "/mcp"),
+        Route("/mcp", endpoint=StreamableHTTPASGIApp(sessions)),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        *oauth_routes,
     ]
-    metadata_url = None
-    oauth = verifier.jwt.settings if verifier.jwt else None
-    if oauth is not None:
-        # AuthSettings keeps the issuer exactly as configured (RFC 8414 compares issuers as strings).
-        auth = AuthSettings.model_validate(
-            {
-                "issuer_url": oauth.issuer,
-                "resource_server_url": oauth.resource_url,
-                "required_scopes": sorted(SCOPES),
-                "validate_token_resource": False,  # the JWT verifier checks the audience itself
-            }
-        )
-        assert auth.resource_server_url is not None  # noqa: S101 - just set
-        routes += create_protected_resource_routes(
-            resource_url=auth.resource_server_url,
-            authorization_servers=[auth.issuer_url],
-            scopes_supported=auth.required_scopes,
-        )
-        metadata_url = str(build_resource_metadata_url(auth.resource_server_url))
-    limiter = service.broker.rates
     return Starlette(
         routes=routes,
-        middleware=[
-            Middleware(SecureHeadersMiddleware),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-            Middleware(AddressRateLimitMiddleware, limiter=limiter, audit=audit, rate=settings.address_rate),
-            Middleware(
-                BearerAuthMiddleware, verifier=verifier, audit=audit, resource_metadata_url=metadata_url
-            ),
-            Middleware(PrincipalRateLimitMiddleware, limiter=limiter, audit=audit, rate_for=rate_for),
-        ],
+        middleware=_front_door(settings, service, verifier, audit, metadata_url),
         lifespan=lifespan,
     )

@@ -150,7 +150,27 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         help="on SIGTERM, seconds running calls may take to finish before sandboxes are removed",
     )
-    serve.add_argument("--address-rate", default="600/minute", help="requests to /mcp per client address")
+    serve.add_argument(
+        "--address-rate",
+        default="600/minute",
+        help="requests to /mcp per client address that do not authenticate (authenticated ones count "
+        "against their principal and tenant)",
+    )
+    serve.add_argument(
+        "--sessions-per-principal", type=int, default=8, help="open MCP sessions one principal may hold"
+    )
+    serve.add_argument(
+        "--max-sessions", type=int, default=10_000, help="open MCP sessions at most (all principals)"
+    )
+    serve.add_argument(
+        "--session-idle-timeout",
+        type=float,
+        default=900.0,
+        help="seconds after which an MCP session no request has used is closed",
+    )
+    serve.add_argument(
+        "--requests-per-session", type=int, default=16, help="requests in flight at once on one MCP session"
+    )
     serve.add_argument(
         "--rate-limit-storage", default="memory://", help="slowapi storage URI for rate counters"
     )

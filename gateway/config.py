@@ -178,6 +178,14 @@ class Settings:
     address_rate: str = "600/minute"
     #: Where rate-limit counters live (slowapi storage URI).
     rate_limit_storage: str = "memory://"
+    #: Open MCP sessions one principal may hold...
+    sessions_per_principal: int = 8
+    #: ...and the whole gateway.
+    max_sessions: int = 10_000
+    #: A session no request has used for this long is closed.
+    session_idle_timeout_s: float = 900.0
+    #: Requests in flight at once on one session (this bounds what a session holds).
+    requests_per_session: int = 16
     tls_cert: Path | None = None
     tls_key: Path | None = None
     remove_on_shutdown: bool = True
@@ -218,6 +226,16 @@ class Settings:
             return self.docker_tls_ca, self.docker_tls_cert, self.docker_tls_key
         return None
 
+    def _validate_sessions(self) -> None:
+        if not 1 <= self.max_sessions <= 1_000_000:
+            raise ConfigError("--max-sessions must be between 1 and 1000000")
+        if not 1 <= self.sessions_per_principal <= self.max_sessions:
+            raise ConfigError("--sessions-per-principal must be between 1 and --max-sessions")
+        if not 1 <= self.session_idle_timeout_s <= 86400:
+            raise ConfigError("--session-idle-timeout must be between 1 and 86400 seconds")
+        if not 1 <= self.requests_per_session <= 1024:
+            raise ConfigError("--requests-per-session must be between 1 and 1024")
+
     def validate(self) -> None:
         """Raise ConfigError for a setting that cannot work or is unsafe without an explicit flag."""
         check_docker_host(self.docker_host, allow_raw_socket=self.allow_raw_socket)
@@ -242,6 +260,7 @@ class Settings:
                 raise ConfigError(f"the TLS {name} {tls_path} does not exist")
         if not 0 <= self.shutdown_grace_s <= 3600:
             raise ConfigError("--shutdown-grace must be between 0 and 3600 seconds")
+        self._validate_sessions()
         if self.max_body_bytes < 1024:
             raise ConfigError("the request body cap must be at least 1 KiB")
         for name, path in (("tools", self.tools_path), ("skills", self.skills_path)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from starlette.authentication import AuthCredentials
@@ -101,6 +102,9 @@ class BearerAuthMiddleware:
 
     The principal goes in the scope for the tools, and the SDK's AuthenticatedUser in `scope["user"]`
     so that an MCP session can only be used with the credential that opened it.
+
+    A refused request is charged to its client address (`charge_address`); one that authenticates
+    is not: from here on it counts against its principal and tenant.
     """
 
     def __init__(
@@ -108,12 +112,15 @@ class BearerAuthMiddleware:
         app: ASGIApp,
         verifier: GatewayTokenVerifier,
         audit: AuditLog,
+        *,
         protected_prefix: str = "/mcp",
         resource_metadata_url: str | None = None,
+        charge_address: Callable[[str], None] | None = None,
     ) -> None:
         self.app = app
         self.verifier = verifier
         self.audit = audit
+        self.charge_address = charge_address
         self.protected_prefix = protected_prefix
         self._challenge = 'Bearer realm="sandbox-gateway"'
         if resource_metadata_url:
@@ -134,6 +141,10 @@ class BearerAuthMiddleware:
         client = scope.get("client")
         source = {"source_ip": client[0] if client else "unknown"}
         path = scope["path"][:_MAX_PATH_IN_AUDIT]
+        if (
+            principal is None or access is None or not principal.scopes & set(SCOPES)
+        ) and self.charge_address:
+            self.charge_address(source["source_ip"])
         if principal is None or access is None:
             with contextlib.suppress(AuditWriteError):  # the request is refused either way
                 self.audit.emit_repeated("auth.failed", source, by="reason", reason=reason, path=path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 
-from limits import parse
+from limits import RateLimitItem, parse
 from slowapi import Limiter
 from slowapi.util import get_remote_address
 
@@ -17,7 +17,8 @@ __all__ = ["RateLimiter"]
 
 
 class RateLimiter:
-    """hit(kind, key, rate) -> None when allowed, else the seconds until the next hit is allowed."""
+    """hit(kind, key, rate) -> None when allowed (and counted), else the seconds until the next hit is
+    allowed; spent(kind, key, rate) asks the same without counting."""
 
     def __init__(self, storage_uri: str = "memory://") -> None:
         self._slowapi = Limiter(
@@ -29,5 +30,15 @@ class RateLimiter:
         item = parse(rate)
         if self._strategy.hit(item, kind, key):
             return None
+        return self._retry_after(item, kind, key)
+
+    def spent(self, kind: str, key: str, rate: str) -> float | None:
+        """Like hit, without counting: None while one more hit would be allowed."""
+        item = parse(rate)
+        if self._strategy.test(item, kind, key):
+            return None
+        return self._retry_after(item, kind, key)
+
+    def _retry_after(self, item: RateLimitItem, kind: str, key: str) -> float:
         stats = self._strategy.get_window_stats(item, kind, key)
         return float(max(1, math.ceil(stats.reset_time - time.time())))

@@ -69,7 +69,9 @@ class SandboxInfo(BaseModel):
     max_output_bytes: int
     max_input_bytes: int
     max_concurrent: int
+    max_concurrent_per_tenant: int
     requests_rate: str
+    tenant_requests_rate: str
     sandbox_creations_rate: str
     idle_ttl_s: float
     max_age_s: float
@@ -100,7 +102,9 @@ class SandboxInfo(BaseModel):
             max_output_bytes=limits.max_output_bytes,
             max_input_bytes=limits.max_input_bytes,
             max_concurrent=limits.max_concurrent,
+            max_concurrent_per_tenant=limits.max_concurrent_per_tenant,
             requests_rate=profile.rate_limits.requests,
+            tenant_requests_rate=profile.rate_limits.tenant_requests,
             sandbox_creations_rate=profile.rate_limits.sandbox_creations,
             idle_ttl_s=profile.lifecycle.idle_ttl_s,
             max_age_s=profile.lifecycle.max_age_s,

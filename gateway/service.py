@@ -18,9 +18,10 @@ import anyio
 import structlog
 
 from audit import AuditLog, AuditWriteError
-from gateway.backend.base import ExecOutcome
+from gateway.backend.base import ExecOutcome, OutputCallback
 from gateway.backend.commands import KILL_GRACE_S, MAX_ARGV_BYTES, bash_argv, python_argv
 from gateway.broker import Broker
+from gateway.budgets import TenantSlots, budget_instruments
 from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded
 from gateway.files import WORKSPACE, file_argv, parse_file_result
 from gateway.library import Library, LibraryListing
@@ -71,6 +72,9 @@ class ExecutionService:
         self.broker = broker
         self.audit = audit
         self.metrics = instruments()
+        self.budget_metrics = budget_instruments()
+        #: Calls running per tenant, against the caller's profile's `exec.max_concurrent_per_tenant`.
+        self.tenant_slots = TenantSlots()
         broker.pool.configure(pool_targets(engine))
 
     def replace_engine(self, engine: PolicyEngine) -> None:
@@ -160,17 +164,47 @@ class ExecutionService:
         async with self._request(principal, tool, source_ip):
             return await self._execute(principal, tool, code, timeout_s, on_progress)
 
+    def budget_refused(self, limit: str, key: dict[str, str], **detail: Any) -> None:
+        """Record a call or session refused because a budget shared with others was spent: the
+        first per source and window on its own line, the rest counted (see audit.repeats)."""
+        self.budget_metrics.refusals.add(1, {"limit": limit, "tenant": key.get("tenant", "")})
+        with contextlib.suppress(AuditWriteError):  # refused either way
+            self.audit.emit_repeated("budget.refused", {**key, "limit": limit}, **detail)
+
+    async def _in_tenant_budget(
+        self,
+        principal: Principal,
+        decision: Decision,
+        argv: list[str],
+        on_output: OutputCallback | None = None,
+    ) -> ExecOutcome:
+        """broker.execute, counted against the tenant's concurrency cap (refused at once when full)."""
+        assert decision.limits is not None  # noqa: S101 - allowed decisions carry their limits
+        tenant, cap = principal.tenant, decision.limits.max_concurrent_per_tenant
+        if not self.tenant_slots.acquire(tenant, cap):
+            self.budget_refused("tenant-concurrency", {"tenant": tenant}, principal=principal.id, cap=cap)
+            raise QuotaExceeded(
+                f"tenant concurrency cap: {cap} calls already running for this tenant; retry when one ends",
+                code="tenant-concurrency-quota",
+            )
+        self.budget_metrics.tenant_running.add(1, {"tenant": tenant})
+        try:
+            return await self.broker.execute(principal, decision, argv, on_output)
+        finally:
+            self.tenant_slots.release(tenant)
+            self.budget_metrics.tenant_running.add(-1, {"tenant": tenant})
+
     async def _run_with_progress(
         self, principal: Principal, decision: Decision, argv: list[str], on_progress: ProgressReport | None
     ) -> ExecOutcome:
         if on_progress is None:
-            return await self.broker.execute(principal, decision, argv)
+            return await self._in_tenant_budget(principal, decision, argv)
         tail = OutputTail()
         failure: Exception | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(relay_progress, tail, on_progress)
             try:
-                outcome = await self.broker.execute(principal, decision, argv, tail)
+                outcome = await self._in_tenant_budget(principal, decision, argv, tail)
             except Exception as exc:  # noqa: BLE001 - re-raised as itself below, not in an exception group
                 failure = exc
             finally:
@@ -328,7 +362,7 @@ class ExecutionService:
         """Run one file operation; every end is a `file.finish` (a refused path with its code)."""
         decision = self._decide(principal, action)
         try:
-            outcome = await self.broker.execute(principal, decision, argv_for(decision))
+            outcome = await self._in_tenant_budget(principal, decision, argv_for(decision))
             answer = parse_file_result(outcome.exit_code, outcome.stdout, outcome.stderr)
         except anyio.get_cancelled_exc_class():
             self.audit.emit("file.finish", outcome="error", error="cancelled", tool=tool, path=path)

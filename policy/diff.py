@@ -53,13 +53,14 @@ _NUMERIC = (
     "exec.max_output_bytes",
     "exec.max_input_bytes",
     "exec.max_concurrent",
+    "exec.max_concurrent_per_tenant",
     "lifecycle.idle_ttl_s",
     "lifecycle.max_age_s",
     "lifecycle.max_sandboxes_per_tenant",
 )
 _BOOLEAN = ("sandbox.read_only_rootfs", "sandbox.no_new_privileges", "sandbox.init")
 _SETS = ("tools", "sandbox.images", "sandbox.cap_add")
-_RATES = ("rate_limits.requests", "rate_limits.sandbox_creations")
+_RATES = ("rate_limits.requests", "rate_limits.tenant_requests", "rate_limits.sandbox_creations")
 _UNORDERED = ("sandbox.seccomp", "sandbox.workdir", "sandbox.network")
 
 

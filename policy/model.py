@@ -194,12 +194,18 @@ class ExecLimits(_Strict):
     max_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     max_output_bytes: Size = 1024**2
     max_input_bytes: Size = 256 * 1024
+    #: Calls running at once for one principal...
     max_concurrent: int = Field(default=4, gt=0, le=256)
+    #: ...and for its whole tenant (all its principals, whatever their profile); the caller's
+    #: profile says how many. Above either, a call is refused at once, never queued.
+    max_concurrent_per_tenant: int = Field(default=64, gt=0, le=4096)
 
     @model_validator(mode="after")
     def _default_within_max(self) -> ExecLimits:
         if self.default_timeout_s > self.max_timeout_s:
             raise ValueError("default_timeout_s cannot exceed max_timeout_s")
+        if self.max_concurrent_per_tenant < self.max_concurrent:
+            raise ValueError("max_concurrent_per_tenant cannot be below max_concurrent")
         if self.max_output_bytes <= 0 or self.max_input_bytes <= 0:
             raise ValueError("output and input caps must be positive")
         return self
@@ -218,12 +224,14 @@ class Lifecycle(_Strict):
 
 
 class RateLimits(_Strict):
-    """Per-principal rates, written as `N/second|minute|hour|day` (the slowapi / limits notation)."""
+    """Rates, written as `N/second|minute|hour|day` (the slowapi / limits notation): `requests` and
+    `sandbox_creations` per principal, `tenant_requests` for all the principals of its tenant."""
 
     requests: str = "120/minute"
+    tenant_requests: str = "6000/minute"
     sandbox_creations: str = "10/minute"
 
-    @field_validator("requests", "sandbox_creations")
+    @field_validator("requests", "tenant_requests", "sandbox_creations")
     @classmethod
     def _rate(cls, value: str) -> str:
         if not _RATE.match(value):

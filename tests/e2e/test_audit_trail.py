@@ -262,22 +262,25 @@ def test_a_thousand_bad_tokens_write_one_line_and_a_summary_at_the_stop(tmp_path
 def test_requests_over_a_rate_limit_write_one_line_and_a_summary(tmp_path: Path, limit: str) -> None:
     from tests.e2e.test_policy_over_mcp import write_policy
 
-    if limit == "address":
+    if limit == "address":  # the address budget is spent by requests that do not authenticate
         gateway = start_gateway(tmp_path, "--address-rate", "5/minute")
         key: dict[str, Any] = {"source_ip": "127.0.0.1"}
+        token = "sgw_wrong"
+        allowed = 401
     else:
         policy = write_policy(tmp_path / "policy.yaml", {"profiles.default.rate_limits.requests": "5/minute"})
         gateway = start_gateway(tmp_path, "--policy", str(policy))
         key = {"principal": "alice", "tenant": "default"}
+        token, allowed = gateway.tokens["alice"], 200
     try:
         with httpx.Client() as client:
-            statuses = [post(gateway, gateway.tokens["alice"], client) for _ in range(300)]
-            assert statuses == [200] * 5 + [429] * 295
+            statuses = [post(gateway, token, client) for _ in range(300)]
+            assert statuses == [allowed] * 5 + [429] * 295
             (hit,) = of(events(gateway), "ratelimit.hit")
     finally:
         stop_gateway(gateway)
     assert hit["limits"]["limit"] == limit and hit["actor"]["source_ip"] == "127.0.0.1"
-    (summary,) = of(events(gateway), "audit.repeated")
+    (summary,) = of(events(gateway), "audit.repeated", of="ratelimit.hit")
     assert summary["actor"] == key and summary["limits"] == {"limit": limit}
     assert (summary["detail"]["of"], summary["detail"]["count"], summary["detail"]["suppressed"]) == (
         "ratelimit.hit",

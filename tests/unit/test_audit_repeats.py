@@ -18,7 +18,7 @@ from audit.schema import EVENTS, AuditEvent
 from gateway.auth import GatewayTokenVerifier
 from gateway.middleware import BearerAuthMiddleware
 from gateway.ratelimit import RateLimiter
-from gateway.throttle import AddressRateLimitMiddleware
+from gateway.throttle import AddressBudget, AddressRateLimitMiddleware
 from gateway.tokens import TokenStore
 
 WALL0 = 1_800_000_000.0
@@ -295,11 +295,18 @@ def front(tmp_path, rate: str = "100000/minute") -> tuple[TestClient, AuditLog, 
     async def ok(request: Request) -> JSONResponse:
         return JSONResponse({})
 
+    budget = AddressBudget(RateLimiter(), rate)
+
     app = Starlette(
         routes=[Route("/mcp", ok, methods=["POST"])],
         middleware=[
-            Middleware(AddressRateLimitMiddleware, limiter=RateLimiter(), audit=audit, rate=rate),
-            Middleware(BearerAuthMiddleware, verifier=GatewayTokenVerifier(tokens), audit=audit),
+            Middleware(AddressRateLimitMiddleware, budget=budget, audit=audit),
+            Middleware(
+                BearerAuthMiddleware,
+                verifier=GatewayTokenVerifier(tokens),
+                audit=audit,
+                charge_address=budget.charge,
+            ),
         ],
     )
     return TestClient(app), audit, sink, token
@@ -322,14 +329,12 @@ def test_bad_tokens_from_one_address_are_folded_per_reason(tmp_path) -> None:
     assert summary["detail"]["count"] == 202 and summary["detail"]["suppressed"] == 200
 
 
-def test_requests_over_the_address_rate_are_folded(tmp_path) -> None:
-    client, audit, sink, token = front(tmp_path, rate="3/minute")
-    statuses = [
-        client.post("/mcp", headers={"Authorization": f"Bearer {token}"}).status_code for _ in range(100)
-    ]
-    assert statuses == [200] * 3 + [429] * 97
-    (hit,) = events(sink)
-    assert hit["event"] == "ratelimit.hit" and hit["limits"]["limit"] == "address"
+def test_unauthenticated_requests_over_the_address_rate_are_folded(tmp_path) -> None:
+    client, audit, sink, _ = front(tmp_path, rate="3/minute")
+    statuses = [client.post("/mcp").status_code for _ in range(100)]
+    assert statuses == [401] * 3 + [429] * 97
+    (hit,) = [e for e in events(sink) if e["event"] == "ratelimit.hit"]
+    assert hit["limits"]["limit"] == "address"
     audit.close()
     summary = events(sink)[-1]
     assert summary["detail"]["of"] == "ratelimit.hit" and summary["detail"]["count"] == 97

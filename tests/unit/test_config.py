@@ -45,3 +45,26 @@ def test_bad_settings_are_clear_errors(env: dict[str, str], match: str) -> None:
 def test_cli_overrides_win_over_environment() -> None:
     settings = Settings.from_env({"DOCKER_HOST": "tcp://a:1"}, docker_host="tcp://b:2", port=9000)
     assert (settings.docker_host, settings.port) == ("tcp://b:2", 9000)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        pytest.param({"sessions_per_principal": 0}, "--sessions-per-principal", id="no-sessions"),
+        pytest.param(
+            {"sessions_per_principal": 20, "max_sessions": 10}, "--sessions-per-principal", id="above-max"
+        ),
+        pytest.param({"max_sessions": 0}, "--max-sessions", id="no-max-sessions"),
+        pytest.param({"session_idle_timeout_s": 0.0}, "--session-idle-timeout", id="no-idle-timeout"),
+        pytest.param({"requests_per_session": 0}, "--requests-per-session", id="no-requests"),
+    ],
+)
+def test_session_bounds_are_checked(overrides: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        Settings.from_env({}, **overrides)
+
+
+def test_sessions_are_bounded_per_principal_by_default() -> None:
+    settings = Settings.from_env({})
+    assert (settings.sessions_per_principal, settings.session_idle_timeout_s) == (8, 900.0)
+    assert settings.requests_per_session == 16 and settings.max_sessions == 10_000

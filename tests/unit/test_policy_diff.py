@@ -80,7 +80,28 @@ def changed(path: str, value: Any) -> Any:
             id="smaller-output",
         ),
         pytest.param(
-            "profiles.default.exec.max_concurrent", 64, "exec.max_concurrent", "weaker", id="more-concurrent"
+            "profiles.default.exec.max_concurrent", 16, "exec.max_concurrent", "weaker", id="more-concurrent"
+        ),
+        pytest.param(
+            "profiles.default.exec.max_concurrent_per_tenant",
+            256,
+            "exec.max_concurrent_per_tenant",
+            "weaker",
+            id="higher-tenant-cap",
+        ),
+        pytest.param(
+            "profiles.default.exec.max_concurrent_per_tenant",
+            8,
+            "exec.max_concurrent_per_tenant",
+            "stronger",
+            id="lower-tenant-cap",
+        ),
+        pytest.param(
+            "profiles.default.rate_limits.tenant_requests",
+            "1000/second",
+            "rate_limits.tenant_requests",
+            "weaker",
+            id="faster-tenant-rate",
         ),
         pytest.param(
             "profiles.default.lifecycle.max_age_s", 10**6, "lifecycle.max_age_s", "weaker", id="older"

@@ -170,3 +170,31 @@ def test_shipped_default_policy_is_secure() -> None:
     assert "user" not in sandbox.model_dump()  # the uid is the sandbox's own, from the gateway's range
     assert sandbox.seccomp != "unconfined"
     assert {m.path for m in sandbox.tmpfs} == {"/tmp", "/workspace"}
+
+
+@pytest.mark.parametrize(
+    ("exec_limits", "message"),
+    [
+        pytest.param(
+            "{max_concurrent: 8, max_concurrent_per_tenant: 4}",
+            "cannot be below max_concurrent",
+            id="tenant-cap-below-principal-cap",
+        ),
+        pytest.param("{max_concurrent_per_tenant: 0}", "greater than 0", id="zero-tenant-cap"),
+        pytest.param("{max_concurrent_per_tenant: 100000}", "less than or equal to 4096", id="unbounded"),
+    ],
+)
+def test_the_tenant_concurrency_cap_is_bounded(exec_limits: str, message: str) -> None:
+    text = (
+        "version: 1\nprofiles:\n  a:\n    tools: [execute_bash]\n    sandbox: {images: [x]}\n"
+        f"    exec: {exec_limits}\n"
+    )
+    with pytest.raises(PolicyLoadError, match=rf"profiles\.a\.exec.*{message}"):
+        load_policy_text(text)
+
+
+def test_the_shipped_profiles_cap_each_tenant_and_its_request_rate() -> None:
+    policy = load_policy()
+    for profile in policy.profiles.values():
+        assert profile.exec.max_concurrent <= profile.exec.max_concurrent_per_tenant <= 64
+        assert profile.rate_limits.tenant_requests

@@ -1,0 +1,172 @@
+"""MCP sessions, bounded per principal.
+
+The SDK's session manager keeps up to `max_sessions` stateful sessions for the whole server,
+whoever opened them. Here each principal may hold at most `per_principal` of them; one more is
+refused with a JSON-RPC error that says why and what to do (429, `budget.refused` with
+`limits.limit` `sessions`), and the principal's other sessions, and everyone else's, are untouched.
+A session no request has used for `idle_timeout_s` is closed (its id then answers 404).
+
+What one session holds is bounded too: it keeps no event store (nothing is replayed, so nothing is
+buffered for a client that went away), its streams have fixed buffers, and at most
+`requests_per_session` requests are in flight on it at once (each body below the gateway's body
+cap); one more is refused with 429 (`limits.limit` `session-requests`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import RequestBodyLimitMiddleware
+from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.budgets import budget_instruments
+
+__all__ = ["GatewaySessionManager", "SessionLimitReached", "SessionTable"]
+
+#: Called with the request's scope, the budget that was spent ("sessions", "session-requests") and its cap.
+OnRefused = Callable[[Scope, str, int], None]
+_SESSION_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
+
+
+class SessionLimitReached(Exception):
+    """The principal already holds as many sessions as it may."""
+
+
+class SessionTable:
+    """Open sessions per owner (`tenant/principal`) and requests in flight per session. Pure
+    bookkeeping; the session manager calls it on the event loop."""
+
+    def __init__(self, per_owner: int, requests_per_session: int) -> None:
+        if per_owner < 1 or requests_per_session < 1:
+            raise ValueError("session caps must be at least 1")
+        self.per_owner = per_owner
+        self.requests_per_session = requests_per_session
+        self._owner_of: dict[str, str] = {}
+        self._count: dict[str, int] = {}
+        self._in_flight: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._owner_of)
+
+    def held_by(self, owner: str) -> int:
+        return self._count.get(owner, 0)
+
+    def can_open(self, owner: str) -> bool:
+        return self.held_by(owner) < self.per_owner
+
+    def open(self, owner: str, session_id: str) -> bool:
+        """Record a new session of `owner`; False (and nothing recorded) at the owner's cap."""
+        if session_id in self._owner_of or not self.can_open(owner):
+            return False
+        self._owner_of[session_id] = owner
+        self._count[owner] = self.held_by(owner) + 1
+        return True
+
+    def close(self, session_id: str) -> str | None:
+        """Forget a session (as often as it is called); its owner the first time, else None."""
+        owner = self._owner_of.pop(session_id, None)
+        if owner is None:
+            return None
+        self._in_flight.pop(session_id, None)
+        left = self._count[owner] - 1
+        if left:
+            self._count[owner] = left
+        else:
+            del self._count[owner]
+        return owner
+
+    def enter(self, session_id: str) -> bool | None:
+        """One more request on a session: True when counted, False at the session's cap, None
+        when the session is unknown (the manager answers that one with 404)."""
+        if session_id not in self._owner_of:
+            return None
+        running = self._in_flight.get(session_id, 0)
+        if running >= self.requests_per_session:
+            return False
+        self._in_flight[session_id] = running + 1
+        return True
+
+    def leave(self, session_id: str) -> None:
+        running = self._in_flight.get(session_id, 0) - 1
+        if running > 0:
+            self._in_flight[session_id] = running
+        else:
+            self._in_flight.pop(session_id, None)
+
+
+def _refusal(message: str) -> Response:
+    body = JSONRPCError(jsonrpc="2.0", id=None, error=ErrorData(code=INVALID_REQUEST, message=message))
+    return Response(
+        body.model_dump_json(by_alias=True, exclude_unset=True),
+        status_code=429,
+        media_type="application/json",
+    )
+
+
+class GatewaySessionManager(StreamableHTTPSessionManager):
+    """The SDK's session manager with the per-principal bounds of `table` (see the module).
+
+    It hooks the SDK's `_admit_session` (called under its creation lock, so the cap cannot be
+    raced past) and `_discard_session` (called however a session ends: DELETE, idle expiry, a
+    failed opening request); the SDK offers no public hook for either. tests/e2e/test_budgets.py
+    pins the behaviour, so an SDK release that changes them fails there, not in production."""
+
+    def __init__(self, app: Any, *, table: SessionTable, on_refused: OnRefused, **settings: Any) -> None:
+        super().__init__(app, **settings)
+        self.table = table
+        self.on_refused = on_refused
+        self._open = budget_instruments().sessions
+        self.asgi_app = RequestBodyLimitMiddleware(self._bounded, self.max_request_body_size)
+
+    def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
+        # Runs under the manager's session-creation lock: check and record are one step.
+        owner = requestor["client_id"] if requestor is not None else ""
+        if not self.table.can_open(owner):
+            raise SessionLimitReached(owner)
+        transport = super()._admit_session(requestor)
+        if transport is not None and transport.mcp_session_id is not None:
+            self.table.open(owner, transport.mcp_session_id)
+            self._open.add(1)
+        return transport
+
+    async def _discard_session(self, session_id: str, transport: StreamableHTTPServerTransport) -> None:
+        if self.table.close(session_id) is not None:
+            self._open.add(-1)
+        await super()._discard_session(session_id, transport)
+
+    async def _bounded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        header = next((v for k, v in scope.get("headers", []) if k == _SESSION_HEADER), None)
+        if header is None:
+            try:
+                await self._handle_request(scope, receive, send)
+            except SessionLimitReached:
+                self.on_refused(scope, "sessions", self.table.per_owner)
+                idle = f"{self.session_idle_timeout:g} s" if self.session_idle_timeout else "its end"
+                message = (
+                    f"session-limit: this principal already holds {self.table.per_owner} open MCP sessions, "
+                    f"the most it may; end one (HTTP DELETE with its Mcp-Session-Id) or wait until one has "
+                    f"been idle for {idle}"
+                )
+                await _refusal(message)(scope, receive, send)
+            return
+        session_id = header.decode("latin-1")
+        entered = self.table.enter(session_id)
+        if entered is False:
+            cap = self.table.requests_per_session
+            self.on_refused(scope, "session-requests", cap)
+            message = (
+                f"session-busy: {cap} requests are already in flight on this session; retry when one ends"
+            )
+            await _refusal(message)(scope, receive, send)
+            return
+        try:
+            await self._handle_request(scope, receive, send)
+        finally:
+            if entered:
+                self.table.leave(session_id)
