@@ -39,8 +39,9 @@ ADDRESS_RATE = "10000000/minute"
 #: Above the 1 MB workload, so its output is never cut.
 MAX_OUTPUT = "2m"
 LIFTED = (
-    f"rate limits lifted: {REQUEST_RATE} requests and {CREATION_RATE} sandbox creations per "
-    f"principal, --address-rate {ADDRESS_RATE}; max_sandboxes_per_tenant 1000; max_output_bytes {MAX_OUTPUT}"
+    f"rate limits lifted: {REQUEST_RATE} requests (per principal and per tenant) and {CREATION_RATE} "
+    f"sandbox creations per principal, --address-rate {ADDRESS_RATE}; max_sandboxes_per_tenant 1000; "
+    f"max_output_bytes {MAX_OUTPUT}"
 )
 
 
@@ -54,7 +55,11 @@ def bench_policy(exec_path: str, warm_pool: int) -> dict[str, Any]:
     profile["sandbox"]["exec_path"] = exec_path
     profile["exec"]["max_output_bytes"] = MAX_OUTPUT
     profile["lifecycle"] |= {"warm_pool": warm_pool, "max_sandboxes_per_tenant": 1000}
-    profile["rate_limits"] = {"requests": REQUEST_RATE, "sandbox_creations": CREATION_RATE}
+    profile["rate_limits"] = {
+        "requests": REQUEST_RATE,
+        "tenant_requests": REQUEST_RATE,
+        "sandbox_creations": CREATION_RATE,
+    }
     nopool = copy.deepcopy(profile)
     nopool["description"] += " No warm pool."
     nopool["lifecycle"]["warm_pool"] = 0
