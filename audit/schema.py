@@ -29,9 +29,9 @@ EVENTS: dict[str, str] = {
     "gateway.stop": "the gateway stopped; sandboxes it removed, calls still running when they were removed",
     "auth.failed": "a request to /mcp without a valid credential (reason, source address); the first from "
     "a source in a window (and the first of each reason), the rest are counted in audit.repeated",
-    "audit.repeated": "a window of repeated auth.failed or ratelimit.hit from one source ended: detail.of, "
-    "count, suppressed (got no line of their own), first_ts, last_ts, window_s, counts (per reason); "
-    "detail.overflow for sources the full table did not track one by one",
+    "audit.repeated": "a window of repeated auth.failed, ratelimit.hit or capacity.delayed from one source "
+    "ended: detail.of, count, suppressed (got no line of their own), first_ts, last_ts, window_s, counts "
+    "(per reason); detail.overflow for sources the full table did not track one by one",
     "audit.overflow": "the table of sources for repeated events is full (detail.of, capacity, window_s): "
     "new sources are counted together until the window ends",
     "tool.rejected": "a tool call refused before it ran, with outcome.error: insufficient-scope, "
@@ -41,6 +41,9 @@ EVENTS: dict[str, str] = {
     "policy.reload": "a policy reload was applied (ok) or refused (rejected), with the error",
     "ratelimit.hit": "a call or a sandbox creation was refused by a rate limit; at the HTTP front, the first "
     "per source (address or principal) and window, the rest counted in audit.repeated",
+    "capacity.delayed": "a Docker API call waited for a worker of the shared pool (detail.op, "
+    "detail.waited_ms, detail.workers; limits.limit docker-workers): the first per principal and window, the "
+    "rest counted in audit.repeated",
     "exec.start": "an allowed command is about to run (code digest, limits)",
     "exec.finish": "a command ended (exit code, timeout, OOM, truncation, byte counts, duration)",
     "file.finish": "a file tool ended: ok (the resolved detail.path), rejected (path-outside-workspace) "
