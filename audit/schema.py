@@ -29,9 +29,9 @@ EVENTS: dict[str, str] = {
     "gateway.stop": "the gateway stopped; sandboxes it removed, calls still running when they were removed",
     "auth.failed": "a request to /mcp without a valid credential (reason, source address); the first from "
     "a source in a window (and the first of each reason), the rest are counted in audit.repeated",
-    "audit.repeated": "a window of repeated auth.failed, ratelimit.hit or budget.refused from one source "
-    "ended: detail.of, count, suppressed (got no line of their own), first_ts, last_ts, window_s, "
-    "counts (per reason); detail.overflow for sources the full table did not track one by one",
+    "audit.repeated": "a window of repeated auth.failed, ratelimit.hit, budget.refused or capacity.delayed "
+    "from one source ended: detail.of, count, suppressed (got no line of their own), first_ts, last_ts, "
+    "window_s, counts (per reason); detail.overflow for sources the full table did not track one by one",
     "audit.overflow": "the table of sources for repeated events is full (detail.of, capacity, window_s): "
     "new sources are counted together until the window ends",
     "tool.rejected": "a tool call refused before it ran, with outcome.error: insufficient-scope, "
@@ -47,6 +47,9 @@ EVENTS: dict[str, str] = {
     "spent: limits.limit tenant-concurrency (the tenant's calls running at once, detail.cap), sessions "
     "(the principal's open MCP sessions) or session-requests (requests in flight on one session); the first "
     "per source and window, the rest counted in audit.repeated",
+    "capacity.delayed": "a Docker API call waited for a worker of the shared pool (detail.op, "
+    "detail.waited_ms, detail.workers; limits.limit docker-workers): the first per principal and window, the "
+    "rest counted in audit.repeated",
     "exec.start": "an allowed command is about to run (code digest, limits)",
     "exec.finish": "a command ended (exit code, timeout, OOM, truncation, byte counts, duration)",
     "file.finish": "a file tool ended: ok (the resolved detail.path), rejected (path-outside-workspace) "

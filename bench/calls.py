@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -21,7 +22,7 @@ from mcp.types import CallToolResult
 from bench.gateways import AuditTail, BenchGateway
 from bench.stats import Series, percentile
 
-__all__ = ["WORKLOADS", "first_calls", "info_calls", "throughput", "warm_calls"]
+__all__ = ["WORKLOADS", "bystander", "first_calls", "info_calls", "throughput", "warm_calls"]
 
 #: workload -> (command, expected stdout)
 WORKLOADS: dict[str, tuple[str, str]] = {
@@ -220,3 +221,73 @@ async def throughput(
     for message in series_warmup.errors:
         series.error(f"first call: {message}")
     return series
+
+
+#: What each neighbour's calls run, over and over while the bystander is measured: a long command.
+NEIGHBOUR_COMMAND = "sleep 10"
+
+
+async def neighbours_running(gateway: BenchGateway, count: int, timeout_s: float = 120) -> None:
+    """Until the gateway says (on /ready) that at least `count` calls are running."""
+    base = gateway.url.removesuffix("/mcp")
+    async with httpx.AsyncClient(timeout=10) as http:
+        with anyio.fail_after(timeout_s):
+            while True:
+                body = (await http.get(f"{base}/ready")).json()
+                if (body.get("executions") or {}).get("running", 0) >= count:
+                    return
+                await anyio.sleep(0.05)
+
+
+async def bystander(
+    gateway: BenchGateway,
+    token: str,
+    neighbours: list[str],
+    *,
+    per_neighbour: int,
+    samples: int,
+    variants: tuple[Series, Series],
+) -> None:
+    """A bystander's `true`: `samples` calls with every neighbour idle, then `samples` calls while
+    each neighbour runs `per_neighbour` long commands at once (its max_concurrent) without a pause.
+    Both rows come from the same gateway and the same bystander session, one after the other."""
+    alone, loaded = variants
+    stop = anyio.Event()
+
+    async def neighbour(token: str) -> None:
+        async with session(gateway.url, token) as client:
+
+            async def keep_busy() -> None:
+                while not stop.is_set():
+                    await timed(client, "execute_bash", {"command": NEIGHBOUR_COMMAND}, "", noise)
+
+            async with anyio.create_task_group() as calls:
+                for _ in range(per_neighbour):
+                    calls.start_soon(keep_busy)
+
+    noise = Series("neighbours", "noise")
+    try:
+        async with session(gateway.url, token) as client:
+            for _ in range(3):
+                await timed(client, "execute_bash", {"command": "true"}, "", Series("", "warm-up"))
+            started = time.perf_counter()
+            for _ in range(samples):
+                await timed(client, "execute_bash", {"command": "true"}, "", alone)
+            alone.wall_s = time.perf_counter() - started
+            async with anyio.create_task_group() as load:
+                for one in neighbours:
+                    load.start_soon(neighbour, one)
+                try:
+                    await neighbours_running(gateway, len(neighbours) * per_neighbour)
+                    started = time.perf_counter()
+                    for _ in range(samples):
+                        await timed(client, "execute_bash", {"command": "true"}, "", loaded)
+                    loaded.wall_s = time.perf_counter() - started
+                finally:
+                    stop.set()  # each neighbour's current command ends; none starts again
+    except Exception as exc:  # noqa: BLE001 - reported as an error of this row
+        loaded.error(f"{type(exc).__name__}: {exc}")
+    for message in noise.errors:
+        loaded.error(f"a neighbour's call: {message}")
+    alone.note = "`true`"
+    loaded.note = f"`true`; {len(neighbours)} neighbours x {per_neighbour} `{NEIGHBOUR_COMMAND}` running"

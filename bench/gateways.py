@@ -28,7 +28,16 @@ from gateway.tokens import TokenStore
 from policy.loader import default_policy_path
 from policy.units import parse_size
 
-__all__ = ["NOPOOL", "PROFILE", "AuditTail", "BenchGateway", "bench_policy", "start_gateway", "stop_gateway"]
+__all__ = [
+    "NOPOOL",
+    "PER_NEIGHBOUR",
+    "PROFILE",
+    "AuditTail",
+    "BenchGateway",
+    "bench_policy",
+    "start_gateway",
+    "stop_gateway",
+]
 
 PROFILE = "bench"
 NOPOOL = "bench-nopool"
@@ -36,6 +45,8 @@ NOPOOL = "bench-nopool"
 REQUEST_RATE = "1000000/minute"
 CREATION_RATE = "100000/minute"
 ADDRESS_RATE = "10000000/minute"
+#: Calls one principal may run at once (the shipped default profile's max_concurrent, kept).
+PER_NEIGHBOUR = 4
 #: Above the 1 MB workload, so its output is never cut.
 MAX_OUTPUT = "2m"
 LIFTED = (

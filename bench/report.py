@@ -17,6 +17,9 @@ FAST = "gateway fast path (agent)"
 FALLBACK = "gateway fallback (exec)"
 FIRST = "first call (new principal)"
 INFO = "sandbox_info (no engine call)"
+#: A bystander's `true` (its sandbox running), with 8 neighbours idle, then each at its max_concurrent.
+BYSTANDER_ALONE = "bystander, neighbours idle"
+BYSTANDER_LOADED = "bystander, neighbours busy"
 
 
 def first_variant(path: str, pool: bool) -> str:
@@ -34,6 +37,9 @@ def expected_rows(levels: tuple[int, ...]) -> list[tuple[str, str]]:
     rows += [(FIRST, first_variant(path, pool)) for path in (FAST, FALLBACK) for pool in (True, False)]
     rows += [(INFO, FAST), (INFO, FALLBACK)]
     rows += [(throughput_workload(level), path) for level in levels for path in (FAST, FALLBACK)]
+    rows += [
+        (workload, path) for path in (FAST, FALLBACK) for workload in (BYSTANDER_ALONE, BYSTANDER_LOADED)
+    ]
     return rows
 
 
@@ -101,6 +107,21 @@ def targets(
         errors = row["errors"] if row else "not measured"
         out[f"errors_at_{top}_{'fast' if path == FAST else 'fallback'}"] = errors
         lines.append(f"errors with {top} concurrent principals, {path}: {errors} (target 0)")
+    for path, key in ((FAST, "fast"), (FALLBACK, "fallback")):
+        alone, loaded = _find(series, BYSTANDER_ALONE, path), _find(series, BYSTANDER_LOADED, path)
+        if alone is None or loaded is None:
+            continue
+        out[f"bystander_{key}_ms"] = {
+            "alone_p50": alone["p50_ms"],
+            "alone_p99": alone["p99_ms"],
+            "loaded_p50": loaded["p50_ms"],
+            "loaded_p99": loaded["p99_ms"],
+        }
+        lines.append(
+            f"a bystander's `true`, {path}: p50/p99 {_ms(alone['p50_ms'])}/{_ms(alone['p99_ms'])} ms with "
+            f"the neighbours idle, {_ms(loaded['p50_ms'])}/{_ms(loaded['p99_ms'])} ms with them at full load "
+            f"({loaded['note']})"
+        )
     info, inner = p50(INFO, FAST), _find(series, "true", FAST)
     inner_p50 = float(inner["inner_exec_p50_ms"]) if inner else math.nan
     out["fast_true_breakdown_ms"] = {

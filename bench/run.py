@@ -28,7 +28,16 @@ import anyio
 
 from bench import calls, report
 from bench.calls import WORKLOADS
-from bench.gateways import LIFTED, NOPOOL, PROFILE, AuditTail, BenchGateway, start_gateway, stop_gateway
+from bench.gateways import (
+    LIFTED,
+    NOPOOL,
+    PER_NEIGHBOUR,
+    PROFILE,
+    AuditTail,
+    BenchGateway,
+    start_gateway,
+    stop_gateway,
+)
 from bench.machine import describe, machine_line
 from bench.raw import RawEngine
 from bench.stats import Series
@@ -49,6 +58,7 @@ class Settings:
     min_calls_each: int
     levels: tuple[int, ...]
     warm_pool: int
+    neighbours: int
     docker_host: str
     unix_socket: str
     smoke: bool
@@ -79,6 +89,12 @@ def _parse(argv: list[str] | None) -> tuple[Settings, Path | None]:
     add("--levels", default="1,8,32", help="concurrent principals (default 1,8,32)")
     add("--warm-pool", type=int, default=8, help="warm pool of the benchmark profile (default 8)")
     add(
+        "--neighbours",
+        type=int,
+        help="principals at full load (each its max_concurrent long commands) in the bystander rows "
+        "(default 8; smoke 2)",
+    )
+    add(
         "--docker-host",
         default=os.environ.get("DOCKER_HOST", PROXY_URL),
         help="the socket proxy the gateways and the raw client use",
@@ -94,6 +110,7 @@ def _parse(argv: list[str] | None) -> tuple[Settings, Path | None]:
         min_calls_each=2 if smoke else 20,
         levels=tuple(int(level) for level in args.levels.split(",")),
         warm_pool=args.warm_pool,
+        neighbours=args.neighbours or (2 if smoke else 8),
         docker_host=args.docker_host,
         unix_socket=args.unix_socket,
         smoke=smoke,
@@ -190,7 +207,17 @@ async def _gateway_phase(
         out.append(
             await calls.throughput(gateway, tail, tokens, calls_each=each, workload=workload, variant=path)
         )
-    return out
+    _progress(f"{path}: a bystander, {settings.neighbours} neighbours idle then at full load")
+    rows = (Series(report.BYSTANDER_ALONE, path), Series(report.BYSTANDER_LOADED, path))
+    await calls.bystander(
+        gateway,
+        gateway.tokens["bystander"],
+        [gateway.tokens[f"nb-{i}"] for i in range(settings.neighbours)],
+        per_neighbour=PER_NEIGHBOUR,
+        samples=settings.samples,
+        variants=rows,
+    )
+    return [*out, *rows]
 
 
 class Run:
@@ -212,6 +239,7 @@ class Run:
         for i in range(settings.first_calls):
             principals |= {f"first-pool-{i}": PROFILE, f"first-nopool-{i}": NOPOOL}
         principals |= {f"tp-{i}": PROFILE for i in range(max(settings.levels))}
+        principals |= {f"nb-{i}": PROFILE for i in range(settings.neighbours)} | {"bystander": PROFILE}
         _progress(f"starting a gateway: {path}, warm pool of {settings.warm_pool}")
         gateway_id = f"bench-{self.run_id}-{exec_path}"
         self.gateway_ids.append(gateway_id)  # swept at the end even if the start is interrupted

@@ -28,6 +28,7 @@ from audit import AuditLog, AuditWriteError
 from gateway import __version__
 from gateway.auth import GatewayTokenVerifier
 from gateway.backend.base import Backend
+from gateway.broker import Broker
 from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.middleware import (
@@ -65,9 +66,19 @@ def _transport_security(settings: Settings) -> TransportSecuritySettings:
     )
 
 
-async def readiness(backend: Backend, audit: AuditLog, image: str) -> dict[str, Any]:
-    """Engine reachable through the proxy, sandbox image present, audit sink writable."""
+async def readiness(
+    backend: Backend, audit: AuditLog, image: str, broker: Broker | None = None
+) -> dict[str, Any]:
+    """Engine reachable through the proxy, sandbox image present, audit sink writable, and (with a
+    broker) the shared Docker worker pool not saturated: no call has waited a second for a worker.
+    The probe's own engine checks run on threads outside that pool, so a saturated pool cannot hide
+    behind a slow probe."""
     checks: dict[str, Any] = {"audit": audit.writable()}
+    saturated = False
+    if broker is not None:
+        checks["docker_ops"] = broker.ops.saturation()
+        checks["executions"] = {"running": broker.running_calls}
+        saturated = bool(checks["docker_ops"]["saturated"])
     try:
         with anyio.fail_after(5):
             await anyio.to_thread.run_sync(backend.ping)
@@ -77,7 +88,7 @@ async def readiness(backend: Backend, audit: AuditLog, image: str) -> dict[str, 
         checks["engine"] = False
         checks["image"] = False
         checks["error"] = exc.message if isinstance(exc, GatewayError) else "engine check timed out"
-    checks["ready"] = bool(checks["engine"] and checks["image"] and checks["audit"])
+    checks["ready"] = bool(checks["engine"] and checks["image"] and checks["audit"] and not saturated)
     return checks
 
 
@@ -243,7 +254,7 @@ def build_app(
         return JSONResponse({"status": "ok", "version": __version__})
 
     async def ready(request: Request) -> JSONResponse:
-        checks = await readiness(backend, audit, image)
+        checks = await readiness(backend, audit, image, service.broker)
         return JSONResponse(checks, status_code=200 if checks["ready"] else 503)
 
     inner = mcp.streamable_http_app(

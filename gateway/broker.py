@@ -20,10 +20,10 @@ import anyio
 
 from audit import AuditLog
 from gateway.backend.agent_channel import AgentBroken, AgentChannel
-from gateway.backend.base import Backend, ExecOutcome, ExecRequest, OutputCallback
+from gateway.backend.base import Backend, ExecOutcome, ExecRequest, OutputCallback, close_stream
 from gateway.backend.create_body import LABEL_PREFIX, USER_LABEL, create_body, sandbox_env
 from gateway.errors import GatewayError, QuotaExceeded, SandboxError
-from gateway.ops import DockerOps
+from gateway.ops import DockerOps, acting_for
 from gateway.pool import PoolTarget, WarmPool
 from gateway.ratelimit import RateLimiter
 from gateway.sandbox import Grant, Sandbox, principal_key
@@ -122,7 +122,8 @@ class Broker:
 
     async def ensure_sandbox(self, principal: Principal, decision: Decision) -> Sandbox:
         """The principal's running sandbox: the known one, one found by its labels, or a new one."""
-        return await self._ensure(principal, Grant.of(decision))
+        with acting_for(principal.tenant, principal.id):
+            return await self._ensure(principal, Grant.of(decision))
 
     async def _ensure(self, principal: Principal, decision: Grant) -> Sandbox:
         key = principal_key(principal)
@@ -451,10 +452,11 @@ class Broker:
 
     async def _attach_agent(self, container_id: str, **attrs: str | None) -> AgentChannel:
         """Connect to the sandbox's agent (attach stream + handshake)."""
+        # The attach itself is a short Docker call (on the pool); the handshake waits on the channel's own.
         channel = AgentChannel(
-            functools.partial(self.backend.attach, container_id), container_id=container_id
+            functools.partial(self.ops.run, self.backend.attach, container_id), container_id=container_id
         )
-        await self.ops.acall("attach", channel.open, container_id=container_id, **attrs)
+        await self.ops.timed("attach", channel.open, container_id=container_id, **attrs)
         return channel
 
     async def _remove(self, sandbox: Sandbox, *, reason: str) -> None:
@@ -484,12 +486,13 @@ class Broker:
     async def reset(self, principal: Principal) -> bool:
         """Remove the principal's sandbox; the next call gets a fresh one. False if there was none."""
         key = principal_key(principal)
-        async with self._lock(key):
-            sandbox = self._sandboxes.get(key)
-            if sandbox is None:
-                return False
-            await self._remove(sandbox, reason="reset")
-            return True
+        with acting_for(principal.tenant, principal.id):
+            async with self._lock(key):
+                sandbox = self._sandboxes.get(key)
+                if sandbox is None:
+                    return False
+                await self._remove(sandbox, reason="reset")
+                return True
 
     async def reap_expired(self) -> int:
         """Remove sandboxes past their idle TTL or max age (never one with a call running)."""
@@ -515,7 +518,7 @@ class Broker:
         on_output: OutputCallback | None = None,
     ) -> ExecOutcome:
         """Run argv in the principal's sandbox under the Decision's limits; `on_output` sees the
-        output as it arrives (on a worker thread)."""
+        output as it arrives (on a thread of the sandbox's own)."""
         grant = Grant.of(decision)
         key = principal_key(principal)
         limit = grant.limits.max_concurrent
@@ -533,7 +536,8 @@ class Broker:
                 timeout_s=grant.timeout_s,
                 max_output_bytes=grant.limits.max_output_bytes,
             )
-            return await self._execute_once_or_twice(principal, grant, request, on_output)
+            with acting_for(principal.tenant, principal.id):
+                return await self._execute_once_or_twice(principal, grant, request, on_output)
         finally:
             self._running[key] -= 1
 
@@ -578,21 +582,29 @@ class Broker:
         """One command through the sandbox's agent, or `docker exec` when it has none; as the
         sandbox's own uid."""
         request = dataclasses.replace(request, user=sandbox.user)
+        attrs["container_id"] = sandbox.container_id
         if sandbox.channel is not None:
-            run = functools.partial(sandbox.channel.run, request, on_output)
-            return await self.ops.acall(
-                "exec", run, container_id=sandbox.container_id, exec_path="agent", **attrs
+            return await self.ops.timed(
+                "exec", sandbox.channel.run, request, on_output, exec_path="agent", **attrs
             )
-        return await self.ops.acall(
-            "exec",
-            self.backend.exec,
-            sandbox.container_id,
-            request,
-            on_output,
-            container_id=sandbox.container_id,
-            exec_path="exec",
-            **attrs,
+        return await self.ops.timed(
+            "exec", self._docker_exec, sandbox, request, on_output, exec_path="exec", **attrs
         )
+
+    async def _docker_exec(
+        self, sandbox: Sandbox, request: ExecRequest, on_output: OutputCallback | None
+    ) -> ExecOutcome:
+        """`docker exec`: create, start and inspect on the shared pool (short calls); the output is
+        read on the sandbox's own stream threads for as long as the command runs."""
+        stream = await self.ops.run(self.backend.exec_open, sandbox.container_id, request)
+        try:
+            pumped = await anyio.to_thread.run_sync(
+                self.backend.exec_pump, stream, request, on_output, limiter=sandbox.streams
+            )
+        except BaseException:
+            close_stream(stream.sock, stream.raw)
+            raise
+        return await self.ops.run(self.backend.exec_result, stream, pumped)
 
     async def _still_running(self, sandbox: Sandbox) -> bool:
         try:
@@ -612,7 +624,7 @@ class Broker:
         code: int | None = None
         try:
             if sandbox.channel is not None:  # the agent (PID 1) kills them itself: no process needed
-                code = await self.ops.acall(
+                code = await self.ops.timed(
                     "exec",
                     sandbox.channel.reap,
                     container_id=sandbox.container_id,

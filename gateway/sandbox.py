@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import anyio
 
 from gateway.backend.agent_channel import AgentChannel
 from gateway.errors import PolicyDenied
 from policy import Decision, Principal
 from policy.model import ExecLimits, Lifecycle, RateLimits, SandboxSpec
 
-__all__ = ["Grant", "Sandbox", "principal_key"]
+__all__ = ["STREAM_THREADS", "Grant", "Sandbox", "principal_key"]
+
+#: Threads one sandbox may use at once to read `docker exec` output streams (its own, never shared;
+#: the policy's per-principal `max_concurrent` bounds its calls before this does).
+STREAM_THREADS = 32
 
 
 @dataclass(slots=True)
@@ -32,6 +38,8 @@ class Sandbox:
     oom_kills: int = 0
     #: The connection to the sandbox's agent; None when commands go through `docker exec`.
     channel: AgentChannel | None = None
+    #: The threads that read this sandbox's `docker exec` streams while its commands run.
+    streams: anyio.CapacityLimiter = field(default_factory=lambda: anyio.CapacityLimiter(STREAM_THREADS))
 
     def expired(self, now: float) -> str | None:
         """Why this sandbox must go now ('idle' or 'max-age'), or None."""

@@ -35,6 +35,8 @@ class Instruments:
     denials: metrics.Counter
     exec_duration: metrics.Histogram
     sandboxes_alive: metrics.UpDownCounter
+    docker_ops_waiting: metrics.UpDownCounter
+    docker_ops_wait: metrics.Histogram
 
 
 def instruments() -> Instruments:
@@ -50,6 +52,15 @@ def instruments() -> Instruments:
         ),
         sandboxes_alive=meter.create_up_down_counter(
             "sandbox_gateway.sandboxes", description="Live sandboxes"
+        ),
+        docker_ops_waiting=meter.create_up_down_counter(
+            "sandbox_gateway.docker_ops.waiting",
+            description="Docker API calls waiting for a worker of the shared pool, by tenant",
+        ),
+        docker_ops_wait=meter.create_histogram(
+            "sandbox_gateway.docker_ops.wait",
+            unit="ms",
+            description="Time a Docker API call waited for a worker of the shared pool, by tenant",
         ),
     )
 

@@ -29,10 +29,12 @@ _EXPORTER = InMemorySpanExporter()
 FIRST_CALL_SPANS = frozenset(
     {"docker.list", "docker.inspect_image", "docker.create", "docker.start", "docker.attach", "docker.exec"}
 )
-#: The same on the `docker exec` path: no attach; exec is made of create, start and inspect.
+#: The same on the `docker exec` path: no attach; exec is made of create, start, reading its output
+#: stream (on the sandbox's own threads) and inspect.
 FIRST_CALL_SPANS_EXEC = (FIRST_CALL_SPANS - {"docker.attach"}) | {
     "docker.exec_create",
     "docker.exec_start",
+    "docker.exec_stream",
     "docker.exec_inspect",
 }
 #: A first call served from a warm pool: the pooled sandbox is renamed to its principal's, then runs.

@@ -7,17 +7,21 @@ gateway keeps its own deadline. A dead, silent or lying agent costs its sandbox,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-import queue
+import logging
 import secrets
 import select
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+import anyio
+import anyio.to_thread
 
 from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
 from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, close_stream
@@ -27,14 +31,21 @@ from gateway.errors import EngineError, SandboxError
 
 __all__ = ["AgentBroken", "AgentCannotStart", "AgentChannel", "AgentFailure", "Connector"]
 
-#: Opens the container's attach stream: the socket, any bytes already read with the headers, and an
-#: object to keep referenced (and close) with the socket.
-Connector = Callable[[], tuple[socket.socket, bytes, Any]]
+_log = logging.getLogger("sandbox_gateway.agent_channel")
+
+#: Opens the container's attach stream (a short Docker API call, made on the shared pool): the socket,
+#: any bytes already read with the headers, and an object to keep referenced (and close) with it.
+Connector = Callable[[], Awaitable[tuple[socket.socket, bytes, Any]]]
 
 #: How long the agent may take to answer hello (a fresh sandbox starts python3 first).
 HELLO_TIMEOUT_S = 15.0
 #: Beyond the agent's own deadline, how long the gateway waits before it gives up on the call.
 _SLACK_S = 2.0
+#: How long an agent may leave a request unread before the channel counts as broken (it reads its
+#: stdin at all times; a full pipe for this long means it is stuck or not the agent).
+_SEND_TIMEOUT_S = 10.0
+#: A kill is best effort: it may not wait that long.
+_KILL_SEND_S = 1.0
 _GONE = object()
 _NO_LOCK = contextlib.nullcontext()
 
@@ -79,18 +90,58 @@ class _AgentDecoder:
         return frames
 
 
+class _Call:
+    """One call in flight. The sandbox's reader thread fills it; the caller awaits its end on the
+    event loop. Output goes straight into bounded captures, so a flood costs that thread alone."""
+
+    def __init__(self, cap: int, on_output: OutputCallback | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ended = asyncio.Event()
+        self.out, self.err = BoundedCapture(cap), BoundedCapture(cap)
+        self.on_output = on_output
+        self.end: tuple[Any, bytes] | None = None
+
+    def deliver(self, kind: Any, payload: bytes) -> None:
+        """On the reader thread: output is kept (bounded), anything else ends the call."""
+        if self.end is not None:
+            return
+        if kind in (OUT, ERR):
+            (self.out if kind == OUT else self.err).write(payload)
+            if self.on_output is not None:
+                try:
+                    self.on_output("stdout" if kind == OUT else "stderr", payload)
+                except Exception:  # noqa: BLE001 - the reader thread's top: a failing observer must not stop it
+                    _log.exception("an output observer failed; it sees no more of this call")
+                    self.on_output = None
+            return
+        self.end = (kind, payload)
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits any more
+            self._loop.call_soon_threadsafe(self._ended.set)
+
+    async def ended(self, timeout_s: float) -> tuple[Any, bytes] | None:
+        """The frame that ended the call, or None when `timeout_s` passed first."""
+        with anyio.move_on_after(max(0.0, timeout_s)):
+            await self._ended.wait()
+        return self.end
+
+
 class AgentChannel:
-    """Thread-safe: `run` may be called from several worker threads at once."""
+    """The calls of one sandbox over its attach stream. Calls are awaited on the event loop; the
+    blocking socket I/O runs on threads that belong to this sandbox alone (one reader for the
+    channel's life, and one at a time for the handshake and for sends), never on a shared pool."""
 
     def __init__(self, connect: Connector, *, container_id: str = "") -> None:
         self._connect = connect
         self.container_id = container_id
         self._lock = threading.Lock()
+        self._opening = anyio.Lock()
         self._send_lock = threading.Lock()
         self._tls_lock = threading.Lock()
+        #: This sandbox's own threads for blocking writes and the handshake (never the shared pool).
+        self._io = anyio.CapacityLimiter(1)
         self._sock: socket.socket | None = None
         self._keep: Any = None
-        self._pending: dict[int, queue.SimpleQueue[Any]] = {}
+        self._pending: dict[int, _Call] = {}
         self._next_id = secrets.randbelow(2**30) + 1
         self._diagnostics = bytearray()
         self.broken_reason = ""
@@ -101,33 +152,39 @@ class AgentChannel:
     def connected(self) -> bool:
         return self._sock is not None
 
-    def open(self) -> None:
+    async def open(self) -> None:
         """Attach and handshake; a no-op when already connected."""
-        with self._lock:
+        async with self._opening:
             if self._sock is not None:
                 return
-            sock, early, keep = self._connect()
-            nonce = secrets.token_hex(16)
-            expected = f"{nonce} {PROTOCOL}".encode()
-            hello = HEADER.pack(HELLO, 0, len(expected)) + expected
+            sock, early, keep = await self._connect()
             try:
-                sock.settimeout(HELLO_TIMEOUT_S)
-                sock.sendall(b"\n" + _line({"op": "hello", "nonce": nonce}))
-                rest = self._await_hello(sock, early, hello)
-                sock.settimeout(None)
+                rest = await anyio.to_thread.run_sync(self._handshake, sock, early, limiter=self._io)
             except (OSError, FrameError) as exc:
                 close_stream(sock, keep)
                 raise AgentBroken(
                     "the sandbox agent did not answer (is the image built by `sandbox-gateway setup`, "
                     "with /opt/sandbox-gateway/agent.py? set `exec_path: exec` in the profile otherwise)"
                 ) from exc
-            self._sock, self._keep, self.broken_reason = sock, keep, ""
+            with self._lock:
+                self._sock, self._keep, self.broken_reason = sock, keep, ""
             threading.Thread(
                 target=self._read_forever,
                 args=(sock, rest),
                 name=f"agent-{self.container_id[:12]}",
                 daemon=True,
             ).start()
+
+    def _handshake(self, sock: socket.socket, early: bytes) -> bytes:
+        """Send hello with a fresh nonce and wait for its exact answer; the bytes after it."""
+        nonce = secrets.token_hex(16)
+        expected = f"{nonce} {PROTOCOL}".encode()
+        hello = HEADER.pack(HELLO, 0, len(expected)) + expected
+        sock.settimeout(HELLO_TIMEOUT_S)
+        sock.sendall(b"\n" + _line({"op": "hello", "nonce": nonce}))
+        rest = self._await_hello(sock, early, hello)
+        sock.settimeout(None)
+        return rest
 
     def _await_hello(self, sock: socket.socket, early: bytes, hello: bytes) -> bytes:
         """Skip what an earlier connection left in the stream until the exact answer to our nonce."""
@@ -188,7 +245,7 @@ class AgentChannel:
                 for kind, request_id, payload in agent.feed(agent_bytes):
                     target = self._pending.get(request_id)
                     if target is not None:
-                        target.put((kind, payload))
+                        target.deliver(kind, payload)
                 data = self._receive(sock)
                 if not data:
                     break
@@ -202,6 +259,8 @@ class AgentChannel:
             reason = f"the agent broke the protocol ({exc})"
         except OSError as exc:
             reason = f"the attach stream failed ({exc.strerror or exc})"
+        except ValueError:  # closed by close() between two reads (select() of a closed socket)
+            reason = "the attach stream was closed"
         with self._lock:
             keep = None
             if self._sock is sock:
@@ -209,42 +268,59 @@ class AgentChannel:
             self.broken_reason = reason + self._diagnostic_suffix()
         close_stream(sock, keep)
         for target in list(self._pending.values()):
-            target.put((_GONE, b""))
+            target.deliver(_GONE, b"")
 
     # -- calls -----------------------------------------------------------------------------------
 
-    def _send(self, body: dict[str, Any]) -> None:
+    def _send_blocking(self, sock: socket.socket, data: bytes) -> None:
+        with self._send_lock, self._tls_lock if isinstance(sock, ssl.SSLSocket) else _NO_LOCK:
+            sock.sendall(data)
+
+    async def _send(self, body: dict[str, Any], timeout_s: float | None = None) -> None:
+        """Write one request on this sandbox's own thread. An agent that does not take it within
+        `timeout_s` (it stopped reading its stdin) has broken the channel."""
         sock = self._sock
         if sock is None:
             raise AgentBroken(f"the connection to the sandbox agent is closed: {self.broken_reason}")
+        sent = False
         try:
-            with self._send_lock, self._tls_lock if isinstance(sock, ssl.SSLSocket) else _NO_LOCK:
-                sock.sendall(_line(body))
+            with anyio.move_on_after(_SEND_TIMEOUT_S if timeout_s is None else timeout_s):
+                await anyio.to_thread.run_sync(
+                    self._send_blocking, sock, _line(body), limiter=self._io, abandon_on_cancel=True
+                )
+                sent = True
         except OSError as exc:
             raise AgentBroken("the connection to the sandbox agent broke off while sending") from exc
+        if not sent:
+            self.close()  # unblocks the abandoned send, and fails the calls in flight
+            raise AgentBroken("the sandbox agent stopped taking requests")
 
     def _call_id(self) -> int:
         with self._lock:
             self._next_id = self._next_id % (2**31) + 1
             return self._next_id
 
-    @contextlib.contextmanager
-    def _call(self) -> Iterator[tuple[int, queue.SimpleQueue[Any]]]:
-        """A connected channel, a fresh call id and the inbox its frames are routed to while open."""
-        self.open()
+    @contextlib.asynccontextmanager
+    async def _call(
+        self, cap: int, on_output: OutputCallback | None = None
+    ) -> AsyncIterator[tuple[int, _Call]]:
+        """A connected channel, a fresh call id and the call its frames are routed to while open."""
+        await self.open()
         call_id = self._call_id()
-        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._pending[call_id] = inbox
+        call = _Call(cap, on_output)
+        self._pending[call_id] = call
         try:
-            yield call_id, inbox
+            yield call_id, call
         finally:
             self._pending.pop(call_id, None)
 
-    def run(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecOutcome:
-        """Run one command; blocks until it ends, its deadline passes, or the stream breaks."""
-        with self._call() as (call_id, inbox):
+    async def run(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecOutcome:
+        """Run one command; returns when it ends, its deadline passes, or the stream breaks.
+        `on_output` sees the output as it arrives, on the sandbox's reader thread."""
+        async with self._call(request.max_output_bytes, on_output) as (call_id, call):
             started = time.monotonic()
-            summary, out, err = self._run(call_id, inbox, request, on_output)
+            summary = await self._run(call_id, call, request)
+        out, err = call.out, call.err
         stdout_total = max(out.total, _count(summary.get("stdout_bytes")))
         stderr_total = max(err.total, _count(summary.get("stderr_bytes")))
         return ExecOutcome(
@@ -259,17 +335,10 @@ class AgentChannel:
             sandbox_lost=bool(summary.get("lost")),
         )
 
-    def _run(
-        self,
-        call_id: int,
-        inbox: queue.SimpleQueue[Any],
-        request: ExecRequest,
-        on_output: OutputCallback | None,
-    ) -> tuple[dict[str, Any], BoundedCapture, BoundedCapture]:
-        """Send the command and collect its frames: (the end-of-call summary, stdout, stderr)."""
+    async def _run(self, call_id: int, call: _Call, request: ExecRequest) -> dict[str, Any]:
+        """Send the command and wait for its end: the end-of-call summary (output is in `call`)."""
         started = time.monotonic()
         deadline_s = request.timeout_s + request.grace_s
-        out, err = BoundedCapture(request.max_output_bytes), BoundedCapture(request.max_output_bytes)
         body: dict[str, Any] = {
             "op": "run",
             "id": call_id,
@@ -282,42 +351,37 @@ class AgentChannel:
         wrapped = unwrap_timeout(request.argv)
         if wrapped is not None:  # the agent times the command itself, as `timeout` would
             body["timeout_s"], body["kill_after_s"], body["argv"] = wrapped
-        self._send(body)
-        end = started + deadline_s + _SLACK_S
-        while True:
-            try:
-                kind, payload = inbox.get(timeout=max(0.0, end - time.monotonic()))
-            except queue.Empty:
-                self._kill(call_id)
-                return {"exit_code": None, "deadline_hit": True}, out, err
-            if kind is _GONE:
-                # The container may have died (the broker checks); the output so far is kept.
-                return {"exit_code": None, "deadline_hit": False, "lost": True}, out, err
-            if kind in (OUT, ERR):
-                (out if kind == OUT else err).write(payload)
-                if on_output is not None:
-                    on_output("stdout" if kind == OUT else "stderr", payload)
-            elif kind == EXIT:
-                return _summary(payload), out, err
-            elif kind == FAIL:
-                error, message = _failure(payload)
-                raise (AgentCannotStart if error == "no-resources" else AgentFailure)(message)
+        await self._send(body)
+        try:
+            end = await call.ended(started + deadline_s + _SLACK_S - time.monotonic())
+        except BaseException:  # cancelled (the client went away): the command goes too
+            with anyio.CancelScope(shield=True):
+                await self._kill(call_id)
+            raise
+        if end is None:
+            await self._kill(call_id)
+            return {"exit_code": None, "deadline_hit": True}
+        kind, payload = end
+        if kind is _GONE:
+            # The container may have died (the broker checks); the output so far is kept.
+            return {"exit_code": None, "deadline_hit": False, "lost": True}
+        if kind == EXIT:
+            return _summary(payload)
+        error, message = _failure(payload)  # FAIL: the reader only ends a call on EXIT, FAIL or _GONE
+        raise (AgentCannotStart if error == "no-resources" else AgentFailure)(message)
 
-    def _kill(self, call_id: int) -> None:
+    async def _kill(self, call_id: int) -> None:
         with contextlib.suppress(AgentBroken):
-            self._send({"op": "kill", "id": call_id})
+            await self._send({"op": "kill", "id": call_id}, timeout_s=_KILL_SEND_S)
 
-    def reap(self, timeout_s: float = 5.0) -> int | None:
+    async def reap(self, timeout_s: float = 5.0) -> int | None:
         """Kill every process of the sandbox's uid except the agent; 0 killed some, 1 found none."""
-        with self._call() as (call_id, inbox):
-            self._send({"op": "reap", "id": call_id})
-            try:
-                kind, payload = inbox.get(timeout=timeout_s)
-            except queue.Empty:
-                return None
-        if kind != EXIT:
+        async with self._call(0) as (call_id, call):
+            await self._send({"op": "reap", "id": call_id})
+            end = await call.ended(timeout_s)
+        if end is None or end[0] != EXIT:
             return None
-        code = _summary(payload)["exit_code"]
+        code = _summary(end[1])["exit_code"]
         return code if isinstance(code, int) else None
 
 

@@ -8,7 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Backend", "ContainerInfo", "ExecOutcome", "ExecRequest", "OutputCallback", "close_stream"]
+__all__ = [
+    "Backend",
+    "ContainerInfo",
+    "ExecOutcome",
+    "ExecRequest",
+    "ExecStream",
+    "OutputCallback",
+    "Pumped",
+    "close_stream",
+]
 
 #: Called with ("stdout" | "stderr", chunk) as a command's output arrives, on the calling thread.
 OutputCallback = Callable[[str, bytes], None]
@@ -50,6 +59,27 @@ class ExecOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecStream:
+    """A `docker exec` started: its id and its output stream (socket, response, bytes already read)."""
+
+    container_id: str
+    exec_id: str
+    sock: socket.socket
+    raw: Any
+    early: bytes
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pumped:
+    """A `docker exec`'s output, read to its end or its deadline."""
+
+    out: Any
+    err: Any
+    deadline_hit: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerInfo:
     """A container as listed by the engine."""
 
@@ -80,6 +110,14 @@ class Backend(Protocol):
     def exec(
         self, container_id: str, request: ExecRequest, on_output: OutputCallback | None = None
     ) -> ExecOutcome: ...
+
+    def exec_open(self, container_id: str, request: ExecRequest) -> ExecStream: ...
+
+    def exec_pump(
+        self, stream: ExecStream, request: ExecRequest, on_output: OutputCallback | None = None
+    ) -> Pumped: ...
+
+    def exec_result(self, stream: ExecStream, pumped: Pumped) -> ExecOutcome: ...
 
     def attach(self, container_id: str) -> tuple[socket.socket, bytes, Any]: ...
 

@@ -16,7 +16,15 @@ import docker
 import docker.errors
 import requests
 
-from gateway.backend.base import ContainerInfo, ExecOutcome, ExecRequest, OutputCallback, close_stream
+from gateway.backend.base import (
+    ContainerInfo,
+    ExecOutcome,
+    ExecRequest,
+    ExecStream,
+    OutputCallback,
+    Pumped,
+    close_stream,
+)
 from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
 from gateway.errors import EngineError, SandboxError
 from gateway.telemetry import tracer
@@ -168,7 +176,12 @@ class DockerBackend:
     def exec(
         self, container_id: str, request: ExecRequest, on_output: OutputCallback | None = None
     ) -> ExecOutcome:
-        """exec create, start (hijacked stream, read into bounded captures) and inspect: a span each."""
+        """exec create, start (hijacked stream, read into bounded captures) and inspect, in one go."""
+        stream = self.exec_open(container_id, request)
+        return self.exec_result(stream, self.exec_pump(stream, request, on_output))
+
+    def exec_open(self, container_id: str, request: ExecRequest) -> ExecStream:
+        """exec create and start (short Docker API calls): the command runs, its stream is open."""
         started = time.monotonic()
         attributes = {"sandbox_gateway.container_id": container_id}
         with tracer().start_as_current_span("docker.exec_create", attributes=attributes):
@@ -186,26 +199,45 @@ class DockerBackend:
                 environment=request.env,
             )
         exec_id = created["Id"]
-        out, err = BoundedCapture(request.max_output_bytes), BoundedCapture(request.max_output_bytes)
-        with tracer().start_as_current_span("docker.exec_start", attributes=attributes) as span:
+        with tracer().start_as_current_span("docker.exec_start", attributes=attributes):
             raw = self._call("start a command", self._api.exec_start, exec_id, socket=True)
-            sock: socket.socket = getattr(raw, "_sock", raw)  # a TLS connection is the socket itself
+        sock: socket.socket = getattr(raw, "_sock", raw)  # a TLS connection is the socket itself
+        try:
+            sock.setblocking(False)
+            early = _already_buffered(raw)
+        except OSError:
+            close_stream(sock, raw)
+            raise
+        return ExecStream(container_id, exec_id, sock, raw, early, started)
+
+    def exec_pump(
+        self, stream: ExecStream, request: ExecRequest, on_output: OutputCallback | None = None
+    ) -> Pumped:
+        """Read the command's output until it ends or its deadline passes (as long as the command
+        runs: call it on threads of the sandbox's own, not on the pool for short calls); closes the stream."""
+        out, err = BoundedCapture(request.max_output_bytes), BoundedCapture(request.max_output_bytes)
+        attributes = {"sandbox_gateway.container_id": stream.container_id}
+        with tracer().start_as_current_span("docker.exec_stream", attributes=attributes) as span:
             try:
-                sock.setblocking(False)
-                early = _already_buffered(raw)
-                deadline = started + request.timeout_s + request.grace_s
-                deadline_hit = _pump(sock, out, err, deadline, early, on_output=on_output)
+                deadline = stream.started + request.timeout_s + request.grace_s
+                deadline_hit = _pump(stream.sock, out, err, deadline, stream.early, on_output=on_output)
             finally:
-                close_stream(sock, raw)
+                close_stream(stream.sock, stream.raw)
             span.set_attribute("sandbox_gateway.stdout_bytes", out.total)
             span.set_attribute("sandbox_gateway.stderr_bytes", err.total)
+        return Pumped(out, err, deadline_hit)
+
+    def exec_result(self, stream: ExecStream, pumped: Pumped) -> ExecOutcome:
+        """exec inspect (a short Docker API call): the outcome of a pumped command."""
+        attributes = {"sandbox_gateway.container_id": stream.container_id}
         with tracer().start_as_current_span("docker.exec_inspect", attributes=attributes):
             try:
-                info = self._call("read a command's exit status", self._api.exec_inspect, exec_id)
+                info = self._call("read a command's exit status", self._api.exec_inspect, stream.exec_id)
                 lost = False
             except SandboxGone:
                 info, lost = {}, True
         exit_code = None if info.get("Running") else info.get("ExitCode")
+        out, err = pumped.out, pumped.err
         return ExecOutcome(
             exit_code=exit_code,
             stdout=out.getvalue(),
@@ -213,8 +245,8 @@ class DockerBackend:
             stdout_bytes=out.total,
             stderr_bytes=err.total,
             truncated=out.truncated or err.truncated,
-            deadline_hit=deadline_hit,
-            duration_ms=(time.monotonic() - started) * 1000,
+            deadline_hit=pumped.deadline_hit,
+            duration_ms=(time.monotonic() - stream.started) * 1000,
             sandbox_lost=lost,
         )
 

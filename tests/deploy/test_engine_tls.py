@@ -146,7 +146,12 @@ def test_the_gateway_configured_the_docker_way_is_ready_over_tls(
     try:
         ready = httpx.get(f"{gateway.base}/ready", timeout=10)
         assert ready.status_code == 200, ready.text
-        assert ready.json() == {"audit": True, "engine": True, "image": True, "ready": True}
+        checks = ready.json()
+        assert {k: checks[k] for k in ("audit", "engine", "image", "ready")} == dict.fromkeys(
+            ("audit", "engine", "image", "ready"), True
+        )
+        assert checks["docker_ops"]["saturated"] is False and checks["docker_ops"]["workers"] == 16
+        assert checks["executions"] == {"running": 0}
         assert '"event":"sandbox.sweep"' in gateway.audit_log.read_text(), "the start-up sweep went through"
         result = anyio.run(_echo_over_mcp, gateway)
         assert result == "through tls\n"

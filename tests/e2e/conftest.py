@@ -47,11 +47,13 @@ def start_gateway(
     env: dict[str, str] | None = None,
     https: bool = False,
     preexec: Callable[[], None] | None = None,
+    tenants: dict[str, str] | None = None,
 ) -> Gateway:
-    """Start the gateway on a free port with a tokens file; wait until /health answers."""
+    """Start the gateway on a free port with a tokens file (each principal in its tenant from
+    `tenants`, else `default`); wait until /health answers."""
     store = TokenStore(tmp / "tokens.jsonl")
     tokens = {
-        name: store.create(name, profile=profile)
+        name: store.create(name, profile=profile, tenant=(tenants or {}).get(name, "default"))
         for name, profile in (principals or {"alice": "default", "bob": "default"}).items()
     }
     port = _free_port()

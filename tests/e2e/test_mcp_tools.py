@@ -157,7 +157,12 @@ def test_health_and_ready(gateway: Gateway) -> None:
     assert httpx.get(f"{gateway.base}/health").json()["status"] == "ok"
     ready = httpx.get(f"{gateway.base}/ready")
     assert ready.status_code == 200
-    assert ready.json() == {"audit": True, "engine": True, "image": True, "ready": True}
+    checks = ready.json()
+    assert {k: checks[k] for k in ("audit", "engine", "image", "ready")} == dict.fromkeys(
+        ("audit", "engine", "image", "ready"), True
+    )
+    assert checks["docker_ops"]["saturated"] is False and checks["docker_ops"]["workers"] == 16
+    assert checks["executions"] == {"running": 0}
 
 
 async def test_the_audit_log_records_principal_tool_decision_and_outcome(gateway: Gateway) -> None:

@@ -177,7 +177,7 @@ async def test_every_docker_operation_has_a_span_and_an_audit_event(
     assert set(spans) == (FIRST_CALL_SPANS if exec_path == "agent" else FIRST_CALL_SPANS_EXEC)
     assert spans["docker.exec"].attributes["sandbox_gateway.exec_path"] == exec_path
     if exec_path == "exec":
-        for child in ("docker.exec_create", "docker.exec_start", "docker.exec_inspect"):
+        for child in ("docker.exec_create", "docker.exec_start", "docker.exec_stream", "docker.exec_inspect"):
             assert spans[child].parent.span_id == spans["docker.exec"].context.span_id
     container = spans["docker.exec"].attributes["sandbox_gateway.container_id"]
     assert spans["docker.create"].attributes["sandbox_gateway.container_id"] == container

@@ -9,11 +9,12 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 
+import anyio
 import pytest
 
 from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
 from gateway.backend.agent_channel import AgentBroken, AgentCannotStart, AgentChannel, AgentFailure
-from gateway.backend.base import ExecRequest
+from gateway.backend.base import ExecOutcome, ExecRequest
 
 Script = Callable[[socket.socket, dict[str, object]], None]
 
@@ -41,7 +42,7 @@ class FakeAgent:
         self.requests: list[dict[str, object]] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
-    def connect(self) -> tuple[socket.socket, bytes, object]:
+    async def connect(self) -> tuple[socket.socket, bytes, object]:
         return self.ours, b"", None
 
     def _serve(self) -> None:
@@ -73,6 +74,11 @@ def _request(timeout_s: float = 5, cap: int = 1024) -> ExecRequest:
     )
 
 
+def _run(channel: AgentChannel, request: ExecRequest) -> ExecOutcome:
+    """One call, awaited on an event loop of its own (the channel's reader thread outlives it)."""
+    return anyio.run(channel.run, request)
+
+
 @pytest.fixture
 def channel_for() -> Iterator[Callable[..., AgentChannel]]:
     made: list[tuple[AgentChannel, FakeAgent]] = []
@@ -96,7 +102,7 @@ def test_output_and_exit_status_come_back(channel_for: Callable[..., AgentChanne
         peer.sendall(_agent_frame(OUT, call_id, b"hi\n") + _agent_frame(ERR, call_id, b"oops\n"))
         peer.sendall(_exit(call_id, exit_code=3, stdout_bytes=3, stderr_bytes=5))
 
-    outcome = channel_for(script).run(_request())
+    outcome = _run(channel_for(script), _request())
     assert (outcome.exit_code, outcome.stdout, outcome.stderr) == (3, b"hi\n", b"oops\n")
     assert not outcome.truncated and not outcome.sandbox_lost
 
@@ -110,7 +116,7 @@ def test_leftovers_of_an_earlier_connection_before_hello_are_skipped(
     # An agent frame cut short when the earlier connection dropped (attach always starts a new
     # Docker frame, but the agent's own frame may continue from before).
     stale = _docker_frame(1, HEADER.pack(OUT, 7, 100) + b"from before")
-    assert channel_for(script, prelude=stale).run(_request()).exit_code == 0
+    assert _run(channel_for(script, prelude=stale), _request()).exit_code == 0
 
 
 def test_frames_for_unknown_calls_are_ignored(channel_for: Callable[..., AgentChannel]) -> None:
@@ -119,7 +125,7 @@ def test_frames_for_unknown_calls_are_ignored(channel_for: Callable[..., AgentCh
         peer.sendall(_agent_frame(OUT, call_id + 1000, b"not yours") + _agent_frame(OUT, call_id, b"yours"))
         peer.sendall(_exit(call_id))
 
-    assert channel_for(script).run(_request()).stdout == b"yours"
+    assert _run(channel_for(script), _request()).stdout == b"yours"
 
 
 def test_a_flooding_agent_is_capped_by_the_gateway(channel_for: Callable[..., AgentChannel]) -> None:
@@ -129,7 +135,7 @@ def test_a_flooding_agent_is_capped_by_the_gateway(channel_for: Callable[..., Ag
             peer.sendall(_agent_frame(OUT, call_id, b"a" * 4096))
         peer.sendall(_exit(call_id, stdout_bytes=-5))  # a lie about the count is not believed
 
-    outcome = channel_for(script).run(_request(cap=1000))
+    outcome = _run(channel_for(script), _request(cap=1000))
     assert len(outcome.stdout) == 1000 and outcome.truncated and outcome.stdout_bytes == 64 * 4096
 
 
@@ -147,7 +153,7 @@ def test_a_protocol_breach_breaks_the_channel_and_loses_the_call(
         peer.sendall(_docker_frame(1, garbage))
 
     channel = channel_for(script)
-    outcome = channel.run(_request())
+    outcome = _run(channel, _request())
     assert outcome.sandbox_lost and outcome.exit_code is None
     assert not channel.connected and "broke the protocol" in channel.broken_reason
 
@@ -161,11 +167,11 @@ def test_a_malformed_result_is_refused(channel_for: Callable[..., AgentChannel],
         peer.sendall(_agent_frame(EXIT, int(str(request["id"])), body))
 
     with pytest.raises(AgentBroken, match="malformed result"):
-        channel_for(script).run(_request())
+        _run(channel_for(script), _request())
 
 
 def test_a_silent_agent_meets_the_gateways_deadline(channel_for: Callable[..., AgentChannel]) -> None:
-    outcome = channel_for(lambda peer, request: None).run(_request(timeout_s=0.1))
+    outcome = _run(channel_for(lambda peer, request: None), _request(timeout_s=0.1))
     assert outcome.deadline_hit and outcome.exit_code is None
 
 
@@ -179,7 +185,7 @@ def _refusing(error: str, message: str) -> Script:
 
 def test_a_refusal_is_a_clear_error(channel_for: Callable[..., AgentChannel]) -> None:
     with pytest.raises(AgentFailure, match="No such file") as info:
-        channel_for(_refusing("spawn-failed", "could not start: No such file or directory")).run(_request())
+        _run(channel_for(_refusing("spawn-failed", "could not start: No such file or directory")), _request())
     assert info.value.code == "sandbox-agent-refused"
 
 
@@ -189,7 +195,7 @@ def test_a_command_the_sandbox_has_no_resources_to_start_says_the_sandbox_is_exh
     """The broker replaces a sandbox on this code (tests/integration/test_execution.py)."""
     script = _refusing("no-resources", "could not start: Resource temporarily unavailable")
     with pytest.raises(AgentCannotStart, match="temporarily unavailable") as info:
-        channel_for(script).run(_request())
+        _run(channel_for(script), _request())
     assert info.value.code == "sandbox-exhausted"
 
 
@@ -198,8 +204,75 @@ def test_an_agent_that_never_answers_hello_is_reported(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(module, "HELLO_TIMEOUT_S", 0.2)
     ours, theirs = socket.socketpair()
-    channel = AgentChannel(lambda: (ours, b"", None))
+
+    async def connect() -> tuple[socket.socket, bytes, object]:
+        return ours, b"", None
+
+    channel = AgentChannel(connect)
     with pytest.raises(AgentBroken, match="did not answer"):
-        channel.open()
+        anyio.run(channel.open)
     theirs.close()
     assert ours.fileno() == -1, "the unanswered connection is closed"
+
+
+def test_calls_waiting_on_the_agent_hold_no_thread(channel_for: Callable[..., AgentChannel]) -> None:
+    """Fifty calls in flight on one channel wait on the event loop, not on a thread each."""
+    asked: list[int] = []
+    peers: list[socket.socket] = []
+
+    def script(peer: socket.socket, request: dict[str, object]) -> None:
+        asked.append(int(str(request["id"])))
+        peers[:] = [peer]
+
+    channel = channel_for(script)
+    added: list[int] = []
+
+    async def main() -> list[ExecOutcome]:
+        await channel.open()
+        before = threading.active_count()
+        outcomes: list[ExecOutcome] = []
+
+        async def one() -> None:
+            outcomes.append(await channel.run(_request()))
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(50):
+                tasks.start_soon(one)
+            with anyio.fail_after(5):
+                while len(asked) < 50:
+                    await anyio.sleep(0.01)
+            added.append(threading.active_count() - before)
+            peers[0].sendall(b"".join(_exit(call_id) for call_id in asked))
+        return outcomes
+
+    outcomes = anyio.run(main)
+    assert [o.exit_code for o in outcomes] == [0] * 50
+    assert added[0] <= 2, f"{added[0]} threads more while 50 calls wait (at most an idle sender's)"
+
+
+def test_an_agent_that_stops_reading_breaks_its_own_channel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request the agent does not take within the send timeout breaks the channel; nothing waits on."""
+    import gateway.backend.agent_channel as module
+
+    monkeypatch.setattr(module, "_SEND_TIMEOUT_S", 0.3)
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    def hello_then_deaf() -> None:
+        line = b""
+        while b"\n" not in line.lstrip(b"\n"):
+            line += theirs.recv(4096)
+        request = json.loads(line.strip().split(b"\n")[0])
+        theirs.sendall(_agent_frame(HELLO, 0, f"{request['nonce']} {PROTOCOL}".encode()))
+
+    threading.Thread(target=hello_then_deaf, daemon=True).start()
+
+    async def connect() -> tuple[socket.socket, bytes, object]:
+        return ours, b"", None
+
+    channel = AgentChannel(connect)
+    big = ExecRequest(argv=["x" * 4_000_000], user="", workdir="/", env=[], timeout_s=5, max_output_bytes=10)
+    with pytest.raises(AgentBroken, match="stopped taking requests"):
+        anyio.run(channel.run, big)
+    assert not channel.connected
+    theirs.close()
