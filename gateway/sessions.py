@@ -23,7 +23,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import RequestBodyLimitMiddleware
 from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.budgets import budget_instruments
 
@@ -165,8 +165,22 @@ class GatewaySessionManager(StreamableHTTPSessionManager):
             )
             await _refusal(message)(scope, receive, send)
             return
-        try:
-            await self._handle_request(scope, receive, send)
-        finally:
-            if entered:
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if entered and not left:
+                left = True
                 self.table.leave(session_id)
+
+        async def send_then_leave(message: Message) -> None:
+            # The request stops counting when its response's last byte is handed over, not when the
+            # handler returns: a client may send its next request in between.
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                leave()
+
+        try:
+            await self._handle_request(scope, receive, send_then_leave)
+        finally:
+            leave()
