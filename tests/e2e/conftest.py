@@ -23,6 +23,19 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from gateway.tokens import TokenStore
 from tests.conftest import PROXY_URL
 
+#: Headers of a raw JSON-RPC POST to /mcp, and an `initialize` request (for tests below the SDK client).
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
+
 
 @dataclass
 class Gateway:

@@ -16,21 +16,10 @@ import pytest
 from audit.chain import verify_lines
 from audit.schema import EVENTS, AuditEvent
 from gateway.tokens import TokenStore
-from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
+from tests.e2e.conftest import ACCEPT, INIT, Gateway, mcp_client, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.anyio
 
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 #: A value that must never reach the log when an argument carrying it is refused.
 MARKER = "do-not-log-" + uuid.uuid4().hex
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
+from tests.e2e.conftest import INIT, Gateway, mcp_client, start_gateway, stop_gateway
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -28,16 +28,6 @@ LONG_S = 25
 CALLS = 30
 #: The issue's bound for a bystander's call while the neighbours are at full load.
 BOUND_S = 2.0
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "f", "version": "1"},
-    },
-}
 
 
 #: About 20 MB of output (the gateway keeps its 1 MiB cap of it).

@@ -21,24 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from gateway.tokens import TokenEntry, TokenStore, hash_token
-from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
+from tests.e2e.conftest import ACCEPT, INIT, Gateway, mcp_client, start_gateway, stop_gateway
 from tests.e2e.test_cli import cli
 
 pytestmark = pytest.mark.anyio
 ISSUER = "https://issuer.test"
 AUDIENCE = "sandbox-gateway-test"
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 LIST_TOOLS = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 
 
 def post(gateway: Gateway, token: str | None, body: Any = INIT, **headers: str) -> httpx.Response:
