@@ -580,7 +580,7 @@ def sandbox() -> tuple[str, str]:
     return container_id, body["Labels"][USER_LABEL]
 
 
-def _exec_body(user: str, **changes: Any) -> dict[str, Any]:
+def exec_body(user: str, **changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "Container": "x",
         "User": user,
@@ -618,7 +618,7 @@ def test_exec_create_runs_only_as_the_sandbox_itself(
     sandbox: tuple[str, str], changes: dict[str, Any]
 ) -> None:
     container_id, user = sandbox
-    body = _exec_body(user, **changes)
+    body = exec_body(user, **changes)
     response = call("POST", f"/v1.41/containers/{container_id}/exec", body)
     assert response.status_code == 403, response.text
     assert refused_by(response) in ("body-shape", "body-json", "user")
@@ -639,7 +639,7 @@ def test_start_kill_wait_and_attach_take_no_body_and_attach_never_replays_logs(
     assert not_upgraded.status_code == 403 and refused_by(not_upgraded) == "upgrade"
     signal = call("POST", f"/v1.41/containers/{container_id}/kill?signal=SIGSTOP")
     assert signal.status_code == 403 and refused_by(signal) == "query"
-    allowed = call("POST", f"/v1.41/containers/{container_id}/exec", _exec_body(user))
+    allowed = call("POST", f"/v1.41/containers/{container_id}/exec", exec_body(user))
     assert allowed.status_code == 201
 
 
@@ -752,6 +752,6 @@ def test_an_exec_carrying_the_largest_code_passes(sandbox: tuple[str, str]) -> N
     container_id, user = sandbox
     code = '\u00e9"\n' * (MAX_ARGV_BYTES // 12)  # escapes to several times its size in JSON
     response = call(
-        "POST", f"/v1.41/containers/{container_id}/exec", _exec_body(user, Cmd=["true", *split_chunks(code)])
+        "POST", f"/v1.41/containers/{container_id}/exec", exec_body(user, Cmd=["true", *split_chunks(code)])
     )
     assert response.status_code == 201, response.text[:300]

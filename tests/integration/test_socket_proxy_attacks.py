@@ -26,7 +26,7 @@ from gateway.setup.state import SetupPaths
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import load_policy
 from tests.conftest import IMAGE, PROXY_URL
-from tests.integration.test_socket_proxy import call, refused_by, sandbox_name
+from tests.integration.test_socket_proxy import call, exec_body, refused_by, sandbox_name
 from tests.integration.test_socket_proxy import engine_call as _engine
 
 SOCKET = PROXY_URL.removeprefix("unix://")
@@ -80,16 +80,7 @@ def _demux(stream: bytes) -> bytes:
 
 def _run_in(container_id: str, user: str, cmd: list[str]) -> str:
     """Run `cmd` in a sandbox through the proxy (exec create + start), as the broker does."""
-    body = {
-        "Container": container_id,
-        "User": user,
-        "Privileged": False,
-        "Tty": False,
-        "AttachStdin": False,
-        "AttachStdout": True,
-        "AttachStderr": True,
-        "Cmd": cmd,
-    }
+    body = exec_body(user, Container=container_id, Cmd=cmd)
     made = call("POST", f"/v1.41/containers/{container_id}/exec", body)
     assert made.status_code == 201, made.text
     start = b'{"Detach":false,"Tty":false}'
