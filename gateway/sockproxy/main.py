@@ -23,7 +23,7 @@ from gateway.config import DEFAULT_DOCKER_SOCKET, DEFAULT_PROXY_SOCKET, ENV_SAND
 from gateway.errors import ConfigError
 from gateway.sockproxy.rules import ProxyRules
 from gateway.sockproxy.server import ProxyServer
-from gateway.uids import DEFAULT_UID_RANGE, UidRange
+from gateway.uids import DEFAULT_UID_RANGE, UidRange, host_accounts_in
 
 __all__ = ["add_arguments", "rules_from_args", "run"]
 
@@ -73,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def rules_from_args(args: argparse.Namespace) -> ProxyRules:
     uids = UidRange.parse(args.sandbox_uids)
+    if accounts := host_accounts_in(uids):
+        raise ConfigError(
+            f"the sandbox uid range {uids} holds host accounts ({'; '.join(accounts[:5])}); "
+            "choose a range no account, group or subordinate id range uses"
+        )
     for path in (*args.mount_source, *args.mount_root):
         if not os.path.isabs(path) or os.path.normpath(path) != path:
             raise ConfigError(f"mount directory {path!r} must be an absolute, normalised path")

@@ -71,3 +71,21 @@ def test_serve_refuses_a_range_that_holds_a_host_account(tmp_path: Path) -> None
     )
     assert proc.returncode != 0
     assert "holds host accounts" in proc.stderr and "nobody" in proc.stderr
+
+
+def test_the_socket_proxy_refuses_a_range_that_holds_a_host_account(tmp_path: Path) -> None:
+    """The boundary checks the range too: the proxy will not start on one that holds `nobody`."""
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "gateway.sockproxy", "--sandbox-uids", "1000-70000",
+            "--listen", f"unix:{tmp_path / 'proxy.sock'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "holds host accounts" in proc.stderr and "nobody" in proc.stderr
+    assert not (tmp_path / "proxy.sock").exists()
