@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import secrets
 import sys
 
@@ -17,6 +16,7 @@ from gateway.backend.docker_engine import DockerBackend, tls_config
 from gateway.broker import Broker
 from gateway.config import Settings
 from gateway.errors import ConfigError
+from gateway.fdlimit import raise_open_file_limit
 from gateway.jwt_auth import JWTVerifier, OAuthSettings
 from gateway.ratelimit import RateLimiter
 from gateway.service import ExecutionService
@@ -44,28 +44,6 @@ def _oauth_settings(args: argparse.Namespace, settings: Settings) -> OAuthSettin
         tenant_claim=args.oauth_tenant_claim,
         profile_claim=args.oauth_profile_claim,
     )
-
-
-#: Open files the gateway needs besides one stream per sandbox agent: clients, engine pool, logs.
-_FD_HEADROOM = 1024
-
-
-def _raise_open_file_limit(max_sandboxes: int) -> None:
-    """Each agent-path sandbox holds an open stream: lift the soft open-file limit to the hard one
-    (1024 by default on many systems would stop the gateway near a thousand sandboxes)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, max_sandboxes + _FD_HEADROOM)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
-    if soft < max_sandboxes + _FD_HEADROOM:
-        logging.getLogger("sandbox_gateway").warning(
-            "the open-file limit (%d) is low for --max-sandboxes %d; raise it (ulimit -n, LimitNOFILE=) "
-            "to at least %d",
-            soft,
-            max_sandboxes,
-            max_sandboxes + _FD_HEADROOM,
-        )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -108,7 +86,7 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    _raise_open_file_limit(settings.max_sandboxes)
+    raise_open_file_limit(settings.max_sandboxes, f"--max-sandboxes {settings.max_sandboxes}")
     try:
         policy = load_policy(settings.policy_file)
     except PolicyError as exc:

@@ -9,7 +9,6 @@ import contextlib
 import grp
 import logging
 import os
-import resource
 import signal
 import ssl
 import stat
@@ -21,6 +20,7 @@ import structlog
 from gateway.backend.create_body import SECCOMP_DIR, seccomp_options
 from gateway.config import DEFAULT_DOCKER_SOCKET, DEFAULT_PROXY_SOCKET, ENV_SANDBOX_UIDS
 from gateway.errors import ConfigError
+from gateway.fdlimit import raise_open_file_limit
 from gateway.sockproxy.rules import ProxyRules
 from gateway.sockproxy.server import ProxyServer
 from gateway.uids import DEFAULT_UID_RANGE, UidRange, host_accounts_in
@@ -150,7 +150,8 @@ async def _listen(server: ProxyServer, spec: str, args: argparse.Namespace) -> a
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    _raise_open_file_limit()
+    # Each connection may be a sandbox's stream, relayed on a connection of its own to the engine.
+    raise_open_file_limit(2 * args.max_connections, f"--max-connections {args.max_connections}")
     server = ProxyServer(
         rules_from_args(args),
         args.engine,
@@ -181,14 +182,6 @@ async def _serve(args: argparse.Namespace) -> None:
         listener.close()
     server.flush_repeats(everything=True)
     server.log.info("proxy.stop", **server.stats())
-
-
-def _raise_open_file_limit() -> None:
-    """Each sandbox on the agent path holds a connection (and one to the engine): lift the soft
-    open-file limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run(args: argparse.Namespace) -> int:
