@@ -14,13 +14,15 @@ from urllib.parse import parse_qsl
 
 from gateway.sockproxy.shapes import Refused
 
-__all__ = ["API", "ROUTES", "Match", "Route", "match", "query_of"]
+__all__ = ["API", "IMAGE", "ROUTES", "Match", "Route", "match", "query_of"]
 
 #: The one Engine API version the proxy serves (Docker 20.10's; newer engines accept it too).
 API = "/v1.41"
 _REF = r"(?P<ref>[A-Za-z0-9][A-Za-z0-9_.-]{0,127})"
 _EXEC = r"(?P<ref>[0-9a-f]{64})"
-_IMAGE_REF = r"(?P<ref>sha256:[0-9a-f]{64}|[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9._-]{1,128})?)"
+#: An image as the broker names it: its id, or `name[:tag]` (also the `Image` of a create body).
+IMAGE = r"sha256:[0-9a-f]{64}|[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9._-]{1,128})?"
+_IMAGE_REF = rf"(?P<ref>{IMAGE})"
 
 
 @dataclass(frozen=True, slots=True)

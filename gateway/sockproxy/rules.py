@@ -26,8 +26,10 @@ from gateway.backend.create_body import (
     USER_LABEL,
     environment,
 )
+from gateway.sockproxy.routes import IMAGE
 from gateway.sockproxy.shapes import (
     Refused,
+    any_text,
     boolean,
     const,
     fail,
@@ -55,7 +57,6 @@ __all__ = [
 
 NAME = re.compile(r"sgw-(pool-)?[0-9a-f]{16}")
 _PATH = r"/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*"
-_IMAGE = r"sha256:[0-9a-f]{64}|[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9._-]{1,128})?"
 _CAP = "(?i:(cap_)?(" + "|".join(sorted(name.lower() for name in CAP_ADD_ALLOW_LIST)) + "))"
 _TMPFS_OPTIONS = re.compile(
     r"rw,nosuid,nodev(,noexec)?,size=[1-9][0-9]{0,13},mode=[0-7]{1,4},uid=(?P<uid>[1-9][0-9]{0,9}),"
@@ -203,7 +204,7 @@ def caps(value: Any, where: str) -> list[str]:
 
 def security_opt(value: Any, where: str, rules: ProxyRules, runtime: Any) -> list[str]:
     """No-new-privileges and the project's seccomp profile for this runtime, nothing else."""
-    options: list[str] = list_of(_any_string, max_items=2)(value, where)
+    options: list[str] = list_of(any_text, max_items=2)(value, where)
     rest = options[1:] if options[:1] == ["no-new-privileges:true"] else options
     allowed = rules.seccomp_options.get(runtime, frozenset()) if isinstance(runtime, str) else frozenset()
     if len(rest) > 1 or (rest and rest[0] not in allowed):
@@ -264,7 +265,7 @@ def validate_create(name: str, body: Any, rules: ProxyRules) -> dict[str, Any]:
     if agent:
         host["LogConfig"] = obj({"Type": const("none"), "Config": const({})})
     top = {
-        "Image": matching(_IMAGE),
+        "Image": matching(IMAGE),
         "Cmd": const(AGENT_COMMAND if agent else ["sleep", "infinity"]),
         "Entrypoint": const([]),
         "User": const(code_user if agent else KEEPER_USER),
@@ -303,7 +304,7 @@ def validate_exec_create(body: Any, facts: ContainerFacts) -> dict[str, Any]:
             "AttachStdin": const(False),
             "AttachStdout": const(True),
             "AttachStderr": const(True),
-            "Cmd": list_of(_any_string, max_items=4096),
+            "Cmd": list_of(any_text, max_items=4096),
         },
         # No Env (the container's own), none at all, or exactly the container's own.
         {"WorkingDir": _path_or_root, "Env": const([] if env == [] else list(facts.env))},
@@ -314,12 +315,6 @@ def validate_exec_create(body: Any, facts: ContainerFacts) -> dict[str, Any]:
 def validate_exec_start(body: Any) -> dict[str, Any]:
     checked: dict[str, Any] = obj({"Detach": const(False), "Tty": const(False)})(body, "body")
     return checked
-
-
-def _any_string(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise fail(where, "must be a string")
-    return value
 
 
 def _path_or_root(value: Any, where: str) -> str:

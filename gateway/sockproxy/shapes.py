@@ -10,6 +10,7 @@ from gateway.sockproxy.strict_json import StrictJSONError, ascii_text
 
 __all__ = [
     "Refused",
+    "any_text",
     "boolean",
     "const",
     "integer",
@@ -92,11 +93,16 @@ def integer(low: int, high: int) -> Check:
     return check
 
 
-def text(value: Any, where: str) -> str:
+def any_text(value: Any, where: str) -> str:
+    """A string of any characters (a command's argv); `text` when it must be printable ASCII."""
     if not isinstance(value, str):
         raise fail(where, "must be a string")
+    return value
+
+
+def text(value: Any, where: str) -> str:
     try:
-        return ascii_text(value, where)
+        return ascii_text(any_text(value, where), where)
     except StrictJSONError as exc:
         raise fail(where, str(exc)) from exc
 
