@@ -241,6 +241,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             proxy.stop()
             engine.stop(containerd_too=True)
             left = _processes_mentioning(str(engine.root))
+            # A container's shim exits just after its container is gone: give it a bounded moment.
+            deadline = time.monotonic() + 15
+            while left and time.monotonic() < deadline:
+                time.sleep(0.2)
+                left = _processes_mentioning(str(engine.root))
         finally:
             logs = tmp_path_factory.mktemp("engine-restart-logs")
             for log in ("dockerd.log", "gateway/gateway.log", "gateway/audit.jsonl"):
