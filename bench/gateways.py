@@ -24,7 +24,7 @@ import anyio
 import httpx
 import yaml
 
-from gateway.tokens import TokenStore
+from gateway.auth.tokens import TokenStore
 from policy.loader import default_policy_path
 from policy.units import parse_size
 

@@ -129,7 +129,7 @@ def audit_sink() -> MemorySink:
 @pytest.fixture
 def broker(backend, audit_sink: MemorySink, span_exporter: InMemorySpanExporter) -> Iterator[object]:  # type: ignore[no-untyped-def]
     """A broker with its own gateway id; after the test no container of it may remain."""
-    from gateway.broker import Broker
+    from gateway.sandboxes.broker import Broker
 
     gateway_id = f"test-{uuid.uuid4().hex[:12]}"
     the_broker = Broker(backend, AuditLog([audit_sink]), gateway_id=gateway_id)

@@ -25,9 +25,9 @@ import httpx
 import pytest
 import yaml
 
+from gateway.auth.tokens import TokenStore
 from gateway.setup.compose_images import build_compose_images
 from gateway.setup.state import REPO_ROOT, SetupPaths
-from gateway.tokens import TokenStore
 from gateway.uids import UidRange
 from tests.e2e.conftest import mcp_client
 

@@ -23,9 +23,9 @@ import pytest
 
 from audit import AuditLog, MemorySink
 from gateway.backend.docker_engine import DockerBackend, tls_config
-from gateway.broker import Broker
+from gateway.calls.service import ExecutionService
 from gateway.errors import EngineError
-from gateway.service import ExecutionService
+from gateway.sandboxes.broker import Broker
 from policy import Principal
 from policy.engine import PolicyEngine
 from tests.conftest import IMAGE, policy_with_exec_path

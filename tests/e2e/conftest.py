@@ -20,7 +20,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from gateway.tokens import TokenStore
+from gateway.auth.tokens import TokenStore
 from tests.conftest import PROXY_URL
 
 #: Headers of a raw JSON-RPC POST to /mcp, and an `initialize` request (for tests below the SDK client).
@@ -160,11 +160,11 @@ def inproc_gateway(
     import uvicorn
 
     from audit import AuditLog, MemorySink
-    from gateway.app import build_app
-    from gateway.auth import GatewayTokenVerifier
-    from gateway.broker import Broker
+    from gateway.auth.verifier import GatewayTokenVerifier
+    from gateway.calls.service import ExecutionService
     from gateway.config import Settings
-    from gateway.service import ExecutionService
+    from gateway.http.app import build_app
+    from gateway.sandboxes.broker import Broker
     from policy import load_policy
     from policy.engine import PolicyEngine
 

@@ -15,7 +15,7 @@ import pytest
 
 from audit.chain import verify_lines
 from audit.schema import EVENTS, AuditEvent
-from gateway.tokens import TokenStore
+from gateway.auth.tokens import TokenStore
 from tests.e2e.conftest import ACCEPT, INIT, Gateway, mcp_client, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.anyio

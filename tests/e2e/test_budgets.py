@@ -18,7 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
-from gateway.tokens import TokenStore
+from gateway.auth.tokens import TokenStore
 from tests.e2e.conftest import ACCEPT, INIT, Gateway, mcp_client, start_gateway, stop_gateway
 from tests.e2e.test_policy_over_mcp import write_policy
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from gateway.tokens import TokenStore
+from gateway.auth.tokens import TokenStore
 from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
 
 

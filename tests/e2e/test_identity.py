@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from gateway.tokens import TokenEntry, TokenStore, hash_token
+from gateway.auth.tokens import TokenEntry, TokenStore, hash_token
 from tests.e2e.conftest import ACCEPT, INIT, Gateway, mcp_client, start_gateway, stop_gateway
 from tests.e2e.test_cli import cli
 

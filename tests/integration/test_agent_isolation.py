@@ -21,8 +21,8 @@ import pytest
 from audit import AuditLog, MemorySink
 from gateway.backend.agent_channel import AgentBroken
 from gateway.backend.commands import bash_argv
-from gateway.broker import Broker
-from gateway.service import ExecutionService
+from gateway.calls.service import ExecutionService
+from gateway.sandboxes.broker import Broker
 from policy import Action, Principal
 from policy.engine import PolicyEngine
 from tests.conftest import LABEL, policy_with_exec_path

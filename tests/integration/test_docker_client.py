@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from audit import MemorySink
-from gateway.docker_client import DockerExecutionClient
+from gateway.embedding import DockerExecutionClient
 from gateway.errors import ConfigError, PolicyDenied
 from tests.conftest import PROXY_URL
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from gateway.service import ExecutionService
+from gateway.calls.service import ExecutionService
 from gateway.setup.engine import DEFAULT_ULIMITS, RUNSC_ARGS, daemon_config, dockerd_argv
 from gateway.setup.state import SetupPaths
 from policy import Principal, load_policy

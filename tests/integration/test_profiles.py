@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from audit import MemorySink
+from gateway.calls.service import ExecutionService
 from gateway.errors import QuotaExceeded, SandboxError
-from gateway.service import ExecutionService
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Principal, load_policy, load_policy_text
 from policy.engine import PolicyEngine

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from gateway.service import ExecutionService
+from gateway.calls.service import ExecutionService
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Principal
 from policy.engine import PolicyEngine

@@ -8,9 +8,9 @@ import anyio
 import pytest
 
 from audit import AuditLog, MemorySink
-from gateway.broker import Broker
-from gateway.pool import pool_targets
-from gateway.service import ExecutionService
+from gateway.calls.service import ExecutionService
+from gateway.sandboxes.broker import Broker
+from gateway.sandboxes.pool import pool_targets
 from policy import Principal, load_policy
 from policy.engine import PolicyEngine
 

@@ -15,11 +15,11 @@ from audit import AuditLog, MemorySink, RepeatTable
 from audit.chain import verify_lines
 from audit.repeats import OTHER
 from audit.schema import EVENTS, AuditEvent
-from gateway.auth import GatewayTokenVerifier
-from gateway.middleware import BearerAuthMiddleware
+from gateway.auth.tokens import TokenStore
+from gateway.auth.verifier import GatewayTokenVerifier
+from gateway.http.middleware import BearerAuthMiddleware
+from gateway.http.ratelimit import AddressBudget, AddressRateLimitMiddleware
 from gateway.ratelimit import RateLimiter
-from gateway.throttle import AddressBudget, AddressRateLimitMiddleware
-from gateway.tokens import TokenStore
 
 WALL0 = 1_800_000_000.0
 ALICE = (("source_ip", "203.0.113.7"),)

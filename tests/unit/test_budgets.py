@@ -18,18 +18,18 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from audit import AuditLog, MemorySink
-from gateway.auth import GatewayTokenVerifier
+from gateway.auth.tokens import TokenStore
+from gateway.auth.verifier import GatewayTokenVerifier
 from gateway.backend.base import ExecOutcome
 from gateway.backend.docker_engine import DockerBackend
-from gateway.broker import Broker
-from gateway.budgets import TenantSlots
+from gateway.calls.budgets import TenantSlots
+from gateway.calls.service import ExecutionService
 from gateway.errors import QuotaExceeded
-from gateway.middleware import BearerAuthMiddleware
+from gateway.http.middleware import BearerAuthMiddleware
+from gateway.http.ratelimit import AddressBudget, AddressRateLimitMiddleware, PrincipalRateLimitMiddleware
+from gateway.http.sessions import SessionTable
 from gateway.ratelimit import RateLimiter
-from gateway.service import ExecutionService
-from gateway.sessions import SessionTable
-from gateway.throttle import AddressBudget, AddressRateLimitMiddleware, PrincipalRateLimitMiddleware
-from gateway.tokens import TokenStore
+from gateway.sandboxes.broker import Broker
 from policy import Principal, load_policy_text
 from policy.engine import PolicyEngine
 

@@ -10,14 +10,14 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from audit import AuditLog, MemorySink
-from gateway.auth import GatewayTokenVerifier
-from gateway.middleware import (
+from gateway.auth.tokens import TokenStore
+from gateway.auth.verifier import GatewayTokenVerifier
+from gateway.http.middleware import (
     PRINCIPAL_SCOPE_KEY,
     BearerAuthMiddleware,
     BodyLimitMiddleware,
     SecureHeadersMiddleware,
 )
-from gateway.tokens import TokenStore
 
 
 def make_client(tmp_path) -> tuple[TestClient, str, MemorySink]:

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from audit import AuditLog, MemorySink
-from gateway.ops import DockerOps, FairPool, Party, acting_for
+from gateway.backend.ops import DockerOps, FairPool, Party, acting_for
 
 A1, A2, B1, C1 = Party("a", "a1"), Party("a", "a2"), Party("b", "b1"), Party("c", "c1")
 

@@ -7,12 +7,12 @@ import pytest
 import yaml
 
 from audit import AuditLog, MemorySink
+from gateway.auth.tokens import TokenStore
 from gateway.backend.docker_engine import DockerBackend
-from gateway.broker import Broker
+from gateway.calls.reload import reload_policy
+from gateway.calls.service import ExecutionService
 from gateway.cli import main
-from gateway.reload import reload_policy
-from gateway.service import ExecutionService
-from gateway.tokens import TokenStore
+from gateway.sandboxes.broker import Broker
 from policy import load_policy
 from policy.engine import PolicyEngine
 from policy.loader import default_policy_path

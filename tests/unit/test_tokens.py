@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.auth.tokens import TokenStore, hash_token
 from gateway.errors import ConfigError
-from gateway.tokens import TokenStore, hash_token
 
 
 def test_create_stores_only_the_hash_and_verifies(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from audit import AuditLog, AuditWriteError
-from gateway.middleware import PRINCIPAL_SCOPE_KEY
+from gateway.http.middleware import PRINCIPAL_SCOPE_KEY
 from gateway.ratelimit import RateLimiter
 from policy import Principal
 

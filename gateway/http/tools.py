@@ -12,10 +12,8 @@ from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from pydantic import Field, ValidationError
 
 from audit import AuditWriteError
-from gateway.errors import GatewayError
-from gateway.library import Library, LibraryListing
-from gateway.middleware import PRINCIPAL_SCOPE_KEY
-from gateway.results import (
+from gateway.calls.library import Library, LibraryListing
+from gateway.calls.results import (
     AdminSandboxes,
     ExecResult,
     FileContent,
@@ -24,7 +22,9 @@ from gateway.results import (
     ResetResult,
     SandboxInfo,
 )
-from gateway.service import ExecutionService
+from gateway.calls.service import ExecutionService
+from gateway.errors import GatewayError
+from gateway.http.middleware import PRINCIPAL_SCOPE_KEY
 from policy import Principal
 
 __all__ = ["AuditedMCPServer", "register_tools"]

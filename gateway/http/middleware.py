@@ -11,8 +11,8 @@ from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from audit import AuditLog, AuditWriteError
-from gateway.auth import GatewayTokenVerifier
-from gateway.tokens import SCOPES
+from gateway.auth.tokens import SCOPES
+from gateway.auth.verifier import GatewayTokenVerifier
 
 __all__ = ["PRINCIPAL_SCOPE_KEY", "BearerAuthMiddleware", "BodyLimitMiddleware", "SecureHeadersMiddleware"]
 

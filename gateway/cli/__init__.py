@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.audit_cli import add_audit_commands
+from gateway.cli.audit import add_audit_commands
+from gateway.cli.policy import add_policy_commands
+from gateway.cli.tokens import add_token_commands
 from gateway.config import DEFAULT_DOCKER_HOST
 from gateway.errors import GatewayError
-from gateway.policy_cli import add_policy_commands
-from gateway.token_cli import add_token_commands
 
 __all__ = ["main"]
 
@@ -46,7 +46,7 @@ def _cmd_socket_proxy(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.serve import serve
+    from gateway.cli.serve import serve
 
     return serve(args)
 
@@ -212,6 +212,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from audit import AuditLog, StreamSink
 from audit.sinks import AuditSink
+from gateway.auth.tokens import validate_principal_id
 from gateway.backend.docker_engine import DockerBackend
-from gateway.broker import Broker
+from gateway.calls.results import ExecResult
+from gateway.calls.service import ExecutionService
 from gateway.config import DEFAULT_DOCKER_HOST, DEFAULT_IMAGE, ENV_DOCKER_HOST, check_docker_host
 from gateway.errors import ConfigError
-from gateway.results import ExecResult
-from gateway.service import ExecutionService
-from gateway.tokens import validate_principal_id
+from gateway.sandboxes.broker import Broker
 from policy import Principal, load_policy
 from policy.engine import PolicyEngine
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from gateway.sandbox import Grant, Sandbox
+from gateway.sandboxes.model import Grant, Sandbox
 from policy.engine import PolicyEngine
 
 __all__ = ["PoolTarget", "WarmPool", "pool_targets"]

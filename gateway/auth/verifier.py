@@ -6,9 +6,9 @@ from typing import Any
 
 from mcp.server.auth.provider import AccessToken
 
+from gateway.auth.oauth import JWTVerifier
+from gateway.auth.tokens import SCOPES, TokenStore, hash_token, validate_principal_id
 from gateway.errors import ConfigError
-from gateway.jwt_auth import JWTVerifier
-from gateway.tokens import SCOPES, TokenStore, hash_token, validate_principal_id
 from policy import Principal
 
 __all__ = ["GatewayTokenVerifier"]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.tokens import DEFAULT_SCOPES, SCOPES, TokenStore, parse_duration
+from gateway.auth.tokens import DEFAULT_SCOPES, SCOPES, TokenStore, parse_duration
 
 __all__ = ["add_token_commands"]
 

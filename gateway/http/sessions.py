@@ -25,7 +25,7 @@ from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.budgets import budget_instruments
+from gateway.calls.budgets import budget_instruments
 
 __all__ = ["GatewaySessionManager", "SessionLimitReached", "SessionTable"]
 

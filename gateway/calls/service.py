@@ -20,14 +20,11 @@ import structlog
 from audit import AuditLog, AuditWriteError
 from gateway.backend.base import ExecOutcome, OutputCallback
 from gateway.backend.commands import KILL_GRACE_S, MAX_ARGV_BYTES, bash_argv, python_argv
-from gateway.broker import Broker
-from gateway.budgets import TenantSlots, budget_instruments
-from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded
-from gateway.files import WORKSPACE, file_argv, parse_file_result
-from gateway.library import Library, LibraryListing
-from gateway.pool import pool_targets
-from gateway.progress import OutputTail, ProgressReport, relay_progress
-from gateway.results import (
+from gateway.calls.budgets import TenantSlots, budget_instruments
+from gateway.calls.files import WORKSPACE, file_argv, parse_file_result
+from gateway.calls.library import Library, LibraryListing
+from gateway.calls.progress import OutputTail, ProgressReport, relay_progress
+from gateway.calls.results import (
     AdminSandbox,
     AdminSandboxes,
     ExecResult,
@@ -39,6 +36,9 @@ from gateway.results import (
     SandboxInfo,
     SandboxState,
 )
+from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded
+from gateway.sandboxes.broker import Broker
+from gateway.sandboxes.pool import pool_targets
 from gateway.telemetry import instruments
 from policy import Action, Decision, Principal
 from policy.engine import PolicyEngine

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from audit import AuditLog
-from gateway.service import ExecutionService
+from gateway.calls.service import ExecutionService
 from policy import PolicyError, load_policy
 from policy.engine import PolicyEngine
 

@@ -9,20 +9,20 @@ import sys
 
 import uvicorn
 
-from gateway.app import build_app
-from gateway.auditing import build_audit
-from gateway.auth import GatewayTokenVerifier
+from gateway.auth.oauth import JWTVerifier, OAuthSettings
+from gateway.auth.tokens import TokenStore
+from gateway.auth.verifier import GatewayTokenVerifier
 from gateway.backend.docker_engine import DockerBackend, tls_config
-from gateway.broker import Broker
+from gateway.calls.service import ExecutionService
 from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.fdlimit import raise_open_file_limit
-from gateway.jwt_auth import JWTVerifier, OAuthSettings
+from gateway.http.app import build_app
 from gateway.ratelimit import RateLimiter
-from gateway.service import ExecutionService
+from gateway.sandboxes.broker import Broker
 from gateway.telemetry import configure_telemetry
-from gateway.tokens import TokenStore
 from gateway.uids import UidRange, host_accounts_in
+from gateway.wiring import build_audit
 from policy import PolicyError, load_policy
 from policy.engine import PolicyEngine
 

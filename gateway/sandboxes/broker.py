@@ -22,11 +22,11 @@ from audit import AuditLog
 from gateway.backend.agent_channel import AgentBroken, AgentChannel
 from gateway.backend.base import Backend, ExecOutcome, ExecRequest, OutputCallback, close_stream
 from gateway.backend.create_body import LABEL_PREFIX, USER_LABEL, create_body, sandbox_env
+from gateway.backend.ops import DockerOps, acting_for
 from gateway.errors import GatewayError, QuotaExceeded, SandboxError
-from gateway.ops import DockerOps, acting_for
-from gateway.pool import PoolTarget, WarmPool
 from gateway.ratelimit import RateLimiter
-from gateway.sandbox import Grant, Sandbox, principal_key
+from gateway.sandboxes.model import Grant, Sandbox, principal_key
+from gateway.sandboxes.pool import PoolTarget, WarmPool
 from gateway.telemetry import instruments
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Decision, Principal

@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
+from gateway.auth.tokens import TokenStore
 from gateway.backend.create_body import create_body
 from gateway.errors import ConfigError
-from gateway.tokens import TokenStore
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Action, PolicyError, Principal, load_policy
 from policy.diff import diff_policies, render_diff

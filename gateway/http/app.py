@@ -26,23 +26,23 @@ from starlette.types import Scope
 
 from audit import AuditLog, AuditWriteError
 from gateway import __version__
-from gateway.auth import GatewayTokenVerifier
+from gateway.auth.tokens import SCOPES
+from gateway.auth.verifier import GatewayTokenVerifier
 from gateway.backend.base import Backend
-from gateway.broker import Broker
+from gateway.calls.reload import reload_policy
+from gateway.calls.service import ExecutionService
 from gateway.config import Settings
 from gateway.errors import GatewayError
-from gateway.middleware import (
+from gateway.http.middleware import (
     PRINCIPAL_SCOPE_KEY,
     BearerAuthMiddleware,
     BodyLimitMiddleware,
     SecureHeadersMiddleware,
 )
-from gateway.reload import reload_policy
-from gateway.service import ExecutionService
-from gateway.sessions import GatewaySessionManager, SessionTable
-from gateway.throttle import AddressBudget, AddressRateLimitMiddleware, PrincipalRateLimitMiddleware
-from gateway.tokens import SCOPES
-from gateway.tools import AuditedMCPServer, register_tools
+from gateway.http.ratelimit import AddressBudget, AddressRateLimitMiddleware, PrincipalRateLimitMiddleware
+from gateway.http.sessions import GatewaySessionManager, SessionTable
+from gateway.http.tools import AuditedMCPServer, register_tools
+from gateway.sandboxes.broker import Broker
 from policy import Principal
 
 __all__ = ["build_app", "readiness"]
