@@ -7,14 +7,21 @@ no stack traces, nothing from the engine that the caller did not already know.
 from __future__ import annotations
 
 __all__ = [
+    "AgentBroken",
+    "AgentCannotStart",
+    "AgentFailure",
     "AuthError",
     "ConfigError",
     "EngineError",
     "GatewayError",
+    "InvalidArgument",
     "PolicyDenied",
     "QuotaExceeded",
     "SandboxError",
+    "SandboxGone",
+    "SandboxUnusable",
     "SetupError",
+    "UidInUse",
 ]
 
 
@@ -70,3 +77,48 @@ class SandboxError(GatewayError):
     """The principal's sandbox failed (died, was removed, or misbehaved)."""
 
     code = "sandbox-failed"
+
+
+class InvalidArgument(GatewayError):
+    """A tool argument is malformed (empty, wrong type, NUL bytes)."""
+
+    code = "invalid-argument"
+
+
+class SandboxUnusable(GatewayError):
+    """This sandbox cannot take the call at all (its container or agent is gone, or it has nothing
+    left to start a process with): the broker replaces it once and runs the call again."""
+
+    code = "sandbox-unusable"
+
+
+class SandboxGone(SandboxError, SandboxUnusable):
+    """The container is missing or not running."""
+
+    code = "sandbox-gone"
+
+
+class UidInUse(SandboxError):
+    """The socket proxy refused a create: another live sandbox runs as the uid picked."""
+
+    code = "uid-in-use"
+
+
+class AgentBroken(EngineError, SandboxUnusable):
+    """The attach stream to the agent closed or carried garbage; calls in flight have no result."""
+
+    code = "sandbox-agent-lost"
+
+
+class AgentFailure(SandboxError):
+    """The agent refused or could not run a command (a malformed request, a program that is not there)."""
+
+    code = "sandbox-agent-refused"
+
+
+class AgentCannotStart(AgentFailure, SandboxUnusable):
+    """The sandbox has no process, memory or descriptor left to start a command: it must be replaced,
+    since calling it again would only be refused again."""
+
+    code = "sandbox-exhausted"
+

@@ -7,11 +7,13 @@ from policy.engine import PolicyEngine, evaluate
 from policy.errors import PolicyError, PolicyLoadError
 from policy.loader import default_policy_path, load_policy, load_policy_text
 from policy.model import ExecLimits, Policy, Profile, SandboxSpec
-from policy.types import Action, Decision, Principal
+from policy.types import Action, Allowed, Decision, Denied, Principal
 
 __all__ = [
     "Action",
+    "Allowed",
     "Decision",
+    "Denied",
     "ExecLimits",
     "Policy",
     "PolicyEngine",

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 
 from policy.model import Policy, Profile
-from policy.types import Action, Decision, Principal
+from policy.types import Action, Allowed, Decision, Denied, Principal
 
 __all__ = ["PolicyEngine", "evaluate"]
 
@@ -81,32 +81,50 @@ class PolicyEngine:
             if denial is not None:
                 return self._deny(name, denial, base=f"profiles.{name}.")
         base = f"profiles.{name}"
-        image = action.image or profile.sandbox.image_names()[0]
-        return Decision(
-            allowed=True,
-            profile=name,
-            policy_digest=self.digest,
-            reasons=("allowed",),
+        return allow(
+            name,
+            profile,
+            self.digest,
+            image=action.image,
+            timeout_s=action.timeout_s,
             rule_ids=(f"{base}.tools", f"{base}.exec", f"{base}.sandbox.images"),
-            spec=profile.sandbox,
-            limits=profile.exec,
-            image=image,
-            image_digest=profile.sandbox.pinned_digest(image),
-            timeout_s=profile.exec.default_timeout_s if action.timeout_s is None else action.timeout_s,
-            lifecycle=profile.lifecycle,
-            rate_limits=profile.rate_limits,
         )
 
-    def _deny(self, profile: str, denial: Denial, *, base: str) -> Decision:
+    def _deny(self, profile: str, denial: Denial, *, base: str) -> Denied:
         reason, rule, message = denial
-        return Decision(
-            allowed=False,
+        return Denied(
             profile=profile,
             policy_digest=self.digest,
             reasons=(reason,),
             rule_ids=(f"{base}{rule}",),
             message=message,
         )
+
+
+def allow(
+    name: str,
+    profile: Profile,
+    digest: str,
+    *,
+    image: str | None = None,
+    timeout_s: float | None = None,
+    rule_ids: tuple[str, ...] = (),
+) -> Allowed:
+    """What profile `name` grants: its sandbox, limits and lifecycle, with `image` (default: the
+    profile's first) and `timeout_s` (default: the profile's)."""
+    image = image or profile.sandbox.image_names()[0]
+    return Allowed(
+        profile=name,
+        policy_digest=digest,
+        rule_ids=rule_ids,
+        spec=profile.sandbox,
+        limits=profile.exec,
+        image=image,
+        image_digest=profile.sandbox.pinned_digest(image),
+        timeout_s=profile.exec.default_timeout_s if timeout_s is None else timeout_s,
+        lifecycle=profile.lifecycle,
+        rate_limits=profile.rate_limits,
+    )
 
 
 def evaluate(policy: Policy, principal: Principal, action: Action) -> Decision:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from policy.model import ExecLimits, Lifecycle, RateLimits, SandboxSpec
 
-__all__ = ["Action", "Decision", "Principal"]
+__all__ = ["Action", "Allowed", "Decision", "Denied", "Principal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,20 +33,37 @@ class Action:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
-    """The engine's answer. The broker acts only on an allowed Decision's spec and limits."""
+class Allowed:
+    """The engine allows the call: everything the broker needs to act on it, nothing optional."""
 
-    allowed: bool
     profile: str
     policy_digest: str
-    reasons: tuple[str, ...] = ()
+    spec: SandboxSpec
+    limits: ExecLimits
+    image: str
+    #: The digest the image is pinned to in the policy, or None where it is not pinned (the broker
+    #: verifies a pin before a create).
+    image_digest: str | None
+    timeout_s: float
+    lifecycle: Lifecycle
+    rate_limits: RateLimits
+    reasons: tuple[str, ...] = ("allowed",)
     rule_ids: tuple[str, ...] = ()
-    message: str = ""
-    spec: SandboxSpec | None = None
-    limits: ExecLimits | None = None
-    image: str | None = None
-    #: The digest the image is pinned to in the policy (the broker verifies it before a create).
-    image_digest: str | None = None
-    timeout_s: float | None = None
-    lifecycle: Lifecycle | None = None
-    rate_limits: RateLimits | None = None
+    allowed: ClassVar[Literal[True]] = True
+    message: ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """The engine refuses the call: why (a stable reason code), by which rule, in words."""
+
+    profile: str
+    policy_digest: str
+    reasons: tuple[str, ...]
+    rule_ids: tuple[str, ...]
+    message: str
+    allowed: ClassVar[Literal[False]] = False
+
+
+#: The engine's answer: the broker acts only on an `Allowed`.
+Decision = Allowed | Denied

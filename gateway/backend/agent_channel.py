@@ -25,11 +25,10 @@ import anyio.to_thread
 
 from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
 from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, close_stream
-from gateway.backend.commands import unwrap_timeout
 from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
-from gateway.errors import EngineError, SandboxError
+from gateway.errors import AgentBroken, AgentCannotStart, AgentFailure
 
-__all__ = ["AgentBroken", "AgentCannotStart", "AgentChannel", "AgentFailure", "Connector"]
+__all__ = ["AgentChannel", "Connector"]
 
 _log = logging.getLogger("sandbox_gateway.agent_channel")
 
@@ -48,25 +47,6 @@ _SEND_TIMEOUT_S = 10.0
 _KILL_SEND_S = 1.0
 _GONE = object()
 _NO_LOCK = contextlib.nullcontext()
-
-
-class AgentBroken(EngineError):
-    """The attach stream to the agent closed or carried garbage; calls in flight have no result."""
-
-    code = "sandbox-agent-lost"
-
-
-class AgentFailure(SandboxError):
-    """The agent refused or could not run a command (a malformed request, a program that is not there)."""
-
-    code = "sandbox-agent-refused"
-
-
-class AgentCannotStart(AgentFailure):
-    """The sandbox has no process, memory or descriptor left to start a command: it must be replaced,
-    since calling it again would only be refused again."""
-
-    code = "sandbox-exhausted"
 
 
 class _AgentDecoder:
@@ -129,6 +109,8 @@ class AgentChannel:
     """The calls of one sandbox over its attach stream. Calls are awaited on the event loop; the
     blocking socket I/O runs on threads that belong to this sandbox alone (one reader for the
     channel's life, and one at a time for the handshake and for sends), never on a shared pool."""
+
+    path = "agent"
 
     def __init__(self, connect: Connector, *, container_id: str = "") -> None:
         self._connect = connect
@@ -347,10 +329,10 @@ class AgentChannel:
             "cwd": request.workdir,
             "deadline_s": deadline_s,
             "max_output": request.max_output_bytes,
+            # The agent times the command itself, as `timeout --kill-after` would.
+            "timeout_s": request.timeout_s,
+            "kill_after_s": request.kill_after_s,
         }
-        wrapped = unwrap_timeout(request.argv)
-        if wrapped is not None:  # the agent times the command itself, as `timeout` would
-            body["timeout_s"], body["kill_after_s"], body["argv"] = wrapped
         await self._send(body)
         try:
             end = await call.ended(started + deadline_s + _SLACK_S - time.monotonic())

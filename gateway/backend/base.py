@@ -9,16 +9,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = [
+    "KILL_AFTER_S",
     "Backend",
     "ContainerInfo",
     "ExecOutcome",
     "ExecRequest",
     "ExecStream",
+    "Executor",
     "OutputCallback",
     "Pumped",
     "close_stream",
 ]
 
+#: After a command's timeout, TERM; this many seconds later, KILL (unless a request says otherwise).
+KILL_AFTER_S = 2.0
 #: Called with ("stdout" | "stderr", chunk) as a command's output arrives, on the calling thread.
 OutputCallback = Callable[[str, bytes], None]
 
@@ -34,7 +38,9 @@ class ExecRequest:
     max_output_bytes: int
     #: `uid:gid` to run as: the sandbox's own, which the broker fills in.
     user: str = ""
-    #: Gateway-side deadline on top of the in-sandbox `timeout` (covers escaped background writers).
+    #: After `timeout_s`, TERM; this many seconds later, KILL for whatever ignored TERM.
+    kill_after_s: float = KILL_AFTER_S
+    #: Gateway-side deadline on top of the in-sandbox timeout (covers escaped background writers).
     grace_s: float = 5.0
 
 
@@ -90,6 +96,28 @@ class ContainerInfo:
     oom_killed: bool = False
     #: Creation time, seconds since the epoch (0 when unknown).
     created: float = 0.0
+
+
+class Executor(Protocol):
+    """Runs commands in one sandbox, bounded by each request's `timeout_s`: through the sandbox's
+    agent (`AgentChannel`) or with `docker exec` (`DockerExec`)."""
+
+    #: "agent" or "exec", as recorded in spans and audit events.
+    path: str
+
+    @property
+    def connected(self) -> bool:
+        """False once the executor can run nothing more (the agent's stream broke)."""
+        ...
+
+    async def run(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecOutcome: ...
+
+    async def reap(self) -> int | None:
+        """Kill every process of the sandbox's uid but PID 1: 0 if one was killed, 1 if none was
+        found, anything else (None: could not even try) when the sandbox is unusable."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Backend(Protocol):

@@ -2,15 +2,15 @@
 
 The code travels in argv, split into chunks below the kernel's per-argument limit, because the
 socket proxy lets no exec take stdin (`AttachStdin` must be false), so nothing streams from the
-client to the engine on `exec start`. `timeout` bounds it and kills its whole process group.
+client to the engine on `exec start`. The argv carries no timeout: the request's `timeout_s` does,
+and each executor applies it (the agent times the command itself; `docker exec` wraps it in
+`timeout`, see `timed_argv`).
 """
 
 from __future__ import annotations
 
-__all__ = ["KILL_GRACE_S", "MAX_ARGV_BYTES", "bash_argv", "python_argv", "split_chunks", "unwrap_timeout"]
+__all__ = ["MAX_ARGV_BYTES", "bash_argv", "python_argv", "split_chunks", "timed_argv"]
 
-#: After the timeout, TERM; this many seconds later, KILL for whatever ignored TERM.
-KILL_GRACE_S = 2
 #: Linux limits one argv string to 128 KiB; chunks stay well under it.
 _CHUNK_CHARS = 24_000
 #: Total argv budget (ARG_MAX is 2 MiB with the default stack; leave room for the environment).
@@ -30,26 +30,17 @@ def split_chunks(text: str) -> list[str]:
     return [text[i : i + _CHUNK_CHARS] for i in range(0, len(text), _CHUNK_CHARS)] or [""]
 
 
-def _timeout(timeout_s: float) -> list[str]:
-    return ["timeout", f"--kill-after={KILL_GRACE_S}", f"{timeout_s:g}s"]
+def timed_argv(argv: list[str], timeout_s: float, kill_after_s: float) -> list[str]:
+    """argv under coreutils `timeout`: TERM to its process group at `timeout_s`, KILL
+    `kill_after_s` later."""
+    return ["timeout", f"--kill-after={kill_after_s:g}", f"{timeout_s:g}s", *argv]
 
 
-def unwrap_timeout(argv: list[str]) -> tuple[float, float, list[str]] | None:
-    """(timeout, kill-after, command) of an argv that `_timeout` wrapped, else None. The sandbox
-    agent applies the same TERM-then-KILL timing itself and skips starting `timeout`."""
-    if len(argv) < 4 or argv[0] != "timeout" or not argv[1].startswith("--kill-after="):
-        return None
-    try:
-        return float(argv[2].removesuffix("s")), float(argv[1].partition("=")[2]), argv[3:]
-    except ValueError:
-        return None
+def bash_argv(command: str) -> list[str]:
+    """`bash -c command`."""
+    return ["bash", "-c", _BASH, "bash", *split_chunks(command)]
 
 
-def bash_argv(command: str, timeout_s: float) -> list[str]:
-    """`bash -c command`, bounded by `timeout`."""
-    return [*_timeout(timeout_s), "bash", "-c", _BASH, "bash", *split_chunks(command)]
-
-
-def python_argv(code: str, timeout_s: float) -> list[str]:
-    """`python3 -c code` with `__name__ == '__main__'`, bounded by `timeout`."""
-    return [*_timeout(timeout_s), "python3", "-c", _PYTHON, *split_chunks(code)]
+def python_argv(code: str) -> list[str]:
+    """`python3 -c code` with `__name__ == '__main__'`."""
+    return ["python3", "-c", _PYTHON, *split_chunks(code)]

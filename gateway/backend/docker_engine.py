@@ -26,18 +26,12 @@ from gateway.backend.base import (
     close_stream,
 )
 from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
-from gateway.errors import EngineError, SandboxError
+from gateway.errors import EngineError, SandboxError, SandboxGone, UidInUse
 from gateway.telemetry import tracer
 
-__all__ = ["DockerBackend", "SandboxGone"]
+__all__ = ["DockerBackend"]
 
 _API_VERSION = "1.41"  # Docker 20.10; newer engines accept it too
-
-
-class SandboxGone(SandboxError):
-    """The container is missing or not running."""
-
-    code = "sandbox-gone"
 
 
 def _engine_error(exc: Exception, base_url: str, what: str) -> EngineError:
@@ -109,7 +103,7 @@ class DockerBackend:
             result = self._call("create a sandbox", self._api.create_container_from_config, body, name=name)
         except SandboxGone as exc:
             if "(uid-in-use)" in str(getattr(exc.__cause__, "explanation", "")):
-                raise SandboxError("another sandbox runs as this uid", code="uid-in-use") from exc
+                raise UidInUse("another sandbox runs as this uid") from exc
             raise
         return str(result["Id"])
 

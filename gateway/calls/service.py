@@ -18,8 +18,8 @@ import anyio
 import structlog
 
 from audit import AuditLog, AuditWriteError
-from gateway.backend.base import ExecOutcome, OutputCallback
-from gateway.backend.commands import KILL_GRACE_S, MAX_ARGV_BYTES, bash_argv, python_argv
+from gateway.backend.base import KILL_AFTER_S, ExecOutcome, OutputCallback
+from gateway.backend.commands import MAX_ARGV_BYTES, bash_argv, python_argv
 from gateway.calls.budgets import TenantSlots, budget_instruments
 from gateway.calls.files import WORKSPACE, file_argv, parse_file_result
 from gateway.calls.library import Library, LibraryListing
@@ -36,16 +36,16 @@ from gateway.calls.results import (
     SandboxInfo,
     SandboxState,
 )
-from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded
+from gateway.errors import GatewayError, InvalidArgument, PolicyDenied, QuotaExceeded
 from gateway.sandboxes.broker import Broker
 from gateway.sandboxes.pool import pool_targets
 from gateway.telemetry import instruments
-from policy import Action, Decision, Principal
+from policy import Action, Allowed, Principal
 from policy.engine import PolicyEngine
 
-__all__ = ["ExecutionService", "InvalidArgument"]
+__all__ = ["ExecutionService"]
 
-_ARGV_BUILDERS: dict[str, Callable[[str, float], list[str]]] = {
+_ARGV_BUILDERS: dict[str, Callable[[str], list[str]]] = {
     "execute_bash": bash_argv,
     "execute_python": python_argv,
 }
@@ -53,12 +53,6 @@ _ARGV_BUILDERS: dict[str, Callable[[str, float], list[str]]] = {
 _TIMEOUT_EXITS = (124, 128 + 9)
 #: File-tool codes that are a refusal (the call was not allowed to touch that path), not a failure.
 _REFUSED_FILE_CODES = frozenset({"path-outside-workspace"})
-
-
-class InvalidArgument(GatewayError):
-    """A tool argument is malformed (empty, wrong type, NUL bytes)."""
-
-    code = "invalid-argument"
 
 
 class ExecutionService:
@@ -120,7 +114,7 @@ class ExecutionService:
         ):
             self._rejected(tool, code, **detail)
 
-    def _decide(self, principal: Principal, action: Action) -> Decision:
+    def _decide(self, principal: Principal, action: Action) -> Allowed:
         """Evaluate, record (fail-closed), refuse denials, then apply the principal's request rate."""
         decision = self.engine.evaluate(principal, action)
         self.audit.emit(
@@ -131,13 +125,12 @@ class ExecutionService:
             profile=decision.profile,
             policy_digest=decision.policy_digest,
             input_bytes=action.input_bytes,
-            timeout_s=decision.timeout_s or action.timeout_s,
+            timeout_s=decision.timeout_s if isinstance(decision, Allowed) else action.timeout_s,
         )
-        if not decision.allowed:
+        if not isinstance(decision, Allowed):
             self.metrics.denials.add(1, {"reason": decision.reasons[0], "tool": action.tool})
             self.metrics.tool_calls.add(1, {"tool": action.tool, "outcome": "denied"})
             raise PolicyDenied(decision.message, code=decision.reasons[0])
-        assert decision.rate_limits is not None  # noqa: S101 - allowed decisions carry their limits
         if not self.enforce_request_rate:
             return decision
         rate = decision.rate_limits.requests
@@ -174,12 +167,11 @@ class ExecutionService:
     async def _in_tenant_budget(
         self,
         principal: Principal,
-        decision: Decision,
+        decision: Allowed,
         argv: list[str],
         on_output: OutputCallback | None = None,
     ) -> ExecOutcome:
         """broker.execute, counted against the tenant's concurrency cap (refused at once when full)."""
-        assert decision.limits is not None  # noqa: S101 - allowed decisions carry their limits
         tenant, cap = principal.tenant, decision.limits.max_concurrent_per_tenant
         if not self.tenant_slots.acquire(tenant, cap):
             self.budget_refused("tenant-concurrency", {"tenant": tenant}, principal=principal.id, cap=cap)
@@ -195,7 +187,7 @@ class ExecutionService:
             self.budget_metrics.tenant_running.add(-1, {"tenant": tenant})
 
     async def _run_with_progress(
-        self, principal: Principal, decision: Decision, argv: list[str], on_progress: ProgressReport | None
+        self, principal: Principal, decision: Allowed, argv: list[str], on_progress: ProgressReport | None
     ) -> ExecOutcome:
         if on_progress is None:
             return await self._in_tenant_budget(principal, decision, argv)
@@ -232,14 +224,14 @@ class ExecutionService:
             raise InvalidArgument(
                 f"input of {size} bytes is above the gateway's hard cap of {MAX_ARGV_BYTES}"
             )
-        timeout = decision.timeout_s or 0.0
-        argv = builder(text, timeout)
+        timeout = decision.timeout_s
+        argv = builder(text)
         self.audit.emit(
             "exec.start",
             policy_digest=decision.policy_digest,
             timeout_s=timeout,
             input_bytes=size,
-            max_output_bytes=decision.limits.max_output_bytes if decision.limits else None,
+            max_output_bytes=decision.limits.max_output_bytes,
             image=decision.image,
             code=text,  # the audit pipeline keeps an HMAC, the text, or nothing, as the policy says
         )
@@ -260,7 +252,7 @@ class ExecutionService:
         timed_out = outcome.deadline_hit or (
             outcome.exit_code in _TIMEOUT_EXITS
             and outcome.duration_ms >= timeout * 1000 * 0.98
-            and outcome.duration_ms <= (timeout + KILL_GRACE_S + 5) * 1000
+            and outcome.duration_ms <= (timeout + KILL_AFTER_S + 5) * 1000
         )
         result = ExecResult(
             exit_code=outcome.exit_code,
@@ -288,7 +280,7 @@ class ExecutionService:
             sandbox_replaced=outcome.sandbox_replaced,
             oom_killed=outcome.oom_killed,
             policy_digest=decision.policy_digest,
-            max_output_bytes=decision.limits.max_output_bytes if decision.limits else None,
+            max_output_bytes=decision.limits.max_output_bytes,
         )
         return result
 
@@ -357,7 +349,7 @@ class ExecutionService:
         tool: str,
         action: Action,
         path: str,
-        argv_for: Callable[[Decision], list[str]],
+        argv_for: Callable[[Allowed], list[str]],
     ) -> dict[str, Any]:
         """Run one file operation; every end is a `file.finish` (a refused path with its code)."""
         decision = self._decide(principal, action)
@@ -406,7 +398,7 @@ class ExecutionService:
                 "write_file",
                 Action("write_file", input_bytes=len(data)),
                 where,
-                lambda d: file_argv("write", where, d.timeout_s or 0.0, data=data),
+                lambda d: file_argv("write", where, d.timeout_s, data=data),
             )
             return FileWritten(path=str(answer["path"]), size=int(answer["size"]))
 
@@ -428,12 +420,12 @@ class ExecutionService:
                 raise InvalidArgument("max_bytes must be a non-negative integer")
             wanted = max_bytes
 
-            def read_argv(decision: Decision) -> list[str]:
+            def read_argv(decision: Allowed) -> list[str]:
                 # base64 output must fit the profile's output cap, with room for the JSON around it
-                limit = decision.limits.max_output_bytes if decision.limits else 0
+                limit = decision.limits.max_output_bytes
                 ceiling = max(0, (limit - 4096) * 3 // 4)
                 cap = ceiling if wanted is None else min(ceiling, wanted)
-                return file_argv("read", where, decision.timeout_s or 0.0, cap=cap)
+                return file_argv("read", where, decision.timeout_s, cap=cap)
 
             answer = await self._file_call(principal, "read_file", Action("read_file"), where, read_argv)
             raw = base64.b64decode(str(answer["data"]))
@@ -461,7 +453,7 @@ class ExecutionService:
                 "list_files",
                 Action("list_files"),
                 where,
-                lambda d: file_argv("list", where, d.timeout_s or 0.0),
+                lambda d: file_argv("list", where, d.timeout_s),
             )
             return FileList(path=str(answer["path"]), entries=[FileEntry(**e) for e in answer["entries"]])
 

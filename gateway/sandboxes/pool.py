@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from gateway.sandboxes.model import Grant, Sandbox
-from policy.engine import PolicyEngine
+from gateway.sandboxes.model import Sandbox
+from policy import Allowed
+from policy.engine import PolicyEngine, allow
 
 __all__ = ["PoolTarget", "WarmPool", "pool_targets"]
 
@@ -22,31 +23,20 @@ __all__ = ["PoolTarget", "WarmPool", "pool_targets"]
 class PoolTarget:
     """How many ready sandboxes of one spec to keep, and the grant they are made from."""
 
-    grant: Grant
+    grant: Allowed
     size: int
     ready: list[Sandbox] = field(default_factory=list)
 
 
-def pool_targets(engine: PolicyEngine) -> dict[str, tuple[Grant, int]]:
+def pool_targets(engine: PolicyEngine) -> dict[str, tuple[Allowed, int]]:
     """spec digest -> (grant of the first profile with that spec, largest warm_pool among them)."""
-    targets: dict[str, tuple[Grant, int]] = {}
+    targets: dict[str, tuple[Allowed, int]] = {}
     for name, profile in engine.policy.profiles.items():
         size = profile.lifecycle.warm_pool
         if size <= 0:
             continue
         digest = profile.sandbox.digest()
-        image = profile.sandbox.image_names()[0]
-        grant = Grant(
-            profile=name,
-            policy_digest=engine.digest,
-            spec=profile.sandbox,
-            image=image,
-            image_digest=profile.sandbox.pinned_digest(image),
-            limits=profile.exec,
-            timeout_s=profile.exec.default_timeout_s,
-            lifecycle=profile.lifecycle,
-            rate_limits=profile.rate_limits,
-        )
+        grant = allow(name, profile, engine.digest)
         known = targets.get(digest)
         targets[digest] = (known[0] if known else grant, max(size, known[1] if known else 0))
     return targets
@@ -55,7 +45,7 @@ def pool_targets(engine: PolicyEngine) -> dict[str, tuple[Grant, int]]:
 def _fresh(sandbox: Sandbox, now: float) -> bool:
     """Young enough (half its max age at most, so its principal gets most of a sandbox's lifetime)
     and, on the agent path, still connected (an engine restart stops pooled sandboxes too)."""
-    if sandbox.channel is not None and not sandbox.channel.connected:
+    if not sandbox.executor.connected:
         return False
     return now - sandbox.created_at < sandbox.lifecycle.max_age_s / 2
 
@@ -68,7 +58,7 @@ class WarmPool:
         self._wake = anyio.Event()
         self._retired: list[Sandbox] = []
 
-    def configure(self, targets: dict[str, tuple[Grant, int]]) -> None:
+    def configure(self, targets: dict[str, tuple[Allowed, int]]) -> None:
         """Adopt new sizes and specs (start-up, policy reload); sandboxes of dropped specs retire."""
         for digest, target in list(self._targets.items()):
             if digest not in targets:

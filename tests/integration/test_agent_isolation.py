@@ -19,9 +19,9 @@ import anyio
 import pytest
 
 from audit import AuditLog, MemorySink
-from gateway.backend.agent_channel import AgentBroken
 from gateway.backend.commands import bash_argv
 from gateway.calls.service import ExecutionService
+from gateway.errors import AgentBroken
 from gateway.sandboxes.broker import Broker
 from policy import Action, Principal
 from policy.engine import PolicyEngine
@@ -207,7 +207,7 @@ async def test_a_sandbox_whose_agent_cannot_start_a_command_is_replaced(
         assert await anyio.to_thread.run_sync(full.wait, 60), "the farm filled the pids limit"
         command = "echo fresh; ls /workspace | wc -l"
         results["next"] = await broker.execute(
-            who, engine.evaluate(who, Action("execute_bash", len(command))), bash_argv(command, 10)
+            who, engine.evaluate(who, Action("execute_bash", len(command))), bash_argv(command)
         )
     following = results["next"]
     assert following.stdout == b"fresh\n0\n" and following.exit_code == 0, following  # type: ignore[attr-defined]

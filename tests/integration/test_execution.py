@@ -8,8 +8,8 @@ import anyio
 import pytest
 
 from audit import AuditLog, MemorySink
-from gateway.calls.service import ExecutionService, InvalidArgument
-from gateway.errors import PolicyDenied, QuotaExceeded
+from gateway.calls.service import ExecutionService
+from gateway.errors import InvalidArgument, PolicyDenied, QuotaExceeded
 from policy import Principal, load_policy, load_policy_text
 from policy.engine import PolicyEngine
 from tests.conftest import FIRST_CALL_SPANS, FIRST_CALL_SPANS_EXEC, policy_with_exec_path

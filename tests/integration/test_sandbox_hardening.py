@@ -22,7 +22,7 @@ async def _sandbox(broker, principal: Principal):  # type: ignore[no-untyped-def
 
 async def _bash(broker, principal: Principal, command: str) -> tuple[int | None, str]:  # type: ignore[no-untyped-def]
     decision = ENGINE.evaluate(principal, Action("execute_bash", len(command)))
-    outcome = await broker.execute(principal, decision, bash_argv(command, 10))
+    outcome = await broker.execute(principal, decision, bash_argv(command))
     return outcome.exit_code, (outcome.stdout + outcome.stderr).decode()
 
 
@@ -95,7 +95,7 @@ async def test_inspect_shows_the_policy_hardening(broker, backend) -> None:  # t
 async def test_inside_the_sandbox(broker, command: str, expected: str, exec_path: str) -> None:  # type: ignore[no-untyped-def]
     engine = PolicyEngine(policy_with_exec_path(exec_path))
     decision = engine.evaluate(Principal("inside"), Action("execute_bash", len(command)))
-    outcome = await broker.execute(Principal("inside"), decision, bash_argv(command, 10))
+    outcome = await broker.execute(Principal("inside"), decision, bash_argv(command))
     output = (outcome.stdout + outcome.stderr).decode()
     assert output == expected, output
 
@@ -109,7 +109,7 @@ async def test_exec_path_sandbox_keeps_its_own_processes_as_nobody(broker, backe
     assert info["Config"]["User"] == "65534:65534"
     assert info["Config"]["Cmd"] == ["sleep", "infinity"]
     assert info["HostConfig"]["Init"] is True
-    outcome = await broker.execute(principal, decision, bash_argv("kill -9 -1; sleep 0.2; echo alive", 10))
+    outcome = await broker.execute(principal, decision, bash_argv("kill -9 -1; sleep 0.2; echo alive"))
     assert outcome.stdout == b"alive\n" or outcome.exit_code == 137
 
 

@@ -97,8 +97,7 @@ async def test_a_restarted_gateway_adopts_a_handed_out_sandbox_and_drops_the_una
             await _wait_for_pool(first, 2)
             tasks.cancel_scope.cancel()
         for sandbox in [*first.sandboxes, *first.pool.sandboxes]:  # the first gateway "dies"
-            if sandbox.channel is not None:
-                sandbox.channel.close()
+            sandbox.executor.close()
 
         kept, removed = await second.sweep({"default": engine.policy.profiles["default"].sandbox.digest()})
         assert (kept, removed) == (1, 2)

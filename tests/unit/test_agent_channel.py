@@ -13,8 +13,9 @@ import anyio
 import pytest
 
 from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
-from gateway.backend.agent_channel import AgentBroken, AgentCannotStart, AgentChannel, AgentFailure
+from gateway.backend.agent_channel import AgentChannel
 from gateway.backend.base import ExecOutcome, ExecRequest
+from gateway.errors import AgentBroken, AgentCannotStart, AgentFailure
 
 Script = Callable[[socket.socket, dict[str, object]], None]
 

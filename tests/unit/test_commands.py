@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from gateway.backend.commands import bash_argv, python_argv, split_chunks
+from gateway.backend.commands import bash_argv, python_argv, split_chunks, timed_argv
 
 TRICKY = [
     pytest.param("echo hi", id="plain"),
@@ -17,38 +17,43 @@ TRICKY = [
 
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv[3:], capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
 
 
 @pytest.mark.parametrize("command", TRICKY)
 def test_bash_wrapper_matches_bash_c(command: str) -> None:
-    wrapped = run(bash_argv(command, 5))
+    wrapped = run(bash_argv(command))
     direct = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30, check=False)
     assert (wrapped.returncode, wrapped.stdout) == (direct.returncode, direct.stdout)
 
 
 def test_bash_wrapper_starts_with_no_positional_arguments() -> None:
-    assert run(bash_argv("echo $#", 5)).stdout == "0\n"
+    assert run(bash_argv("echo $#")).stdout == "0\n"
 
 
 def test_python_wrapper_runs_as_main_with_clean_argv() -> None:
     code = "import sys\nprint(__name__, sys.argv)\nraise SystemExit(3)"
-    result = run(python_argv(code, 5))
+    result = run(python_argv(code))
     assert result.stdout == "__main__ ['-c']\n"
     assert result.returncode == 3
 
 
 def test_python_wrapper_reports_tracebacks_from_the_code() -> None:
-    result = run(python_argv("x = 1\n1/0\n", 5))
+    result = run(python_argv("x = 1\n1/0\n"))
     assert result.returncode == 1
     assert 'File "<code>", line 2' in result.stderr
     assert "ZeroDivisionError" in result.stderr
 
 
-def test_timeout_prefix_bounds_the_command() -> None:
-    argv = bash_argv("sleep 1", 0.5)
+def test_the_docker_exec_timeout_prefix_bounds_the_command() -> None:
+    argv = timed_argv(bash_argv("sleep 1"), 0.5, 2)
     assert argv[:3] == ["timeout", "--kill-after=2", "0.5s"]
     assert subprocess.run(argv, timeout=10, check=False).returncode == 124
+
+
+def test_the_code_argv_carries_no_timeout() -> None:
+    """The timeout travels in the request; only the `docker exec` executor adds `timeout`."""
+    assert bash_argv("true")[0] == "bash" and python_argv("pass")[0] == "python3"
 
 
 def test_chunks_stay_below_the_kernel_argument_limit() -> None:

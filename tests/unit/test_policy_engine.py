@@ -2,7 +2,7 @@
 
 import pytest
 
-from policy import Action, Principal, load_policy
+from policy import Action, Allowed, Denied, Principal, load_policy
 from policy.engine import PolicyEngine
 
 ENGINE = PolicyEngine(load_policy())
@@ -56,7 +56,7 @@ def test_default_policy_decides(action: Action, allowed: bool, reason: str) -> N
 
 def test_allowed_decision_carries_spec_limits_and_default_timeout() -> None:
     decision = ENGINE.evaluate(ALICE, Action("execute_bash", 1))
-    assert decision.spec is not None and decision.limits is not None
+    assert isinstance(decision, Allowed)
     assert decision.timeout_s == 30
     assert decision.image == "mcp-code-executor:latest"
     assert decision.spec.read_only_rootfs and decision.spec.network == "none"
@@ -64,7 +64,8 @@ def test_allowed_decision_carries_spec_limits_and_default_timeout() -> None:
 
 def test_denied_decision_carries_no_spec() -> None:
     decision = ENGINE.evaluate(ALICE, Action("execute_bash", 1, timeout_s=99))
-    assert decision.spec is None and decision.limits is None and decision.image is None
+    assert isinstance(decision, Denied)
+    assert not any(hasattr(decision, name) for name in ("spec", "limits", "image", "timeout_s"))
     assert "99" in decision.message
 
 

@@ -1,0 +1,214 @@
+"""The broker's Docker verbs on sandboxes: make one (image pinned, uid picked, started, connected),
+hand a pooled one over, list them, and discard one — the one place a sandbox container is removed,
+so every removal is recorded as `sandbox.remove` with its reason."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+
+from audit import AuditLog
+from gateway.backend.agent_channel import AgentChannel
+from gateway.backend.base import Backend, ContainerInfo, Executor
+from gateway.backend.create_body import create_body
+from gateway.backend.docker_exec import DockerExec
+from gateway.backend.ops import DockerOps
+from gateway.errors import GatewayError, SandboxError, UidInUse
+from gateway.sandboxes import naming
+from gateway.sandboxes.model import Sandbox
+from gateway.uids import UidRange
+from policy import Allowed, Principal
+
+__all__ = ["Containers"]
+
+_log = logging.getLogger("sandbox_gateway.broker")
+#: Tries at a free uid when the proxy says another sandbox has the one picked.
+_UID_ATTEMPTS = 5
+
+
+class Containers:
+    """Sandbox containers of one gateway on one backend, every call instrumented."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        ops: DockerOps,
+        audit: AuditLog,
+        *,
+        gateway_id: str,
+        uids: UidRange,
+        tools_path: Path | None,
+        skills_path: Path | None,
+    ) -> None:
+        self.backend = backend
+        self.ops = ops
+        self.audit = audit
+        self.gateway_id = gateway_id
+        self.uids = uids
+        self._tools_path = tools_path
+        self._skills_path = skills_path
+
+    def name_for(self, key: str) -> str:
+        return naming.sandbox_name(self.gateway_id, key)
+
+    def _labels(self, principal: Principal | None, grant: Allowed) -> dict[str, str]:
+        """Labels of a new sandbox; a pooled one (no principal yet) carries `pool` instead."""
+        owner = (
+            {naming.PRINCIPAL: principal.id, naming.TENANT: principal.tenant}
+            if principal is not None
+            else {naming.POOL: "true"}
+        )
+        return {
+            **naming.managed_by(self.gateway_id),
+            **owner,
+            naming.PROFILE: grant.profile,
+            naming.POLICY_DIGEST: grant.policy_digest,
+            naming.IMAGE: grant.image,
+            naming.SPEC: grant.spec.digest(),
+        }
+
+    async def list(self, name: str | None = None, **attrs: str | None) -> list[ContainerInfo]:
+        """This gateway's sandboxes on the engine (only the one named `name`, if given)."""
+        labels = naming.managed_by(self.gateway_id)
+        return await self.ops.acall("list", self.backend.list, labels, name, **attrs)
+
+    async def _resolve_image(self, grant: Allowed) -> str:
+        """The image id to create from. Creating from the id inspected here means a tag moved between
+        this check and the create cannot swap the image; a pinned image must match its pin."""
+        image_id, repo_digests = await self.ops.acall(
+            "inspect_image", self.backend.image_identity, grant.image, image=grant.image
+        )
+        pin = grant.image_digest
+        if pin is not None and pin != image_id and pin not in repo_digests:
+            raise SandboxError(
+                f"image {grant.image} is not the one the policy pins ({pin[:19]}...)",
+                code="image-digest-mismatch",
+            )
+        return image_id
+
+    async def make(
+        self, principal: Principal | None, grant: Allowed, name: str, key: str, taken_uids: set[int]
+    ) -> Sandbox:
+        """Create, start and connect one sandbox, and record its creation (for a principal, or with
+        `pool` for a warm pool when there is none). Nothing half-made stays behind."""
+        image_id = await self._resolve_image(grant)
+        attrs = {
+            "principal": principal.id if principal is not None else None,
+            "image": grant.image,
+            "image_digest": image_id,
+            "policy_digest": grant.policy_digest,
+        }
+        for attempt in range(_UID_ATTEMPTS):
+            uid = self.uids.pick(taken_uids)
+            body = create_body(
+                grant.spec,
+                uid=uid,
+                image=grant.image,
+                image_id=image_id,
+                labels=self._labels(principal, grant),
+                tools_path=self._tools_path,
+                skills_path=self._skills_path,
+            )
+            try:
+                container_id = await self.ops.acall(
+                    "create", self.backend.create, name, body, uid=uid, **attrs
+                )
+                break
+            except UidInUse:
+                # Another gateway's sandbox has this uid (the proxy refuses a second one): pick again.
+                if attempt == _UID_ATTEMPTS - 1:
+                    raise
+        user = f"{uid}:{uid}"
+        try:
+            await self.ops.acall(
+                "start", self.backend.start, container_id, container_id=container_id, **attrs
+            )
+            executor = await self.executor(grant, container_id, user, principal=attrs["principal"])
+        except GatewayError:
+            await self.discard(container_id, "start-failed", **attrs)
+            raise
+        now = time.time()
+        self.audit.emit(
+            "sandbox.create",
+            container_id=container_id,
+            image=grant.image,
+            image_digest=image_id,
+            profile=grant.profile,
+            policy_digest=grant.policy_digest,
+            runtime=grant.spec.runtime,
+            exec_path=grant.spec.exec_path,
+            pool=True if principal is None else None,
+        )
+        return Sandbox(
+            container_id=container_id,
+            name=name,
+            principal_key=key,
+            profile=grant.profile,
+            policy_digest=grant.policy_digest,
+            spec_digest=grant.spec.digest(),
+            image=grant.image,
+            lifecycle=grant.lifecycle,
+            created_at=now,
+            last_used=now,
+            user=user,
+            executor=executor,
+        )
+
+    async def executor(self, grant: Allowed, container_id: str, user: str, **attrs: str | None) -> Executor:
+        """How the sandbox's commands will run: its agent (attach stream + handshake), or `docker exec`."""
+        if grant.spec.exec_path != "agent":
+            return DockerExec(self.backend, self.ops, container_id, user)
+        # The attach itself is a short Docker call (on the pool); the handshake waits on the channel's own.
+        channel = AgentChannel(
+            functools.partial(self.ops.run, self.backend.attach, container_id), container_id=container_id
+        )
+        await self.ops.timed("attach", channel.open, container_id=container_id, **attrs)
+        return channel
+
+    async def rename(self, sandbox: Sandbox, name: str, principal: Principal) -> None:
+        await self.ops.acall(
+            "rename",
+            self.backend.rename,
+            sandbox.container_id,
+            name,
+            container_id=sandbox.container_id,
+            principal=principal.id,
+        )
+
+    async def running(self, sandbox: Sandbox) -> bool:
+        try:
+            info = await self.ops.acall(
+                "inspect", self.backend.inspect, sandbox.container_id, container_id=sandbox.container_id
+            )
+        except SandboxError:
+            return False
+        return info.running
+
+    async def discard(
+        self, container_id: str, reason: str, *, principal_key: str | None = None, **attrs: str | None
+    ) -> None:
+        """Remove a sandbox container and record `sandbox.remove` (raises if the engine fails)."""
+        await self.ops.acall(
+            "remove", self.backend.remove, container_id, container_id=container_id, reason=reason, **attrs
+        )
+        self.audit.emit(
+            "sandbox.remove", container_id=container_id, reason=reason, principal_key=principal_key
+        )
+
+    def discard_sync(self, container_id: str, reason: str) -> None:
+        """`discard` for shutdown, off the event loop."""
+        self.ops.call("remove", self.backend.remove, container_id, container_id=container_id, reason=reason)
+        self.audit.emit("sandbox.remove", container_id=container_id, reason=reason)
+
+    async def discard_quietly(
+        self, container_id: str, reason: str, *, principal_key: str | None = None
+    ) -> bool:
+        """`discard`, logging instead of raising; False if the engine failed."""
+        try:
+            await self.discard(container_id, reason, principal_key=principal_key)
+        except GatewayError as exc:
+            _log.warning("removing sandbox %s failed: %s", container_id[:12], exc.message)
+            return False
+        return True

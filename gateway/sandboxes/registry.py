@@ -1,0 +1,128 @@
+"""The broker's state: which sandbox each principal has, who is being served, and the quotas on them.
+
+Nothing here awaits: a quota is checked and a slot reserved in one step, so a parallel burst of
+calls cannot overshoot it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import anyio
+
+from gateway.errors import QuotaExceeded
+from gateway.sandboxes.model import Sandbox
+from gateway.telemetry import instruments
+
+__all__ = ["Registry"]
+
+
+class Registry:
+    """Live sandboxes by principal key, their locks, calls running and creations under way."""
+
+    def __init__(self, max_sandboxes: int) -> None:
+        self.max_sandboxes = max_sandboxes
+        self._sandboxes: dict[str, Sandbox] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        self._running: dict[str, int] = {}
+        self._creating = 0
+        self._creating_in: dict[str, int] = {}
+        #: Principals whose sandbox was lost since their last call: their next result says so.
+        self._lost: set[str] = set()
+        self._alive = instruments().sandboxes_alive
+
+    # -- sandboxes --------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Sandbox | None:
+        return self._sandboxes.get(key)
+
+    def holds(self, sandbox: Sandbox) -> bool:
+        """Whether `sandbox` is still its principal's sandbox (not replaced or removed meanwhile)."""
+        return self._sandboxes.get(sandbox.principal_key) is sandbox
+
+    @property
+    def sandboxes(self) -> list[Sandbox]:
+        return list(self._sandboxes.values())
+
+    def add(self, sandbox: Sandbox) -> None:
+        self._sandboxes[sandbox.principal_key] = sandbox
+        self._alive.add(1)
+
+    def drop(self, sandbox: Sandbox) -> None:
+        if self._sandboxes.get(sandbox.principal_key) is sandbox:
+            del self._sandboxes[sandbox.principal_key]
+            self._alive.add(-1)
+
+    def clear(self) -> None:
+        self._alive.add(-len(self._sandboxes))
+        self._sandboxes.clear()
+
+    def lock(self, key: str) -> anyio.Lock:
+        return self._locks.setdefault(key, anyio.Lock())
+
+    def taken_uids(self) -> set[int]:
+        return {sandbox.uid for sandbox in self._sandboxes.values()}
+
+    # -- lost sandboxes ---------------------------------------------------------------------------
+
+    def mark_lost(self, key: str) -> None:
+        self._lost.add(key)
+
+    def was_lost(self, key: str) -> bool:
+        """True once after the principal's sandbox was lost (its next result says so)."""
+        if key in self._lost:
+            self._lost.discard(key)
+            return True
+        return False
+
+    # -- quotas -----------------------------------------------------------------------------------
+
+    def live(self, pooled: int) -> int:
+        """Sandboxes that count against the host quota: known, being made, and `pooled` ready ones."""
+        return len(self._sandboxes) + self._creating + pooled
+
+    @contextlib.contextmanager
+    def creating(self, tenant: str, *, pooled: int, adds: int, tenant_cap: int) -> Iterator[None]:
+        """Reserve a creation for `tenant` while it is under way, after checking the host cap
+        (`adds`: 0 when a pooled sandbox will be handed out, 1 when one is made) and the tenant cap."""
+        if self.live(pooled) + adds > self.max_sandboxes:
+            raise QuotaExceeded(
+                f"host sandbox quota: {self.max_sandboxes} sandboxes are live on this gateway",
+                code="host-sandbox-quota",
+            )
+        live = sum(1 for key in self._sandboxes if key.startswith(f"{tenant}/"))
+        live += self._creating_in.get(tenant, 0)
+        if live >= tenant_cap:
+            raise QuotaExceeded(
+                f"tenant sandbox quota: tenant {tenant!r} has {live} of {tenant_cap}",
+                code="tenant-sandbox-quota",
+            )
+        self._creating += 1
+        self._creating_in[tenant] = self._creating_in.get(tenant, 0) + 1
+        try:
+            yield
+        finally:
+            self._creating -= 1
+            self._creating_in[tenant] -= 1
+
+    @contextlib.contextmanager
+    def calling(self, key: str, limit: int) -> Iterator[None]:
+        """Count one call running for `key`; refused at once beyond `limit`."""
+        if self._running.get(key, 0) >= limit:
+            raise QuotaExceeded(
+                f"concurrent-exec quota: {limit} calls already running for this principal",
+                code="concurrent-exec-quota",
+            )
+        self._running[key] = self._running.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self._running[key] -= 1
+
+    def busy(self, key: str) -> bool:
+        return bool(self._running.get(key, 0))
+
+    @property
+    def running_calls(self) -> int:
+        return sum(self._running.values())
