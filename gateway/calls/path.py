@@ -1,0 +1,141 @@
+"""The request path every tool call takes below the transport: its audit context, the policy
+decision (recorded fail-closed), the principal's request rate and the tenant's concurrency budget."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+
+from audit import AuditLog, AuditWriteError
+from gateway.backend.base import ExecOutcome, OutputCallback
+from gateway.calls.budgets import TenantSlots, budget_instruments
+from gateway.errors import InvalidArgument, PolicyDenied, QuotaExceeded
+from gateway.sandboxes.broker import Broker
+from gateway.sandboxes.pool import pool_targets
+from gateway.telemetry import instruments
+from policy import Action, Allowed, Principal
+from policy.engine import PolicyEngine
+
+__all__ = ["CallPath"]
+
+
+class CallPath:
+    """Decides and records tool calls for principals, and runs them in their sandbox within budget."""
+
+    def __init__(
+        self, engine: PolicyEngine, broker: Broker, audit: AuditLog, *, enforce_request_rate: bool = True
+    ) -> None:
+        self.enforce_request_rate = enforce_request_rate
+        self.engine = engine
+        self.broker = broker
+        self.audit = audit
+        self.metrics = instruments()
+        self.budget_metrics = budget_instruments()
+        #: Calls running per tenant, against the caller's profile's `exec.max_concurrent_per_tenant`.
+        self.tenant_slots = TenantSlots()
+        broker.pool.configure(pool_targets(engine))
+
+    def replace_engine(self, engine: PolicyEngine) -> None:
+        """Switch to a new, already validated policy; calls in flight keep the Decision they got."""
+        self.engine = engine
+        self.broker.pool.configure(pool_targets(engine))
+
+    @asynccontextmanager
+    async def _request(self, principal: Principal, tool: str, source_ip: str | None) -> AsyncIterator[str]:
+        """The call's audit context; an argument the gateway refuses is recorded as `tool.rejected`."""
+        request_id = uuid.uuid4().hex
+        with structlog.contextvars.bound_contextvars(
+            request_id=request_id,
+            principal=principal.id,
+            tenant=principal.tenant,
+            auth_method=principal.auth_method,
+            source_ip=source_ip,
+            tool=tool,
+        ):
+            try:
+                yield request_id
+            except InvalidArgument as exc:
+                self._rejected(tool, exc.code, message=exc.message)
+                raise
+
+    def _rejected(self, tool: str, code: str, **detail: object) -> None:
+        self.metrics.tool_calls.add(1, {"tool": tool, "outcome": "rejected"})
+        with contextlib.suppress(AuditWriteError):  # the call is refused either way
+            self.audit.emit("tool.rejected", outcome="rejected", error=code, **detail)
+
+    def record_rejection(
+        self, principal: Principal | None, tool: str, code: str, *, source_ip: str | None, **detail: object
+    ) -> None:
+        """Record a call refused before it reached the service: a missing scope, arguments that fail
+        the tool's input schema, an unknown tool. `detail` never holds an argument's value."""
+        with structlog.contextvars.bound_contextvars(
+            request_id=uuid.uuid4().hex,
+            principal=principal.id if principal else None,
+            tenant=principal.tenant if principal else None,
+            auth_method=principal.auth_method if principal else None,
+            source_ip=source_ip,
+            tool=tool,
+        ):
+            self._rejected(tool, code, **detail)
+
+    def _decide(self, principal: Principal, action: Action) -> Allowed:
+        """Evaluate, record (fail-closed), refuse denials, then apply the principal's request rate."""
+        decision = self.engine.evaluate(principal, action)
+        self.audit.emit(
+            "policy.decision",
+            decision="allow" if decision.allowed else "deny",
+            reasons=list(decision.reasons),
+            rule_ids=list(decision.rule_ids),
+            profile=decision.profile,
+            policy_digest=decision.policy_digest,
+            input_bytes=action.input_bytes,
+            timeout_s=decision.timeout_s if isinstance(decision, Allowed) else action.timeout_s,
+        )
+        if not isinstance(decision, Allowed):
+            self.metrics.denials.add(1, {"reason": decision.reasons[0], "tool": action.tool})
+            self.metrics.tool_calls.add(1, {"tool": action.tool, "outcome": "denied"})
+            raise PolicyDenied(decision.message, code=decision.reasons[0])
+        if not self.enforce_request_rate:
+            return decision
+        rate = decision.rate_limits.requests
+        retry = self.broker.rates.hit("requests", f"{principal.tenant}/{principal.id}", rate)
+        if retry is not None:
+            self.audit.emit("ratelimit.hit", limit="requests", rate=rate, retry_after_s=retry)
+            self.metrics.denials.add(1, {"reason": "rate-limited", "tool": action.tool})
+            self.metrics.tool_calls.add(1, {"tool": action.tool, "outcome": "denied"})
+            raise QuotaExceeded(f"request rate {rate} reached; retry in {retry:.0f} s", code="rate-limited")
+        return decision
+
+    def budget_refused(self, limit: str, key: dict[str, str], **detail: Any) -> None:
+        """Record a call or session refused because a budget shared with others was spent: the
+        first per source and window on its own line, the rest counted (see audit.repeats)."""
+        self.budget_metrics.refusals.add(1, {"limit": limit, "tenant": key.get("tenant", "")})
+        with contextlib.suppress(AuditWriteError):  # refused either way
+            self.audit.emit_repeated("budget.refused", {**key, "limit": limit}, **detail)
+
+    async def _in_tenant_budget(
+        self,
+        principal: Principal,
+        decision: Allowed,
+        argv: list[str],
+        on_output: OutputCallback | None = None,
+    ) -> ExecOutcome:
+        """broker.execute, counted against the tenant's concurrency cap (refused at once when full)."""
+        tenant, cap = principal.tenant, decision.limits.max_concurrent_per_tenant
+        if not self.tenant_slots.acquire(tenant, cap):
+            self.budget_refused("tenant-concurrency", {"tenant": tenant}, principal=principal.id, cap=cap)
+            raise QuotaExceeded(
+                f"tenant concurrency cap: {cap} calls already running for this tenant; retry when one ends",
+                code="tenant-concurrency-quota",
+            )
+        self.budget_metrics.tenant_running.add(1, {"tenant": tenant})
+        try:
+            return await self.broker.execute(principal, decision, argv, on_output)
+        finally:
+            self.tenant_slots.release(tenant)
+            self.budget_metrics.tenant_running.add(-1, {"tenant": tenant})
