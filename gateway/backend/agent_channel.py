@@ -7,9 +7,7 @@ gateway keeps its own deadline. A dead, silent or lying agent costs its sandbox,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import select
@@ -23,9 +21,10 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
+from gateway.agent.sandbox_agent import EXIT, HEADER, HELLO, MAX_PAYLOAD, PROTOCOL
+from gateway.backend.agent_calls import GONE, AgentDecoder, Call, exit_summary, failure, line, output_count
 from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, close_stream
-from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
+from gateway.backend.frames import STDERR, STDOUT, FrameDecoder, FrameError
 from gateway.errors import AgentBroken, AgentCannotStart, AgentFailure
 
 __all__ = ["AgentChannel", "Connector"]
@@ -45,64 +44,7 @@ _SLACK_S = 2.0
 _SEND_TIMEOUT_S = 10.0
 #: A kill is best effort: it may not wait that long.
 _KILL_SEND_S = 1.0
-_GONE = object()
 _NO_LOCK = contextlib.nullcontext()
-
-
-class _AgentDecoder:
-    """Agent frames out of the container's stdout bytes; an oversized frame is a protocol breach."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        self._buffer += data
-        frames = []
-        while len(self._buffer) >= HEADER.size:
-            kind, request_id, length = HEADER.unpack_from(self._buffer)
-            if kind not in (OUT, ERR, EXIT, HELLO, FAIL) or length > MAX_PAYLOAD:
-                raise FrameError(f"agent frame kind {kind} length {length}")
-            end = HEADER.size + length
-            if len(self._buffer) < end:
-                break
-            frames.append((kind, request_id, bytes(self._buffer[HEADER.size : end])))
-            del self._buffer[:end]
-        return frames
-
-
-class _Call:
-    """One call in flight. The sandbox's reader thread fills it; the caller awaits its end on the
-    event loop. Output goes straight into bounded captures, so a flood costs that thread alone."""
-
-    def __init__(self, cap: int, on_output: OutputCallback | None) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._ended = asyncio.Event()
-        self.out, self.err = BoundedCapture(cap), BoundedCapture(cap)
-        self.on_output = on_output
-        self.end: tuple[Any, bytes] | None = None
-
-    def deliver(self, kind: Any, payload: bytes) -> None:
-        """On the reader thread: output is kept (bounded), anything else ends the call."""
-        if self.end is not None:
-            return
-        if kind in (OUT, ERR):
-            (self.out if kind == OUT else self.err).write(payload)
-            if self.on_output is not None:
-                try:
-                    self.on_output("stdout" if kind == OUT else "stderr", payload)
-                except Exception:  # noqa: BLE001 - the reader thread's top: a failing observer must not stop it
-                    _log.exception("an output observer failed; it sees no more of this call")
-                    self.on_output = None
-            return
-        self.end = (kind, payload)
-        with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits any more
-            self._loop.call_soon_threadsafe(self._ended.set)
-
-    async def ended(self, timeout_s: float) -> tuple[Any, bytes] | None:
-        """The frame that ended the call, or None when `timeout_s` passed first."""
-        with anyio.move_on_after(max(0.0, timeout_s)):
-            await self._ended.wait()
-        return self.end
 
 
 class AgentChannel:
@@ -123,7 +65,7 @@ class AgentChannel:
         self._io = anyio.CapacityLimiter(1)
         self._sock: socket.socket | None = None
         self._keep: Any = None
-        self._pending: dict[int, _Call] = {}
+        self._pending: dict[int, Call] = {}
         self._next_id = secrets.randbelow(2**30) + 1
         self._diagnostics = bytearray()
         self.broken_reason = ""
@@ -163,7 +105,7 @@ class AgentChannel:
         expected = f"{nonce} {PROTOCOL}".encode()
         hello = HEADER.pack(HELLO, 0, len(expected)) + expected
         sock.settimeout(HELLO_TIMEOUT_S)
-        sock.sendall(b"\n" + _line({"op": "hello", "nonce": nonce}))
+        sock.sendall(b"\n" + line({"op": "hello", "nonce": nonce}))
         rest = self._await_hello(sock, early, hello)
         sock.settimeout(None)
         return rest
@@ -219,7 +161,7 @@ class AgentChannel:
             return sock.recv(262144)
 
     def _read_forever(self, sock: socket.socket, rest: bytes) -> None:
-        docker, agent = FrameDecoder(), _AgentDecoder()
+        docker, agent = FrameDecoder(), AgentDecoder()
         reason = "the attach stream closed"
         try:
             agent_bytes = rest
@@ -250,7 +192,7 @@ class AgentChannel:
             self.broken_reason = reason + self._diagnostic_suffix()
         close_stream(sock, keep)
         for target in list(self._pending.values()):
-            target.deliver(_GONE, b"")
+            target.deliver(GONE, b"")
 
     # -- calls -----------------------------------------------------------------------------------
 
@@ -268,7 +210,7 @@ class AgentChannel:
         try:
             with anyio.move_on_after(_SEND_TIMEOUT_S if timeout_s is None else timeout_s):
                 await anyio.to_thread.run_sync(
-                    self._send_blocking, sock, _line(body), limiter=self._io, abandon_on_cancel=True
+                    self._send_blocking, sock, line(body), limiter=self._io, abandon_on_cancel=True
                 )
                 sent = True
         except OSError as exc:
@@ -285,11 +227,11 @@ class AgentChannel:
     @contextlib.asynccontextmanager
     async def _call(
         self, cap: int, on_output: OutputCallback | None = None
-    ) -> AsyncIterator[tuple[int, _Call]]:
+    ) -> AsyncIterator[tuple[int, Call]]:
         """A connected channel, a fresh call id and the call its frames are routed to while open."""
         await self.open()
         call_id = self._call_id()
-        call = _Call(cap, on_output)
+        call = Call(cap, on_output)
         self._pending[call_id] = call
         try:
             yield call_id, call
@@ -303,8 +245,8 @@ class AgentChannel:
             started = time.monotonic()
             summary = await self._run(call_id, call, request)
         out, err = call.out, call.err
-        stdout_total = max(out.total, _count(summary.get("stdout_bytes")))
-        stderr_total = max(err.total, _count(summary.get("stderr_bytes")))
+        stdout_total = max(out.total, output_count(summary.get("stdout_bytes")))
+        stderr_total = max(err.total, output_count(summary.get("stderr_bytes")))
         return ExecOutcome(
             exit_code=summary["exit_code"],
             stdout=out.getvalue(),
@@ -317,7 +259,7 @@ class AgentChannel:
             sandbox_lost=bool(summary.get("lost")),
         )
 
-    async def _run(self, call_id: int, call: _Call, request: ExecRequest) -> dict[str, Any]:
+    async def _run(self, call_id: int, call: Call, request: ExecRequest) -> dict[str, Any]:
         """Send the command and wait for its end: the end-of-call summary (output is in `call`)."""
         started = time.monotonic()
         deadline_s = request.timeout_s + request.grace_s
@@ -344,12 +286,12 @@ class AgentChannel:
             await self._kill(call_id)
             return {"exit_code": None, "deadline_hit": True}
         kind, payload = end
-        if kind is _GONE:
+        if kind is GONE:
             # The container may have died (the broker checks); the output so far is kept.
             return {"exit_code": None, "deadline_hit": False, "lost": True}
         if kind == EXIT:
-            return _summary(payload)
-        error, message = _failure(payload)  # FAIL: the reader only ends a call on EXIT, FAIL or _GONE
+            return exit_summary(payload)
+        error, message = failure(payload)  # FAIL: the reader only ends a call on EXIT, FAIL or GONE
         raise (AgentCannotStart if error == "no-resources" else AgentFailure)(message)
 
     async def _kill(self, call_id: int) -> None:
@@ -363,40 +305,5 @@ class AgentChannel:
             end = await call.ended(timeout_s)
         if end is None or end[0] != EXIT:
             return None
-        code = _summary(end[1])["exit_code"]
+        code = exit_summary(end[1])["exit_code"]
         return code if isinstance(code, int) else None
-
-
-def _line(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-def _summary(payload: bytes) -> dict[str, Any]:
-    """The agent's end-of-call report, type-checked; anything else is a protocol breach."""
-    try:
-        body = json.loads(payload)
-    except ValueError as exc:
-        raise AgentBroken("the sandbox agent sent a malformed result") from exc
-    code = body.get("exit_code") if isinstance(body, dict) else "bad"
-    if not (code is None or (isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255)):
-        raise AgentBroken("the sandbox agent sent a malformed result")
-    return {
-        "exit_code": code,
-        "deadline_hit": body.get("deadline_hit") is True,
-        "stdout_bytes": body.get("stdout_bytes"),
-        "stderr_bytes": body.get("stderr_bytes"),
-    }
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else 0
-
-
-def _failure(payload: bytes) -> tuple[str, str]:
-    """The agent's refusal: its error kind and message (both untrusted, only shown or compared)."""
-    try:
-        body = json.loads(payload)
-        error, message = str(body.get("error", "")), str(body.get("message", ""))[:300]
-    except (ValueError, AttributeError):
-        error, message = "", ""
-    return error, message or "the sandbox agent refused the command"

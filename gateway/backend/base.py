@@ -135,10 +135,6 @@ class Backend(Protocol):
 
     def inspect(self, container_id: str) -> ContainerInfo: ...
 
-    def exec(
-        self, container_id: str, request: ExecRequest, on_output: OutputCallback | None = None
-    ) -> ExecOutcome: ...
-
     def exec_open(self, container_id: str, request: ExecRequest) -> ExecStream: ...
 
     def exec_pump(

@@ -6,9 +6,7 @@ failures become EngineError or SandboxGone with a message that says what to do.
 
 from __future__ import annotations
 
-import select
 import socket
-import ssl
 import time
 from typing import Any
 
@@ -25,7 +23,8 @@ from gateway.backend.base import (
     Pumped,
     close_stream,
 )
-from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
+from gateway.backend.exec_stream import already_buffered, pump
+from gateway.backend.frames import BoundedCapture
 from gateway.errors import EngineError, SandboxError, SandboxGone, UidInUse
 from gateway.telemetry import tracer
 
@@ -137,7 +136,7 @@ class DockerBackend:
         )
         sock: socket.socket = getattr(raw, "_sock", raw)
         sock.setblocking(False)  # so that peeking at the buffered reader cannot wait for data
-        early = _already_buffered(raw)
+        early = already_buffered(raw)
         sock.settimeout(None)
         return sock, early, raw
 
@@ -167,13 +166,6 @@ class DockerBackend:
             for row in rows
         ]
 
-    def exec(
-        self, container_id: str, request: ExecRequest, on_output: OutputCallback | None = None
-    ) -> ExecOutcome:
-        """exec create, start (hijacked stream, read into bounded captures) and inspect, in one go."""
-        stream = self.exec_open(container_id, request)
-        return self.exec_result(stream, self.exec_pump(stream, request, on_output))
-
     def exec_open(self, container_id: str, request: ExecRequest) -> ExecStream:
         """exec create and start (short Docker API calls): the command runs, its stream is open."""
         started = time.monotonic()
@@ -198,7 +190,7 @@ class DockerBackend:
         sock: socket.socket = getattr(raw, "_sock", raw)  # a TLS connection is the socket itself
         try:
             sock.setblocking(False)
-            early = _already_buffered(raw)
+            early = already_buffered(raw)
         except OSError:
             close_stream(sock, raw)
             raise
@@ -214,7 +206,7 @@ class DockerBackend:
         with tracer().start_as_current_span("docker.exec_stream", attributes=attributes) as span:
             try:
                 deadline = stream.started + request.timeout_s + request.grace_s
-                deadline_hit = _pump(stream.sock, out, err, deadline, stream.early, on_output=on_output)
+                deadline_hit = pump(stream.sock, out, err, deadline, stream.early, on_output=on_output)
             finally:
                 close_stream(stream.sock, stream.raw)
             span.set_attribute("sandbox_gateway.stdout_bytes", out.total)
@@ -246,69 +238,6 @@ class DockerBackend:
 
     def close(self) -> None:
         self._api.close()
-
-
-def _already_buffered(raw: Any) -> bytes:
-    """Bytes of the stream that the HTTP client read together with the response headers.
-
-    A fast command's first frames can arrive in the same packet as the headers; they then sit in the
-    response's buffered reader, not in the socket, and reading the socket alone would lose them.
-    """
-    try:
-        reader = raw._response.raw._fp.fp
-        pending = reader.peek(1 << 20)
-    except (AttributeError, OSError, ValueError):
-        return b""
-    return bytes(reader.read(len(pending))) if pending else b""
-
-
-def _pump(
-    sock: socket.socket,
-    out: BoundedCapture,
-    err: BoundedCapture,
-    deadline: float,
-    early: bytes = b"",
-    *,
-    on_output: OutputCallback | None = None,
-) -> bool:
-    """Read the multiplexed stream into the captures until EOF; True when the deadline cut it short."""
-    decoder = FrameDecoder()
-
-    def consume(data: bytes) -> None:
-        try:
-            for stream, piece in decoder.feed(data):
-                (err if stream == STDERR else out if stream == STDOUT else _DISCARD).write(piece)
-                if on_output is not None and stream in (STDOUT, STDERR):
-                    on_output("stderr" if stream == STDERR else "stdout", piece)
-        except FrameError as exc:
-            raise SandboxError("the engine sent a malformed output stream") from exc
-
-    if early:
-        consume(early)
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return True
-        buffered = isinstance(sock, ssl.SSLSocket) and sock.pending()  # decrypted, not seen by select
-        if not buffered and not select.select([sock], [], [], min(remaining, 1.0))[0]:
-            continue
-        try:
-            data = sock.recv(262144)
-        except (BlockingIOError, ssl.SSLWantReadError):
-            continue
-        except OSError as exc:
-            raise EngineError("the command's output stream broke off (engine or proxy restarted?)") from exc
-        if not data:
-            return False
-        consume(data)
-
-
-class _Discard:
-    def write(self, data: bytes) -> None:
-        return None
-
-
-_DISCARD = _Discard()
 
 
 def tls_config(ca_cert: str, client_cert: str, client_key: str) -> Any:

@@ -42,9 +42,10 @@ class DockerExec:
         return True
 
     async def run(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecOutcome:
-        request = dataclasses.replace(
-            request, argv=timed_argv(request.argv, request.timeout_s, request.kill_after_s)
-        )
+        timed = timed_argv(request.argv, request.timeout_s, request.kill_after_s)
+        return await self._exec(dataclasses.replace(request, argv=timed), on_output)
+
+    async def _exec(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecOutcome:
         stream = await self._ops.run(self._backend.exec_open, self._container_id, request)
         try:
             pumped = await anyio.to_thread.run_sync(
@@ -56,7 +57,8 @@ class DockerExec:
         return await self._ops.run(self._backend.exec_result, stream, pumped)
 
     async def reap(self) -> int | None:
-        """`kill -KILL -1` as the sandbox's uid; PID 1 runs as another, so it stays."""
+        """`kill -KILL -1` as the sandbox's uid; PID 1 runs as another, so it stays. Not under
+        `timeout`, which would be one of the processes it kills (the gateway's deadline bounds it)."""
         request = ExecRequest(
             argv=["kill", "-KILL", "-1"],
             user=self._user,
@@ -67,7 +69,7 @@ class DockerExec:
             grace_s=2,
         )
         try:
-            return (await self.run(request)).exit_code
+            return (await self._exec(request)).exit_code
         except GatewayError:
             return None
 

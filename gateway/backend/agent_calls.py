@@ -1,0 +1,117 @@
+"""The calls in flight on one agent channel, and the agent's frames and answers decoded.
+
+Everything here reads what the sandbox sent: untrusted, size-capped and type-checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import anyio
+
+from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT
+from gateway.backend.base import OutputCallback
+from gateway.backend.frames import BoundedCapture, FrameError
+from gateway.errors import AgentBroken
+
+__all__ = ["GONE", "AgentDecoder", "Call", "exit_summary", "failure", "line", "output_count"]
+
+_log = logging.getLogger("sandbox_gateway.agent_channel")
+
+#: What a call ends with when the stream to the agent broke.
+GONE = object()
+
+
+class AgentDecoder:
+    """Agent frames out of the container's stdout bytes; an oversized frame is a protocol breach."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= HEADER.size:
+            kind, request_id, length = HEADER.unpack_from(self._buffer)
+            if kind not in (OUT, ERR, EXIT, HELLO, FAIL) or length > MAX_PAYLOAD:
+                raise FrameError(f"agent frame kind {kind} length {length}")
+            end = HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            frames.append((kind, request_id, bytes(self._buffer[HEADER.size : end])))
+            del self._buffer[:end]
+        return frames
+
+
+class Call:
+    """One call in flight. The sandbox's reader thread fills it; the caller awaits its end on the
+    event loop. Output goes straight into bounded captures, so a flood costs that thread alone."""
+
+    def __init__(self, cap: int, on_output: OutputCallback | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ended = asyncio.Event()
+        self.out, self.err = BoundedCapture(cap), BoundedCapture(cap)
+        self.on_output = on_output
+        self.end: tuple[Any, bytes] | None = None
+
+    def deliver(self, kind: Any, payload: bytes) -> None:
+        """On the reader thread: output is kept (bounded), anything else ends the call."""
+        if self.end is not None:
+            return
+        if kind in (OUT, ERR):
+            (self.out if kind == OUT else self.err).write(payload)
+            if self.on_output is not None:
+                try:
+                    self.on_output("stdout" if kind == OUT else "stderr", payload)
+                except Exception:  # noqa: BLE001 - the reader thread's top: a failing observer must not stop it
+                    _log.exception("an output observer failed; it sees no more of this call")
+                    self.on_output = None
+            return
+        self.end = (kind, payload)
+        with contextlib.suppress(RuntimeError):  # the caller's loop is gone: nobody waits any more
+            self._loop.call_soon_threadsafe(self._ended.set)
+
+    async def ended(self, timeout_s: float) -> tuple[Any, bytes] | None:
+        """The frame that ended the call, or None when `timeout_s` passed first."""
+        with anyio.move_on_after(max(0.0, timeout_s)):
+            await self._ended.wait()
+        return self.end
+
+
+def line(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def exit_summary(payload: bytes) -> dict[str, Any]:
+    """The agent's end-of-call report, type-checked; anything else is a protocol breach."""
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise AgentBroken("the sandbox agent sent a malformed result") from exc
+    code = body.get("exit_code") if isinstance(body, dict) else "bad"
+    if not (code is None or (isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 255)):
+        raise AgentBroken("the sandbox agent sent a malformed result")
+    return {
+        "exit_code": code,
+        "deadline_hit": body.get("deadline_hit") is True,
+        "stdout_bytes": body.get("stdout_bytes"),
+        "stderr_bytes": body.get("stderr_bytes"),
+    }
+
+
+def output_count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else 0
+
+
+def failure(payload: bytes) -> tuple[str, str]:
+    """The agent's refusal: its error kind and message (both untrusted, only shown or compared)."""
+    try:
+        body = json.loads(payload)
+        error, message = str(body.get("error", "")), str(body.get("message", ""))[:300]
+    except (ValueError, AttributeError):
+        error, message = "", ""
+    return error, message or "the sandbox agent refused the command"
