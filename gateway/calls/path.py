@@ -15,6 +15,7 @@ from audit import AuditLog, AuditWriteError
 from gateway.backend.base import ExecOutcome, OutputCallback
 from gateway.calls.budgets import TenantSlots, budget_instruments
 from gateway.errors import InvalidArgument, PolicyDenied, QuotaExceeded
+from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
 from gateway.sandboxes.pool import pool_targets
 from gateway.telemetry import instruments
@@ -28,9 +29,17 @@ class CallPath:
     """Decides and records tool calls for principals, and runs them in their sandbox within budget."""
 
     def __init__(
-        self, engine: PolicyEngine, broker: Broker, audit: AuditLog, *, enforce_request_rate: bool = True
+        self,
+        engine: PolicyEngine,
+        broker: Broker,
+        audit: AuditLog,
+        *,
+        enforce_request_rate: bool = True,
+        rates: RateLimiter | None = None,
     ) -> None:
         self.enforce_request_rate = enforce_request_rate
+        #: Per-principal request rates (`rate_limits.requests`); the broker's store unless given one.
+        self.rates = rates if rates is not None else broker.rates
         self.engine = engine
         self.broker = broker
         self.audit = audit
@@ -38,12 +47,12 @@ class CallPath:
         self.budget_metrics = budget_instruments()
         #: Calls running per tenant, against the caller's profile's `exec.max_concurrent_per_tenant`.
         self.tenant_slots = TenantSlots()
-        broker.pool.configure(pool_targets(engine))
+        broker.configure_pools(pool_targets(engine))
 
     def replace_engine(self, engine: PolicyEngine) -> None:
         """Switch to a new, already validated policy; calls in flight keep the Decision they got."""
         self.engine = engine
-        self.broker.pool.configure(pool_targets(engine))
+        self.broker.configure_pools(pool_targets(engine))
 
     @asynccontextmanager
     async def _request(self, principal: Principal, tool: str, source_ip: str | None) -> AsyncIterator[str]:
@@ -103,7 +112,7 @@ class CallPath:
         if not self.enforce_request_rate:
             return decision
         rate = decision.rate_limits.requests
-        retry = self.broker.rates.hit("requests", f"{principal.tenant}/{principal.id}", rate)
+        retry = self.rates.hit("requests", f"{principal.tenant}/{principal.id}", rate)
         if retry is not None:
             self.audit.emit("ratelimit.hit", limit="requests", rate=rate, retry_after_s=retry)
             self.metrics.denials.add(1, {"reason": "rate-limited", "tool": action.tool})

@@ -88,6 +88,10 @@ class Broker:
     def max_sandboxes(self) -> int:
         return self._registry.max_sandboxes
 
+    def configure_pools(self, targets: dict[str, tuple[Allowed, int]]) -> None:
+        """Warm pool sizes and specs (start-up, policy reload); see `WarmPool.configure`."""
+        self.pool.configure(targets)
+
     def sandbox_of(self, principal: Principal) -> Sandbox | None:
         return self._registry.get(principal_key(principal))
 
