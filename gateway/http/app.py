@@ -33,13 +33,12 @@ from gateway.calls.reload import reload_policy
 from gateway.calls.service import ExecutionService
 from gateway.config import Settings
 from gateway.errors import GatewayError
-from gateway.http.middleware import (
-    PRINCIPAL_SCOPE_KEY,
-    BearerAuthMiddleware,
-    BodyLimitMiddleware,
-    SecureHeadersMiddleware,
-)
-from gateway.http.ratelimit import AddressBudget, AddressRateLimitMiddleware, PrincipalRateLimitMiddleware
+from gateway.http.middleware.address_budget import AddressBudget
+from gateway.http.middleware.address_rate import AddressRateLimitMiddleware
+from gateway.http.middleware.authentication import PRINCIPAL_SCOPE_KEY, BearerAuthMiddleware
+from gateway.http.middleware.body_limit import BodyLimitMiddleware
+from gateway.http.middleware.principal_rate import PrincipalRateLimitMiddleware
+from gateway.http.middleware.secure_headers import SecureHeadersMiddleware
 from gateway.http.sessions import GatewaySessionManager, SessionTable
 from gateway.http.tools import AuditedMCPServer, register_tools
 from gateway.sandboxes.broker import Broker

@@ -24,7 +24,7 @@ from gateway.calls.results import (
 )
 from gateway.calls.service import ExecutionService
 from gateway.errors import GatewayError
-from gateway.http.middleware import PRINCIPAL_SCOPE_KEY
+from gateway.http.middleware.authentication import PRINCIPAL_SCOPE_KEY
 from policy import Principal
 
 __all__ = ["AuditedMCPServer", "register_tools"]
