@@ -84,6 +84,12 @@ class Core:
         """The policy in force. The service holds it, and a reload (SIGHUP) replaces it there."""
         return self.service.engine
 
+    @classmethod
+    def around(cls, service: ExecutionService, audit: AuditLog) -> Core:
+        """The core of a service whose broker was built by hand (rather than by `build_core`)."""
+        broker = service.broker
+        return cls(audit=audit, backend=broker.backend, rates=broker.rates, broker=broker, service=service)
+
 
 def build_core(
     settings: Settings, engine: PolicyEngine, audit: AuditLog, *, enforce_request_rate: bool = True

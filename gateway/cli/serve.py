@@ -123,9 +123,7 @@ def serve(args: argparse.Namespace) -> int:
         audit.close()
         telemetry.shutdown()
 
-    app = build_app(
-        settings, service=core.service, verifier=verifier, audit=audit, image=image, on_shutdown=flush
-    )
+    app = build_app(settings, core, verifier=verifier, image=image, on_shutdown=flush)
     url = f"http://{settings.host}:{settings.port}/mcp"
     print(
         f"Sandbox Gateway: MCP endpoint {url} "
