@@ -1,6 +1,7 @@
 """The embedding API: `DockerExecutionClient`, for Python programs that run code without MCP.
 
-It goes through the same policy, audit and tracing as the MCP tools:
+It goes through the same policy, audit and tracing as the MCP tools, on a core built by the same
+composition root (gateway/wiring.py) as the server's:
 
     client = DockerExecutionClient()
     exit_code, stdout, stderr = await client.execute_bash("alice", "python3 -c 'print(1)'")
@@ -15,12 +16,10 @@ from pathlib import Path
 from audit import AuditLog, StreamSink
 from audit.sinks import AuditSink
 from gateway.auth.tokens import validate_principal_id
-from gateway.backend.docker_engine import DockerBackend
 from gateway.calls.results import ExecResult
-from gateway.calls.service import ExecutionService
-from gateway.config import DEFAULT_DOCKER_HOST, DEFAULT_IMAGE, ENV_DOCKER_HOST, check_docker_host
+from gateway.config import DEFAULT_DOCKER_HOST, DEFAULT_IMAGE, ENV_DOCKER_HOST, Settings, check_docker_host
 from gateway.errors import ConfigError
-from gateway.sandboxes.broker import Broker
+from gateway.wiring import build_core
 from policy import Principal, load_policy
 from policy.engine import PolicyEngine
 
@@ -61,16 +60,20 @@ class DockerExecutionClient:
         for name, path in (("tools", tools), ("skills", skills)):
             if path is not None and not path.is_dir():
                 raise ConfigError(f"the {name} directory {path} does not exist")
-        self.audit = AuditLog(audit_sinks if audit_sinks is not None else [StreamSink()])
-        self.backend = DockerBackend(url)
-        self.broker = Broker(
-            self.backend,
-            self.audit,
+        settings = Settings(
+            docker_host=url,
+            allow_raw_socket=allow_raw_socket,
+            image=image_name,
             gateway_id=validate_principal_id(gateway_id, "gateway id"),
             tools_path=tools,
             skills_path=skills,
         )
-        self.service = ExecutionService(engine, self.broker, self.audit)
+        audit = AuditLog(audit_sinks if audit_sinks is not None else [StreamSink()])
+        self.core = build_core(settings, engine, audit)
+        self.audit = self.core.audit
+        self.backend = self.core.backend
+        self.broker = self.core.broker
+        self.service = self.core.service
 
     def _principal(self, user_id: str) -> Principal:
         return Principal(

@@ -1,17 +1,30 @@
-"""Building the gateway's AuditLog from its settings and policy: sinks, HMAC key, fail-closed."""
+"""The composition root: the objects the gateway runs on, built from its settings.
+
+`sandbox-gateway serve` and the embedding API (`DockerExecutionClient`) both build their `Core`
+with `build_core`: backend -> rate limiter -> broker -> execution service, on the policy engine
+and audit log each of them made (`build_audit` makes the server's from its settings).
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from audit import AuditLog, FileSink, RepeatTable, StreamSink
 from audit.otlp import OTLPLogSink, otlp_logs_configured
 from audit.sinks import AuditSink
+from gateway.backend.base import Backend
+from gateway.backend.docker_engine import DockerBackend, tls_config
+from gateway.calls.service import ExecutionService
 from gateway.config import Settings
 from gateway.errors import ConfigError
+from gateway.ratelimit import RateLimiter
+from gateway.sandboxes.broker import Broker
+from gateway.uids import UidRange
 from policy import Policy
+from policy.engine import PolicyEngine
 
-__all__ = ["build_audit"]
+__all__ = ["Core", "build_audit", "build_core"]
 
 _log = logging.getLogger("sandbox_gateway.audit")
 
@@ -50,3 +63,55 @@ def build_audit(settings: Settings, policy: Policy) -> AuditLog:
         _log.warning("no audit HMAC key configured (SGW_AUDIT_HMAC_KEY_FILE): code HMACs are per process")
     repeats = RepeatTable(settings.audit_repeat_window_s, settings.audit_repeat_sources)
     return AuditLog(sinks, fail_closed=True, code_mode=policy.audit.code, hmac_key=key, repeats=repeats)
+
+
+@dataclass(frozen=True, slots=True)
+class Core:
+    """The gateway's object graph, handed whole to whoever needs parts of it (the HTTP app, the
+    embedding API), so that none of them reaches through one object to get at another."""
+
+    audit: AuditLog
+    #: The Docker engine, through the socket proxy.
+    backend: Backend
+    #: Rate-limit counters: sandbox creations (the broker), request rates (the HTTP edge, or the
+    #: service when there is none).
+    rates: RateLimiter
+    broker: Broker
+    service: ExecutionService
+
+    @property
+    def engine(self) -> PolicyEngine:
+        """The policy in force. The service holds it, and a reload (SIGHUP) replaces it there."""
+        return self.service.engine
+
+    @classmethod
+    def around(cls, service: ExecutionService, audit: AuditLog) -> Core:
+        """The core of a service whose broker was built by hand (rather than by `build_core`)."""
+        broker = service.broker
+        return cls(audit=audit, backend=broker.backend, rates=broker.rates, broker=broker, service=service)
+
+
+def build_core(
+    settings: Settings, engine: PolicyEngine, audit: AuditLog, *, enforce_request_rate: bool = True
+) -> Core:
+    """Backend, rate limiter, broker and execution service for `settings`, on `engine` and `audit`.
+
+    `enforce_request_rate=False` when an HTTP edge counts each request against the principal's and
+    tenant's rates already (the service would count them again per tool call).
+    """
+    engine_tls = tls_config(*map(str, settings.docker_tls)) if settings.docker_tls else None
+    backend = DockerBackend(settings.docker_host, pool_size=settings.docker_workers * 2, tls=engine_tls)
+    rates = RateLimiter(settings.rate_limit_storage)
+    broker = Broker(
+        backend,
+        audit,
+        gateway_id=settings.gateway_id,
+        tools_path=settings.tools_path,
+        skills_path=settings.skills_path,
+        workers=settings.docker_workers,
+        max_sandboxes=settings.max_sandboxes,
+        rates=rates,
+        uids=UidRange.parse(settings.sandbox_uids),
+    )
+    service = ExecutionService(engine, broker, audit, enforce_request_rate=enforce_request_rate)
+    return Core(audit=audit, backend=backend, rates=rates, broker=broker, service=service)

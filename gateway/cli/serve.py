@@ -1,4 +1,4 @@
-"""`sandbox-gateway serve`: wire settings, policy, audit, backend and app, then run uvicorn."""
+"""`sandbox-gateway serve`: settings from the flags, the core (gateway/wiring.py), the app, uvicorn."""
 
 from __future__ import annotations
 
@@ -12,17 +12,13 @@ import uvicorn
 from gateway.auth.oauth import JWTVerifier, OAuthSettings
 from gateway.auth.tokens import TokenStore
 from gateway.auth.verifier import GatewayTokenVerifier
-from gateway.backend.docker_engine import DockerBackend, tls_config
-from gateway.calls.service import ExecutionService
 from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.fdlimit import raise_open_file_limit
 from gateway.http.app import build_app
-from gateway.ratelimit import RateLimiter
-from gateway.sandboxes.broker import Broker
 from gateway.telemetry import configure_telemetry
 from gateway.uids import UidRange, host_accounts_in
-from gateway.wiring import build_audit
+from gateway.wiring import build_audit, build_core
 from policy import PolicyError, load_policy
 from policy.engine import PolicyEngine
 
@@ -119,33 +115,20 @@ def serve(args: argparse.Namespace) -> int:
             f"the sandbox uid range {uids} holds host accounts ({'; '.join(accounts[:5])}): sandboxes "
             f"would share their kernel limits; choose a free range with --sandbox-uids"
         )
-    engine_tls = tls_config(*map(str, settings.docker_tls)) if settings.docker_tls else None
-    backend = DockerBackend(settings.docker_host, pool_size=settings.docker_workers * 2, tls=engine_tls)
-    broker = Broker(
-        backend,
-        audit,
-        gateway_id=settings.gateway_id,
-        tools_path=settings.tools_path,
-        skills_path=settings.skills_path,
-        workers=settings.docker_workers,
-        max_sandboxes=settings.max_sandboxes,
-        rates=RateLimiter(settings.rate_limit_storage),
-        uids=uids,
-    )
     # Request rates are enforced per HTTP request (429) by the app, not again per tool call.
-    service = ExecutionService(engine, broker, audit, enforce_request_rate=False)
+    core = build_core(settings, engine, audit, enforce_request_rate=False)
 
     def flush() -> None:
-        backend.close()
+        core.backend.close()
         audit.close()
         telemetry.shutdown()
 
-    app = build_app(settings, service=service, verifier=verifier, audit=audit, image=image, on_shutdown=flush)
+    app = build_app(settings, core, verifier=verifier, image=image, on_shutdown=flush)
     url = f"http://{settings.host}:{settings.port}/mcp"
     print(
         f"Sandbox Gateway: MCP endpoint {url} "
         f"(policy {engine.digest[:12]}, engine via {settings.docker_host}"
-        f"{' over TLS' if engine_tls else ''})",
+        f"{' over TLS' if settings.docker_tls else ''})",
         file=sys.stderr,
         flush=True,
     )

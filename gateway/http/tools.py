@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
-from pydantic import Field, ValidationError
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
 
 from audit import AuditWriteError
 from gateway.calls.library import Library, LibraryListing
@@ -24,10 +24,10 @@ from gateway.calls.results import (
 )
 from gateway.calls.service import ExecutionService
 from gateway.errors import GatewayError
-from gateway.http.middleware import PRINCIPAL_SCOPE_KEY
+from gateway.http.caller import principal_of, source_ip
 from policy import Principal
 
-__all__ = ["AuditedMCPServer", "register_tools"]
+__all__ = ["register_tools"]
 
 _log = logging.getLogger("sandbox_gateway.tools")
 T = TypeVar("T")
@@ -38,74 +38,19 @@ Timeout = Annotated[
 ]
 
 
-def _source_ip(ctx: Context[Any, Any]) -> str | None:
-    client = getattr(ctx.request_context.request, "client", None)
-    return getattr(client, "host", None)
-
-
-def _caller(ctx: Context[Any, Any]) -> Principal | None:
-    request = ctx.request_context.request
-    scope = getattr(request, "scope", None) or {}
-    principal = scope.get(PRINCIPAL_SCOPE_KEY)
-    return principal if isinstance(principal, Principal) else None
-
-
 def _principal(
     service: ExecutionService, ctx: Context[Any, Any], tool: str, needs: str = "sandbox:exec"
 ) -> Principal:
     """The authenticated caller, if its credential carries the scope this tool needs; a refusal is
     recorded (`tool.rejected`) with its code."""
-    principal = _caller(ctx)
+    principal = principal_of(ctx)
     if principal is None:
-        service.record_rejection(None, tool, "unauthenticated", source_ip=_source_ip(ctx))
+        service.record_rejection(None, tool, "unauthenticated", source_ip=source_ip(ctx))
         raise ToolError("unauthenticated: no principal on this request")
     if needs not in principal.scopes:
-        service.record_rejection(
-            principal, tool, "insufficient-scope", source_ip=_source_ip(ctx), scope=needs
-        )
+        service.record_rejection(principal, tool, "insufficient-scope", source_ip=source_ip(ctx), scope=needs)
         raise ToolError(f"insufficient-scope: this tool needs the {needs} scope, which the credential lacks")
     return principal
-
-
-#: A refused argument is recorded by name and error type, and at most this many of them.
-_MAX_INVALID = 16
-
-
-class AuditedMCPServer(MCPServer[Any]):
-    """The SDK's server, recording the tool calls it refuses before any handler runs: arguments
-    that fail the tool's input schema (`invalid-argument`) and unknown tools (`unknown-tool`).
-
-    Only argument names and pydantic error types are recorded, never the values (they are the
-    caller's data: code, file content).
-    """
-
-    def __init__(self, name: str, *, service: ExecutionService, **settings: Any) -> None:
-        super().__init__(name, **settings)
-        self.service = service
-
-    async def call_tool(
-        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
-    ) -> Any:
-        try:
-            return await super().call_tool(name, arguments, context)
-        except ToolError as exc:
-            if context is not None and not isinstance(exc, UnexpectedToolError):
-                await self._record(name, exc, context)
-            raise
-
-    async def _record(self, name: str, exc: ToolError, ctx: Context[Any, Any]) -> None:
-        tool = name[:128]
-        if isinstance(exc.__cause__, ValidationError):
-            invalid = [
-                {"field": ".".join(map(str, error["loc"]))[:128], "error": error["type"]}
-                for error in exc.__cause__.errors()[:_MAX_INVALID]
-            ]
-            code, detail = "invalid-argument", {"invalid": invalid}
-        elif exc.__cause__ is None and name not in {t.name for t in await self.list_tools()}:
-            code, detail = "unknown-tool", {}
-        else:
-            return  # raised by the tool itself, which recorded it
-        self.service.record_rejection(_caller(ctx), tool, code, source_ip=_source_ip(ctx), **detail)
 
 
 async def _guarded(tool: str, principal: Principal, call: Awaitable[T]) -> T:
@@ -130,7 +75,7 @@ async def _run(
         # A no-op unless the client sent a progress token with this call.
         await ctx.report_progress(output_bytes, None, latest)
 
-    call = service.execute(principal, tool, code, timeout_s, source_ip=_source_ip(ctx), on_progress=progress)
+    call = service.execute(principal, tool, code, timeout_s, source_ip=source_ip(ctx), on_progress=progress)
     return await _guarded(tool, principal, call)
 
 
@@ -185,7 +130,7 @@ def register_tools(
     )
     async def sandbox_info(ctx: Context[Any, Any]) -> SandboxInfo:
         principal = _principal(service, ctx, "sandbox_info")
-        return await _guarded("sandbox_info", principal, service.info(principal, source_ip=_source_ip(ctx)))
+        return await _guarded("sandbox_info", principal, service.info(principal, source_ip=source_ip(ctx)))
 
     @mcp.tool(
         name="reset_sandbox",
@@ -194,7 +139,7 @@ def register_tools(
     )
     async def reset_sandbox(ctx: Context[Any, Any]) -> ResetResult:
         principal = _principal(service, ctx, "reset_sandbox")
-        return await _guarded("reset_sandbox", principal, service.reset(principal, source_ip=_source_ip(ctx)))
+        return await _guarded("reset_sandbox", principal, service.reset(principal, source_ip=source_ip(ctx)))
 
     @mcp.tool(
         name="admin_list_sandboxes",
@@ -204,7 +149,7 @@ def register_tools(
     async def admin_list_sandboxes(ctx: Context[Any, Any]) -> AdminSandboxes:
         principal = _principal(service, ctx, "admin_list_sandboxes", needs="sandbox:admin")
         return await _guarded(
-            "admin_list_sandboxes", principal, service.admin_list(principal, source_ip=_source_ip(ctx))
+            "admin_list_sandboxes", principal, service.admin_list(principal, source_ip=source_ip(ctx))
         )
 
     @mcp.tool(
@@ -219,7 +164,7 @@ def register_tools(
         ctx: Context[Any, Any],
     ) -> ResetResult:
         caller = _principal(service, ctx, "admin_remove_sandbox", needs="sandbox:admin")
-        call = service.admin_remove(caller, principal, source_ip=_source_ip(ctx))
+        call = service.admin_remove(caller, principal, source_ip=source_ip(ctx))
         return await _guarded("admin_remove_sandbox", caller, call)
 
     @mcp.tool(
@@ -234,7 +179,7 @@ def register_tools(
         encoding: Annotated[str, Field(description="utf-8 (default) or base64")] = "utf-8",
     ) -> FileWritten:
         principal = _principal(service, ctx, "write_file", needs="sandbox:files")
-        call = service.write_file(principal, path, content, encoding, source_ip=_source_ip(ctx))
+        call = service.write_file(principal, path, content, encoding, source_ip=source_ip(ctx))
         return await _guarded("write_file", principal, call)
 
     @mcp.tool(
@@ -249,7 +194,7 @@ def register_tools(
         max_bytes: Annotated[int | None, Field(description="Return at most this many bytes")] = None,
     ) -> FileContent:
         principal = _principal(service, ctx, "read_file", needs="sandbox:files")
-        call = service.read_file(principal, path, encoding, max_bytes, source_ip=_source_ip(ctx))
+        call = service.read_file(principal, path, encoding, max_bytes, source_ip=source_ip(ctx))
         return await _guarded("read_file", principal, call)
 
     @mcp.tool(
@@ -263,7 +208,7 @@ def register_tools(
     ) -> FileList:
         principal = _principal(service, ctx, "list_files", needs="sandbox:files")
         return await _guarded(
-            "list_files", principal, service.list_files(principal, path, source_ip=_source_ip(ctx))
+            "list_files", principal, service.list_files(principal, path, source_ip=source_ip(ctx))
         )
 
     skills, tools = Library(skills_dir, "/skills", "skills"), Library(tools_dir, "/tools", "tools")

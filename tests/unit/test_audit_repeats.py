@@ -17,8 +17,9 @@ from audit.repeats import OTHER
 from audit.schema import EVENTS, AuditEvent
 from gateway.auth.tokens import TokenStore
 from gateway.auth.verifier import GatewayTokenVerifier
-from gateway.http.middleware import BearerAuthMiddleware
-from gateway.http.ratelimit import AddressBudget, AddressRateLimitMiddleware
+from gateway.http.middleware.address_budget import AddressBudget
+from gateway.http.middleware.address_rate import AddressRateLimitMiddleware
+from gateway.http.middleware.authentication import BearerAuthMiddleware
 from gateway.ratelimit import RateLimiter
 
 WALL0 = 1_800_000_000.0

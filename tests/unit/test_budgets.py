@@ -25,8 +25,10 @@ from gateway.backend.docker_engine import DockerBackend
 from gateway.calls.budgets import TenantSlots
 from gateway.calls.service import ExecutionService
 from gateway.errors import QuotaExceeded
-from gateway.http.middleware import BearerAuthMiddleware
-from gateway.http.ratelimit import AddressBudget, AddressRateLimitMiddleware, PrincipalRateLimitMiddleware
+from gateway.http.middleware.address_budget import AddressBudget
+from gateway.http.middleware.address_rate import AddressRateLimitMiddleware
+from gateway.http.middleware.authentication import BearerAuthMiddleware
+from gateway.http.middleware.principal_rate import PrincipalRateLimitMiddleware
 from gateway.http.sessions import SessionTable
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker

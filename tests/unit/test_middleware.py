@@ -12,12 +12,9 @@ from starlette.testclient import TestClient
 from audit import AuditLog, MemorySink
 from gateway.auth.tokens import TokenStore
 from gateway.auth.verifier import GatewayTokenVerifier
-from gateway.http.middleware import (
-    PRINCIPAL_SCOPE_KEY,
-    BearerAuthMiddleware,
-    BodyLimitMiddleware,
-    SecureHeadersMiddleware,
-)
+from gateway.http.middleware.authentication import PRINCIPAL_SCOPE_KEY, BearerAuthMiddleware
+from gateway.http.middleware.body_limit import BodyLimitMiddleware
+from gateway.http.middleware.secure_headers import SecureHeadersMiddleware
 
 
 def make_client(tmp_path) -> tuple[TestClient, str, MemorySink]:

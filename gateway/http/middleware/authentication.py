@@ -1,20 +1,22 @@
-"""Pure ASGI middleware in front of the MCP endpoint: body cap, bearer authentication, headers."""
+"""Bearer authentication: who the caller is, put in the ASGI scope for what runs behind it."""
 
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from starlette.authentication import AuthCredentials
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from audit import AuditLog, AuditWriteError
 from gateway.auth.tokens import SCOPES
 from gateway.auth.verifier import GatewayTokenVerifier
+from gateway.http.middleware.responses import send_json
+from policy import Principal
 
-__all__ = ["PRINCIPAL_SCOPE_KEY", "BearerAuthMiddleware", "BodyLimitMiddleware", "SecureHeadersMiddleware"]
+__all__ = ["PRINCIPAL_SCOPE_KEY", "BearerAuthMiddleware", "scope_principal"]
 
 #: Where the authenticated Principal is put in the ASGI scope.
 PRINCIPAL_SCOPE_KEY = "sandbox_gateway.principal"
@@ -22,76 +24,10 @@ PRINCIPAL_SCOPE_KEY = "sandbox_gateway.principal"
 _MAX_PATH_IN_AUDIT = 256
 
 
-async def _json_response(
-    send: Send, status: int, body: dict[str, str], headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
-
-
-class BodyLimitMiddleware:
-    """413 for a request body above `max_bytes`, whether announced by Content-Length or streamed."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        if max_bytes <= 0:
-            raise ValueError("max_bytes must be positive")
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _json_response(
-                    send,
-                    413,
-                    {"error": "request_too_large", "error_description": f"body above {self.max_bytes} bytes"},
-                )
-                return
-        received = 0
-        response_started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not response_started:
-                await _json_response(
-                    send,
-                    413,
-                    {"error": "request_too_large", "error_description": f"body above {self.max_bytes} bytes"},
-                )
-
-
-class _TooLarge(Exception):
-    pass
+def scope_principal(scope: Mapping[str, Any]) -> Principal | None:
+    """The principal `BearerAuthMiddleware` authenticated for this request, if any."""
+    principal = scope.get(PRINCIPAL_SCOPE_KEY)
+    return principal if isinstance(principal, Principal) else None
 
 
 class BearerAuthMiddleware:
@@ -148,7 +84,7 @@ class BearerAuthMiddleware:
         if principal is None or access is None:
             with contextlib.suppress(AuditWriteError):  # the request is refused either way
                 self.audit.emit_repeated("auth.failed", source, by="reason", reason=reason, path=path)
-            await _json_response(
+            await send_json(
                 send,
                 401,
                 {"error": "invalid_token", "error_description": "a valid bearer token is required"},
@@ -166,7 +102,7 @@ class BearerAuthMiddleware:
                     tenant=principal.tenant,
                     path=path,
                 )
-            await _json_response(
+            await send_json(
                 send,
                 403,
                 {"error": "insufficient_scope", "error_description": "the token carries no sandbox scope"},
@@ -182,32 +118,3 @@ class BearerAuthMiddleware:
         scope["user"] = AuthenticatedUser(access)
         scope["auth"] = AuthCredentials(sorted(principal.scopes))
         await self.app(scope, receive, send)
-
-
-class SecureHeadersMiddleware:
-    """Headers every response carries: no sniffing, no framing, no caching, no referrer."""
-
-    _HEADERS = (
-        (b"x-content-type-options", b"nosniff"),
-        (b"x-frame-options", b"DENY"),
-        (b"cache-control", b"no-store"),
-        (b"referrer-policy", b"no-referrer"),
-        (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
-    )
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in self._HEADERS if k not in present]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)

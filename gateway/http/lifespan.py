@@ -1,0 +1,137 @@
+"""The app's lifespan: start-up sweep, background work while serving, clean-up at the stop.
+
+While the app serves: the reaper (sandboxes past their idle TTL or max age), the warm pool, the
+summaries of repeated audit events, and policy reload on SIGHUP. At the stop: calls still running
+get a moment to finish, the gateway's sandboxes are removed (unless kept), and the stop is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import anyio
+from starlette.applications import Starlette
+
+from audit import AuditLog, AuditWriteError
+from gateway import __version__
+from gateway.calls.reload import reload_policy
+from gateway.config import Settings
+from gateway.errors import GatewayError
+from gateway.http.sessions import GatewaySessionManager
+from gateway.sandboxes.broker import Broker
+from gateway.wiring import Core
+
+__all__ = ["Lifespan", "gateway_lifespan"]
+
+_log = logging.getLogger("sandbox_gateway.app")
+
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
+
+#: How often ended windows of repeated audit events are summarised (their summaries are this late at most).
+_REPEAT_FLUSH_S = 1.0
+#: After the server's graceful wait, how long calls still running get before sandboxes are removed.
+_SETTLE_S = 2.0
+
+
+async def _reap_forever(broker: Broker, interval_s: float) -> None:
+    """Remove sandboxes past their idle TTL or max age, every `interval_s`."""
+    while True:
+        await anyio.sleep(interval_s)
+        try:
+            await broker.reap_expired()
+        except GatewayError as exc:  # the engine may be down for a while; try again next round
+            _log.warning("reaping expired sandboxes failed: %s", exc.message)
+
+
+async def _sweep(core: Core) -> None:
+    """Keep current sandboxes from before a restart for adoption; remove stale and orphaned ones."""
+    specs = {name: profile.sandbox.digest() for name, profile in core.engine.policy.profiles.items()}
+    try:
+        await core.broker.sweep(specs)
+    except GatewayError as exc:  # the engine may come up later; sandboxes are then adopted lazily
+        _log.warning("start-up sweep of sandboxes failed: %s", exc.message)
+
+
+async def _flush_repeated_forever(audit: AuditLog) -> None:
+    """Write the summary of each window of repeated events (auth failures, rate-limit hits) once it ends."""
+    while True:
+        await anyio.sleep(_REPEAT_FLUSH_S)
+        try:
+            audit.flush_repeated()
+        except AuditWriteError:  # the sinks' failures are logged and counted; try again next round
+            continue
+
+
+def _record_stop(audit: AuditLog, removed: int, interrupted: int) -> None:
+    """Summarise the windows of repeated events still open, so no counted event is lost at a stop,
+    then record the stop itself (the chain's last line for this run)."""
+    with contextlib.suppress(AuditWriteError):
+        audit.flush_repeated(everything=True)
+    audit.emit("gateway.stop", sandboxes_removed=removed, calls_interrupted=interrupted)
+
+
+async def _cleanup(broker: Broker) -> int:
+    """Remove every sandbox of this gateway; with the engine unreachable, say so and stop anyway."""
+    try:
+        return await broker.cleanup_all()
+    except GatewayError as exc:
+        _log.error("sandboxes could not be removed on shutdown (%s); the next start sweeps them", exc.message)
+        return 0
+
+
+def gateway_lifespan(
+    settings: Settings,
+    core: Core,
+    sessions: GatewaySessionManager,
+    on_shutdown: Callable[[], None] | None = None,
+) -> Lifespan:
+    """The lifespan: runs the MCP session manager and the background work, removes sandboxes at
+    the stop, then calls `on_shutdown` (to flush exporters)."""
+    broker, audit = core.broker, core.audit
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, reload_policy, core.service, settings.policy_file, audit)
+        except (RuntimeError, ValueError):  # an embedded server off the main thread: no signals there
+            _log.warning("policy reload on SIGHUP is unavailable outside the main thread")
+        async with sessions.run():
+            audit.emit(
+                "gateway.start",
+                version=__version__,
+                gateway_id=settings.gateway_id,
+                policy_digest=core.engine.digest,
+                docker_host=settings.docker_host,
+            )
+            await _sweep(core)
+            try:
+                # Background work ends (and its Docker calls return) before the clean-up below, so
+                # a pool sandbox being made now cannot outlive the shutdown.
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(_reap_forever, broker, settings.reap_interval_s)
+                    tasks.start_soon(broker.maintain_pool)
+                    tasks.start_soon(_flush_repeated_forever, audit)
+                    try:
+                        yield
+                    finally:
+                        loop.remove_signal_handler(signal.SIGHUP)
+                        tasks.cancel_scope.cancel()
+            finally:
+                removed = 0
+                with anyio.CancelScope(shield=True):
+                    # The server already let open requests finish (up to the grace); calls still
+                    # running now lost their client, or outlived the grace: they get a moment more.
+                    interrupted = await broker.wait_idle(min(settings.shutdown_grace_s, _SETTLE_S))
+                    if settings.remove_on_shutdown:
+                        removed = await _cleanup(broker)
+                _record_stop(audit, removed, interrupted)
+                if on_shutdown is not None:
+                    on_shutdown()  # flush exporters now: the server may re-raise the stop signal next
+
+    return lifespan
