@@ -84,12 +84,6 @@ class Core:
         """The policy in force. The service holds it, and a reload (SIGHUP) replaces it there."""
         return self.service.engine
 
-    @classmethod
-    def around(cls, service: ExecutionService, audit: AuditLog) -> Core:
-        """The core of a service whose broker was built by hand (rather than by `build_core`)."""
-        broker = service.broker
-        return cls(audit=audit, backend=broker.backend, rates=broker.rates, broker=broker, service=service)
-
 
 def build_core(
     settings: Settings, engine: PolicyEngine, audit: AuditLog, *, enforce_request_rate: bool = True
@@ -113,5 +107,5 @@ def build_core(
         rates=rates,
         uids=UidRange.parse(settings.sandbox_uids),
     )
-    service = ExecutionService(engine, broker, audit, enforce_request_rate=enforce_request_rate)
+    service = ExecutionService(engine, broker, audit, enforce_request_rate=enforce_request_rate, rates=rates)
     return Core(audit=audit, backend=backend, rates=rates, broker=broker, service=service)

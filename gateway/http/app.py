@@ -17,7 +17,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Scope
 
-from audit import AuditLog
 from gateway import __version__
 from gateway.auth.verifier import GatewayTokenVerifier
 from gateway.calls.service import ExecutionService
@@ -104,24 +103,14 @@ def _front_door(
 
 def build_app(
     settings: Settings,
-    core: Core | None = None,
+    core: Core,
     *,
     verifier: GatewayTokenVerifier,
     image: str,
     on_shutdown: Callable[[], None] | None = None,
-    service: ExecutionService | None = None,
-    audit: AuditLog | None = None,
 ) -> Starlette:
     """Assemble the app on `core`. The lifespan runs the MCP session manager and removes sandboxes
-    on shutdown; `image` is the one /ready checks for.
-
-    Instead of `core`, a caller that built its own broker and service may pass `service` and its
-    `audit` log: the core is then read off the service (`Core.around`).
-    """
-    if core is None:
-        if service is None or audit is None:
-            raise TypeError("build_app needs a core, or a service and its audit log")
-        core = Core.around(service, audit)
+    on shutdown; `image` is the one /ready checks for."""
     mcp = build_mcp_server(settings, core.service)
 
     async def health(request: Request) -> JSONResponse:

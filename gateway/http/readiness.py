@@ -28,7 +28,7 @@ async def readiness(
     checks: dict[str, Any] = {"audit": audit.writable()}
     saturated = False
     if broker is not None:
-        checks["docker_ops"] = broker.ops.saturation()
+        checks["docker_ops"] = broker.saturation()
         checks["executions"] = {"running": broker.running_calls}
         saturated = bool(checks["docker_ops"]["saturated"])
     try:

@@ -88,6 +88,10 @@ class Broker:
     def max_sandboxes(self) -> int:
         return self._registry.max_sandboxes
 
+    def saturation(self) -> dict[str, object]:
+        """How busy the shared worker pool for Docker calls is (for /ready)."""
+        return self.ops.saturation()
+
     def configure_pools(self, targets: dict[str, tuple[Allowed, int]]) -> None:
         """Warm pool sizes and specs (start-up, policy reload); see `WarmPool.configure`."""
         self.pool.configure(targets)

@@ -161,10 +161,9 @@ def inproc_gateway(
 
     from audit import AuditLog, MemorySink
     from gateway.auth.verifier import GatewayTokenVerifier
-    from gateway.calls.service import ExecutionService
     from gateway.config import Settings
     from gateway.http.app import build_app
-    from gateway.sandboxes.broker import Broker
+    from gateway.wiring import build_core
     from policy import load_policy
     from policy.engine import PolicyEngine
 
@@ -175,12 +174,10 @@ def inproc_gateway(
     tokens = {name: store.create(name) for name in ("alice", "bob")}
     sink = MemorySink()
     audit = AuditLog([sink])
-    broker = Broker(backend, audit, gateway_id=gateway_id)
-    service = ExecutionService(PolicyEngine(load_policy()), broker, audit)
+    core = build_core(settings, PolicyEngine(load_policy()), audit)
+    service = core.service
     verifier = GatewayTokenVerifier(store)
-    app = build_app(
-        settings, service=service, verifier=verifier, audit=audit, image="mcp-code-executor:latest"
-    )
+    app = build_app(settings, core, verifier=verifier, image="mcp-code-executor:latest")
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
