@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from gateway.backend.create_body import KEEPER_USER, LABEL_PREFIX, USER_LABEL
 from gateway.sockproxy.engine import Engine, EngineReply
+from gateway.sockproxy.errors import Refused, StrictJSONError
 from gateway.sockproxy.routes import API, Match
 from gateway.sockproxy.rules import (
     NAME,
@@ -33,8 +34,8 @@ from gateway.sockproxy.rules import (
     validate_exec_create,
     validate_exec_start,
 )
-from gateway.sockproxy.shapes import Refused, fail, list_of, obj, text
-from gateway.sockproxy.strict_json import StrictJSONError, canonical, decode
+from gateway.sockproxy.shapes import fail, list_of, obj, text
+from gateway.sockproxy.strict_json import canonical, decode
 
 __all__ = ["Decider", "Forward", "Respond"]
 

@@ -26,9 +26,9 @@ from gateway.backend.create_body import (
     USER_LABEL,
     environment,
 )
+from gateway.sockproxy.errors import Refused
 from gateway.sockproxy.routes import IMAGE
 from gateway.sockproxy.shapes import (
-    Refused,
     any_text,
     boolean,
     const,

@@ -25,12 +25,12 @@ import structlog
 from audit.repeats import RepeatTable, Summary
 from gateway.backend.commands import MAX_ARGV_BYTES
 from gateway.sockproxy.decide import Decider, Forward, Respond
-from gateway.sockproxy.engine import Engine, EngineReply, EngineUnavailable
+from gateway.sockproxy.engine import Engine, EngineReply
+from gateway.sockproxy.errors import EngineUnavailable, Refused, StrictJSONError
 from gateway.sockproxy.relay import relay
 from gateway.sockproxy.routes import Match, match
 from gateway.sockproxy.rules import ProxyRules
-from gateway.sockproxy.shapes import Refused
-from gateway.sockproxy.strict_json import StrictJSONError, decode
+from gateway.sockproxy.strict_json import decode
 
 __all__ = ["MAX_BODY_BYTES", "ProxyServer"]
 
