@@ -18,22 +18,14 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.backend.create_body import KEEPER_USER, LABEL_PREFIX, USER_LABEL
+from gateway.sockproxy.binds import bind_source, binds_of
+from gateway.sockproxy.create_rules import validate_create
 from gateway.sockproxy.engine import Engine, EngineReply
 from gateway.sockproxy.errors import Refused, StrictJSONError
+from gateway.sockproxy.exec_rules import validate_exec_create, validate_exec_start
+from gateway.sockproxy.fields import NAME, caps, sandbox_user, security_opt
 from gateway.sockproxy.routes import API, Match
-from gateway.sockproxy.rules import (
-    NAME,
-    ContainerFacts,
-    ProxyRules,
-    bind_source,
-    binds_of,
-    caps,
-    sandbox_user,
-    security_opt,
-    validate_create,
-    validate_exec_create,
-    validate_exec_start,
-)
+from gateway.sockproxy.rules import ContainerFacts, ProxyRules
 from gateway.sockproxy.shapes import fail, list_of, obj, text
 from gateway.sockproxy.strict_json import canonical, decode
 
