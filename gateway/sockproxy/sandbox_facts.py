@@ -2,9 +2,9 @@
 
 Which container a reference means is asked of the engine (inspect); the facts found are cached
 by the container's full id, and an exec instance by the container it runs in. A container counts
-as a sandbox only when its inspect document has, in every respect the create check looks at, the
-shape of one the proxy lets be created: managed label, sandbox name, network none, not privileged,
-its own uid, the project's security options, the allowed binds.
+as a sandbox only when its inspect document has the shape of one the proxy lets be created: the
+managed label, a sandbox name, its own uid, network none, not privileged, CapDrop ALL, allowed
+capabilities, the project's security options and binds, no shared namespaces, devices or mounts.
 """
 
 from __future__ import annotations
