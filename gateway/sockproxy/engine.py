@@ -9,15 +9,13 @@ from typing import Any
 
 import h11
 
-__all__ = ["Engine", "EngineReply", "EngineUnavailable"]
+from gateway.sockproxy.errors import EngineUnavailable
+
+__all__ = ["Engine", "EngineReply"]
 
 #: Largest response body the proxy reads whole (a container list of a busy engine fits).
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _READ = 65536
-
-
-class EngineUnavailable(Exception):
-    """The engine's socket does not answer, or answered with something that is not HTTP."""
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from gateway.sockproxy.shapes import Refused
+from gateway.sockproxy.errors import Refused
 
 __all__ = ["API", "IMAGE", "ROUTES", "Match", "Route", "match", "query_of"]
 

@@ -6,10 +6,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gateway.sockproxy.strict_json import StrictJSONError, ascii_text
+from gateway.sockproxy.errors import Refused, StrictJSONError
+from gateway.sockproxy.strict_json import ascii_text
 
 __all__ = [
-    "Refused",
     "any_text",
     "boolean",
     "const",
@@ -22,16 +22,6 @@ __all__ = [
 ]
 
 Check = Callable[[Any, str], Any]
-
-
-class Refused(Exception):
-    """A request the proxy does not forward: `rule` names the check, `detail` says what was wrong."""
-
-    def __init__(self, rule: str, detail: str, *, status: int = 403) -> None:
-        super().__init__(f"{rule}: {detail}")
-        self.rule = rule
-        self.detail = detail
-        self.status = status
 
 
 def fail(where: str, detail: str) -> Refused:

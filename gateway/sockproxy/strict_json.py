@@ -13,11 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["StrictJSONError", "ascii_text", "canonical", "decode"]
+from gateway.sockproxy.errors import StrictJSONError
 
-
-class StrictJSONError(ValueError):
-    """The body is not JSON of the plain shape the proxy accepts."""
+__all__ = ["ascii_text", "canonical", "decode"]
 
 
 def ascii_text(text: str, what: str) -> str:

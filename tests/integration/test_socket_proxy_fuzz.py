@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.backend.create_body import SECCOMP_DIR, USER_LABEL, create_body, seccomp_options
-from gateway.sockproxy.rules import ProxyRules, validate_create
-from gateway.sockproxy.shapes import Refused
+from gateway.sockproxy.create_rules import validate_create
+from gateway.sockproxy.errors import Refused
+from gateway.sockproxy.rules import ProxyRules
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import SandboxSpec
 from policy.model import CAP_ADD_ALLOW_LIST, TmpfsMount
