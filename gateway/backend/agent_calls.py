@@ -9,19 +9,35 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
+import socket
+import time
 from typing import Any
 
 import anyio
 
-from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT
+from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
 from gateway.backend.base import OutputCallback
-from gateway.backend.frames import BoundedCapture, FrameError
+from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
 from gateway.errors import AgentBroken
 
-__all__ = ["GONE", "AgentDecoder", "Call", "exit_summary", "failure", "line", "output_count"]
+__all__ = [
+    "GONE",
+    "HELLO_TIMEOUT_S",
+    "AgentDecoder",
+    "Call",
+    "Diagnostics",
+    "exit_summary",
+    "failure",
+    "handshake",
+    "line",
+    "output_count",
+]
 
 _log = logging.getLogger("sandbox_gateway.agent_channel")
 
+#: How long the agent may take to answer hello (a fresh sandbox starts python3 first).
+HELLO_TIMEOUT_S = 15.0
 #: What a call ends with when the stream to the agent broke.
 GONE = object()
 
@@ -115,3 +131,49 @@ def failure(payload: bytes) -> tuple[str, str]:
     except (ValueError, AttributeError):
         error, message = "", ""
     return error, message or "the sandbox agent refused the command"
+
+
+class Diagnostics:
+    """The tail of the agent's own stderr, for error messages."""
+
+    def __init__(self) -> None:
+        self._tail = bytearray()
+
+    def note(self, piece: bytes) -> None:
+        self._tail += piece
+        del self._tail[:-2048]
+
+    def suffix(self) -> str:
+        text = self._tail.decode(errors="replace").strip()
+        return f" (agent said: {text[-300:]})" if text else ""
+
+
+def handshake(sock: socket.socket, early: bytes, diagnostics: Diagnostics) -> bytes:
+    """Send hello with a fresh nonce and wait for its exact answer; the bytes after it. What an
+    earlier connection left in the stream before the answer is skipped."""
+    nonce = secrets.token_hex(16)
+    expected = f"{nonce} {PROTOCOL}".encode()
+    hello = HEADER.pack(HELLO, 0, len(expected)) + expected
+    sock.settimeout(HELLO_TIMEOUT_S)
+    sock.sendall(b"\n" + line({"op": "hello", "nonce": nonce}))
+    decoder, seen = FrameDecoder(), bytearray()
+    data = early
+    deadline = time.monotonic() + HELLO_TIMEOUT_S
+    while True:
+        for stream, piece in decoder.feed(data):
+            if stream == STDOUT:
+                seen += piece
+            elif stream == STDERR:
+                diagnostics.note(piece)
+        at = seen.find(hello)
+        if at >= 0:
+            sock.settimeout(None)
+            return bytes(seen[at + len(hello) :])
+        if len(seen) > 4 * MAX_PAYLOAD:
+            del seen[: -len(hello)]
+        if time.monotonic() > deadline:
+            raise FrameError("no hello")
+        data = sock.recv(65536)
+        if not data:
+            raise FrameError("attach stream closed before hello" + diagnostics.suffix())
+

@@ -21,8 +21,18 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from gateway.agent.sandbox_agent import EXIT, HEADER, HELLO, MAX_PAYLOAD, PROTOCOL
-from gateway.backend.agent_calls import GONE, AgentDecoder, Call, exit_summary, failure, line, output_count
+from gateway.agent.sandbox_agent import EXIT
+from gateway.backend.agent_calls import (
+    GONE,
+    AgentDecoder,
+    Call,
+    Diagnostics,
+    exit_summary,
+    failure,
+    handshake,
+    line,
+    output_count,
+)
 from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, close_stream
 from gateway.backend.frames import STDERR, STDOUT, FrameDecoder, FrameError
 from gateway.errors import AgentBroken, AgentCannotStart, AgentFailure
@@ -35,8 +45,6 @@ _log = logging.getLogger("sandbox_gateway.agent_channel")
 #: any bytes already read with the headers, and an object to keep referenced (and close) with it.
 Connector = Callable[[], Awaitable[tuple[socket.socket, bytes, Any]]]
 
-#: How long the agent may take to answer hello (a fresh sandbox starts python3 first).
-HELLO_TIMEOUT_S = 15.0
 #: Beyond the agent's own deadline, how long the gateway waits before it gives up on the call.
 _SLACK_S = 2.0
 #: How long an agent may leave a request unread before the channel counts as broken (it reads its
@@ -67,7 +75,7 @@ class AgentChannel:
         self._keep: Any = None
         self._pending: dict[int, Call] = {}
         self._next_id = secrets.randbelow(2**30) + 1
-        self._diagnostics = bytearray()
+        self._diagnostics = Diagnostics()
         self.broken_reason = ""
 
     # -- connection ----------------------------------------------------------------------------
@@ -83,7 +91,9 @@ class AgentChannel:
                 return
             sock, early, keep = await self._connect()
             try:
-                rest = await anyio.to_thread.run_sync(self._handshake, sock, early, limiter=self._io)
+                rest = await anyio.to_thread.run_sync(
+                    handshake, sock, early, self._diagnostics, limiter=self._io
+                )
             except (OSError, FrameError) as exc:
                 close_stream(sock, keep)
                 raise AgentBroken(
@@ -99,39 +109,6 @@ class AgentChannel:
                 daemon=True,
             ).start()
 
-    def _handshake(self, sock: socket.socket, early: bytes) -> bytes:
-        """Send hello with a fresh nonce and wait for its exact answer; the bytes after it."""
-        nonce = secrets.token_hex(16)
-        expected = f"{nonce} {PROTOCOL}".encode()
-        hello = HEADER.pack(HELLO, 0, len(expected)) + expected
-        sock.settimeout(HELLO_TIMEOUT_S)
-        sock.sendall(b"\n" + line({"op": "hello", "nonce": nonce}))
-        rest = self._await_hello(sock, early, hello)
-        sock.settimeout(None)
-        return rest
-
-    def _await_hello(self, sock: socket.socket, early: bytes, hello: bytes) -> bytes:
-        """Skip what an earlier connection left in the stream until the exact answer to our nonce."""
-        decoder, seen = FrameDecoder(), bytearray()
-        data = early
-        deadline = time.monotonic() + HELLO_TIMEOUT_S
-        while True:
-            for stream, piece in decoder.feed(data):
-                if stream == STDOUT:
-                    seen += piece
-                elif stream == STDERR:
-                    self._note(piece)
-            at = seen.find(hello)
-            if at >= 0:
-                return bytes(seen[at + len(hello) :])
-            if len(seen) > 4 * MAX_PAYLOAD:
-                del seen[: -len(hello)]
-            if time.monotonic() > deadline:
-                raise FrameError("no hello")
-            data = sock.recv(65536)
-            if not data:
-                raise FrameError("attach stream closed before hello" + self._diagnostic_suffix())
-
     def close(self) -> None:
         with self._lock:
             sock, self._sock = self._sock, None
@@ -140,15 +117,6 @@ class AgentChannel:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             close_stream(sock, keep)
-
-    def _note(self, piece: bytes) -> None:
-        """Keep the tail of the agent's own stderr, for error messages."""
-        self._diagnostics += piece
-        del self._diagnostics[:-2048]
-
-    def _diagnostic_suffix(self) -> str:
-        text = self._diagnostics.decode(errors="replace").strip()
-        return f" (agent said: {text[-300:]})" if text else ""
 
     def _receive(self, sock: socket.socket) -> bytes:
         """The next bytes from the stream. A TLS socket is shared with senders under a lock, taken
@@ -178,7 +146,7 @@ class AgentChannel:
                     if stream == STDOUT:
                         agent_bytes += piece
                     elif stream == STDERR:
-                        self._note(piece)
+                        self._diagnostics.note(piece)
         except FrameError as exc:
             reason = f"the agent broke the protocol ({exc})"
         except OSError as exc:
@@ -189,7 +157,7 @@ class AgentChannel:
             keep = None
             if self._sock is sock:
                 self._sock, keep, self._keep = None, self._keep, None
-            self.broken_reason = reason + self._diagnostic_suffix()
+            self.broken_reason = reason + self._diagnostics.suffix()
         close_stream(sock, keep)
         for target in list(self._pending.values()):
             target.deliver(GONE, b"")

@@ -14,15 +14,12 @@ import logging
 import time
 from pathlib import Path
 
-import anyio
-
 from audit import AuditLog
 from gateway.backend.base import Backend, ExecOutcome, ExecRequest, OutputCallback
 from gateway.backend.create_body import sandbox_env
 from gateway.backend.ops import DockerOps, acting_for
 from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded, SandboxUnusable
 from gateway.ratelimit import RateLimiter
-from gateway.sandboxes import naming
 from gateway.sandboxes.adoption import Adoption
 from gateway.sandboxes.containers import Containers
 from gateway.sandboxes.execution import Execution, connection_broke
@@ -191,7 +188,7 @@ class Broker:
         with self._registry.creating(principal.tenant, pooled=self.pool.size, adds=adds, tenant_cap=cap):
             self._charge_creation(key, grant)
             pooled = self.pool.take(spec)
-            if pooled is not None and await self._assign(pooled, principal, grant, key):
+            if pooled is not None and await self._hand_over(pooled, principal, grant, key):
                 return self._register(
                     pooled, "sandbox.assign", pooled_s=round(pooled.last_used - pooled.created_at, 3)
                 )
@@ -208,21 +205,6 @@ class Broker:
         raise QuotaExceeded(
             f"sandbox-creation rate {rate} reached; retry in {retry:.0f} s", code="sandbox-creation-rate"
         )
-
-    async def _assign(self, sandbox: Sandbox, principal: Principal, grant: Allowed, key: str) -> bool:
-        """Hand a pooled sandbox to its principal: rename it to the principal's sandbox name. Its
-        labels still say `pool` (labels cannot change); the name is the record of its owner."""
-        name = self._containers.name_for(key)
-        try:
-            await self._containers.rename(sandbox, name, principal)
-        except GatewayError as exc:
-            _log.warning("a pooled sandbox could not be handed out (%s); creating one", exc.message)
-            await self._discard(sandbox, "pool-assign-failed")
-            return False
-        sandbox.name, sandbox.principal_key = name, key
-        sandbox.profile, sandbox.policy_digest = grant.profile, grant.policy_digest
-        sandbox.last_used = time.time()
-        return True
 
     def _register(self, sandbox: Sandbox, event: str | None = None, **attrs: object) -> Sandbox:
         """The principal's sandbox from now on: known, counted, and recorded as `event` (if any)."""
@@ -247,6 +229,17 @@ class Broker:
         except GatewayError:
             self._adoption.may_exist(sandbox.name)
             raise
+
+    async def _hand_over(self, sandbox: Sandbox, principal: Principal, grant: Allowed, key: str) -> bool:
+        """Give a pooled sandbox to its principal (see `Containers.rename_for`); one that cannot be
+        renamed is discarded, and the caller makes a new one."""
+        try:
+            await self._containers.rename_for(sandbox, principal, grant, key)
+        except GatewayError as exc:
+            _log.warning("a pooled sandbox could not be handed out (%s); creating one", exc.message)
+            await self._discard(sandbox, "pool-assign-failed")
+            return False
+        return True
 
     async def _forget(self, sandbox: Sandbox, reason: str) -> None:
         """Drop a sandbox that was lost; its principal's next result says so."""
@@ -277,7 +270,7 @@ class Broker:
             await self._forget(sandbox, "died-during-exec")
             return outcome
         if self._registry.was_lost(key):
-            outcome = _replaced(outcome)
+            outcome = dataclasses.replace(outcome, sandbox_replaced=True)  # it runs in a new one
         outcome, unusable = await self._execution.verdict(sandbox, request, outcome)
         if unusable:
             await self._forget(sandbox, "unrecoverable-after-timeout")
@@ -293,11 +286,9 @@ class Broker:
         """Remove every sandbox this gateway manages (known or only labelled). Returns how many."""
         for sandbox in [*self.sandboxes, *self.pool.sandboxes]:
             sandbox.executor.close()
-        rows = self.ops.call("list", self.backend.list, naming.managed_by(self.gateway_id))
-        for row in rows:
-            self._containers.discard_sync(row.id, "shutdown")
+        removed = self._containers.discard_all_sync("shutdown")
         self._registry.clear()
-        return len(rows)
+        return removed
 
     async def cleanup_all(self) -> int:
         """cleanup_all_sync on the worker pool."""
@@ -305,12 +296,4 @@ class Broker:
 
     async def wait_idle(self, timeout_s: float) -> int:
         """Wait until no call runs, at most `timeout_s`; returns how many still run then."""
-        with anyio.move_on_after(timeout_s):
-            while self.running_calls:
-                await anyio.sleep(0.1)
-        return self.running_calls
-
-
-def _replaced(outcome: ExecOutcome) -> ExecOutcome:
-    """The principal's previous sandbox was lost: this call ran in a new one."""
-    return dataclasses.replace(outcome, sandbox_replaced=True)
+        return await self._registry.idle(timeout_s)

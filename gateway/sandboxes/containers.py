@@ -167,7 +167,10 @@ class Containers:
         await self.ops.timed("attach", channel.open, container_id=container_id, **attrs)
         return channel
 
-    async def rename(self, sandbox: Sandbox, name: str, principal: Principal) -> None:
+    async def rename_for(self, sandbox: Sandbox, principal: Principal, grant: Allowed, key: str) -> None:
+        """Hand a pooled sandbox to its principal: rename it to the principal's sandbox name. Its
+        labels still say `pool` (labels cannot change); the name is the record of its owner."""
+        name = self.name_for(key)
         await self.ops.acall(
             "rename",
             self.backend.rename,
@@ -176,6 +179,9 @@ class Containers:
             container_id=sandbox.container_id,
             principal=principal.id,
         )
+        sandbox.name, sandbox.principal_key = name, key
+        sandbox.profile, sandbox.policy_digest = grant.profile, grant.policy_digest
+        sandbox.last_used = time.time()
 
     async def running(self, sandbox: Sandbox) -> bool:
         try:
@@ -197,10 +203,14 @@ class Containers:
             "sandbox.remove", container_id=container_id, reason=reason, principal_key=principal_key
         )
 
-    def discard_sync(self, container_id: str, reason: str) -> None:
-        """`discard` for shutdown, off the event loop."""
-        self.ops.call("remove", self.backend.remove, container_id, container_id=container_id, reason=reason)
-        self.audit.emit("sandbox.remove", container_id=container_id, reason=reason)
+    def discard_all_sync(self, reason: str) -> int:
+        """Remove every sandbox of this gateway the engine lists (for shutdown, off the event loop);
+        how many there were."""
+        rows = self.ops.call("list", self.backend.list, naming.managed_by(self.gateway_id))
+        for row in rows:
+            self.ops.call("remove", self.backend.remove, row.id, container_id=row.id, reason=reason)
+            self.audit.emit("sandbox.remove", container_id=row.id, reason=reason)
+        return len(rows)
 
     async def discard_quietly(
         self, container_id: str, reason: str, *, principal_key: str | None = None

@@ -126,3 +126,10 @@ class Registry:
     @property
     def running_calls(self) -> int:
         return sum(self._running.values())
+
+    async def idle(self, timeout_s: float) -> int:
+        """Wait until no call runs, at most `timeout_s`; how many still run then."""
+        with anyio.move_on_after(timeout_s):
+            while self.running_calls:
+                await anyio.sleep(0.1)
+        return self.running_calls

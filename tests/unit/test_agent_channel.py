@@ -201,7 +201,7 @@ def test_a_command_the_sandbox_has_no_resources_to_start_says_the_sandbox_is_exh
 
 
 def test_an_agent_that_never_answers_hello_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.backend.agent_channel as module
+    import gateway.backend.agent_calls as module
 
     monkeypatch.setattr(module, "HELLO_TIMEOUT_S", 0.2)
     ours, theirs = socket.socketpair()

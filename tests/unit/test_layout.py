@@ -28,8 +28,8 @@ LAYERS: list[set[str]] = [
     {"gateway.backend", "gateway.auth"},
     {"gateway.sandboxes", "gateway.setup", "gateway.sockproxy"},
     {"gateway.calls"},
-    {"gateway.http"},
-    {"gateway.wiring", "gateway.embedding"},
+    {"gateway.wiring"},
+    {"gateway.http", "gateway.embedding"},
     {"gateway.cli"},
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
