@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ __all__ = [
     "environment",
     "sandbox_env",
     "seccomp_options",
+    "seccomp_profile_names",
 ]
 
 LABEL_PREFIX = "sandbox-gateway"
@@ -29,7 +32,8 @@ KEEPER_USER = "65534:65534"
 #: Where the sandbox image holds the agent (gateway/agent/sandbox_agent.py), and how it is started.
 AGENT_PATH = "/opt/sandbox-gateway/agent.py"
 AGENT_COMMAND = ["python3", "-I", "-S", AGENT_PATH]
-SECCOMP_DIR = Path(__file__).resolve().parents[2] / "seccomp"
+#: The seccomp profiles (`NAME.json`): package data of the top-level `seccomp` package.
+SECCOMP_DIR: Traversable = files("seccomp")
 SANDBOX_PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -58,28 +62,41 @@ def _for_gvisor(profile: dict[str, Any]) -> dict[str, Any]:
     return {**profile, "syscalls": [*rules, {"names": ["clone3"], "action": "SCMP_ACT_ALLOW"}]}
 
 
-def _seccomp_option(name: str, runtime: str = "runc") -> list[str]:
+def seccomp_profile_names(directory: Traversable = SECCOMP_DIR) -> list[str]:
+    """The profiles a policy can name: the stems of the `*.json` files in `directory`."""
+    return sorted(
+        entry.name.removesuffix(".json")
+        for entry in directory.iterdir()
+        if entry.name.endswith(".json") and entry.is_file()
+    )
+
+
+def _seccomp_option(name: str, runtime: str = "runc", directory: Traversable = SECCOMP_DIR) -> list[str]:
     if name == "default":
         return []  # the engine applies its built-in default profile
-    path = SECCOMP_DIR / f"{name}.json"
+    if name not in seccomp_profile_names(directory):  # a profile of the package, never a path
+        raise ConfigError(
+            f"seccomp profile {name!r} not found in {directory}; "
+            f"profiles: {', '.join(seccomp_profile_names(directory)) or 'none'}"
+        )
     try:
-        profile = json.loads(path.read_text())
+        profile = json.loads(directory.joinpath(f"{name}.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"seccomp profile {name!r} not found or not valid JSON in {SECCOMP_DIR}") from exc
+        raise ConfigError(f"seccomp profile {name!r} in {directory} is not readable JSON") from exc
     if runtime == "runsc":
         profile = _for_gvisor(profile)
     # The API takes the profile inline, not as a path.
     return [f"seccomp={json.dumps(profile, separators=(',', ':'))}"]
 
 
-def seccomp_options(directory: Path = SECCOMP_DIR) -> dict[str, frozenset[str]]:
+def seccomp_options(directory: Traversable = SECCOMP_DIR) -> dict[str, frozenset[str]]:
     """Per runtime, every `seccomp=...` option the broker can send for it: each profile in
     `directory` as sent for that runtime (the socket proxy accepts exactly these)."""
     return {
         runtime: frozenset(
             option
-            for path in sorted(directory.glob("*.json"))
-            for option in _seccomp_option(path.stem, runtime)
+            for name in seccomp_profile_names(directory)
+            for option in _seccomp_option(name, runtime, directory)
         )
         for runtime in ("runc", "runsc")
     }

@@ -10,6 +10,7 @@ from typing import Any
 
 from gateway.cli.audit import add_audit_commands
 from gateway.cli.policy import add_policy_commands
+from gateway.cli.sandboxes import add_sandbox_commands
 from gateway.cli.tokens import add_token_commands
 from gateway.config import DEFAULT_DOCKER_HOST
 from gateway.errors import GatewayError
@@ -197,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_socket_proxy(sub)
     add_policy_commands(sub)
     add_audit_commands(sub)
+    add_sandbox_commands(sub)
 
     add_token_commands(sub)
     return parser

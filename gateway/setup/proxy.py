@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.backend.create_body import SECCOMP_DIR
 from gateway.config import (
     DEFAULT_IMAGE,
     ENV_EXECUTOR_IMAGE,
@@ -25,13 +26,14 @@ from policy import load_policy
 
 __all__ = ["ensure_proxy", "proxy_argv", "proxy_is_filtering"]
 
-#: What the proxy is made of: a change to any of these restarts it.
+#: What the proxy is made of: a change to any of these, or to the seccomp profiles (SECCOMP_DIR,
+#: package data wherever the `seccomp` package is installed), restarts it.
 _SOURCES = (
     REPO_ROOT / "gateway" / "sockproxy",
-    REPO_ROOT / "seccomp",
     REPO_ROOT / "gateway" / "backend",
     REPO_ROOT / "policy" / "profiles",
 )
+_SUFFIXES = (".py", ".json", ".yaml")
 
 
 def proxy_is_filtering(socket_path: Path) -> bool:
@@ -81,8 +83,11 @@ def _digest(argv: list[str]) -> str:
     sha = hashlib.sha256("\0".join(argv).encode())
     for root in _SOURCES:
         for path in sorted(root.rglob("*")):
-            if path.suffix in (".py", ".json", ".yaml") and path.is_file():
+            if path.suffix in _SUFFIXES and path.is_file():
                 sha.update(path.name.encode() + path.read_bytes())
+    for entry in sorted(SECCOMP_DIR.iterdir(), key=lambda entry: entry.name):
+        if entry.name.endswith(_SUFFIXES) and entry.is_file():
+            sha.update(entry.name.encode() + entry.read_bytes())
     return sha.hexdigest()
 
 
