@@ -1,1 +1,3 @@
-"""The in-sandbox agent (`sandbox_agent.py`, standard library only, copied into the sandbox image)."""
+"""What runs inside the sandbox, standard library only, installed read-only in the sandbox image
+(gateway/setup/image_recipe.py): the agent (sandbox_agent.py, as /opt/sandbox-gateway/agent.py) and
+the file helper (file_helper.py, as /opt/sandbox-gateway/files.py)."""

@@ -110,7 +110,7 @@ def _rootfs_tarball(paths: SetupPaths) -> Path:
 
 
 def image_tarball(rootfs: Path, target: Path) -> Path:
-    """`rootfs` plus the gateway's files (the agent), written as `target`."""
+    """`rootfs` plus the gateway's files (the agent, the file helper), written as `target`."""
     partial = target.with_suffix(".partial")
     shutil.copyfile(rootfs, partial)
     with tarfile.open(partial, "a") as tar:

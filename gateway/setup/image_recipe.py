@@ -40,10 +40,11 @@ IMAGE_ENV = (
     "PYTHONUNBUFFERED=1",
 )
 #: The gateway's files in the image (path in the image: source in this repository), root-owned and
-#: read-only: the agent (AGENT_PATH of gateway/backend/create_body.py). Dockerfile.sandbox copies the
-#: same.
+#: read-only: the agent (AGENT_PATH of gateway/backend/create_body.py) and the file helper
+#: (HELPER_PATH of gateway/calls/files.py). Dockerfile.sandbox copies the same.
 SHIPPED: dict[str, str] = {
     "opt/sandbox-gateway/agent.py": "gateway/agent/sandbox_agent.py",
+    "opt/sandbox-gateway/files.py": "gateway/agent/file_helper.py",
 }
 #: The directories that hold them, root-owned, mode 0755.
 SHIPPED_DIRS = ("opt/sandbox-gateway",)
