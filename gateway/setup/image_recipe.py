@@ -40,14 +40,18 @@ IMAGE_ENV = (
     "PYTHONUNBUFFERED=1",
 )
 #: The gateway's files in the image (path in the image: source in this repository), root-owned and
-#: read-only: the agent (AGENT_PATH of gateway/backend/create_body.py) and the file helper
-#: (HELPER_PATH of gateway/calls/files.py). Dockerfile.sandbox copies the same.
+#: read-only: the agent's launcher (AGENT_PATH of gateway/backend/create_body.py) and its package,
+#: and the file helper (HELPER_PATH of gateway/calls/files.py). Dockerfile.sandbox copies the same.
 SHIPPED: dict[str, str] = {
-    "opt/sandbox-gateway/agent.py": "gateway/agent/sandbox_agent.py",
+    "opt/sandbox-gateway/agent.py": "gateway/agent/launcher.py",
     "opt/sandbox-gateway/files.py": "gateway/agent/file_helper.py",
+    "opt/sandbox-gateway/sgw_agent/__init__.py": "gateway/agent/__init__.py",
+    "opt/sandbox-gateway/sgw_agent/protocol.py": "gateway/agent/protocol.py",
+    "opt/sandbox-gateway/sgw_agent/processes.py": "gateway/agent/processes.py",
+    "opt/sandbox-gateway/sgw_agent/sandbox_agent.py": "gateway/agent/sandbox_agent.py",
 }
 #: The directories that hold them, root-owned, mode 0755.
-SHIPPED_DIRS = ("opt/sandbox-gateway",)
+SHIPPED_DIRS = ("opt/sandbox-gateway", "opt/sandbox-gateway/sgw_agent")
 
 
 def rootfs_digest() -> str:
