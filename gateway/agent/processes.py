@@ -15,6 +15,8 @@ from .protocol import ERR, OUT
 NO_RESOURCES = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 #: After a run's hard deadline, how long its exit status is awaited before the result goes without it.
 AFTER_DEADLINE_S = 1.0
+#: How long, and how often, a command's OOM preference is retried while it cannot be set yet.
+OOM_RETRY_S, OOM_RETRY_EVERY_S = 1.0, 0.005
 _UNCATCHABLE = (signal.SIGKILL, signal.SIGSTOP)
 
 
@@ -61,6 +63,8 @@ class Run:
         self.kill_at: float | None = None
         self.report_at: float | None = None
         self.pid = 0
+        #: Until when its OOM preference is still to be set (0: done, or given up).
+        self.oom_until = 0.0
         self.status: int | None = None
         self.pipes: dict[int, int] = {}
         self.totals = {OUT: 0, ERR: 0}
@@ -78,7 +82,11 @@ class Run:
             self.deadline_hit = True
             self.report_at = now + AFTER_DEADLINE_S
             killpg(self.pid, signal.SIGKILL)
+        if self.oom_until and (prefer_for_oom_kill(self.pid) or now >= self.oom_until):
+            self.oom_until = 0.0
         upcoming = [self.report_at if self.report_at is not None else self.deadline]
+        if self.oom_until:
+            upcoming.append(now + OOM_RETRY_EVERY_S)
         if self.term_at is not None and not self.termed:
             upcoming.append(self.term_at)
         elif self.kill_at is not None and not self.killed:
@@ -144,7 +152,8 @@ def start(run: Run, argv: list[str], env: dict[str, str], cwd: str, *, defaults:
         os.close(out_w)
         os.close(err_w)
     run.pipes = {out_r: OUT, err_r: ERR}
-    _prefer_for_oom_kill(run.pid)
+    if not prefer_for_oom_kill(run.pid):
+        run.oom_until = time.monotonic() + OOM_RETRY_S
 
 
 def _spawn(argv: list[str], env: dict[str, str], out_w: int, err_w: int, *, defaults: list[int]) -> int:
@@ -189,7 +198,16 @@ def _child(
         os._exit(127)
 
 
-def _prefer_for_oom_kill(pid: int) -> None:
-    """The OOM killer should pick the command, not the agent (raising a score needs no privilege)."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/oom_score_adj", "w") as adj:
-        adj.write("1000")
+def prefer_for_oom_kill(pid: int) -> bool:
+    """The OOM killer should pick the command, not the agent (raising a score needs no privilege).
+    False while that cannot be done yet: until a command's exec is through, it is as non-dumpable
+    as the agent it came from, so its /proc files are root's (always on the fork path, for a moment
+    after posix_spawn returns)."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as adj:
+            adj.write("1000")
+    except PermissionError:
+        return False
+    except OSError:  # it is gone already
+        pass
+    return True

@@ -32,8 +32,16 @@ from typing import Any
 
 import pytest
 
-from gateway.agent import sandbox_agent
-from gateway.agent.processes import AFTER_DEADLINE_S, Run, exit_code, killpg, parse_run
+from gateway.agent import processes, sandbox_agent
+from gateway.agent.processes import (
+    AFTER_DEADLINE_S,
+    OOM_RETRY_EVERY_S,
+    OOM_RETRY_S,
+    Run,
+    exit_code,
+    killpg,
+    parse_run,
+)
 from gateway.agent.protocol import (
     ERR,
     EXIT,
@@ -259,6 +267,32 @@ def test_a_run_ends_when_its_pipes_are_closed_and_its_status_is_in(recorded: Sig
     assert not run.finished(1.0), "output may still be in its pipes"
     run.pipes = {}
     assert run.finished(1.0) and run.exit_code() == 0 and recorded.sent == []
+
+
+def test_the_oom_preference_is_retried_until_the_command_has_execd(
+    recorded: Signals, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between fork and exec a command's /proc files are root's (it is as non-dumpable as the
+    agent): the preference is retried every few milliseconds, for a second at most."""
+    answers = [False, False, True]
+    tried: list[int] = []
+
+    def prefer(pid: int) -> bool:
+        tried.append(pid)
+        return answers.pop(0)
+
+    monkeypatch.setattr(processes, "prefer_for_oom_kill", prefer)
+    run = Run(1, deadline=100.0, cap=0)
+    run.pid, run.oom_until = 4242, 1.0 + OOM_RETRY_S
+    assert run.tick(1.0) == pytest.approx(OOM_RETRY_EVERY_S) and run.oom_until
+    assert run.tick(1.005) == pytest.approx(OOM_RETRY_EVERY_S)
+    assert run.tick(1.01) == pytest.approx(98.99) and run.oom_until == 0.0
+    assert tried == [4242] * 3
+    assert run.tick(2.0) == 98.0 and len(tried) == 3, "done: not tried again"
+    answers[:] = [False]
+    run.oom_until = 3.0
+    assert run.tick(3.0) == 97.0 and run.oom_until == 0.0, "given up at its time"
+    assert recorded.sent == []
 
 
 def test_process_groups_the_agent_must_never_signal_are_left_alone(recorded: Signals) -> None:
@@ -603,10 +637,10 @@ def test_a_command_runs_in_a_session_of_its_own_with_default_signals(live: LiveA
     """Both ways of starting a command (posix_spawn in the agent's own directory, fork elsewhere)
     give it its own session, stdin from /dev/null, exactly the environment asked for, and every
     signal the agent ignores back at its default (not glibc's own 32 and 33, which Python cannot
-    set: a parent may have left them ignored)."""
+    set: a parent may have left them ignored); the OOM killer prefers it to the agent."""
     script = (
         'echo "$$ $(cut -d" " -f6 /proc/$$/stat)"; grep SigIgn /proc/$$/status; '
-        "readlink /proc/$$/fd/0; pwd; echo $FOO"
+        "readlink /proc/$$/fd/0; pwd; echo $FOO; sleep 0.3; cat /proc/$$/oom_score_adj"
     )
     ended = live.run(["/bin/sh", "-c", script], env=["FOO=bar", "PATH=/usr/bin:/bin"], cwd=cwd)
     lines = ended.out.decode().splitlines()
@@ -615,7 +649,7 @@ def test_a_command_runs_in_a_session_of_its_own_with_default_signals(live: LiveA
     mask = int(lines[1].removeprefix("SigIgn:\t"), 16)
     ignored = {sig for sig in range(1, 65) if mask >> (sig - 1) & 1}
     assert not ignored & set(signal.valid_signals()), f"signals still ignored: {ignored}"
-    assert lines[2:] == ["/dev/null", cwd, "bar"], ended.err
+    assert lines[2:] == ["/dev/null", cwd, "bar", "1000"], ended.err
 
 
 def test_a_timeout_sends_term_then_kill_to_the_whole_process_group(live: LiveAgent) -> None:
