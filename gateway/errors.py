@@ -13,6 +13,7 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "EngineError",
+    "FileError",
     "GatewayError",
     "InvalidArgument",
     "PolicyDenied",
@@ -20,6 +21,7 @@ __all__ = [
     "SandboxError",
     "SandboxGone",
     "SandboxUnusable",
+    "SessionLimitReached",
     "SetupError",
     "UidInUse",
 ]
@@ -122,3 +124,14 @@ class AgentCannotStart(AgentFailure, SandboxUnusable):
 
     code = "sandbox-exhausted"
 
+
+class FileError(GatewayError):
+    """A file operation failed inside the sandbox; `code` says why (not-found, path-outside-workspace...)."""
+
+    code = "file-error"
+
+
+class SessionLimitReached(QuotaExceeded):
+    """The principal already holds as many MCP sessions as it may."""
+
+    code = "session-limit"

@@ -29,7 +29,8 @@ USER_LABEL = f"{LABEL_PREFIX}.user"
 #: The container's own processes (init and its idle child) run as `nobody`, not as the uid that runs
 #: the calls: code in the sandbox cannot signal them, so `kill -9 -1` cannot stop its own sandbox.
 KEEPER_USER = "65534:65534"
-#: Where the sandbox image holds the agent (gateway/agent/sandbox_agent.py), and how it is started.
+#: Where the sandbox image holds the agent (its launcher, gateway/agent/launcher.py, beside the
+#: `sgw_agent` package), and how it is started.
 AGENT_PATH = "/opt/sandbox-gateway/agent.py"
 AGENT_COMMAND = ["python3", "-I", "-S", AGENT_PATH]
 #: The seccomp profiles (`NAME.json`): package data of the top-level `seccomp` package.

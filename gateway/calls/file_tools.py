@@ -80,7 +80,7 @@ class FileCalls(CallPath):
                 "write_file",
                 Action("write_file", input_bytes=len(data)),
                 where,
-                lambda d: file_argv("write", where, d.timeout_s, data=data),
+                lambda _: file_argv("write", where, data=data),
             )
             return FileWritten(path=str(answer["path"]), size=int(answer["size"]))
 
@@ -107,7 +107,7 @@ class FileCalls(CallPath):
                 limit = decision.limits.max_output_bytes
                 ceiling = max(0, (limit - 4096) * 3 // 4)
                 cap = ceiling if wanted is None else min(ceiling, wanted)
-                return file_argv("read", where, decision.timeout_s, cap=cap)
+                return file_argv("read", where, cap=cap)
 
             answer = await self._file_call(principal, "read_file", Action("read_file"), where, read_argv)
             raw = base64.b64decode(str(answer["data"]))
@@ -135,6 +135,6 @@ class FileCalls(CallPath):
                 "list_files",
                 Action("list_files"),
                 where,
-                lambda d: file_argv("list", where, d.timeout_s),
+                lambda _: file_argv("list", where),
             )
             return FileList(path=str(answer["path"]), entries=[FileEntry(**e) for e in answer["entries"]])

@@ -19,9 +19,9 @@ import json
 from typing import Any
 
 from gateway.backend.commands import split_chunks
-from gateway.errors import GatewayError
+from gateway.errors import FileError
 
-__all__ = ["HELPER_PATH", "WORKSPACE", "FileError", "file_argv", "parse_file_result"]
+__all__ = ["HELPER_PATH", "WORKSPACE", "file_argv", "parse_file_result"]
 
 WORKSPACE = "/workspace"
 
@@ -29,19 +29,13 @@ WORKSPACE = "/workspace"
 HELPER_PATH = "/opt/sandbox-gateway/files.py"
 
 
-class FileError(GatewayError):
-    """A file operation failed inside the sandbox; `code` says why (not-found, path-outside-workspace...)."""
-
-    code = "file-error"
-
-
-def file_argv(op: str, path: str, timeout_s: float, *, data: bytes = b"", cap: int = 0) -> list[str]:
-    """The argv that runs one file operation under `timeout`, like code calls do."""
+def file_argv(op: str, path: str, *, data: bytes = b"", cap: int = 0) -> list[str]:
+    """The argv that runs one file operation; its timeout travels in the request, as for code."""
     extra = (
         split_chunks(base64.b64encode(data).decode()) if op == "write" else [str(cap)] if op == "read" else []
     )
     isolated = ["python3", "-I", "-S", HELPER_PATH]
-    return ["timeout", "--kill-after=2", f"{timeout_s:g}s", *isolated, op, path, *extra]
+    return [*isolated, op, path, *extra]
 
 
 def parse_file_result(exit_code: int | None, stdout: bytes, stderr: bytes) -> dict[str, Any]:

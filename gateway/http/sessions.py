@@ -26,16 +26,13 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.calls.budgets import budget_instruments
+from gateway.errors import SessionLimitReached
 
-__all__ = ["GatewaySessionManager", "SessionLimitReached", "SessionTable"]
+__all__ = ["GatewaySessionManager", "SessionTable"]
 
 #: Called with the request's scope, the budget that was spent ("sessions", "session-requests") and its cap.
 OnRefused = Callable[[Scope, str, int], None]
 _SESSION_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
-
-
-class SessionLimitReached(Exception):
-    """The principal already holds as many sessions as it may."""
 
 
 class SessionTable:
@@ -128,7 +125,7 @@ class GatewaySessionManager(StreamableHTTPSessionManager):
         # Runs under the manager's session-creation lock: check and record are one step.
         owner = requestor["client_id"] if requestor is not None else ""
         if not self.table.can_open(owner):
-            raise SessionLimitReached(owner)
+            raise SessionLimitReached(f"{owner} holds as many MCP sessions as it may")
         transport = super()._admit_session(requestor)
         if transport is not None and transport.mcp_session_id is not None:
             self.table.open(owner, transport.mcp_session_id)

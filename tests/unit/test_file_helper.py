@@ -17,7 +17,8 @@ import pytest
 
 from gateway.agent import file_helper
 from gateway.agent.file_helper import answer, confine, list_dir, read, write
-from gateway.calls.files import HELPER_PATH, FileError, file_argv, parse_file_result
+from gateway.calls.files import HELPER_PATH, file_argv, parse_file_result
+from gateway.errors import FileError
 
 HELPER_SOURCE = Path(file_helper.__file__)
 
@@ -480,35 +481,13 @@ def test_the_command_line_is_isolated_from_what_the_code_can_write(tmp_path: Pat
 # -- the gateway's side --------------------------------------------------------------------------
 
 
-def test_file_argv_runs_the_installed_helper_under_timeout() -> None:
+def test_file_argv_runs_the_installed_helper_isolated() -> None:
+    """No timeout in the argv: it travels in the request, as for code (the executor applies it)."""
     helper = ["python3", "-I", "-S", HELPER_PATH]
     assert HELPER_PATH == "/opt/sandbox-gateway/files.py"
-    assert file_argv("write", "a.txt", 5, data=b"hi") == [
-        "timeout",
-        "--kill-after=2",
-        "5s",
-        *helper,
-        "write",
-        "a.txt",
-        "aGk=",
-    ]
-    assert file_argv("read", "a.txt", 2.5, cap=100) == [
-        "timeout",
-        "--kill-after=2",
-        "2.5s",
-        *helper,
-        "read",
-        "a.txt",
-        "100",
-    ]
-    assert file_argv("list", "/workspace", 30) == [
-        "timeout",
-        "--kill-after=2",
-        "30s",
-        *helper,
-        "list",
-        "/workspace",
-    ]
+    assert file_argv("write", "a.txt", data=b"hi") == [*helper, "write", "a.txt", "aGk="]
+    assert file_argv("read", "a.txt", cap=100) == [*helper, "read", "a.txt", "100"]
+    assert file_argv("list", "/workspace") == [*helper, "list", "/workspace"]
 
 
 @pytest.mark.parametrize("size", [0, 1, 200_000, 1_000_000])
@@ -517,11 +496,11 @@ def test_what_file_argv_sends_is_what_the_helper_reads(tree: tuple[str, Path], s
     the split into argv pieces, and the answer parses back."""
     root, _ = tree
     data = os.urandom(size)
-    argv = file_argv("write", "sub/data.bin", 10, data=data)
+    argv = file_argv("write", "sub/data.bin", data=data)
     rest = argv[argv.index(HELPER_PATH) + 1 :]
     written = parse_file_result(0, json.dumps(answer(root, rest[0], rest[1:])).encode(), b"")
     assert written == {"size": size, "path": f"{root}/sub/data.bin"}
-    argv = file_argv("read", "sub/data.bin", 10, cap=size)
+    argv = file_argv("read", "sub/data.bin", cap=size)
     rest = argv[argv.index(HELPER_PATH) + 1 :]
     got = parse_file_result(0, json.dumps(answer(root, rest[0], rest[1:])).encode(), b"")
     assert base64.b64decode(got["data"]) == data and got["truncated"] is False
