@@ -82,6 +82,11 @@ class Broker:
     # -- what the gateway asks --------------------------------------------------------------------
 
     @property
+    def uids(self) -> UidRange:
+        """Host uids for sandboxes: each gets its own (see gateway/uids.py)."""
+        return self._containers.uids
+
+    @property
     def max_sandboxes(self) -> int:
         return self._registry.max_sandboxes
 

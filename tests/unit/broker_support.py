@@ -57,9 +57,9 @@ def _policy(exec_path: str, profiles_json: str) -> Policy:
     return load_policy_text(yaml.safe_dump(raw), source="unit-test.yaml")
 
 
-def bash(code: str, timeout_s: float = 30) -> list[str]:
-    """The argv the service makes for `execute_bash`."""
-    return bash_argv(code, timeout_s)
+def bash(code: str) -> list[str]:
+    """The argv the service makes for `execute_bash` (its timeout comes with the decision)."""
+    return bash_argv(code)
 
 
 def decide(engine: PolicyEngine, principal: Principal, tool: str = "execute_bash") -> Decision:

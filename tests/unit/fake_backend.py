@@ -50,11 +50,10 @@ from gateway.backend.base import (
     Pumped,
     close_stream,
 )
-from gateway.backend.commands import unwrap_timeout
 from gateway.backend.create_body import USER_LABEL
-from gateway.backend.docker_engine import SandboxGone
 from gateway.backend.frames import BoundedCapture
-from gateway.errors import SandboxError
+from gateway.calls.files import HELPER_PATH
+from gateway.errors import SandboxError, SandboxGone, UidInUse
 
 __all__ = ["Command", "FakeBackend", "FakeContainer", "Gate", "Reply", "echo_handler", "held"]
 
@@ -127,7 +126,7 @@ class Command:
         argv = self.argv
         if argv[:2] == ["bash", "-c"]:
             return "bash"
-        if argv[:4] == ["python3", "-I", "-S", "-c"]:
+        if argv[:4] == ["python3", "-I", "-S", HELPER_PATH]:
             return "file"
         if argv[:2] == ["python3", "-c"]:
             return "python"
@@ -166,7 +165,7 @@ def _done(**fields: object) -> Reply:
 def workspace_file_op(command: Command) -> Reply:
     """The answers of the file helper (gateway/calls/files.py) for write, read and list, on the
     container's in-memory workspace (files only; directories exist where files are below them)."""
-    op, raw, extra = command.argv[5], command.argv[6], command.argv[7:]
+    op, raw, extra = command.argv[4], command.argv[5], command.argv[6:]
     files = command.container.files
     if raw in ("", "."):
         raw = _WORKSPACE
@@ -445,8 +444,7 @@ class FakeBackend:
         return reply
 
     def _command(self, container: FakeContainer, request: ExecRequest, path: ExecPath) -> Command:
-        wrapped = unwrap_timeout(request.argv)
-        timeout_s, argv = (wrapped[0], wrapped[2]) if wrapped is not None else (None, request.argv)
+        timeout_s, argv = _unwrap_timeout(request.argv)
         return Command(
             container=container,
             argv=list(argv),
@@ -484,7 +482,7 @@ class FakeBackend:
             uid = _uid(labels)
             if self.refuse_uids > 0 or (uid >= 0 and any(c.uid == uid for c in self._store.values())):
                 self.refuse_uids = max(0, self.refuse_uids - 1)
-                raise SandboxError("another sandbox runs as this uid", code="uid-in-use")
+                raise UidInUse("another sandbox runs as this uid")
             container = FakeContainer(
                 id=self._new_id(),
                 name=name,
@@ -737,3 +735,11 @@ class _AgentConnection:
 def _implements_backend(backend: FakeBackend) -> Backend:
     """Checked by mypy: the fake has every method of the Backend protocol, with its signature."""
     return backend
+
+
+def _unwrap_timeout(argv: list[str]) -> tuple[float | None, list[str]]:
+    """What coreutils `timeout` would run, and after how long: the `docker exec` path wraps each
+    command in `timeout --kill-after=K Ts`; anything else runs as it is."""
+    if len(argv) >= 4 and argv[0] == "timeout" and argv[1].startswith("--kill-after="):
+        return float(argv[2].removesuffix("s")), argv[3:]
+    return None, argv

@@ -10,9 +10,9 @@ import anyio
 import pytest
 
 from audit import MemorySink
-from gateway.backend.agent_channel import AgentBroken, AgentChannel
+from gateway.backend.agent_channel import AgentChannel
 from gateway.backend.base import ExecOutcome
-from gateway.errors import EngineError, GatewayError
+from gateway.errors import AgentBroken, EngineError, GatewayError
 from gateway.sandboxes.broker import Broker
 from policy import Principal
 from policy.engine import PolicyEngine

@@ -11,10 +11,9 @@ import anyio
 import pytest
 
 from audit import AuditLog, AuditWriteError, MemorySink
-from gateway.calls.files import FileError
 from gateway.calls.results import ExecResult
-from gateway.calls.service import ExecutionService, InvalidArgument
-from gateway.errors import EngineError, PolicyDenied, QuotaExceeded, SandboxError
+from gateway.calls.service import ExecutionService
+from gateway.errors import EngineError, FileError, InvalidArgument, PolicyDenied, QuotaExceeded, SandboxError
 from gateway.sandboxes.broker import Broker
 from policy import Principal
 from policy.engine import PolicyEngine

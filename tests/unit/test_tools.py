@@ -17,8 +17,9 @@ from mcp.server.mcpserver import MCPServer
 
 from audit import MemorySink
 from gateway.calls.service import ExecutionService
-from gateway.http.middleware import PRINCIPAL_SCOPE_KEY
-from gateway.http.tools import AuditedMCPServer, register_tools
+from gateway.http.mcp_server import AuditedMCPServer
+from gateway.http.middleware.authentication import PRINCIPAL_SCOPE_KEY
+from gateway.http.tools import register_tools
 from gateway.sandboxes.broker import Broker
 from policy import Principal
 from policy.engine import PolicyEngine
