@@ -94,8 +94,10 @@ class AgentChannel:
                 rest = await anyio.to_thread.run_sync(
                     handshake, sock, early, self._diagnostics, limiter=self._io
                 )
-            except (OSError, FrameError) as exc:
-                close_stream(sock, keep)
+            except BaseException as exc:
+                close_stream(sock, keep)  # cancelled, or no agent: the stream goes either way
+                if not isinstance(exc, (OSError, FrameError)):
+                    raise
                 raise AgentBroken(
                     "the sandbox agent did not answer (is the image built by `sandbox-gateway setup`, "
                     "with /opt/sandbox-gateway/agent.py? set `exec_path: exec` in the profile otherwise)"

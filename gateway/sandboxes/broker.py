@@ -1,11 +1,8 @@
 """The broker: one sandbox per principal, created only from an allowed Decision, run under its limits.
 
-A facade over the pieces of this package: the `Registry` (who has which sandbox, quotas), the
-`Containers` (the Docker verbs, and the one place a sandbox is discarded), `Adoption` (after a
-restart), the `WarmPool` and `Execution`. A sandbox is replaced when its profile's spec changes
-or it outlives its lifecycle; one lost before a command started is replaced once and the call run
-again.
-"""
+A facade over the `Registry` (who has which sandbox, quotas), `Containers` (the Docker verbs; the
+one place a sandbox is removed), `Adoption`, the `WarmPool` and `Execution`. A sandbox is replaced
+when its spec changes or it outlives its lifecycle, and once when lost before a command started."""
 
 from __future__ import annotations
 
@@ -64,13 +61,12 @@ class Broker:
         self.ops = DockerOps(audit, workers)
         self.rates = rates or RateLimiter()
         self.pool = WarmPool()
-        self._registry = Registry(max_sandboxes)
+        self._registry = Registry(max_sandboxes, on_freed=self.pool.wake)
         self._containers = Containers(
             backend,
             self.ops,
             audit,
             gateway_id=gateway_id,
-            #: Host uids for sandboxes: each gets its own (see gateway/uids.py).
             uids=uids or UidRange.parse(DEFAULT_UID_RANGE),
             tools_path=tools_path,
             skills_path=skills_path,
@@ -156,6 +152,10 @@ class Broker:
         """Remove sandboxes past their idle TTL or max age (never one with a call running)."""
         self.pool.expire(time.time())
         removed = 0
+        for sandbox, why in self._registry.unremoved():  # the engine refused before: again
+            await self._containers.discard_sandbox(sandbox, why)
+            self._registry.removed(sandbox.container_id)
+            removed += 1
         for sandbox in self.sandboxes:
             if self._registry.busy(sandbox.principal_key):
                 continue
@@ -180,8 +180,9 @@ class Broker:
                 await self._discard(known, why)
             adopted = await self._adoption.adopt(principal, grant, key)
             if adopted is not None:
+                self._register(adopted, "sandbox.adopt")
                 await self._execution.oom_baseline(adopted)
-                return self._register(adopted, "sandbox.adopt")
+                return adopted
             return await self._provide(principal, grant, key)
 
     async def _provide(self, principal: Principal, grant: Allowed, key: str) -> Sandbox:
@@ -192,8 +193,8 @@ class Broker:
         cap = grant.lifecycle.max_sandboxes_per_tenant
         with self._registry.creating(principal.tenant, pooled=self.pool.size, adds=adds, tenant_cap=cap):
             self._charge_creation(key, grant)
-            pooled = self.pool.take(spec)
-            if pooled is not None and await self._hand_over(pooled, principal, grant, key):
+            pooled = await self._keeper.hand_out(spec, principal, grant, key)
+            if pooled is not None:
                 return self._register(
                     pooled, "sandbox.assign", pooled_s=round(pooled.last_used - pooled.created_at, 3)
                 )
@@ -225,26 +226,16 @@ class Broker:
         return sandbox
 
     async def _discard(self, sandbox: Sandbox, reason: str) -> None:
-        """Forget a sandbox, close its executor and remove its container (`sandbox.remove`)."""
+        """Forget a sandbox and remove it (`Containers.discard_sandbox`); if the engine refuses, it
+        still counts and a later reap tries again."""
         self._registry.drop(sandbox)
-        sandbox.executor.close()
         try:
-            key = sandbox.principal_key or None
-            await self._containers.discard(sandbox.container_id, reason, principal_key=key)
+            await self._containers.discard_sandbox(sandbox, reason)
         except GatewayError:
             self._adoption.may_exist(sandbox.name)
+            self._registry.removal_failed(sandbox, reason)
             raise
-
-    async def _hand_over(self, sandbox: Sandbox, principal: Principal, grant: Allowed, key: str) -> bool:
-        """Give a pooled sandbox to its principal (see `Containers.rename_for`); one that cannot be
-        renamed is discarded, and the caller makes a new one."""
-        try:
-            await self._containers.rename_for(sandbox, principal, grant, key)
-        except GatewayError as exc:
-            _log.warning("a pooled sandbox could not be handed out (%s); creating one", exc.message)
-            await self._discard(sandbox, "pool-assign-failed")
-            return False
-        return True
+        self._registry.removed(sandbox.container_id)
 
     async def _forget(self, sandbox: Sandbox, reason: str) -> None:
         """Drop a sandbox that was lost; its principal's next result says so."""

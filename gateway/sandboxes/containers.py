@@ -9,6 +9,8 @@ import logging
 import time
 from pathlib import Path
 
+import anyio
+
 from audit import AuditLog
 from gateway.backend.agent_channel import AgentChannel
 from gateway.backend.base import Backend, ContainerInfo, Executor
@@ -100,34 +102,21 @@ class Containers:
             "image_digest": image_id,
             "policy_digest": grant.policy_digest,
         }
-        for attempt in range(_UID_ATTEMPTS):
-            uid = self.uids.pick(taken_uids)
-            body = create_body(
-                grant.spec,
-                uid=uid,
-                image=grant.image,
-                image_id=image_id,
-                labels=self._labels(principal, grant),
-                tools_path=self._tools_path,
-                skills_path=self._skills_path,
-            )
-            try:
-                container_id = await self.ops.acall(
-                    "create", self.backend.create, name, body, uid=uid, **attrs
-                )
-                break
-            except UidInUse:
-                # Another gateway's sandbox has this uid (the proxy refuses a second one): pick again.
-                if attempt == _UID_ATTEMPTS - 1:
-                    raise
-        user = f"{uid}:{uid}"
+        container_id: str | None = None
         try:
+            container_id, uid = await self._create(
+                principal, grant, name, image_id=image_id, taken_uids=taken_uids, attrs=attrs
+            )
+            user = f"{uid}:{uid}"
             await self.ops.acall(
                 "start", self.backend.start, container_id, container_id=container_id, **attrs
             )
             executor = await self.executor(grant, container_id, user, principal=attrs["principal"])
-        except GatewayError:
-            await self.discard(container_id, "start-failed", **attrs)
+        except BaseException as exc:
+            # Cancelled (the caller went away) or failed: the sandbox must not outlive the call
+            # unknown to the broker, holding its principal's name.
+            with anyio.CancelScope(shield=True):
+                await self._undo(name, container_id, cancelled=not isinstance(exc, GatewayError))
             raise
         now = time.time()
         self.audit.emit(
@@ -155,6 +144,48 @@ class Containers:
             user=user,
             executor=executor,
         )
+
+    async def _create(
+        self,
+        principal: Principal | None,
+        grant: Allowed,
+        name: str,
+        *,
+        image_id: str,
+        taken_uids: set[int],
+        attrs: dict[str, str | None],
+    ) -> tuple[str, int]:
+        """Create the container as a uid of its own: (its id, the uid)."""
+        for attempt in range(_UID_ATTEMPTS):
+            uid = self.uids.pick(taken_uids)
+            body = create_body(
+                grant.spec,
+                uid=uid,
+                image=grant.image,
+                image_id=image_id,
+                labels=self._labels(principal, grant),
+                tools_path=self._tools_path,
+                skills_path=self._skills_path,
+            )
+            try:
+                return await self.ops.acall("create", self.backend.create, name, body, uid=uid, **attrs), uid
+            except UidInUse:
+                # Another gateway's sandbox has this uid (the proxy refuses a second one): pick again.
+                if attempt == _UID_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _undo(self, name: str, container_id: str | None, *, cancelled: bool) -> None:
+        """Remove what a failed or cancelled `make` left. Without an id, the create itself was
+        interrupted: the engine may have made the container all the same, so look it up by name."""
+        try:
+            if container_id is not None:
+                await self.discard(container_id, "cancelled" if cancelled else "start-failed")
+            elif cancelled:
+                for row in await self.list(name):
+                    await self.discard(row.id, "cancelled")
+        except GatewayError as exc:
+            _log.warning("removing the half-made sandbox %s failed: %s", name, exc.message)
 
     async def executor(self, grant: Allowed, container_id: str, user: str, **attrs: str | None) -> Executor:
         """How the sandbox's commands will run: its agent (attach stream + handshake), or `docker exec`."""
@@ -211,6 +242,11 @@ class Containers:
             self.ops.call("remove", self.backend.remove, row.id, container_id=row.id, reason=reason)
             self.audit.emit("sandbox.remove", container_id=row.id, reason=reason)
         return len(rows)
+
+    async def discard_sandbox(self, sandbox: Sandbox, reason: str) -> None:
+        """Close a sandbox's executor and `discard` its container."""
+        sandbox.executor.close()
+        await self.discard(sandbox.container_id, reason, principal_key=sandbox.principal_key or None)
 
     async def discard_quietly(
         self, container_id: str, reason: str, *, principal_key: str | None = None

@@ -126,6 +126,10 @@ class WarmPool:
     def wanted(self) -> list[tuple[PoolTarget, int]]:
         return [(t, t.size - len(t.ready)) for t in self._targets.values() if len(t.ready) < t.size]
 
+    def wake(self) -> None:
+        """Look again (host capacity was freed: a sandbox went, or a creation ended)."""
+        self._wake.set()
+
     async def wait(self) -> None:
         """Until something changed (a take, a reconfigure)."""
         await self._wake.wait()

@@ -10,8 +10,10 @@ import anyio
 from gateway.errors import GatewayError
 from gateway.sandboxes import naming
 from gateway.sandboxes.containers import Containers
+from gateway.sandboxes.model import Sandbox
 from gateway.sandboxes.pool import PoolTarget, WarmPool
 from gateway.sandboxes.registry import Registry
+from policy import Allowed, Principal
 
 __all__ = ["PoolKeeper"]
 
@@ -57,8 +59,31 @@ class PoolKeeper:
         if not self._pool.offer(target, sandbox):
             await self.retire()
 
+    async def hand_out(self, spec: str, principal: Principal, grant: Allowed, key: str) -> Sandbox | None:
+        """A ready sandbox of `spec` given to its principal (renamed to its name), or None. One that
+        cannot be renamed, or whose caller went away meanwhile, is removed, not lost."""
+        sandbox = self._pool.take(spec)
+        if sandbox is None:
+            return None
+        try:
+            await self._containers.rename_for(sandbox, principal, grant, key)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._remove(sandbox, "pool-assign-failed")
+            if not isinstance(exc, GatewayError):
+                raise
+            _log.warning("a pooled sandbox could not be handed out (%s); creating one", exc.message)
+            return None
+        return sandbox
+
     async def retire(self) -> None:
         """Remove the sandboxes the pool retired (spec dropped, pool shrunk, too old)."""
         for sandbox in self._pool.retired():
-            sandbox.executor.close()
-            await self._containers.discard_quietly(sandbox.container_id, "pool-retired")
+            await self._remove(sandbox, "pool-retired")
+
+    async def _remove(self, sandbox: Sandbox, reason: str) -> None:
+        """Remove a pooled sandbox; one the engine would not remove still counts, and the reaper
+        tries again."""
+        sandbox.executor.close()
+        if not await self._containers.discard_quietly(sandbox.container_id, reason):
+            self._registry.removal_failed(sandbox, reason)

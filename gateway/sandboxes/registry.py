@@ -7,7 +7,7 @@ calls cannot overshoot it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 
@@ -21,13 +21,17 @@ __all__ = ["Registry"]
 class Registry:
     """Live sandboxes by principal key, their locks, calls running and creations under way."""
 
-    def __init__(self, max_sandboxes: int) -> None:
+    def __init__(self, max_sandboxes: int, on_freed: Callable[[], None] = lambda: None) -> None:
         self.max_sandboxes = max_sandboxes
+        #: Called when a sandbox stops counting against the host cap (the warm pool may fill again).
+        self._on_freed = on_freed
         self._sandboxes: dict[str, Sandbox] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._running: dict[str, int] = {}
         self._creating = 0
         self._creating_in: dict[str, int] = {}
+        #: Sandboxes whose removal the engine refused, by container id, with the reason they went.
+        self._unremoved: dict[str, tuple[Sandbox, str]] = {}
         #: Principals whose sandbox was lost since their last call: their next result says so.
         self._lost: set[str] = set()
         self._alive = instruments().sandboxes_alive
@@ -53,6 +57,22 @@ class Registry:
         if self._sandboxes.get(sandbox.principal_key) is sandbox:
             del self._sandboxes[sandbox.principal_key]
             self._alive.add(-1)
+            self._on_freed()
+
+    def removal_failed(self, sandbox: Sandbox, reason: str) -> None:
+        """A sandbox the engine would not remove: it still counts, and the reaper tries again."""
+        self._unremoved[sandbox.container_id] = (sandbox, reason)
+
+    def unremoved(self) -> list[tuple[Sandbox, str]]:
+        """Sandboxes to remove again (with the reason they went), forgetting those adopted since."""
+        known = {sandbox.container_id for sandbox in self._sandboxes.values()}
+        for container_id in known & self._unremoved.keys():
+            del self._unremoved[container_id]
+        return list(self._unremoved.values())
+
+    def removed(self, container_id: str) -> None:
+        if self._unremoved.pop(container_id, None) is not None:
+            self._on_freed()
 
     def clear(self) -> None:
         self._alive.add(-len(self._sandboxes))
@@ -79,8 +99,9 @@ class Registry:
     # -- quotas -----------------------------------------------------------------------------------
 
     def live(self, pooled: int) -> int:
-        """Sandboxes that count against the host quota: known, being made, and `pooled` ready ones."""
-        return len(self._sandboxes) + self._creating + pooled
+        """Sandboxes that count against the host quota: known, not yet removed, being made, and
+        `pooled` ready ones."""
+        return len(self._sandboxes) + len(self._unremoved) + self._creating + pooled
 
     @contextlib.contextmanager
     def creating(self, tenant: str, *, pooled: int, adds: int, tenant_cap: int) -> Iterator[None]:
@@ -105,6 +126,7 @@ class Registry:
         finally:
             self._creating -= 1
             self._creating_in[tenant] -= 1
+            self._on_freed()
 
     @contextlib.contextmanager
     def calling(self, key: str, limit: int) -> Iterator[None]:

@@ -27,7 +27,7 @@ from tests.unit.broker_support import (
     until,
 )
 from tests.unit.conftest import MakeBroker
-from tests.unit.fake_backend import FakeBackend
+from tests.unit.fake_backend import FakeBackend, Gate
 
 pytestmark = pytest.mark.anyio
 
@@ -195,3 +195,30 @@ async def test_the_pool_refills_when_the_host_cap_frees_up(
         assert await broker.reset(Principal("alice"))
         await until(lambda: len(broker.pool.sandboxes) == 1, timeout_s=1, what="the pool to refill")
         assert len(fake.containers()) == 2
+
+
+async def test_a_call_cancelled_while_a_pooled_sandbox_is_handed_to_it_leaves_nothing_behind(
+    broker: Broker, fake: FakeBackend, sink: MemorySink
+) -> None:
+    """The client goes away during the rename that gives it a pooled sandbox: that sandbox ends up
+    its principal's or removed, never in between (running, and neither pooled nor anyone's)."""
+    engine = pooled_engine(1)
+    async with maintained(broker, engine):
+        (pooled,) = await pool_of(broker, 1)
+        held = Gate()
+        fake.on_call = lambda method, _: held.wait() if method == "rename" else None
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(run, broker, engine, "alice", "first")
+                await until(lambda: bool(fake.called("rename")), what="the rename")
+                scope.cancel()
+                held.open()
+        fake.on_call = None
+        assert await run(broker, engine, "alice", "next") == b"next\n"
+        alice = broker.sandbox_of(Principal("alice"))
+        assert alice is not None
+        if alice.container_id != pooled:
+            assert removal_reasons(sink)[pooled] == "pool-assign-failed"
+        await pool_of(broker, 1)  # refilled
+        known = {alice.container_id} | {s.container_id for s in broker.pool.sandboxes}
+        assert {c.id for c in fake.containers()} <= known
