@@ -86,6 +86,10 @@ class Broker:
     def max_sandboxes(self) -> int:
         return self._registry.max_sandboxes
 
+    @max_sandboxes.setter
+    def max_sandboxes(self, value: int) -> None:
+        self._registry.max_sandboxes = value
+
     def saturation(self) -> dict[str, object]:
         """How busy the shared worker pool for Docker calls is (for /ready)."""
         return self.ops.saturation()

@@ -8,10 +8,7 @@ was really reached, and it belongs to that sandbox's uid alone.
 
 from __future__ import annotations
 
-import os
-import resource
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -100,20 +97,17 @@ def _policy() -> PolicyEngine:
 
 
 def _on_host(uid: int, *, nproc: int | None = None) -> str:
-    """CHECK run on the host as `uid` (a host account, or a sandbox's uid), with RLIMIT_NPROC set."""
+    """CHECK run on the host as `uid` (a host account, or a sandbox's uid), with RLIMIT_NPROC set.
 
-    def drop() -> None:
-        if nproc is not None:
-            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-        os.setgid(uid)
-        os.setuid(uid)
-
-    preexec: Callable[[], None] = drop
+    The interpreter starts as root and drops to `uid` itself before CHECK runs: an execve after
+    the drop would fail (EAGAIN) whenever the uid is at its process limit, which is the case under
+    test, and the probes would not run at all."""
+    limit = "" if nproc is None else f"resource.setrlimit(resource.RLIMIT_NPROC, ({nproc}, {nproc}))\n"
+    drop = f"import os, resource\n{limit}os.setgroups([])\nos.setgid({uid})\nos.setuid({uid})\n"
     proc = subprocess.run(
-        ["/usr/bin/python3", "-I", "-c", CHECK],
+        ["/usr/bin/python3", "-I", "-c", drop + CHECK],
         capture_output=True,
         text=True,
-        preexec_fn=preexec,
         cwd="/",
         check=False,
     )
