@@ -21,6 +21,7 @@ from mcp.types import CallToolResult
 
 from bench.gateways import AuditTail, BenchGateway
 from bench.stats import Series, percentile
+from tests.support import eventually_async
 
 __all__ = ["WORKLOADS", "bystander", "first_calls", "info_calls", "throughput", "warm_calls"]
 
@@ -229,14 +230,15 @@ NEIGHBOUR_COMMAND = "sleep 10"
 
 async def neighbours_running(gateway: BenchGateway, count: int, timeout_s: float = 120) -> None:
     """Until the gateway says (on /ready) that at least `count` calls are running."""
-    base = gateway.url.removesuffix("/mcp")
     async with httpx.AsyncClient(timeout=10) as http:
-        with anyio.fail_after(timeout_s):
-            while True:
-                body = (await http.get(f"{base}/ready")).json()
-                if (body.get("executions") or {}).get("running", 0) >= count:
-                    return
-                await anyio.sleep(0.05)
+
+        async def running() -> bool:
+            body = (await http.get(f"{gateway.server.base}/ready")).json()
+            return bool((body.get("executions") or {}).get("running", 0) >= count)
+
+        await eventually_async(
+            running, timeout_s=timeout_s, interval_s=0.05, message=f"{count} calls were not running"
+        )
 
 
 async def bystander(

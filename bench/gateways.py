@@ -10,23 +10,16 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
-import httpx
 import yaml
 
-from gateway.auth.tokens import TokenStore
 from policy.loader import default_policy_path
 from policy.units import parse_size
+from tests.support import eventually_async, gateway_process, matching
+from tests.support.gateway_process import Gateway
 
 __all__ = [
     "NOPOOL",
@@ -84,21 +77,24 @@ def bench_policy(exec_path: str, warm_pool: int) -> dict[str, Any]:
 
 @dataclass
 class BenchGateway:
+    """A gateway under test (`server`: the process) and the variant it serves."""
+
     label: str
     exec_path: str
     warm_pool: int
-    url: str
-    gateway_id: str
-    audit_log: Path
-    log: Path
-    process: subprocess.Popen[bytes]
-    tokens: dict[str, str] = field(default_factory=dict)
+    server: Gateway
 
+    @property
+    def url(self) -> str:
+        return self.server.url
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    @property
+    def tokens(self) -> dict[str, str]:
+        return self.server.tokens
+
+    @property
+    def audit_log(self) -> Path:
+        return self.server.audit_log
 
 
 def start_gateway(
@@ -117,68 +113,23 @@ def start_gateway(
     workdir.mkdir(parents=True, exist_ok=True)
     policy_file = workdir / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(bench_policy(exec_path, warm_pool), sort_keys=False))
-    store = TokenStore(workdir / "tokens.jsonl")
-    tokens = {name: store.create(name, profile=profile) for name, profile in principals.items()}
-    port = _free_port()
-    audit_log, log = workdir / "audit.jsonl", workdir / "gateway.log"
-    argv = [
-        sys.executable, "-m", "gateway.cli", "serve",
-        "--port", str(port),
-        "--tokens", str(workdir / "tokens.jsonl"),
+    server = gateway_process.start_gateway(
+        workdir,
         "--policy", str(policy_file),
-        "--gateway-id", gateway_id,
-        "--docker-host", docker_host,
-        "--audit-log", str(audit_log),
         "--address-rate", ADDRESS_RATE,
-    ]  # fmt: skip
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env={**os.environ, "LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")},
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    gateway = BenchGateway(
-        label, exec_path, warm_pool, f"{base}/mcp", gateway_id, audit_log, log, process, tokens
-    )
-    try:
-        _wait_healthy(gateway, base)
-    except BaseException:  # also an interrupt: the gateway must not outlive the run
-        stop_gateway(gateway)
-        raise
-    return gateway
-
-
-def _wait_healthy(gateway: BenchGateway, base: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if gateway.process.poll() is not None:
-            raise RuntimeError(f"gateway {gateway.label} exited: {gateway.log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"gateway {gateway.label} did not answer /health within 30 s")
+        principals=principals,
+        gateway_id=gateway_id,
+        docker_host=docker_host,
+        env={"LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")},
+        new_session=True,
+    )  # fmt: skip
+    return BenchGateway(label, exec_path, warm_pool, server)
 
 
 def stop_gateway(gateway: BenchGateway, timeout_s: float = 60) -> bool:
     """SIGTERM (the gateway removes its sandboxes), then wait; SIGKILL if it does not stop.
     Returns True when it stopped by itself."""
-    process = gateway.process
-    if process.poll() is not None:
-        return True
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-        return False
-    return True
+    return gateway_process.stop_gateway(gateway.server, timeout_s)
 
 
 class AuditTail:
@@ -205,9 +156,9 @@ class AuditTail:
         self.events.extend(new)
         return new
 
-    def named(self, event: str) -> Iterator[dict[str, Any]]:
+    def named(self, event: str, **match: Any) -> list[dict[str, Any]]:
         self.poll()
-        return (e for e in self.events if e.get("event") == event)
+        return matching(self.events, event, **match)
 
     def pool_fills(self) -> int:
         """Sandboxes made for the warm pool so far."""
@@ -223,18 +174,20 @@ class AuditTail:
         self.poll()
         return [
             float(e["outcome"]["duration_ms"])
-            for e in self.events[since:]
-            if e.get("event") == f"docker.{op}" and (e.get("outcome") or {}).get("status") == "ok"
+            for e in matching(self.events[since:], f"docker.{op}", outcome="ok")
         ]
 
     def assigned(self) -> int:
         """Pooled sandboxes handed to a principal so far."""
-        return sum(1 for _ in self.named("sandbox.assign"))
+        return len(self.named("sandbox.assign"))
 
     async def wait_pool_ready(self, size: int, timeout_s: float = 60) -> None:
         """Until the pool holds `size` ready sandboxes (made for it, minus those handed out)."""
-        deadline = time.monotonic() + timeout_s
-        while (ready := self.pool_fills() - self.assigned()) < size:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the warm pool holds {ready} of {size} sandboxes after {timeout_s} s")
-            await anyio.sleep(0.01)
+
+        def ready() -> bool:
+            held = self.pool_fills() - self.assigned()
+            if held < size:  # retried until the deadline, then reported with this message
+                raise AssertionError(f"the warm pool holds {held} of {size} sandboxes")
+            return True
+
+        await eventually_async(ready, timeout_s=timeout_s, interval_s=0.01)

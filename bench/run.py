@@ -294,8 +294,10 @@ class Run:
         for gateway in self.gateways:
             if not stop_gateway(gateway):
                 forced.append(f"gateway {gateway.label} did not stop on SIGTERM and was killed")
-            elif gateway.process.returncode not in (0, -signal.SIGTERM):
-                forced.append(f"gateway {gateway.label} exited with status {gateway.process.returncode}")
+            elif gateway.server.process.returncode not in (0, -signal.SIGTERM):
+                forced.append(
+                    f"gateway {gateway.label} exited with status {gateway.server.process.returncode}"
+                )
         if self.engines:
             engine = self.engines[0]
             for gateway_id in self.gateway_ids:

@@ -7,6 +7,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from opentelemetry import trace
@@ -16,6 +17,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from audit import AuditLog, MemorySink
 from policy import Policy, load_policy
+
+if TYPE_CHECKING:
+    from gateway.backend.docker_engine import DockerBackend
+    from gateway.sandboxes.broker import Broker
 
 #: The socket proxy started by `make setup` (override to test another deployment).
 PROXY_URL = os.environ.get("SGW_TEST_DOCKER_HOST", "unix:///run/sandbox-gateway/docker-proxy.sock")
@@ -88,7 +93,7 @@ def span_exporter() -> InMemorySpanExporter:
 
 
 @pytest.fixture(scope="session")
-def backend():  # type: ignore[no-untyped-def]
+def backend() -> Iterator[DockerBackend]:
     """The Docker backend through the socket proxy; fails loudly (never skips) when it is missing."""
     from gateway.backend.docker_engine import DockerBackend
     from gateway.errors import EngineError
@@ -127,7 +132,9 @@ def audit_sink() -> MemorySink:
 
 
 @pytest.fixture
-def broker(backend, audit_sink: MemorySink, span_exporter: InMemorySpanExporter) -> Iterator[object]:  # type: ignore[no-untyped-def]
+def broker(
+    backend: DockerBackend, audit_sink: MemorySink, span_exporter: InMemorySpanExporter
+) -> Iterator[Broker]:
     """A broker with its own gateway id; after the test no container of it may remain."""
     from gateway.sandboxes.broker import Broker
 

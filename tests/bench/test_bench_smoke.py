@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from bench.report import expected_rows
+from gateway.backend.docker_engine import DockerBackend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_smoke_run_prints_every_row_and_exits_zero(tmp_path: Path, backend) -> None:  # type: ignore[no-untyped-def]
+def test_smoke_run_prints_every_row_and_exits_zero(tmp_path: Path, backend: DockerBackend) -> None:
     """`python -m bench --smoke` completes without an error, prints each row, and removes its containers."""
     out = tmp_path / "bench.json"
     run = subprocess.run(

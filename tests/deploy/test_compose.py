@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -30,6 +29,8 @@ from gateway.setup.compose_images import build_compose_images
 from gateway.setup.state import REPO_ROOT, SetupPaths
 from gateway.uids import UidRange
 from tests.e2e.conftest import mcp_client
+from tests.support import EventuallyFailed, eventually
+from tests.support.net import free_port
 
 COMPOSE_FILE = REPO_ROOT / "compose" / "docker-compose.yml"
 GATEWAY_IMAGE = "sandbox-gateway:deploy-test"
@@ -37,12 +38,6 @@ PROXY_IMAGE = "sandbox-gateway-proxy:deploy-test"
 GATEWAY_UID = 10001
 #: Not the default range, so a sandbox made at all shows that the proxy and the gateway got the same one.
 SANDBOX_UIDS = UidRange.parse("2001000000-2001009999")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -92,17 +87,18 @@ class Stack:
 
 
 def _wait_healthy(stack: Stack, service: str, deadline_s: float = 90) -> None:
-    deadline = time.monotonic() + deadline_s
-    status = "unknown"
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         container = stack.container(service)
-        if container:
-            status = _inspect("container", container)["State"].get("Health", {}).get("Status", "none")
-            if status == "healthy":
-                return
-        time.sleep(0.5)
-    logs = stack.compose("logs", "--no-color", "--tail", "40", check=False).stdout
-    raise AssertionError(f"{service} did not become healthy within {deadline_s:.0f} s ({status}):\n{logs}")
+        assert container, "no container yet"
+        status = _inspect("container", container)["State"].get("Health", {}).get("Status", "none")
+        assert status == "healthy", status
+        return True
+
+    try:
+        eventually(healthy, timeout_s=deadline_s, interval_s=0.5, message=f"{service} did not become healthy")
+    except EventuallyFailed as exc:
+        logs = stack.compose("logs", "--no-color", "--tail", "40", check=False).stdout
+        raise AssertionError(f"{exc}:\n{logs}") from None
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +118,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         (secrets / "tokens.jsonl").chmod(0o644)
 
     project = f"sgwdeploy{uuid.uuid4().hex[:10]}"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SGW_"))}
     env.update(
         DOCKER_HOST=f"unix://{paths.docker_socket}",
@@ -156,7 +152,7 @@ def test_execute_bash_through_the_published_port(stack: Stack) -> None:
                 "execute_bash", {"command": "id -u; python3 -c 'import textstats; print(textstats.__name__)'"}
             )
             assert result.structured_content is not None, result
-            return result.structured_content
+            return dict(result.structured_content)
 
     outcome = anyio.run(call)
     assert outcome["exit_code"] == 0, outcome

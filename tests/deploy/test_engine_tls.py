@@ -9,9 +9,8 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,9 @@ from policy import Principal
 from policy.engine import PolicyEngine
 from tests.conftest import IMAGE, policy_with_exec_path
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
+from tests.support import audit_events
+from tests.support.net import free_port
+from tests.support.proxy import PrivateProxy
 
 
 @dataclass(frozen=True)
@@ -80,35 +82,30 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def tls_proxy(pki: Pki, workdir: Path, image: str | None = None) -> PrivateProxy:
+    """A socket proxy on TLS at 127.0.0.1, with the server certificate, requiring a client
+    certificate signed by the CA."""
+    tmp = pki.ca.parent
+    tls = (
+        "--tls-cert",
+        str(tmp / "server.pem"),
+        "--tls-key",
+        str(tmp / "server.key"),
+        "--tls-client-ca",
+        str(pki.ca),
+    )
+    return PrivateProxy(workdir, extra=tls, image=image, tcp_port=free_port())
 
 
 @pytest.fixture(scope="module")
-def tls_engine(pki: Pki, backend: DockerBackend) -> Iterator[str]:
+def tls_engine(pki: Pki, backend: DockerBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """tcp://127.0.0.1:PORT: the socket proxy on TLS, with a required client certificate."""
-    tmp = pki.ca.parent
-    port = _free_port()
-    argv = [
-        sys.executable, "-m", "gateway.sockproxy", "--listen", f"tls:127.0.0.1:{port}",
-        "--tls-cert", tmp / "server.pem", "--tls-key", tmp / "server.key", "--tls-client-ca", pki.ca,
-        "--image", IMAGE, "--mount-source", Path(__file__).parents[2] / "skills",
-    ]  # fmt: skip
-    with (tmp / "proxy.log").open("ab") as log:
-        process = subprocess.Popen([str(arg) for arg in argv], stdout=log, stderr=log)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert process.poll() is None, (tmp / "proxy.log").read_text()[-500:]
-            time.sleep(0.05)
-    yield f"tcp://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
+    proxy = tls_proxy(pki, tmp_path_factory.mktemp("tls-proxy"), image=IMAGE)
+    proxy.start()
+    yield proxy.url
+    assert proxy.process is not None
+    proxy.process.terminate()
+    proxy.process.wait(timeout=10)
 
 
 def test_the_backend_reaches_the_engine_with_its_client_certificate(tls_engine: str, pki: Pki) -> None:
@@ -152,7 +149,7 @@ def test_the_gateway_configured_the_docker_way_is_ready_over_tls(
         )
         assert checks["docker_ops"]["saturated"] is False and checks["docker_ops"]["workers"] == 16
         assert checks["executions"] == {"running": 0}
-        assert '"event":"sandbox.sweep"' in gateway.audit_log.read_text(), "the start-up sweep went through"
+        assert audit_events(gateway.audit_log, "sandbox.sweep"), "the start-up sweep went through"
         result = anyio.run(_echo_over_mcp, gateway)
         assert result == "through tls\n"
     finally:
@@ -165,7 +162,6 @@ def test_the_gateway_without_client_certificates_is_not_ready_and_names_the_engi
 ) -> None:
     """Plain TCP to the TLS engine: /ready is 503 and its error names the engine address."""
     gateway = start_gateway(tmp_path, "--docker-host", tls_engine)
-    assert gateway.process is not None
     try:
         ready = httpx.get(f"{gateway.base}/ready", timeout=15)
         assert ready.status_code == 503
@@ -202,41 +198,25 @@ async def test_commands_run_over_tls_on_both_exec_paths(
     assert backend.list({"sandbox-gateway.gateway": broker.gateway_id}) == []
 
 
-def test_the_tls_proxy_stops_promptly_with_clients_connected(pki: Pki) -> None:
+def test_the_tls_proxy_stops_promptly_with_clients_connected(pki: Pki, tmp_path: Path) -> None:
     """SIGTERM with idle TLS clients still connected: the proxy exits at once, not after the TLS
     close handshake's 30 s timeout (a stop must never hang on a peer)."""
-    import ssl
-
-    tmp = pki.ca.parent
-    port = _free_port()
-    argv = [
-        sys.executable, "-m", "gateway.sockproxy", "--listen", f"tls:127.0.0.1:{port}",
-        "--tls-cert", tmp / "server.pem", "--tls-key", tmp / "server.key", "--tls-client-ca", pki.ca,
-    ]  # fmt: skip
-    quiet = subprocess.DEVNULL
-    process = subprocess.Popen([str(arg) for arg in argv], stdout=quiet, stderr=quiet)
+    proxy = tls_proxy(pki, tmp_path)
     context = ssl.create_default_context(cafile=str(pki.ca))
     context.load_cert_chain(str(pki.cert), str(pki.key))
-    clients = []
+    clients: list[ssl.SSLSocket] = []
+    proxy.start()
     try:
-        deadline = time.monotonic() + 10
-        while not clients:
-            try:
-                raw = socket.create_connection(("127.0.0.1", port), timeout=1)
-            except OSError:
-                assert time.monotonic() < deadline, "the proxy did not listen"
-                time.sleep(0.05)
-                continue
-            clients.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+        assert proxy.process is not None and proxy.tcp_port is not None
         clients += [
-            context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1")
-            for _ in range(2)
+            context.wrap_socket(
+                socket.create_connection(("127.0.0.1", proxy.tcp_port)), server_hostname="127.0.0.1"
+            )
+            for _ in range(3)
         ]
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
+        proxy.process.send_signal(signal.SIGTERM)
+        assert proxy.process.wait(timeout=15) == 0
     finally:
         for client in clients:
             client.close()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        proxy.stop()

@@ -10,13 +10,16 @@ from typing import Any
 import anyio
 import pytest
 
+from gateway.backend.docker_engine import DockerBackend
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
+from tests.support import eventually_async
+from tests.support.sandboxes import commands_in_sandboxes
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def arena(tmp_path_factory: pytest.TempPathFactory, backend) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+def arena(tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend) -> Iterator[Gateway]:
     gateway = start_gateway(
         tmp_path_factory.mktemp("abuse"), principals={"attacker": "default", "victim": "default"}
     )
@@ -42,7 +45,6 @@ async def healthy(gateway: Gateway) -> None:
 
 
 def gateway_rss_kib(gateway: Gateway) -> int:
-    assert gateway.process is not None
     status = Path(f"/proc/{gateway.process.pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
@@ -86,7 +88,7 @@ async def test_100_mb_of_output_is_cut_and_gateway_memory_stays_bounded(arena: G
     await healthy(arena)
 
 
-async def test_a_cpu_hog_does_not_starve_another_principal(arena: Gateway) -> None:
+async def test_a_cpu_hog_does_not_starve_another_principal(arena: Gateway, backend: DockerBackend) -> None:
     answered: dict[str, float] = {}
 
     async def hog() -> None:
@@ -95,7 +97,13 @@ async def test_a_cpu_hog_does_not_starve_another_principal(arena: Gateway) -> No
         )
 
     async def victim() -> None:
-        await anyio.sleep(1.5)
+        # The hog's four loops spin once its shell has gone on to `sleep 6`.
+        await eventually_async(
+            lambda: ("sleep", "6") in commands_in_sandboxes(backend, arena.gateway_id),
+            timeout_s=30,
+            interval_s=0.05,
+            message="the CPU hog never started",
+        )
         started = time.monotonic()
         assert (await call(arena, "victim", "python3 -c 'print(sum(range(10**5)))'"))["exit_code"] == 0
         answered["s"] = time.monotonic() - started

@@ -3,8 +3,6 @@ and floods of bad tokens or rate-limited requests are folded per source and wind
 
 from __future__ import annotations
 
-import json
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,10 @@ import pytest
 from audit.chain import verify_lines
 from audit.schema import EVENTS, AuditEvent
 from gateway.auth.tokens import TokenStore
+from gateway.backend.docker_engine import DockerBackend
 from tests.e2e.conftest import ACCEPT, INIT, Gateway, mcp_client, start_gateway, stop_gateway
+from tests.e2e.test_policy_over_mcp import write_policy
+from tests.support import audit_events, eventually, matching
 
 pytestmark = pytest.mark.anyio
 
@@ -26,9 +27,7 @@ MARKER = "do-not-log-" + uuid.uuid4().hex
 
 def events(gateway: Gateway) -> list[dict[str, Any]]:
     """Every complete line of the gateway's audit log, each checked against the schema."""
-    text = gateway.audit_log.read_text()
-    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
-    parsed = [json.loads(line) for line in lines]
+    parsed = audit_events(gateway.audit_log)
     for event in parsed:
         AuditEvent.model_validate(event)
         assert event["event"] in EVENTS, f"{event['event']} is not documented in audit/schema.py"
@@ -40,23 +39,13 @@ def chain_holds(gateway: Gateway) -> bool:
     return verify_lines([(str(n), line) for n, line in enumerate(lines, 1)], expect_genesis=True).ok
 
 
-def of(found: list[dict[str, Any]], name: str, **where: Any) -> list[dict[str, Any]]:
-    """Events named `name` whose actor, detail and outcome hold the given values."""
-
-    def matches(event: dict[str, Any]) -> bool:
-        flat = {**event.get("actor", {}), **event.get("detail", {}), **event.get("limits", {})}
-        return all(flat.get(k) == v for k, v in where.items())
-
-    return [e for e in found if e["event"] == name and matches(e)]
-
-
 def post(gateway: Gateway, token: str | None, client: httpx.Client) -> int:
     auth = {"Authorization": f"Bearer {token}"} if token else {}
     return client.post(gateway.url, json=INIT, headers={**ACCEPT, **auth}, timeout=10).status_code
 
 
 @pytest.fixture(scope="module")
-def trail(tmp_path_factory: pytest.TempPathFactory, backend) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+def trail(tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("trail")
     gateway = start_gateway(tmp, principals={"alice": "default"})
     gateway.tokens["exec-only"] = TokenStore(tmp / "tokens.jsonl").create("carol", scopes=("sandbox:exec",))
@@ -101,10 +90,10 @@ async def test_a_refused_path_is_recorded_with_its_code(
             assert not (await client.call_tool("execute_bash", {"command": setup})).is_error
     text, added = await call(trail, "alice", tool, arguments)
     assert "path-outside-workspace" in text
-    (finish,) = of(added, "file.finish", principal="alice")
+    (finish,) = matching(added, "file.finish", principal="alice")
     assert finish["outcome"] == {"status": "rejected", "error": "path-outside-workspace"}
     assert finish["detail"]["path"] == arguments["path"] and finish["tool"] == tool
-    (decision,) = of(added, "policy.decision", principal="alice")
+    (decision,) = matching(added, "policy.decision", principal="alice")
     assert decision["request_id"] == finish["request_id"], "one call, one request id"
 
 
@@ -222,17 +211,19 @@ def test_a_thousand_bad_tokens_write_one_line_and_a_summary_at_the_stop(tmp_path
         with httpx.Client() as client:
             statuses = {post(gateway, f"sgw_{uuid.uuid4().hex}", client) for _ in range(1000)}
             assert statuses == {401}
-            assert len(of(events(gateway), "auth.failed")) == 1, "only the first is a line of its own"
+            assert len(matching(events(gateway), "auth.failed")) == 1, "only the first is a line of its own"
             assert post(gateway, None, client) == 401
-            assert len(of(events(gateway), "auth.failed", reason="missing")) == 1, "another reason: at once"
+            assert len(matching(events(gateway), "auth.failed", reason="missing")) == 1, (
+                "another reason: at once"
+            )
             assert post(gateway, gateway.tokens["alice"], client) == 200
     finally:
         stop_gateway(gateway)
     found = events(gateway)
-    first, missing = of(found, "auth.failed")
+    first, missing = matching(found, "auth.failed")
     assert first["detail"] == {"reason": "unknown-token", "path": "/mcp"}
     assert first["actor"] == {"source_ip": "127.0.0.1"} and missing["detail"]["reason"] == "missing"
-    (summary,) = of(found, "audit.repeated")
+    (summary,) = matching(found, "audit.repeated")
     assert summary["actor"] == {"source_ip": "127.0.0.1"}
     detail = summary["detail"]
     assert (detail["of"], detail["count"], detail["suppressed"], detail["window_s"]) == (
@@ -243,14 +234,12 @@ def test_a_thousand_bad_tokens_write_one_line_and_a_summary_at_the_stop(tmp_path
     )
     assert {c["reason"]: c["count"] for c in detail["counts"]} == {"unknown-token": 1000, "missing": 1}
     assert detail["first_ts"] <= first["ts"] <= detail["last_ts"] <= summary["ts"]
-    assert found.index(summary) < found.index(of(found, "gateway.stop")[0]), "written before the stop"
+    assert found.index(summary) < found.index(matching(found, "gateway.stop")[0]), "written before the stop"
     assert chain_holds(gateway)
 
 
 @pytest.mark.parametrize("limit", ["address", "requests"])
 def test_requests_over_a_rate_limit_write_one_line_and_a_summary(tmp_path: Path, limit: str) -> None:
-    from tests.e2e.test_policy_over_mcp import write_policy
-
     if limit == "address":  # the address budget is spent by requests that do not authenticate
         gateway = start_gateway(tmp_path, "--address-rate", "5/minute")
         key: dict[str, Any] = {"source_ip": "127.0.0.1"}
@@ -265,11 +254,11 @@ def test_requests_over_a_rate_limit_write_one_line_and_a_summary(tmp_path: Path,
         with httpx.Client() as client:
             statuses = [post(gateway, token, client) for _ in range(300)]
             assert statuses == [allowed] * 5 + [429] * 295
-            (hit,) = of(events(gateway), "ratelimit.hit")
+            (hit,) = matching(events(gateway), "ratelimit.hit")
     finally:
         stop_gateway(gateway)
     assert hit["limits"]["limit"] == limit and hit["actor"]["source_ip"] == "127.0.0.1"
-    (summary,) = of(events(gateway), "audit.repeated", of="ratelimit.hit")
+    (summary,) = matching(events(gateway), "audit.repeated", of="ratelimit.hit")
     assert summary["actor"] == key and summary["limits"] == {"limit": limit}
     assert (summary["detail"]["of"], summary["detail"]["count"], summary["detail"]["suppressed"]) == (
         "ratelimit.hit",
@@ -284,16 +273,19 @@ def test_a_window_that_ends_is_summarised_while_the_gateway_runs(tmp_path: Path)
     try:
         with httpx.Client() as client:
             assert {post(gateway, "sgw_wrong", client) for _ in range(50)} == {401}
-        deadline = time.monotonic() + 30
-        while True:
+
+        def summarised() -> list[dict[str, Any]]:
             found = events(gateway)
-            summaries = of(found, "audit.repeated", of="auth.failed")
-            accounted = len(of(found, "auth.failed")) + sum(s["detail"]["suppressed"] for s in summaries)
-            if summaries and accounted == 50:
-                break
-            assert time.monotonic() < deadline, f"no summary while running; {accounted} of 50 accounted for"
-            time.sleep(0.2)
-        assert not of(found, "gateway.stop"), "the summary came at the window's end, not at a stop"
+            summaries = matching(found, "audit.repeated", of="auth.failed")
+            accounted = len(matching(found, "auth.failed")) + sum(
+                s["detail"]["suppressed"] for s in summaries
+            )
+            assert summaries and accounted == 50, f"no summary while running; {accounted} of 50 accounted for"
+            return found
+
+        found = eventually(summarised, timeout_s=30, interval_s=0.2)
+        summaries = matching(found, "audit.repeated", of="auth.failed")
+        assert not matching(found, "gateway.stop"), "the summary came at the window's end, not at a stop"
         assert all(s["detail"]["window_s"] == 1.0 for s in summaries)
     finally:
         stop_gateway(gateway)
@@ -309,12 +301,12 @@ def test_a_full_table_of_sources_says_so_and_still_counts_every_request(tmp_path
             with httpx.Client(transport=transport) as client:
                 assert [post(gateway, "sgw_wrong", client) for _ in range(3)] == [401] * 3
         found = events(gateway)
-        assert [e["actor"]["source_ip"] for e in of(found, "auth.failed")] == sources[:2]
-        (overflow,) = of(found, "audit.overflow")
+        assert [e["actor"]["source_ip"] for e in matching(found, "auth.failed")] == sources[:2]
+        (overflow,) = matching(found, "audit.overflow")
         assert overflow["detail"] == {"of": "auth.failed", "capacity": 2, "window_s": 60.0}
     finally:
         stop_gateway(gateway)
-    summaries = of(events(gateway), "audit.repeated")
+    summaries = matching(events(gateway), "audit.repeated")
     tracked = {s["actor"]["source_ip"]: s["detail"]["count"] for s in summaries if "actor" in s}
     assert tracked == {sources[0]: 3, sources[1]: 3}
     (spill,) = [s for s in summaries if "actor" not in s]

@@ -4,8 +4,7 @@ principal on the same address nothing; MCP sessions are capped per principal and
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,10 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
 from gateway.auth.tokens import TokenStore
+from gateway.backend.docker_engine import DockerBackend
 from tests.e2e.conftest import ACCEPT, INIT, Gateway, mcp_client, start_gateway, stop_gateway
 from tests.e2e.test_policy_over_mcp import write_policy
+from tests.support import audit_events, eventually_async
 
 pytestmark = pytest.mark.anyio
 
@@ -55,11 +56,6 @@ async def refused_session(url: str, token: str) -> str:
     raise AssertionError("the session was opened")
 
 
-def events(gateway: Gateway, name: str) -> list[dict[str, Any]]:
-    lines = gateway.audit_log.read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e["event"] == name]
-
-
 def initialize(http: httpx.Client, gateway: Gateway, who: str) -> httpx.Response:
     headers = {**ACCEPT, "Authorization": f"Bearer {gateway.tokens[who]}"}
     return http.post(gateway.url, json=INIT, headers=headers, timeout=10)
@@ -69,7 +65,7 @@ def initialize(http: httpx.Client, gateway: Gateway, who: str) -> httpx.Response
 
 
 @pytest.fixture
-def two_tenants(tmp_path: Path, backend) -> Any:  # type: ignore[no-untyped-def]
+def two_tenants(tmp_path: Path, backend: DockerBackend) -> Iterator[Gateway]:
     """acme's principals may run 1 call each and 2 together; globex's likewise."""
     policy = write_policy(
         tmp_path / "policy.yaml",
@@ -128,7 +124,7 @@ async def test_one_tenant_at_its_cap_does_not_slow_or_refuse_another(two_tenants
         "a1": "started\ndone\n",
         "a2": "started\ndone\n",
     }
-    (refusal,) = events(gateway, "budget.refused")
+    (refusal,) = audit_events(gateway.audit_log, "budget.refused")
     assert refusal["limits"]["limit"] == "tenant-concurrency"
     assert (refusal["actor"]["tenant"], refusal["actor"]["principal"], refusal["detail"]["cap"]) == (
         "acme",
@@ -154,11 +150,11 @@ def test_a_principal_flooding_initialize_costs_another_on_the_same_address_nothi
             )
     finally:
         stop_gateway(gateway)
-    hits = events(gateway, "ratelimit.hit")
+    hits = audit_events(gateway.audit_log, "ratelimit.hit")
     assert [(h["limits"]["limit"], h["actor"].get("principal")) for h in hits] == [("requests", "alice")]
-    (refusal,) = events(gateway, "budget.refused")
+    (refusal,) = audit_events(gateway.audit_log, "budget.refused")
     assert (refusal["limits"]["limit"], refusal["actor"]["principal"]) == ("sessions", "alice")
-    summaries = {e["detail"]["of"]: e["detail"] for e in events(gateway, "audit.repeated")}
+    summaries = {e["detail"]["of"]: e["detail"] for e in audit_events(gateway.audit_log, "audit.repeated")}
     assert summaries["ratelimit.hit"]["count"] + summaries["budget.refused"]["count"] == 292
 
 
@@ -182,7 +178,7 @@ async def test_sessions_are_capped_per_principal_with_a_clear_error(tmp_path: Pa
                 assert not (await first.call_tool("sandbox_info", {})).is_error
     finally:
         stop_gateway(gateway)
-    (refusal,) = events(gateway, "budget.refused")
+    (refusal,) = audit_events(gateway.audit_log, "budget.refused")
     assert refusal["limits"]["limit"] == "sessions" and refusal["detail"]["cap"] == 2
     assert (refusal["actor"]["principal"], refusal["actor"]["source_ip"]) == ("alice", "127.0.0.1")
 
@@ -196,17 +192,25 @@ async def test_an_idle_session_expires_and_frees_its_place(tmp_path: Path) -> No
             assert opened.status_code == 200
             abandoned = opened.headers["mcp-session-id"]
             assert (await refused_session(gateway.url, gateway.tokens["alice"])).startswith("session-limit:")
+
             # ...until it has been idle for 3 s (nothing here touches it: that would keep it alive).
-            with anyio.fail_after(30):
-                while True:
-                    try:
-                        async with legacy_client(gateway.url, gateway.tokens["alice"]) as client:
-                            assert not (await client.call_tool("sandbox_info", {})).is_error
-                        break
-                    except Exception as exc:
-                        if not any("session-limit" in str(leaf) for leaf in _leaves(exc)):
-                            raise
-                        await anyio.sleep(0.5)
+            async def opens_a_session() -> bool:
+                try:
+                    async with legacy_client(gateway.url, gateway.tokens["alice"]) as client:
+                        assert not (await client.call_tool("sandbox_info", {})).is_error
+                except Exception as exc:
+                    if not any("session-limit" in str(leaf) for leaf in _leaves(exc)):
+                        raise
+                    return False
+                return True
+
+            await eventually_async(
+                opens_a_session,
+                timeout_s=30,
+                interval_s=0.5,
+                retry_on=(),
+                message="alice's place never came free",
+            )
             headers = {
                 **ACCEPT,
                 "Authorization": f"Bearer {gateway.tokens['alice']}",
@@ -247,5 +251,5 @@ async def test_requests_in_flight_on_one_session_are_bounded(tmp_path: Path) -> 
             assert not (await client.call_tool("sandbox_info", {})).is_error
     finally:
         stop_gateway(gateway)
-    (refusal,) = events(gateway, "budget.refused")
+    (refusal,) = audit_events(gateway.audit_log, "budget.refused")
     assert refusal["limits"]["limit"] == "session-requests" and refusal["actor"]["principal"] == "alice"

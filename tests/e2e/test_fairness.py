@@ -4,7 +4,6 @@ outputs, a burst of sandbox creations) do not slow down another principal, of th
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ import pytest
 from mcp import Client
 
 from tests.e2e.conftest import INIT, Gateway, mcp_client, start_gateway, stop_gateway
+from tests.e2e.test_policy_over_mcp import write_policy
+from tests.support import audit_events, eventually_async
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -64,16 +65,8 @@ async def _bystander_calls(client: Client, name: str, count: int) -> list[float]
 
 def _running_long_commands(gateway: Gateway) -> int:
     """Neighbours' commands started (from the audit log): their `exec.start` events."""
-    text = gateway.audit_log.read_text()
-    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
-    count = 0
-    for line in lines:
-        if '"exec.start"' not in line:
-            continue
-        event = json.loads(line)
-        if event.get("actor", {}).get("principal", "").startswith("n"):
-            count += 1
-    return count
+    started = audit_events(gateway.audit_log, "exec.start")
+    return sum(1 for event in started if event.get("actor", {}).get("principal", "").startswith("n"))
 
 
 async def _flood(gateway: Gateway, stop: anyio.Event) -> None:
@@ -98,7 +91,7 @@ async def _flood(gateway: Gateway, stop: anyio.Event) -> None:
                     while not stop.is_set():
                         await client.call_tool("reset_sandbox", {})
                         await client.call_tool("execute_bash", {"command": BIG_OUTPUT})
-            except Exception:  # refused by its own budgets (429, quotas): it tries again
+            except Exception:  # refused by its own budgets (429, quotas): it tries again, a moment later
                 await anyio.sleep(0.2)
 
     async with anyio.create_task_group() as tasks:
@@ -113,8 +106,6 @@ async def _flood(gateway: Gateway, stop: anyio.Event) -> None:
 async def test_a_bystander_is_served_promptly_while_neighbours_use_their_whole_quota(
     tmp_path: Path, backend: Any, exec_path: str
 ) -> None:
-    from tests.e2e.test_policy_over_mcp import write_policy
-
     policy = write_policy(tmp_path / "policy.yaml", {"profiles.default.sandbox.exec_path": exec_path})
     neighbours = [f"n{i}" for i in range(NEIGHBOURS)]
     names = [*neighbours, "flooder", "bystander", "outsider"]
@@ -169,9 +160,12 @@ async def test_a_bystander_is_served_promptly_while_neighbours_use_their_whole_q
                 for name in neighbours:
                     load.start_soon(neighbour, name)
                 load.start_soon(_flood, gateway, stop)
-                with anyio.fail_after(LONG_S - 5):
-                    while _running_long_commands(gateway) < NEIGHBOURS * PER_NEIGHBOUR:
-                        await anyio.sleep(0.05)
+                await eventually_async(
+                    lambda: _running_long_commands(gateway) >= NEIGHBOURS * PER_NEIGHBOUR,
+                    timeout_s=LONG_S - 5,
+                    interval_s=0.05,
+                    message="the neighbours' long commands did not all start",
+                )
                 async with anyio.create_task_group() as bystanders:
                     for name in clients:
                         bystanders.start_soon(measured, name)

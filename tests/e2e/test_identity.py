@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import shutil
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import jwt
 import pytest
@@ -21,8 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from gateway.auth.tokens import TokenEntry, TokenStore, hash_token
+from gateway.backend.docker_engine import DockerBackend
 from tests.e2e.conftest import ACCEPT, INIT, Gateway, mcp_client, start_gateway, stop_gateway
 from tests.e2e.test_cli import cli
+from tests.e2e.test_policy_over_mcp import write_policy
+from tests.support import audit_events, eventually, eventually_async
+from tests.support.net import accepts, free_port
 
 pytestmark = pytest.mark.anyio
 ISSUER = "https://issuer.test"
@@ -44,7 +49,7 @@ async def run(gateway: Gateway, token: str, command: str = "echo ok") -> Any:
 
 
 @pytest.fixture(scope="module")
-def token_gateway(tmp_path_factory: pytest.TempPathFactory, backend) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+def token_gateway(tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("tokens")
     gateway = start_gateway(tmp)
     store = TokenStore(tmp / "tokens.jsonl")
@@ -97,13 +102,13 @@ async def test_a_revoked_token_stops_working_without_a_restart(token_gateway: Ga
         "revokable" in listed.stdout and token not in listed.stdout and hash_token(token) not in listed.stdout
     )
     assert cli("token", "revoke", "--principal", "revokable", "--tokens", str(tokens_file)).returncode == 0
-    deadline = time.monotonic() + 10
-    while post(token_gateway, token).status_code != 401:
-        assert time.monotonic() < deadline, "revocation was not picked up"
-        await anyio.sleep(0.2)
+    await eventually_async(
+        lambda: post(token_gateway, token).status_code == 401,
+        interval_s=0.2,
+        message="revocation was not picked up",
+    )
     assert "revoked" in cli("token", "list", "--tokens", str(tokens_file)).stdout
-    events = [json.loads(line) for line in token_gateway.audit_log.read_text().splitlines()]
-    assert any(e["event"] == "auth.failed" and e["detail"]["reason"] == "revoked" for e in events)
+    assert audit_events(token_gateway.audit_log, "auth.failed", reason="revoked")
 
 
 def test_a_session_cannot_be_used_with_another_principals_token(token_gateway: Gateway) -> None:
@@ -122,7 +127,9 @@ def signing_key() -> rsa.RSAPrivateKey:
 
 
 @pytest.fixture(scope="module")
-def jwt_gateway(tmp_path_factory: pytest.TempPathFactory, signing_key, backend) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+def jwt_gateway(
+    tmp_path_factory: pytest.TempPathFactory, signing_key: rsa.RSAPrivateKey, backend: DockerBackend
+) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("jwt")
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(signing_key.public_key()))
     (tmp / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}))
@@ -162,7 +169,9 @@ def mint(key: rsa.RSAPrivateKey, **overrides: Any) -> str:
         pytest.param({"scope": "openid profile"}, 403, id="missing-scope"),
     ],
 )
-def test_the_jwt_matrix(jwt_gateway: Gateway, signing_key, claims: dict[str, Any], status: int) -> None:  # type: ignore[no-untyped-def]
+def test_the_jwt_matrix(
+    jwt_gateway: Gateway, signing_key: rsa.RSAPrivateKey, claims: dict[str, Any], status: int
+) -> None:
     response = post(jwt_gateway, mint(signing_key, **claims))
     assert response.status_code == status
     if status in (401, 403):
@@ -184,8 +193,8 @@ def test_the_protected_resource_metadata_is_served(jwt_gateway: Gateway) -> None
 
 
 async def test_claims_map_to_principal_tenant_and_profile_and_scopes_to_tools(
-    jwt_gateway: Gateway, signing_key
-) -> None:  # type: ignore[no-untyped-def]
+    jwt_gateway: Gateway, signing_key: rsa.RSAPrivateKey
+) -> None:
     async with mcp_client(jwt_gateway.url, mint(signing_key, profile="data-science")) as client:
         info = await client.call_tool("sandbox_info", {})
     assert info.structured_content is not None
@@ -202,7 +211,7 @@ async def test_claims_map_to_principal_tenant_and_profile_and_scopes_to_tools(
 # -- tenants ---------------------------------------------------------------------------------------
 
 
-async def test_tenants_never_reach_each_others_sandboxes(tmp_path: Path, backend) -> None:  # type: ignore[no-untyped-def]
+async def test_tenants_never_reach_each_others_sandboxes(tmp_path: Path, backend: DockerBackend) -> None:
     store = TokenStore(tmp_path / "tokens.jsonl")
     tokens = {
         "alice@acme": store.create("alice", tenant="acme"),
@@ -240,8 +249,6 @@ async def test_tenants_never_reach_each_others_sandboxes(tmp_path: Path, backend
 
 
 def test_a_burst_past_the_principal_rate_gets_429_and_the_next_window_succeeds(tmp_path: Path) -> None:
-    from tests.e2e.test_policy_over_mcp import write_policy
-
     policy = write_policy(tmp_path / "policy.yaml", {"profiles.default.rate_limits.requests": "3/second"})
     gateway = start_gateway(tmp_path, "--policy", str(policy))
     try:
@@ -250,12 +257,11 @@ def test_a_burst_past_the_principal_rate_gets_429_and_the_next_window_succeeds(t
         limited = post(gateway, gateway.tokens["alice"])
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
         assert post(gateway, gateway.tokens["bob"]).status_code == 200, "another principal is not affected"
-        time.sleep(int(limited.headers["retry-after"]) + 0.1)
+        time.sleep(int(limited.headers["retry-after"]) + 0.1)  # the window running out is what is tested
         assert post(gateway, gateway.tokens["alice"]).status_code == 200
     finally:
         stop_gateway(gateway)
-    events = [json.loads(line) for line in gateway.audit_log.read_text().splitlines()]
-    hits = [e for e in events if e["event"] == "ratelimit.hit"]
+    hits = audit_events(gateway.audit_log, "ratelimit.hit")
     assert hits and all(e["actor"]["principal"] == "alice" for e in hits)
 
 
@@ -311,15 +317,9 @@ def test_tls_serves_https_with_the_given_certificate(tmp_path: Path) -> None:
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A real Redis server on loopback, for rate limits shared by several gateways."""
-    import shutil
-    import socket
-    import subprocess
-
     server = shutil.which("redis-server")
     assert server, "redis-server is missing: `make test` installs it (make test-tools)"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [
             server,
@@ -336,21 +336,18 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert time.monotonic() < deadline and process.poll() is None, "redis-server did not start"
-        time.sleep(0.05)
+
+    def listening() -> bool:
+        assert process.poll() is None, "redis-server exited"
+        return accepts(port)
+
+    eventually(listening, interval_s=0.05, retry_on=(), message="redis-server did not start")
     yield f"redis://127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=10)
 
 
 def test_two_gateways_share_one_principal_rate_through_redis(tmp_path: Path, redis_url: str) -> None:
-    from tests.e2e.test_policy_over_mcp import write_policy
-
     policy = write_policy(tmp_path / "policy.yaml", {"profiles.default.rate_limits.requests": "4/minute"})
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

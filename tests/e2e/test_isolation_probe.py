@@ -7,13 +7,13 @@ seccomp profile is applied inside gVisor's kernel through --oci-seccomp.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
+from gateway.backend.docker_engine import DockerBackend
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
 
 PROBE = Path(__file__).parents[1] / "probe" / "isolation_probe.py"
@@ -79,7 +79,7 @@ GVISOR_KERNEL = "Linux version 4.4.0 #1 SMP Sun Jan 10 15:06:54 PST 2016"
 
 
 @pytest.fixture(scope="module")
-def probed(tmp_path_factory: pytest.TempPathFactory, backend) -> Iterator[dict[str, dict[str, Any]]]:  # type: ignore[no-untyped-def]
+def probed(tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend) -> dict[str, dict[str, Any]]:
     from tests.e2e.test_policy_over_mcp import write_policy
 
     tmp = tmp_path_factory.mktemp("probe")

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import anyio
 import pytest
 
+from gateway.backend.docker_engine import DockerBackend
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
+from tests.support import audit_events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 PRINCIPALS, CALLS = 50, 20
 
 
 def rss_kib(gateway: Gateway) -> int:
-    assert gateway.process is not None
     status = Path(f"/proc/{gateway.process.pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
-async def test_fifty_principals_twenty_calls_each(tmp_path: Path, backend) -> None:  # type: ignore[no-untyped-def]
+async def test_fifty_principals_twenty_calls_each(tmp_path: Path, backend: DockerBackend) -> None:
     names = {f"p{i:02d}": "default" for i in range(PRINCIPALS)}
     gateway = start_gateway(tmp_path, "--address-rate", "100000/minute", principals=names)
     answered: dict[str, int] = {}
@@ -59,8 +59,7 @@ async def test_fifty_principals_twenty_calls_each(tmp_path: Path, backend) -> No
     assert lost == [], f"calls whose output did not come back: {lost[:10]}"
     assert live == PRINCIPALS, "one sandbox per principal"
     assert rss_after - rss_before < 256 * 1024, "gateway memory stays bounded"
-    events = [json.loads(line) for line in gateway.audit_log.read_text().splitlines()]
-    finished = [e for e in events if e["event"] == "exec.finish" and e["outcome"]["status"] == "ok"]
-    decided = [e for e in events if e["event"] == "policy.decision"]
+    finished = audit_events(gateway.audit_log, "exec.finish", outcome="ok")
+    decided = audit_events(gateway.audit_log, "policy.decision")
     assert len(finished) == len(decided) == PRINCIPALS * CALLS, "every call recorded, none lost"
     assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == [], "nothing leaked"

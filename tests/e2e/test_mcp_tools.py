@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Gateway, mcp_client
+from tests.support import audit_events, matching
 
 pytestmark = pytest.mark.anyio
 
@@ -168,15 +169,13 @@ def test_health_and_ready(gateway: Gateway) -> None:
 async def test_the_audit_log_records_principal_tool_decision_and_outcome(gateway: Gateway) -> None:
     async with mcp_client(gateway.url, gateway.tokens["bob"]) as client:
         await client.call_tool("execute_bash", {"command": "echo audited"})
-    events = [json.loads(line) for line in gateway.audit_log.read_text().splitlines()]
-    finish = [e for e in events if e["event"] == "exec.finish" and e["actor"]["principal"] == "bob"][-1]
-    decision = [
-        e for e in events if e["event"] == "policy.decision" and e["request_id"] == finish["request_id"]
-    ]
+    events = audit_events(gateway.audit_log)
+    finish = matching(events, "exec.finish", principal="bob")[-1]
+    decision = matching(events, "policy.decision", request_id=finish["request_id"])
     assert decision and decision[0]["decision"]["result"] == "allow"
     assert finish["tool"] == "execute_bash" and finish["outcome"]["exit_code"] == 0
     assert "duration_ms" in finish["outcome"]
-    assert any(e["event"] == "docker.exec" and e.get("actor", {}).get("principal") == "bob" for e in events)
+    assert matching(events, "docker.exec", principal="bob")
     assert gateway.tokens["bob"] not in gateway.audit_log.read_text()
 
 

@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from gateway.backend.docker_engine import DockerBackend
 from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
 
 pytestmark = pytest.mark.anyio
@@ -52,8 +53,8 @@ def receiver() -> Iterator[Receiver]:
 
 
 async def test_audit_events_spans_and_metrics_reach_an_otlp_receiver(
-    receiver: Receiver, tmp_path: Path, backend
-) -> None:  # type: ignore[no-untyped-def]
+    receiver: Receiver, tmp_path: Path, backend: DockerBackend
+) -> None:
     endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
@@ -71,7 +72,7 @@ async def test_audit_events_spans_and_metrics_reach_an_otlp_receiver(
         stop_gateway(gateway)  # shutdown flushes every exporter
     assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == []
 
-    bodies = []
+    bodies: list[str] = []
     for raw in receiver.received.get("/v1/logs", []):
         request = ExportLogsServiceRequest.FromString(raw)
         for resource_logs in request.resource_logs:
@@ -80,14 +81,14 @@ async def test_audit_events_spans_and_metrics_reach_an_otlp_receiver(
     assert bodies == gateway.audit_log.read_text().splitlines(), "the same events, byte for byte, in order"
     assert any(json.loads(b)["event"] == "exec.finish" for b in bodies)
 
-    span_names = set()
+    span_names: set[str] = set()
     for raw in receiver.received.get("/v1/traces", []):
         for resource_spans in ExportTraceServiceRequest.FromString(raw).resource_spans:
             for scope_spans in resource_spans.scope_spans:
                 span_names.update(span.name for span in scope_spans.spans)
     assert {"tools/call execute_bash", "docker.create", "docker.attach", "docker.exec"} <= span_names
 
-    metric_names = set()
+    metric_names: set[str] = set()
     for raw in receiver.received.get("/v1/metrics", []):
         for resource_metrics in ExportMetricsServiceRequest.FromString(raw).resource_metrics:
             for scope_metrics in resource_metrics.scope_metrics:

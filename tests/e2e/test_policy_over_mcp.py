@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
 import yaml
+from mcp import Client
 
+from gateway.backend.docker_engine import DockerBackend
 from policy import load_policy
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
+from tests.support import audit_events, eventually_async
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +32,7 @@ def write_policy(path: Path, mutate: dict[str, object] | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def profiled(tmp_path_factory: pytest.TempPathFactory, backend) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+def profiled(tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("profiled")
     policy = write_policy(tmp / "policy.yaml")
     running = start_gateway(tmp, "--policy", str(policy), principals={"alice": "default", "sam": "default"})
@@ -71,11 +71,10 @@ async def test_sandbox_info_and_reset_over_mcp(profiled: Gateway) -> None:
 
 
 async def test_sighup_reloads_a_valid_policy_and_keeps_the_old_one_on_a_bad_file(
-    tmp_path: Path, backend
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, backend: DockerBackend
+) -> None:
     policy = write_policy(tmp_path / "policy.yaml")
     gateway = start_gateway(tmp_path, "--policy", str(policy))
-    assert gateway.process is not None
     try:
         async with mcp_client(gateway.url, gateway.tokens["alice"]) as client:
             assert not (await client.call_tool("execute_bash", {"command": "true"})).is_error
@@ -86,15 +85,14 @@ async def test_sighup_reloads_a_valid_policy_and_keeps_the_old_one_on_a_bad_file
                 "version: 1\nprofiles: {default: {tools: [execute_bash], sandbox: {privileged: true}}}\n"
             )
             gateway.process.send_signal(signal.SIGHUP)
-            await _wait_for_event(gateway, "rejected")
+            await eventually_async(
+                lambda: audit_events(gateway.audit_log, "policy.reload", outcome="rejected"),
+                message="no policy.reload rejected event",
+            )
             still = await client.call_tool("execute_bash", {"command": "true"})
         assert denied
         assert still.is_error and "tool-not-allowed" in still.content[0].text  # type: ignore[union-attr]
-        reloads = [
-            json.loads(line)
-            for line in gateway.audit_log.read_text().splitlines()
-            if '"policy.reload"' in line
-        ]
+        reloads = audit_events(gateway.audit_log, "policy.reload")
         assert [r["outcome"]["status"] for r in reloads] == ["ok", "rejected"]
         assert "no-privileged" in reloads[1]["outcome"]["error"]
     finally:
@@ -102,20 +100,9 @@ async def test_sighup_reloads_a_valid_policy_and_keeps_the_old_one_on_a_bad_file
     assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == []
 
 
-async def _eventually_error(client, code: str) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+async def _eventually_error(client: Client, code: str) -> bool:
+    async def refused() -> bool:
         result = await client.call_tool("execute_bash", {"command": "true"})
-        if result.is_error and code in result.content[0].text:
-            return True
-        await anyio.sleep(0.1)
-    return False
+        return result.is_error and code in result.content[0].text  # type: ignore[union-attr]
 
-
-async def _wait_for_event(gateway: Gateway, outcome: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if f'"status":"{outcome}"' in gateway.audit_log.read_text():
-            return
-        await anyio.sleep(0.1)
-    raise AssertionError(f"no policy.reload {outcome} event")
+    return await eventually_async(refused, message=f"execute_bash never failed with {code}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from gateway.backend.docker_engine import DockerBackend
 from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
 from tests.e2e.test_cli import cli
 from tests.e2e.test_policy_over_mcp import write_policy
@@ -34,8 +35,8 @@ def _pooled(name: str) -> bool:
 
 
 async def test_sigkill_then_restart_adopts_current_sandboxes_and_removes_stale_ones(
-    tmp_path: Path, backend
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path, backend: DockerBackend
+) -> None:
     policy = write_policy(tmp_path / "policy.yaml")
     first = start_gateway(
         tmp_path,
@@ -48,7 +49,6 @@ async def test_sigkill_then_restart_adopts_current_sandboxes_and_removes_stale_o
     tokens, audit_log = first.tokens, first.audit_log
     await run(first.url, tokens["alice"], "echo survived > /workspace/state")
     await run(first.url, tokens["bob"], "true")
-    assert first.process is not None
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(timeout=30)
     owned = [r for r in backend.list({"sandbox-gateway.gateway": "restart-test"}) if not _pooled(r.name)]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.backend.docker_engine import DockerBackend
 from tests.conftest import mountable_dir
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
 
@@ -16,7 +17,7 @@ SKILLS = Path(__file__).parents[2] / "skills"
 
 
 @pytest.fixture(scope="module")
-def library_gateway(tmp_path_factory: pytest.TempPathFactory, backend) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+def library_gateway(tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("library")
     tools = mountable_dir("library-tools")
     (tools / "greet.sh").write_text("#!/bin/sh\necho hello from tools\n")

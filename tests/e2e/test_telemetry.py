@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
-
-import anyio
 import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from audit.chain import verify_lines
 from audit.schema import AuditEvent
 from tests.conftest import FIRST_CALL_SPANS_POOLED
 from tests.e2e.conftest import InProcessGateway, mcp_client
+from tests.support import audit_events, eventually_async, matching
 
 pytestmark = pytest.mark.anyio
 
@@ -29,16 +28,13 @@ def descendants(spans: list[ReadableSpan], root: ReadableSpan) -> list[ReadableS
     return found
 
 
-def audit_events(gateway: InProcessGateway) -> list[dict]:
-    return [json.loads(line) for line in gateway.sink.lines]  # type: ignore[attr-defined]
-
-
 async def test_a_tool_call_continues_the_clients_trace_down_to_each_docker_call(
-    inproc_gateway: InProcessGateway, span_exporter
-) -> None:  # type: ignore[no-untyped-def]
-    with anyio.fail_after(60):  # a warm pool is filled: the first call takes a ready sandbox
-        while not inproc_gateway.service.broker.pool.sandboxes:  # type: ignore[attr-defined]
-            await anyio.sleep(0.05)
+    inproc_gateway: InProcessGateway, span_exporter: InMemorySpanExporter
+) -> None:
+    # A warm pool is filled: the first call takes a ready sandbox.
+    await eventually_async(
+        lambda: inproc_gateway.service.broker.pool.sandboxes, timeout_s=60, interval_s=0.05
+    )
     span_exporter.clear()
     agent = trace.get_tracer("agent")
     async with mcp_client(inproc_gateway.url, inproc_gateway.tokens["alice"]) as client:
@@ -51,7 +47,7 @@ async def test_a_tool_call_continues_the_clients_trace_down_to_each_docker_call(
     assert format(server.context.trace_id, "032x") == trace_id, "the client's W3C trace context is honoured"
     below = {s.name for s in descendants(spans, server)}
     assert below == FIRST_CALL_SPANS_POOLED
-    finish = [e for e in audit_events(inproc_gateway) if e["event"] == "exec.finish"][-1]
+    finish = audit_events(inproc_gateway.sink, "exec.finish")[-1]
     assert finish["trace_id"] == trace_id, "the audit event names the same trace"
 
 
@@ -64,27 +60,27 @@ async def test_audit_events_for_allow_deny_timeout_oom_and_auth_failure(
         await client.call_tool("execute_bash", {"command": "sleep 30", "timeout_s": 1})
         await client.call_tool("execute_python", {"code": "x = bytearray(2 * 1024**3)"})
     httpx.post(inproc_gateway.url, json={}, headers={"Authorization": "Bearer sgw_nope"})
-    events = audit_events(inproc_gateway)
+    events = audit_events(inproc_gateway.sink)
     for event in events:
         AuditEvent.model_validate(event)
-    bob = [e for e in events if e.get("actor", {}).get("principal") == "bob"]
-    decisions = [e["decision"]["result"] for e in bob if e["event"] == "policy.decision"]
+    bob = matching(events, principal="bob")
+    decisions = [e["decision"]["result"] for e in matching(bob, "policy.decision")]
     assert decisions == ["allow", "deny", "allow", "allow"]
-    denied = next(e for e in bob if e["event"] == "policy.decision" and e["decision"]["result"] == "deny")
+    denied = matching(bob, "policy.decision", decision="deny")[0]
     assert denied["decision"]["reasons"] == ["timeout-above-max"]
-    finishes = [e["outcome"] for e in bob if e["event"] == "exec.finish"]
+    finishes = [e["outcome"] for e in matching(bob, "exec.finish")]
     assert [(f["exit_code"], f["timed_out"], f["oom_killed"]) for f in finishes] == [
         (0, False, False),
         (124, True, False),
         (137, False, True),
     ]
-    starts = [e for e in bob if e["event"] == "exec.start"]
+    starts = matching(bob, "exec.start")
     assert all(set(e["code"]) == {"hmac_sha256"} for e in starts), "code is HMACed by default"
-    assert "bytearray" not in "".join(inproc_gateway.sink.lines)  # type: ignore[attr-defined]
-    failed = [e for e in events if e["event"] == "auth.failed"][-1]
+    assert "bytearray" not in "".join(inproc_gateway.sink.lines)
+    failed = matching(events, "auth.failed")[-1]
     assert failed["detail"]["reason"] == "unknown-token" and failed["actor"]["source_ip"] == "127.0.0.1"
-    assert "sgw_nope" not in "".join(inproc_gateway.sink.lines)  # type: ignore[attr-defined]
-    numbered = [(str(i), line) for i, line in enumerate(inproc_gateway.sink.lines, 1)]  # type: ignore[attr-defined]
+    assert "sgw_nope" not in "".join(inproc_gateway.sink.lines)
+    numbered = [(str(i), line) for i, line in enumerate(inproc_gateway.sink.lines, 1)]
     assert verify_lines(numbered, expect_genesis=True).ok
 
 
@@ -94,12 +90,12 @@ async def test_when_no_sink_can_write_calls_are_refused_and_ready_turns_false(
     sink = inproc_gateway.sink
     async with mcp_client(inproc_gateway.url, inproc_gateway.tokens["alice"]) as client:
         await client.call_tool("execute_bash", {"command": "rm -f /workspace/marker"})
-        sink.fail = True  # type: ignore[attr-defined]
+        sink.fail = True
         try:
             refused = await client.call_tool("execute_bash", {"command": "touch /workspace/marker"})
             ready = httpx.get(f"{inproc_gateway.base}/ready")
         finally:
-            sink.fail = False  # type: ignore[attr-defined]
+            sink.fail = False
         check = await client.call_tool(
             "execute_bash", {"command": "ls /workspace/marker 2>&1 || echo absent"}
         )

@@ -20,18 +20,21 @@ import pytest
 
 from audit import AuditLog, MemorySink
 from gateway.backend.commands import bash_argv
+from gateway.backend.docker_engine import DockerBackend
 from gateway.calls.service import ExecutionService
 from gateway.errors import AgentBroken
 from gateway.sandboxes.broker import Broker
 from policy import Action, Principal
 from policy.engine import PolicyEngine
 from tests.conftest import LABEL, policy_with_exec_path
+from tests.support import audit_events
+from tests.support.sandboxes import sandbox_of
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def service(broker, exec_path: str) -> ExecutionService:  # type: ignore[no-untyped-def]
+def service(broker: Broker, exec_path: str) -> ExecutionService:
     return ExecutionService(PolicyEngine(policy_with_exec_path(exec_path)), broker, broker.audit)
 
 
@@ -42,13 +45,13 @@ def _principal() -> Principal:
 _LIMITS_OF_PID_1 = "grep -E '^Max (open files|cpu time|processes|address space)' /proc/1/limits"
 
 
-async def test_code_cannot_change_the_limits_of_pid_1(service: ExecutionService, broker) -> None:  # type: ignore[no-untyped-def]
+async def test_code_cannot_change_the_limits_of_pid_1(service: ExecutionService, broker: Broker) -> None:
     """prlimit on PID 1 once left every later call refused (RLIMIT_NOFILE 3) or ended the sandbox
     mid-call (RLIMIT_CPU). Now it is refused, PID 1's limits stay, and calls and files keep working."""
     who = _principal()
     before = await service.execute(who, "execute_bash", _LIMITS_OF_PID_1)
     assert before.exit_code == 0 and before.stdout.count("\n") == 4, before
-    container = broker.sandbox_of(who).container_id
+    container = sandbox_of(broker, who).container_id
     attack = await service.execute(
         who,
         "execute_bash",
@@ -67,7 +70,7 @@ async def test_code_cannot_change_the_limits_of_pid_1(service: ExecutionService,
     assert own.stdout == "64\n100\n"
     spin = await service.execute(who, "execute_python", "n = 0\nfor i in range(3_000_000): n += i\nprint(n)")
     assert spin.stdout == f"{sum(range(3_000_000))}\n"
-    assert broker.sandbox_of(who).container_id == container
+    assert sandbox_of(broker, who).container_id == container
     assert not (attack.sandbox_replaced or after.sandbox_replaced or spin.sandbox_replaced)
 
 
@@ -141,7 +144,7 @@ def _pid1_state() -> str:
 
 
 @pytest.mark.parametrize("profile", ["default", "strict"], ids=["runc", "gvisor"])
-async def test_code_cannot_signal_or_stop_pid_1(broker, exec_path: str, profile: str) -> None:  # type: ignore[no-untyped-def]
+async def test_code_cannot_signal_or_stop_pid_1(broker: Broker, exec_path: str, profile: str) -> None:
     """Linux ignores signals sent to a PID 1 from inside its namespace, gVisor does not: the seccomp
     profile refuses them (the agent has a single thread, so PID 1 is all of it) and the agent
     ignores every signal it can. PID 1 is the same process, running, after every attempt."""
@@ -149,7 +152,7 @@ async def test_code_cannot_signal_or_stop_pid_1(broker, exec_path: str, profile:
     who = Principal(f"signals-{uuid.uuid4().hex[:8]}", profile=profile)
     before = await service.execute(who, "execute_python", _pid1_state())
     state, started, tasks = before.stdout.split()
-    container = broker.sandbox_of(who).container_id
+    container = sandbox_of(broker, who).container_id
     attack = await service.execute(who, "execute_python", _SIGNAL_ATTACKS)
     report = attack.stdout.splitlines()
     if exec_path == "agent":  # aimed at the agent, with its uid: the seccomp profile refuses each one
@@ -160,12 +163,12 @@ async def test_code_cannot_signal_or_stop_pid_1(broker, exec_path: str, profile:
     assert after.exit_code == 0 and not after.sandbox_replaced, after
     assert after.stdout.split() == [state, started, tasks], "PID 1 unchanged and not stopped"
     assert state in ("S", "R")
-    assert broker.sandbox_of(who).container_id == container
+    assert sandbox_of(broker, who).container_id == container
 
 
 async def test_a_sandbox_whose_agent_cannot_start_a_command_is_replaced(
-    broker, audit_sink: MemorySink
-) -> None:  # type: ignore[no-untyped-def]
+    broker: Broker, audit_sink: MemorySink
+) -> None:
     """A call fills the sandbox's pids limit with sleeping processes and keeps running; the next call
     cannot be started by the agent (no process slot). Refusing it forever would leave the principal
     stuck: the broker replaces the sandbox and runs the call on the new one."""
@@ -212,13 +215,12 @@ async def test_a_sandbox_whose_agent_cannot_start_a_command_is_replaced(
     following = results["next"]
     assert following.stdout == b"fresh\n0\n" and following.exit_code == 0, following  # type: ignore[attr-defined]
     assert following.sandbox_replaced  # type: ignore[attr-defined]
-    assert broker.sandbox_of(who).container_id != first.container_id
+    assert sandbox_of(broker, who).container_id != first.container_id
     farm_call = results["farm"]
     assert isinstance(farm_call, AgentBroken) or farm_call.sandbox_lost  # type: ignore[attr-defined]
     again = await broker.execute(who, decision, ["python3", "-c", "print('ok')"])
     assert again.stdout == b"ok\n"
-    events = [json.loads(line) for line in audit_sink.lines]
-    removals = [e for e in events if e["event"] == "sandbox.remove"]
+    removals = audit_events(audit_sink, "sandbox.remove")
     assert [(e["resource"]["container_id"], e["detail"]["reason"]) for e in removals] == [
         (first.container_id, "lost")
     ]
@@ -281,9 +283,9 @@ def hostile_skills(mount_dir: Path) -> Path:
 
 
 async def test_the_file_helper_ignores_what_the_code_put_in_workspace_and_on_pythonpath(
-    backend,
+    backend: DockerBackend,
     exec_path: str,
-    hostile_skills: Path,  # type: ignore[no-untyped-def]
+    hostile_skills: Path,
 ) -> None:
     """Hostile json.py, base64.py, os.py, sitecustomize.py... in /workspace (the code's working
     directory) and in /skills (on PYTHONPATH) take over any plain `python3` there, but not the file

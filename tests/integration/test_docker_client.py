@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from audit import MemorySink
+from gateway.backend.docker_engine import DockerBackend
 from gateway.embedding import DockerExecutionClient
 from gateway.errors import ConfigError, PolicyDenied
 from tests.conftest import PROXY_URL
@@ -16,7 +18,7 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def client(backend) -> DockerExecutionClient:  # type: ignore[no-untyped-def]
+def client(backend: DockerBackend) -> Iterator[DockerExecutionClient]:
     the_client = DockerExecutionClient(
         docker_host=PROXY_URL, audit_sinks=[MemorySink()], gateway_id=f"embed-{uuid.uuid4().hex[:8]}"
     )
@@ -56,7 +58,7 @@ def test_an_image_outside_the_policy_is_refused() -> None:
         DockerExecutionClient(image_name="alpine:latest", docker_host=PROXY_URL)
 
 
-async def test_tools_and_skills_are_mounted_read_only(mount_dir: Path, backend) -> None:  # type: ignore[no-untyped-def]
+async def test_tools_and_skills_are_mounted_read_only(mount_dir: Path, backend: DockerBackend) -> None:
     tools, skills = mount_dir / "tools", mount_dir / "skills"
     tools.mkdir(mode=0o755)
     skills.mkdir(mode=0o755)

@@ -15,7 +15,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,11 +24,14 @@ from typing import Any
 import pytest
 
 from gateway.calls.service import ExecutionService
+from gateway.sandboxes.broker import Broker
 from gateway.setup.engine import DEFAULT_ULIMITS, RUNSC_ARGS, daemon_config, dockerd_argv
 from gateway.setup.state import SetupPaths
 from policy import Principal, load_policy
 from policy.engine import PolicyEngine
 from tests.conftest import IMAGE
+from tests.support import eventually
+from tests.support.net import free_port
 
 PATHS = SetupPaths.from_env()
 PROBE_LABEL = "sandbox-gateway.engine-probe"
@@ -90,12 +92,6 @@ def _iptables(*args: str) -> str:
     return subprocess.run(["iptables", *args], capture_output=True, text=True, check=True, timeout=30).stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _read_line(host: str, port: int, timeout: float = 3) -> bytes:
     with socket.create_connection((host, port), timeout=timeout) as conn:
         return conn.recv(64)
@@ -104,20 +100,23 @@ def _read_line(host: str, port: int, timeout: float = 3) -> bytes:
 @pytest.fixture(scope="module")
 def probe() -> Iterator[Probe]:
     name = f"sgw-engine-probe-{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     try:
         docker("run", "-d", "--name", name, "--label", PROBE_LABEL, "-p", f"127.0.0.1:{port}:8080", IMAGE,
                "python3", "-c", SERVER)  # fmt: skip
         state = json.loads(docker("inspect", name).stdout)[0]
         ip = state["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                assert _read_line(ip, 8080, timeout=1) == b"probe\n"
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the probe server never answered from the host"
-                time.sleep(0.1)
+
+        def answers() -> bool:
+            assert _read_line(ip, 8080, timeout=1) == b"probe\n"
+            return True
+
+        eventually(
+            answers,
+            timeout_s=20,
+            retry_on=(OSError,),
+            message="the probe server never answered from the host",
+        )
         yield Probe(state["Id"], state["State"]["Pid"], ip, port)
     finally:
         docker("rm", "-f", name, check=False)
@@ -308,7 +307,7 @@ print(json.dumps(out))
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("profile", ["default", "strict"])
-async def test_sandbox_code_cannot_use_fuse_tun_or_make_device_nodes(broker, profile: str) -> None:  # type: ignore[no-untyped-def]
+async def test_sandbox_code_cannot_use_fuse_tun_or_make_device_nodes(broker: Broker, profile: str) -> None:
     """Under runc the devices are absent. Under gVisor (`strict`) runsc 20221219 offers /dev/fuse and
     /dev/net/tun to every sandbox and has no option to remove them, and ignores nosuid/nodev on
     tmpfs: each is shown to be unusable instead (SECURITY.md, "The engine `make setup` starts")."""

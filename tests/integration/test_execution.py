@@ -2,30 +2,38 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 
 import anyio
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.util.types import AnyValue
 
 from audit import AuditLog, MemorySink
+from gateway.backend.docker_engine import DockerBackend
 from gateway.calls.service import ExecutionService
 from gateway.errors import InvalidArgument, PolicyDenied, QuotaExceeded
+from gateway.sandboxes.broker import Broker
 from policy import Principal, load_policy, load_policy_text
 from policy.engine import PolicyEngine
 from tests.conftest import FIRST_CALL_SPANS, FIRST_CALL_SPANS_EXEC, policy_with_exec_path
+from tests.support import audit_events
+from tests.support.sandboxes import sandbox_of
 
 pytestmark = pytest.mark.anyio
 ALICE = Principal("alice")
 
 
 @pytest.fixture
-def service(broker, audit_sink: MemorySink, exec_path: str) -> ExecutionService:  # type: ignore[no-untyped-def]
+def service(broker: Broker, audit_sink: MemorySink, exec_path: str) -> ExecutionService:
     """Every test of this module runs on both exec paths (agent and `docker exec`)."""
     return ExecutionService(PolicyEngine(policy_with_exec_path(exec_path)), broker, broker.audit)
 
 
-def events(sink: MemorySink) -> list[dict[str, object]]:
-    return [json.loads(line) for line in sink.lines]
+def attributes(span: ReadableSpan) -> Mapping[str, AnyValue]:
+    assert span.attributes is not None, span.name
+    return span.attributes
 
 
 async def test_files_persist_between_calls_of_one_principal(service: ExecutionService) -> None:
@@ -69,7 +77,7 @@ async def test_flooding_output_is_capped_and_flagged(
     assert result.truncated
     assert len(result.stdout.encode()) == 1024 * 1024
     assert result.stderr == "done\n"
-    finish = [e for e in events(audit_sink) if e["event"] == "exec.finish"][-1]
+    finish = audit_events(audit_sink, "exec.finish")[-1]
     assert finish["outcome"]["stdout_bytes"] == 5_000_000
 
 
@@ -85,24 +93,26 @@ async def test_a_command_that_kills_its_own_shell(service: ExecutionService) -> 
     assert (await service.execute(ALICE, "execute_bash", "echo fine")).stdout == "fine\n"
 
 
-async def test_code_cannot_kill_its_own_sandbox(service: ExecutionService, broker) -> None:  # type: ignore[no-untyped-def]
+async def test_code_cannot_kill_its_own_sandbox(service: ExecutionService, broker: Broker) -> None:
     await service.execute(ALICE, "execute_bash", "echo kept > /workspace/f; sleep 300 & kill -9 -1")
-    container = broker.sandbox_of(ALICE).container_id
+    container = sandbox_of(broker, ALICE).container_id
     result = await service.execute(
         ALICE, "execute_bash", "cat /workspace/f; pgrep -u 1000 -x sleep || echo none"
     )
     assert result.stdout == "kept\nnone\n", "the sandbox survived; only the caller's own processes died"
-    assert broker.sandbox_of(ALICE).container_id == container
+    assert sandbox_of(broker, ALICE).container_id == container
 
 
-async def test_a_sandbox_killed_from_outside_is_replaced(service: ExecutionService, broker, backend) -> None:  # type: ignore[no-untyped-def]
+async def test_a_sandbox_killed_from_outside_is_replaced(
+    service: ExecutionService, broker: Broker, backend: DockerBackend
+) -> None:
     await service.execute(ALICE, "execute_bash", "true")
-    sandbox = broker.sandbox_of(ALICE)
+    sandbox = sandbox_of(broker, ALICE)
     await anyio.to_thread.run_sync(backend.remove, sandbox.container_id)
     result = await service.execute(ALICE, "execute_bash", "echo new")
     assert result.stdout == "new\n"
     assert result.sandbox_replaced, "the call says its sandbox is a new one"
-    assert broker.sandbox_of(ALICE).container_id != sandbox.container_id
+    assert sandbox_of(broker, ALICE).container_id != sandbox.container_id
     again = await service.execute(ALICE, "execute_bash", "true")
     assert not again.sandbox_replaced
 
@@ -117,27 +127,27 @@ async def test_a_sandbox_killed_from_outside_is_replaced(service: ExecutionServi
     ],
 )
 async def test_bad_input_is_refused_before_anything_runs(
-    service: ExecutionService, broker, code: object, error: type[Exception]
-) -> None:  # type: ignore[no-untyped-def]
+    service: ExecutionService, broker: Broker, code: object, error: type[Exception]
+) -> None:
     with pytest.raises(error):
         await service.execute(ALICE, "execute_bash", code)
     assert broker.sandbox_of(ALICE) is None
 
 
 async def test_denied_calls_create_nothing_and_are_audited(
-    service: ExecutionService, broker, audit_sink: MemorySink
-) -> None:  # type: ignore[no-untyped-def]
+    service: ExecutionService, broker: Broker, audit_sink: MemorySink
+) -> None:
     with pytest.raises(PolicyDenied) as info:
         await service.execute(ALICE, "execute_bash", "true", timeout_s=3600)
     assert info.value.code == "timeout-above-max"
     assert broker.sandbox_of(ALICE) is None
-    decision = [e for e in events(audit_sink) if e["event"] == "policy.decision"][-1]
+    decision = audit_events(audit_sink, "policy.decision")[-1]
     assert decision["decision"]["result"] == "deny"
     assert decision["decision"]["reasons"] == ["timeout-above-max"]
     assert decision["policy_digest"] == service.engine.digest
 
 
-async def test_concurrent_calls_of_one_principal_are_safe_and_bounded(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_concurrent_calls_of_one_principal_are_safe_and_bounded(broker: Broker) -> None:
     text = load_policy().model_dump(mode="json")
     text["profiles"]["default"]["exec"]["max_concurrent"] = 2
     import yaml
@@ -169,20 +179,21 @@ async def test_concurrent_calls_of_one_principal_are_safe_and_bounded(broker) ->
 
 
 async def test_every_docker_operation_has_a_span_and_an_audit_event(
-    service: ExecutionService, span_exporter, audit_sink: MemorySink, exec_path: str
-) -> None:  # type: ignore[no-untyped-def]
+    service: ExecutionService, span_exporter: InMemorySpanExporter, audit_sink: MemorySink, exec_path: str
+) -> None:
     span_exporter.clear()
     await service.execute(Principal("traced"), "execute_bash", "true")
     spans = {s.name: s for s in span_exporter.get_finished_spans()}
     assert set(spans) == (FIRST_CALL_SPANS if exec_path == "agent" else FIRST_CALL_SPANS_EXEC)
-    assert spans["docker.exec"].attributes["sandbox_gateway.exec_path"] == exec_path
+    assert attributes(spans["docker.exec"])["sandbox_gateway.exec_path"] == exec_path
     if exec_path == "exec":
         for child in ("docker.exec_create", "docker.exec_start", "docker.exec_stream", "docker.exec_inspect"):
-            assert spans[child].parent.span_id == spans["docker.exec"].context.span_id
-    container = spans["docker.exec"].attributes["sandbox_gateway.container_id"]
-    assert spans["docker.create"].attributes["sandbox_gateway.container_id"] == container
-    assert spans["docker.exec"].attributes["sandbox_gateway.principal"] == "traced"
-    kinds = [e["event"] for e in events(audit_sink)]
+            parent, exec_span = spans[child].parent, spans["docker.exec"].context
+            assert parent is not None and exec_span is not None and parent.span_id == exec_span.span_id
+    container = attributes(spans["docker.exec"])["sandbox_gateway.container_id"]
+    assert attributes(spans["docker.create"])["sandbox_gateway.container_id"] == container
+    assert attributes(spans["docker.exec"])["sandbox_gateway.principal"] == "traced"
+    kinds = [e["event"] for e in audit_events(audit_sink)]
     for op in (
         "docker.list",
         "docker.create",
@@ -195,12 +206,12 @@ async def test_every_docker_operation_has_a_span_and_an_audit_event(
         "sandbox.create",
     ):
         assert op in kinds
-    finish = [e for e in events(audit_sink) if e["event"] == "exec.finish"][-1]
+    finish = audit_events(audit_sink, "exec.finish")[-1]
     assert finish["actor"]["principal"] == "traced" and finish["tool"] == "execute_bash"
     assert finish["outcome"]["exit_code"] == 0 and finish["request_id"]
 
 
-async def test_fail_closed_audit_refuses_before_anything_runs(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_fail_closed_audit_refuses_before_anything_runs(broker: Broker) -> None:
     from audit import AuditWriteError
 
     sink = MemorySink()
@@ -211,13 +222,15 @@ async def test_fail_closed_audit_refuses_before_anything_runs(broker) -> None:  
     assert broker.sandbox_of(ALICE) is None
 
 
-async def test_a_sandbox_killed_by_the_engine_is_replaced(service: ExecutionService, broker, backend) -> None:  # type: ignore[no-untyped-def]
+async def test_a_sandbox_killed_by_the_engine_is_replaced(
+    service: ExecutionService, broker: Broker, backend: DockerBackend
+) -> None:
     await service.execute(ALICE, "execute_bash", "true")
-    sandbox = broker.sandbox_of(ALICE)
+    sandbox = sandbox_of(broker, ALICE)
     await anyio.to_thread.run_sync(backend._api.kill, sandbox.container_id)
     result = await service.execute(ALICE, "execute_bash", "echo replaced")
     assert result.stdout == "replaced\n"
-    assert broker.sandbox_of(ALICE).container_id != sandbox.container_id
+    assert sandbox_of(broker, ALICE).container_id != sandbox.container_id
 
 
 async def test_a_memory_bomb_is_reported_as_oom_killed(
@@ -228,7 +241,7 @@ async def test_a_memory_bomb_is_reported_as_oom_killed(
     assert (await service.execute(ALICE, "execute_bash", "echo after")).stdout == "after\n"
     plain_kill = await service.execute(ALICE, "execute_bash", "kill -9 $$")
     assert plain_kill.exit_code == 137 and not plain_kill.oom_killed
-    finish = [e for e in events(audit_sink) if e["event"] == "exec.finish"]
+    finish = audit_events(audit_sink, "exec.finish")
     assert [e["outcome"]["oom_killed"] for e in finish] == [True, False, False]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import anyio
@@ -10,12 +9,16 @@ import pytest
 import yaml
 
 from audit import MemorySink
+from gateway.backend.docker_engine import DockerBackend
 from gateway.calls.service import ExecutionService
 from gateway.errors import QuotaExceeded, SandboxError
+from gateway.sandboxes.broker import Broker
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Principal, load_policy, load_policy_text
 from policy.engine import PolicyEngine
 from tests.conftest import IMAGE
+from tests.support import audit_events
+from tests.support.sandboxes import sandbox_of
 
 pytestmark = pytest.mark.anyio
 
@@ -24,16 +27,17 @@ def policy_doc() -> dict[str, Any]:
     return load_policy().model_dump(mode="json")
 
 
-def service_for(broker, doc: dict[str, Any]) -> ExecutionService:  # type: ignore[no-untyped-def]
+def service_for(broker: Broker, doc: dict[str, Any]) -> ExecutionService:
     return ExecutionService(PolicyEngine(load_policy_text(yaml.safe_dump(doc))), broker, broker.audit)
 
 
-async def inspect(broker, principal: Principal) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    sandbox = broker.sandbox_of(principal)
-    return await anyio.to_thread.run_sync(broker.backend.inspect_raw, sandbox.container_id)
+async def inspect(broker: Broker, principal: Principal) -> dict[str, Any]:
+    backend = broker.backend
+    assert isinstance(backend, DockerBackend)
+    return await anyio.to_thread.run_sync(backend.inspect_raw, sandbox_of(broker, principal).container_id)
 
 
-async def test_two_profiles_get_their_own_limits(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_two_profiles_get_their_own_limits(broker: Broker) -> None:
     service = ExecutionService(PolicyEngine(load_policy()), broker, broker.audit)
     small, big = Principal("small", profile="default"), Principal("big", profile="data-science")
     await service.execute(small, "execute_bash", "true")
@@ -54,7 +58,7 @@ async def test_two_profiles_get_their_own_limits(broker) -> None:  # type: ignor
     assert long_call.stdout == "ok\n"
 
 
-async def test_strict_runs_under_gvisor(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_strict_runs_under_gvisor(broker: Broker) -> None:
     service = ExecutionService(PolicyEngine(load_policy()), broker, broker.audit)
     principal = Principal("careful", profile="strict")
     result = await service.execute(
@@ -69,7 +73,7 @@ async def test_strict_runs_under_gvisor(broker) -> None:  # type: ignore[no-unty
     assert int(uid) in UidRange.parse(DEFAULT_UID_RANGE), "the sandbox's own uid, also under gVisor"
 
 
-async def test_a_pinned_image_must_be_the_one_pinned(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_a_pinned_image_must_be_the_one_pinned(broker: Broker) -> None:
     right, _ = await anyio.to_thread.run_sync(broker.backend.image_identity, IMAGE)
     doc = policy_doc()
     doc["profiles"]["default"]["sandbox"]["images"] = [f"{IMAGE}@sha256:{'0' * 64}"]
@@ -81,36 +85,36 @@ async def test_a_pinned_image_must_be_the_one_pinned(broker) -> None:  # type: i
     assert (
         await service_for(broker, doc).execute(Principal("pinned"), "execute_bash", "echo ok")
     ).stdout == "ok\n"
-    info = await inspect(broker, Principal("pinned"))
-    assert info["Image"] == right, "created from the verified id, not the movable tag"
-    assert info["Config"]["Labels"]["sandbox-gateway.image"] == IMAGE
+    inspected = await inspect(broker, Principal("pinned"))
+    assert inspected["Image"] == right, "created from the verified id, not the movable tag"
+    assert inspected["Config"]["Labels"]["sandbox-gateway.image"] == IMAGE
 
 
-async def test_a_sandbox_is_replaced_when_its_spec_changes_and_kept_otherwise(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_a_sandbox_is_replaced_when_its_spec_changes_and_kept_otherwise(broker: Broker) -> None:
     alice = Principal("alice")
     doc = policy_doc()
     await service_for(broker, doc).execute(alice, "execute_bash", "echo v1 > /workspace/state")
-    first = broker.sandbox_of(alice).container_id
+    first = sandbox_of(broker, alice).container_id
     doc["profiles"]["default"]["exec"]["max_timeout_s"] = 20
     doc["profiles"]["default"]["exec"]["default_timeout_s"] = 20
     kept = await service_for(broker, doc).execute(alice, "execute_bash", "cat /workspace/state")
-    assert kept.stdout == "v1\n" and broker.sandbox_of(alice).container_id == first
+    assert kept.stdout == "v1\n" and sandbox_of(broker, alice).container_id == first
     doc["profiles"]["default"]["sandbox"]["pids_limit"] = 64
     replaced = await service_for(broker, doc).execute(alice, "execute_bash", "cat /workspace/state")
     assert replaced.exit_code == 1, "a stricter spec means a new sandbox"
-    assert broker.sandbox_of(alice).container_id != first
+    assert sandbox_of(broker, alice).container_id != first
     assert (await inspect(broker, alice))["HostConfig"]["PidsLimit"] == 64
 
 
-async def test_idle_sandboxes_are_reaped(broker, audit_sink: MemorySink) -> None:  # type: ignore[no-untyped-def]
+async def test_idle_sandboxes_are_reaped(broker: Broker, audit_sink: MemorySink) -> None:
     doc = policy_doc()
     doc["profiles"]["default"]["lifecycle"]["idle_ttl_s"] = 0.5
     service = service_for(broker, doc)
     await service.execute(Principal("idle"), "execute_bash", "true")
-    await anyio.sleep(0.6)
+    await anyio.sleep(0.6)  # the idle time-to-live running out is what is tested
     assert await broker.reap_expired() == 1
     assert broker.sandbox_of(Principal("idle")) is None
-    removed = [json.loads(line) for line in audit_sink.lines if '"sandbox.remove"' in line]
+    removed = audit_events(audit_sink, "sandbox.remove")
     assert removed[-1]["detail"]["reason"] == "idle"
     assert (
         await anyio.to_thread.run_sync(broker.backend.list, {"sandbox-gateway.gateway": broker.gateway_id})
@@ -118,7 +122,7 @@ async def test_idle_sandboxes_are_reaped(broker, audit_sink: MemorySink) -> None
     )
 
 
-async def test_sandbox_creations_are_rate_limited(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_sandbox_creations_are_rate_limited(broker: Broker) -> None:
     doc = policy_doc()
     doc["profiles"]["default"]["rate_limits"]["sandbox_creations"] = "2/minute"
     service = service_for(broker, doc)
@@ -135,7 +139,7 @@ async def test_sandbox_creations_are_rate_limited(broker) -> None:  # type: igno
     )
 
 
-async def test_requests_are_rate_limited_per_principal(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_requests_are_rate_limited_per_principal(broker: Broker) -> None:
     doc = policy_doc()
     doc["profiles"]["default"]["rate_limits"]["requests"] = "3/minute"
     service = service_for(broker, doc)
@@ -147,7 +151,7 @@ async def test_requests_are_rate_limited_per_principal(broker) -> None:  # type:
     assert (await service.execute(Principal("calm"), "execute_bash", "echo ok")).stdout == "ok\n"
 
 
-async def test_sandbox_info_reports_limits_and_time_left(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_sandbox_info_reports_limits_and_time_left(broker: Broker) -> None:
     service = ExecutionService(PolicyEngine(load_policy()), broker, broker.audit)
     before = await service.info(Principal("curious"))
     assert before.sandbox is None and before.profile == "default" and before.max_timeout_s == 30
@@ -158,7 +162,7 @@ async def test_sandbox_info_reports_limits_and_time_left(broker) -> None:  # typ
     assert after.writable_paths == {"/tmp": 64 * 2**20, "/workspace": 256 * 2**20}
 
 
-async def test_tenant_and_host_sandbox_quotas_hold_and_create_nothing(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_tenant_and_host_sandbox_quotas_hold_and_create_nothing(broker: Broker) -> None:
     doc = policy_doc()
     doc["profiles"]["default"]["lifecycle"]["max_sandboxes_per_tenant"] = 2
     service = service_for(broker, doc)
@@ -176,7 +180,7 @@ async def test_tenant_and_host_sandbox_quotas_hold_and_create_nothing(broker) ->
     assert len(live) == 3
 
 
-async def test_quotas_hold_under_a_parallel_burst(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_quotas_hold_under_a_parallel_burst(broker: Broker) -> None:
     doc = policy_doc()
     doc["profiles"]["default"]["lifecycle"]["max_sandboxes_per_tenant"] = 3
     service = service_for(broker, doc)

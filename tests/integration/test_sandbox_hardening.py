@@ -6,8 +6,11 @@ import anyio
 import pytest
 
 from gateway.backend.commands import bash_argv
+from gateway.backend.docker_engine import DockerBackend
+from gateway.sandboxes.broker import Broker
+from gateway.sandboxes.model import Sandbox
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
-from policy import Action, Principal, load_policy
+from policy import Action, Decision, Principal, load_policy
 from policy.engine import PolicyEngine
 from tests.conftest import policy_with_exec_path
 
@@ -15,22 +18,23 @@ pytestmark = pytest.mark.anyio
 ENGINE = PolicyEngine(load_policy())
 
 
-async def _sandbox(broker, principal: Principal):  # type: ignore[no-untyped-def]
+async def _sandbox(broker: Broker, principal: Principal) -> tuple[Decision, Sandbox]:
     decision = ENGINE.evaluate(principal, Action("execute_bash", 1))
     return decision, await broker.ensure_sandbox(principal, decision)
 
 
-async def _bash(broker, principal: Principal, command: str) -> tuple[int | None, str]:  # type: ignore[no-untyped-def]
+async def _bash(broker: Broker, principal: Principal, command: str) -> tuple[int | None, str]:
     decision = ENGINE.evaluate(principal, Action("execute_bash", len(command)))
     outcome = await broker.execute(principal, decision, bash_argv(command))
     return outcome.exit_code, (outcome.stdout + outcome.stderr).decode()
 
 
-async def test_inspect_shows_the_policy_hardening(broker, backend) -> None:  # type: ignore[no-untyped-def]
+async def test_inspect_shows_the_policy_hardening(broker: Broker, backend: DockerBackend) -> None:
     decision, sandbox = await _sandbox(broker, Principal("hardening"))
     info = await anyio.to_thread.run_sync(backend.inspect_raw, sandbox.container_id)
     host, config = info["HostConfig"], info["Config"]
     spec = decision.spec
+    assert spec is not None
     # PID 1 is the agent, as the sandbox's own uid (recorded on it, from the range); no init (the
     # agent reaps), no log of its stdout.
     uid, gid = (int(part) for part in config["User"].split(":"))
@@ -92,7 +96,7 @@ async def test_inspect_shows_the_policy_hardening(broker, backend) -> None:  # t
         pytest.param("env | grep -ci -E 'token|secret|docker_host' || true", "0\n", id="no-secrets-in-env"),
     ],
 )
-async def test_inside_the_sandbox(broker, command: str, expected: str, exec_path: str) -> None:  # type: ignore[no-untyped-def]
+async def test_inside_the_sandbox(broker: Broker, command: str, expected: str, exec_path: str) -> None:
     engine = PolicyEngine(policy_with_exec_path(exec_path))
     decision = engine.evaluate(Principal("inside"), Action("execute_bash", len(command)))
     outcome = await broker.execute(Principal("inside"), decision, bash_argv(command))
@@ -100,7 +104,9 @@ async def test_inside_the_sandbox(broker, command: str, expected: str, exec_path
     assert output == expected, output
 
 
-async def test_exec_path_sandbox_keeps_its_own_processes_as_nobody(broker, backend) -> None:  # type: ignore[no-untyped-def]
+async def test_exec_path_sandbox_keeps_its_own_processes_as_nobody(
+    broker: Broker, backend: DockerBackend
+) -> None:
     """Without an agent, PID 1 is an init and an idle child, both as nobody, not the calls' uid."""
     principal = Principal("keeper")
     decision = PolicyEngine(policy_with_exec_path("exec")).evaluate(principal, Action("execute_bash", 1))
@@ -113,7 +119,7 @@ async def test_exec_path_sandbox_keeps_its_own_processes_as_nobody(broker, backe
     assert outcome.stdout == b"alive\n" or outcome.exit_code == 137
 
 
-async def test_the_agent_cannot_be_signalled_or_opened_by_sandbox_code(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_the_agent_cannot_be_signalled_or_opened_by_sandbox_code(broker: Broker) -> None:
     """Same uid, but PID 1 with no handlers and non-dumpable: kill, ptrace and /proc/1/fd all fail."""
     principal = Principal("agent-guard")
     command = (

@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from gateway.calls.service import ExecutionService
+from gateway.sandboxes.broker import Broker
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Principal
 from policy.engine import PolicyEngine
@@ -115,13 +116,15 @@ def _on_host(uid: int, *, nproc: int | None = None) -> str:
     return proc.stdout.strip()
 
 
-async def test_one_sandbox_exhausting_per_user_limits_leaves_others_and_the_host_untouched(broker) -> None:  # type: ignore[no-untyped-def]
+async def test_one_sandbox_exhausting_per_user_limits_leaves_others_and_the_host_untouched(
+    broker: Broker,
+) -> None:
     service = ExecutionService(_policy(), broker, broker.audit)
     alice, bob = Principal("alice"), Principal("bob")
     held = anyio.Event()
     seen: list[str] = []
 
-    async def progress(_total: int, latest: str) -> None:
+    async def progress(_total: float, latest: str) -> None:
         seen.append(latest)
         if "held" in latest:
             held.set()

@@ -27,7 +27,8 @@ from gateway.setup.state import SetupPaths
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import load_policy
 from tests.conftest import IMAGE, PROXY_URL
-from tests.e2e.test_faults import PrivateProxy
+from tests.support import matching, read_events
+from tests.support.proxy import PrivateProxy
 
 SOCKET = PROXY_URL.removeprefix("unix://")
 ENGINE = "/var/run/docker.sock"
@@ -668,7 +669,7 @@ def test_every_refusal_is_logged_and_counted() -> None:
     assert after["refused"]["no-route"] == before["refused"].get("no-route", 0) + 1
     assert after["allowed"]["proxy.stats"] >= 1
     log = SetupPaths.from_env().state_dir / "log" / "socket-proxy.log"
-    events = [json.loads(line) for line in log.read_text().splitlines() if marker in line]
+    events = [e for e in read_events(log, text_lines=True) if marker in e.get("path", "")]
     assert len(events) == 1
     event = events[0]
     assert event["event"] == "proxy.refused" and event["rule"] == "no-route" and event["method"] == "GET"
@@ -679,7 +680,7 @@ def test_a_flood_of_refusals_writes_one_line_per_window_and_counts_the_rest(tmp_
     """A client cannot wash the proxy's log out: of 500 refusals, one line is written per window
     (5 s) and every other one is counted in that window's summary, also for windows still open when
     the proxy stops (a private proxy, stopped with SIGTERM)."""
-    proxy = PrivateProxy(tmp_path, extra=("--log-repeat-window", "5"))
+    proxy = PrivateProxy(tmp_path, extra=("--log-repeat-window", "5"), image=IMAGE)
     proxy.start()
     try:
         marker = uuid.uuid4().hex
@@ -693,9 +694,9 @@ def test_a_flood_of_refusals_writes_one_line_per_window_and_counts_the_rest(tmp_
         assert proxy.process.wait(timeout=30) == 0
     finally:
         proxy.stop()
-    events = [json.loads(line) for line in proxy.log.read_text().splitlines() if line.startswith("{")]
-    refused = [e for e in events if e["event"] == "proxy.refused"]
-    summaries = [e for e in events if e["event"] == "proxy.refused.repeated"]
+    events = read_events(proxy.log, text_lines=True)
+    refused = matching(events, "proxy.refused")
+    summaries = matching(events, "proxy.refused.repeated")
     assert 1 <= len(refused) <= 5 and all(marker in event["path"] for event in refused)
     assert summaries, "the counted refusals are summarised"
     assert sum(summary["unlogged"] for summary in summaries) == 500 - len(refused)

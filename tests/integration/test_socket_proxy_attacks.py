@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import struct
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +27,7 @@ from policy import load_policy
 from tests.conftest import IMAGE, PROXY_URL
 from tests.integration.test_socket_proxy import call, exec_body, refused_by, sandbox_name
 from tests.integration.test_socket_proxy import engine_call as _engine
+from tests.support import eventually
 
 SOCKET = PROXY_URL.removeprefix("unix://")
 ENGINE = "/var/run/docker.sock"
@@ -309,18 +309,21 @@ def test_a_bind_source_swapped_for_a_link_after_create_does_not_expose_the_host(
 # -- denial of service: a client that never finishes its request -------------------------------------
 
 
-def _closed_within(sock: socket.socket, seconds: float) -> bool:
-    sock.settimeout(1.0)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if sock.recv(65536) == b"":
-                return True
-        except TimeoutError:
-            continue
-        except OSError:
-            return True
-    return False
+def _closed(sock: socket.socket, wait_s: float) -> bool:
+    """Whether the peer has closed `sock`: an end of stream or a broken connection within `wait_s`
+    (what arrives meanwhile is read and dropped)."""
+    sock.settimeout(wait_s)
+    try:
+        return sock.recv(65536) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def _wait_closed(sock: socket.socket, message: str) -> None:
+    """Until the proxy closes `sock`, for as long as the proxy's idle limit and a margin."""
+    eventually(lambda: _closed(sock, 1.0), timeout_s=IDLE_LIMIT + 15, interval_s=0, message=message)
 
 
 def test_an_incomplete_request_head_is_dropped() -> None:
@@ -329,7 +332,7 @@ def test_an_incomplete_request_head_is_dropped() -> None:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(SOCKET)
         sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n")
-        assert _closed_within(sock, IDLE_LIMIT + 15), "the proxy keeps a half-sent request head open forever"
+        _wait_closed(sock, "the proxy keeps a half-sent request head open forever")
 
 
 def test_a_slowly_trickled_request_head_is_dropped() -> None:
@@ -338,20 +341,22 @@ def test_a_slowly_trickled_request_head_is_dropped() -> None:
         sock.connect(SOCKET)
         sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nX-Pad: ")
         sock.settimeout(2.0)
-        deadline = time.monotonic() + IDLE_LIMIT + 15
-        closed = False
-        while time.monotonic() < deadline:
+
+        def one_more_byte_then_closed() -> bool:
             try:
                 sock.sendall(b"a")
-                if sock.recv(65536) == b"":
-                    closed = True
-                    break
             except TimeoutError:
-                continue
+                return False
             except OSError:
-                closed = True
-                break
-        assert closed, "a trickled request head is never cut off"
+                return True
+            return _closed(sock, 2.0)
+
+        eventually(
+            one_more_byte_then_closed,
+            timeout_s=IDLE_LIMIT + 15,
+            interval_s=0,
+            message="a trickled request head is never cut off",
+        )
 
 
 def test_a_request_body_that_never_completes_is_dropped() -> None:
@@ -364,4 +369,4 @@ def test_a_request_body_that_never_completes_is_dropped() -> None:
             + b'{"Labels": "'
             + b"x" * 400_000
         )
-        assert _closed_within(sock, IDLE_LIMIT + 15), "the proxy waits forever for the rest of the body"
+        _wait_closed(sock, "the proxy waits forever for the rest of the body")

@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
-import json
-
 import anyio
 import pytest
 
 from audit import AuditLog, MemorySink
+from gateway.backend.docker_engine import DockerBackend
 from gateway.calls.service import ExecutionService
 from gateway.sandboxes.broker import Broker
 from gateway.sandboxes.pool import pool_targets
 from policy import Principal, load_policy
 from policy.engine import PolicyEngine
+from tests.support import audit_events, eventually_async
+from tests.support.sandboxes import sandbox_of
 
 pytestmark = pytest.mark.anyio
 POOL_LABEL = "sandbox-gateway.pool"
 
 
 async def _wait_for_pool(broker: Broker, size: int) -> list[str]:
-    with anyio.fail_after(60):
-        while len(broker.pool.sandboxes) < size:
-            await anyio.sleep(0.05)
+    await eventually_async(lambda: len(broker.pool.sandboxes) >= size, timeout_s=60, interval_s=0.05)
     return [s.container_id for s in broker.pool.sandboxes]
 
 
-def _events(sink: MemorySink, kind: str) -> list[dict[str, object]]:
-    return [e for e in (json.loads(line) for line in sink.lines) if e["event"] == kind]
-
-
 async def test_pooled_sandboxes_go_to_one_principal_each_and_the_pool_refills(
-    broker: Broker, backend, audit_sink: MemorySink
-) -> None:  # type: ignore[no-untyped-def]
+    broker: Broker, backend: DockerBackend, audit_sink: MemorySink
+) -> None:
     engine = PolicyEngine(load_policy())
     service = ExecutionService(engine, broker, broker.audit)
     assert engine.policy.profiles["default"].lifecycle.warm_pool == 2
@@ -56,7 +51,7 @@ async def test_pooled_sandboxes_go_to_one_principal_each_and_the_pool_refills(
         bob_box = broker.sandbox_of(Principal("bob"))
         assert alice_box is not None and bob_box is not None
         assert {alice_box.container_id, bob_box.container_id} == set(pooled)
-        assigned = _events(audit_sink, "sandbox.assign")
+        assigned = audit_events(audit_sink, "sandbox.assign")
         assert [e["resource"]["container_id"] for e in assigned] == [
             alice_box.container_id,
             bob_box.container_id,
@@ -76,8 +71,8 @@ async def test_pooled_sandboxes_go_to_one_principal_each_and_the_pool_refills(
 
 
 async def test_a_restarted_gateway_adopts_a_handed_out_sandbox_and_drops_the_unassigned(
-    backend, audit_sink: MemorySink
-) -> None:  # type: ignore[no-untyped-def]
+    backend: DockerBackend, audit_sink: MemorySink
+) -> None:
     import uuid
 
     gateway_id = f"test-{uuid.uuid4().hex[:12]}"
@@ -92,8 +87,7 @@ async def test_a_restarted_gateway_adopts_a_handed_out_sandbox_and_drops_the_una
             await _wait_for_pool(first, 2)
             service = ExecutionService(engine, first, first.audit)
             await service.execute(Principal("carol"), "execute_bash", "echo kept > /workspace/note")
-            handed = first.sandbox_of(Principal("carol"))
-            assert handed is not None
+            handed = sandbox_of(first, Principal("carol"))
             await _wait_for_pool(first, 2)
             tasks.cancel_scope.cancel()
         for sandbox in [*first.sandboxes, *first.pool.sandboxes]:  # the first gateway "dies"

@@ -10,11 +10,12 @@ import errno
 import json
 import os
 import socket
+from typing import Any
 
-EXPECTED = globals().get("EXPECTED", {})
+EXPECTED: dict[str, int] = globals().get("EXPECTED", {})
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
-results = {}
+results: dict[str, dict[str, Any]] = {}
 
 # x86_64 and aarch64 system call numbers
 X86 = os.uname().machine == "x86_64"
@@ -37,19 +38,24 @@ NR = {
 }
 
 
-def check(name, ok, observed):
+def check(name: str, ok: object, observed: object) -> None:
     results[name] = {"ok": bool(ok), "observed": str(observed)[:300]}
 
 
-def refused(name, *args):
+def refused(name: str, *args: Any) -> None:
     """The system call must fail (seccomp EPERM, or the kernel refusing without capabilities)."""
     arg_types = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
     ret = libc.syscall(ctypes.c_long(NR[name]), *arg_types)
     err = ctypes.get_errno()
-    check(f"syscall_{name}_refused", ret == -1, f"ret={ret} errno={errno.errorcode.get(err, err)}")
+    check(f"syscall_{name}_refused", ret == -1, f"ret={ret} errno={_errno_name(err)}")
 
 
-def status_field(field):
+def _errno_name(number: int | None) -> object:
+    """errno's symbolic name (ENOENT), or the number when it has none."""
+    return errno.errorcode.get(number, number) if number is not None else None
+
+
+def status_field(field: str) -> str | None:
     with open("/proc/self/status") as handle:
         for line in handle:
             if line.startswith(field + ":"):
@@ -57,12 +63,12 @@ def status_field(field):
     return None
 
 
-def write_denied(path):
+def write_denied(path: str) -> tuple[bool, object]:
     try:
         with open(path, "w") as handle:
             handle.write("x")
     except OSError as exc:
-        return True, errno.errorcode.get(exc.errno, exc.errno)
+        return True, _errno_name(exc.errno)
     return False, "written"
 
 
@@ -108,7 +114,7 @@ for family, kind, name in (
         socket.socket(family, kind).close()
         check(f"socket_{name}_refused", False, "created")
     except OSError as exc:
-        check(f"socket_{name}_refused", True, errno.errorcode.get(exc.errno, exc.errno))
+        check(f"socket_{name}_refused", True, _errno_name(exc.errno))
 
 # the engine and its socket proxy are out of reach
 sockets = [
@@ -130,13 +136,13 @@ interfaces = sorted(os.listdir("/sys/class/net"))
 check("only_loopback_interface", interfaces == ["lo"], interfaces)
 
 
-def unreachable(host, port):
+def unreachable(host: str, port: int) -> tuple[bool, object]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(2)
     try:
         sock.connect((host, port))
     except OSError as exc:
-        return True, errno.errorcode.get(exc.errno, exc.errno) if exc.errno else type(exc).__name__
+        return True, _errno_name(exc.errno) if exc.errno else type(exc).__name__
     finally:
         sock.close()
     return False, "connected"
@@ -163,7 +169,7 @@ try:
         head = handle.read(16)
     check("proc_kcore_masked", head == b"", f"read {len(head)} bytes")
 except OSError as exc:
-    check("proc_kcore_masked", True, errno.errorcode.get(exc.errno, exc.errno))
+    check("proc_kcore_masked", True, _errno_name(exc.errno))
 ok, observed = write_denied("/sys/fs/cgroup/probe")
 check("cgroup_fs_read_only", ok, observed)
 devices = sorted(os.listdir("/dev"))
@@ -192,7 +198,7 @@ try:
     os.mknod("/tmp/probe-dev", 0o600 | 0o020000, os.makedev(1, 3))  # a character device
     check("mknod_device_refused", False, "created")
 except OSError as exc:
-    check("mknod_device_refused", True, errno.errorcode.get(exc.errno, exc.errno))
+    check("mknod_device_refused", True, _errno_name(exc.errno))
 
 # processes, limits, environment
 pids = [p for p in os.listdir("/proc") if p.isdigit()]
@@ -212,7 +218,7 @@ if "fsize" in EXPECTED:
 secret_words = ("TOKEN", "SECRET", "PASSWORD", "KEY", "DOCKER", "AWS_", "OTEL_")
 leaked = sorted(k for k in os.environ if any(w in k.upper() for w in secret_words))
 check("no_secrets_in_environment", not leaked, leaked or "none")
-setuid = []
+setuid: list[str] = []
 for directory in (
     "/bin",
     "/sbin",
@@ -237,7 +243,7 @@ for directory in (
             pass
 check("no_setuid_binaries", not setuid, setuid or "none")
 
-with open("/proc/version") as handle:
-    version = handle.read().strip()
+with open("/proc/version") as version_file:
+    version = version_file.read().strip()
 results["kernel"] = {"ok": True, "observed": version}
 print(json.dumps(results))

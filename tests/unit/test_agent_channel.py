@@ -16,6 +16,7 @@ from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYL
 from gateway.backend.agent_channel import AgentChannel
 from gateway.backend.base import ExecOutcome, ExecRequest
 from gateway.errors import AgentBroken, AgentCannotStart, AgentFailure
+from tests.support import eventually_async
 
 Script = Callable[[socket.socket, dict[str, object]], None]
 
@@ -239,9 +240,7 @@ def test_calls_waiting_on_the_agent_hold_no_thread(channel_for: Callable[..., Ag
         async with anyio.create_task_group() as tasks:
             for _ in range(50):
                 tasks.start_soon(one)
-            with anyio.fail_after(5):
-                while len(asked) < 50:
-                    await anyio.sleep(0.01)
+            await eventually_async(lambda: len(asked) >= 50, timeout_s=5, interval_s=0.01)
             added.append(threading.active_count() - before)
             peers[0].sendall(b"".join(_exit(call_id) for call_id in asked))
         return outcomes

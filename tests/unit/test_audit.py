@@ -11,10 +11,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from audit import AuditLog, AuditWriteError, FileSink, MemorySink, rotated_files
 from audit.chain import GENESIS, verify_lines
 from audit.schema import AuditEvent
-
-
-def lines_of(sink: MemorySink) -> list[dict]:
-    return [json.loads(line) for line in sink.lines]
+from tests.support import audit_events
 
 
 def test_events_follow_the_documented_schema() -> None:
@@ -45,7 +42,7 @@ def test_events_follow_the_documented_schema() -> None:
         container_id="c",
         reason="x",
     )
-    first, second = (AuditEvent.model_validate(e) for e in lines_of(sink))
+    first, second = (AuditEvent.model_validate(e) for e in audit_events(sink))
     assert (
         first.actor is not None and first.actor.principal == "alice" and first.actor.source_ip == "127.0.0.1"
     )
@@ -68,7 +65,7 @@ def test_events_follow_the_documented_schema() -> None:
 def test_code_is_recorded_as_the_policy_says(mode: str, expected: set[str] | None) -> None:
     sink = MemorySink()
     AuditLog([sink], code_mode=mode, hmac_key=b"k" * 32).emit("exec.start", code="rm -rf /tmp/secret-plan")  # type: ignore[arg-type]
-    event = lines_of(sink)[0]
+    event = audit_events(sink)[0]
     if expected is None:
         assert "code" not in event
     else:
@@ -81,7 +78,7 @@ def test_hmac_of_the_same_code_with_the_same_key_is_stable() -> None:
     one, two = MemorySink(), MemorySink()
     AuditLog([one], hmac_key=b"k" * 32).emit("exec.start", code="ls")
     AuditLog([two], hmac_key=b"k" * 32).emit("exec.start", code="ls")
-    assert lines_of(one)[0]["code"] == lines_of(two)[0]["code"]
+    assert audit_events(one)[0]["code"] == audit_events(two)[0]["code"]
 
 
 def test_secrets_never_appear() -> None:
@@ -100,7 +97,7 @@ def test_bound_context_is_merged() -> None:
     sink = MemorySink()
     with structlog.contextvars.bound_contextvars(request_id="r1", principal="p"):
         AuditLog([sink]).emit("x")
-    event = lines_of(sink)[0]
+    event = audit_events(sink)[0]
     assert event["request_id"] == "r1" and event["actor"] == {"principal": "p"}
 
 
@@ -109,7 +106,7 @@ def test_trace_context_is_added_inside_a_span() -> None:
     tracer = TracerProvider().get_tracer("t")
     with tracer.start_as_current_span("s") as span:
         AuditLog([sink]).emit("x")
-    assert lines_of(sink)[0]["trace_id"] == format(span.get_span_context().trace_id, "032x")
+    assert audit_events(sink)[0]["trace_id"] == format(span.get_span_context().trace_id, "032x")
 
 
 def test_events_form_a_hash_chain_from_genesis() -> None:
@@ -117,7 +114,7 @@ def test_events_form_a_hash_chain_from_genesis() -> None:
     log = AuditLog([sink])
     for i in range(5):
         log.emit("e", n=i)
-    events = lines_of(sink)
+    events = audit_events(sink)
     assert events[0]["prev_hash"] == GENESIS
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(events))
     report = verify_lines(((f"m:{i}", line) for i, line in enumerate(sink.lines, 1)), expect_genesis=True)

@@ -1,6 +1,6 @@
 """Repeated events (bad tokens, rate-limit hits) folded per source and window, in a bounded table."""
 
-import json
+from pathlib import Path
 
 import pytest
 import structlog
@@ -21,6 +21,7 @@ from gateway.http.middleware.address_budget import AddressBudget
 from gateway.http.middleware.address_rate import AddressRateLimitMiddleware
 from gateway.http.middleware.authentication import BearerAuthMiddleware
 from gateway.ratelimit import RateLimiter
+from tests.support import audit_events
 
 WALL0 = 1_800_000_000.0
 ALICE = (("source_ip", "203.0.113.7"),)
@@ -42,10 +43,6 @@ class Clock:
 
 def table(clock: Clock, window_s: float = 60.0, capacity: int = 16, max_variants: int = 8) -> RepeatTable:
     return RepeatTable(window_s, capacity, max_variants=max_variants, clock=clock.mono, wall_clock=clock.wall)
-
-
-def events(sink: MemorySink) -> list[dict]:
-    return [json.loads(line) for line in sink.lines]
 
 
 # -- the table ---------------------------------------------------------------------------------------
@@ -214,11 +211,11 @@ def test_a_flood_writes_one_line_then_one_summary_and_the_chain_holds() -> None:
     log = AuditLog([sink], repeats=table(clock))
     for _ in range(1000):
         log.emit_repeated("auth.failed", {"source_ip": "203.0.113.7"}, by="reason", reason="unknown-token")
-    assert [e["event"] for e in events(sink)] == ["auth.failed"]
+    assert [e["event"] for e in audit_events(sink)] == ["auth.failed"]
     assert log.flush_repeated() == 0
     clock.now = 60.0
     assert log.flush_repeated() == 1
-    first, summary = events(sink)
+    first, summary = audit_events(sink)
     assert first["actor"]["source_ip"] == "203.0.113.7" and first["detail"]["reason"] == "unknown-token"
     assert summary["event"] == "audit.repeated"
     assert summary["actor"] == {"source_ip": "203.0.113.7"}
@@ -231,7 +228,7 @@ def test_a_flood_writes_one_line_then_one_summary_and_the_chain_holds() -> None:
         "last_ts": "2027-01-15T08:00:00.000000Z",
         "window_s": 60.0,
     }
-    for event in events(sink):
+    for event in audit_events(sink):
         AuditEvent.model_validate(event)
         assert event["event"] in EVENTS
     assert verify_lines([(str(n), line) for n, line in enumerate(sink.lines, 1)], expect_genesis=True).ok
@@ -248,7 +245,7 @@ def test_a_summary_belongs_to_no_request_but_the_first_event_keeps_its_own() -> 
     clock.now = 61.0
     with structlog.contextvars.bound_contextvars(request_id="r2", principal="mallory"):
         log.emit_repeated("ratelimit.hit", key, rate="2/minute")
-    first, summary, again = events(sink)
+    first, summary, again = audit_events(sink)
     assert first["request_id"] == "r1" and first["tool"] == "execute_bash"
     assert first["limits"] == {"limit": "requests", "rate": "2/minute"}
     assert summary["event"] == "audit.repeated" and "request_id" not in summary and "tool" not in summary
@@ -264,11 +261,11 @@ def test_a_full_table_is_reported_at_once_and_its_count_comes_at_the_end() -> No
     log = AuditLog([sink], repeats=table(clock, capacity=1))
     for n in range(50):
         log.emit_repeated("auth.failed", {"source_ip": f"192.0.2.{n}"}, by="reason", reason="missing")
-    assert [e["event"] for e in events(sink)] == ["auth.failed", "audit.overflow"]
-    overflow = events(sink)[1]
+    assert [e["event"] for e in audit_events(sink)] == ["auth.failed", "audit.overflow"]
+    overflow = audit_events(sink)[1]
     assert overflow["detail"] == {"of": "auth.failed", "capacity": 1, "window_s": 60.0}
     log.close()
-    (spill,) = events(sink)[2:]
+    (spill,) = audit_events(sink)[2:]
     assert spill["event"] == "audit.repeated" and "actor" not in spill
     assert spill["detail"]["overflow"] is True and spill["detail"]["count"] == 49
     assert spill["detail"]["suppressed"] == 49
@@ -280,14 +277,14 @@ def test_close_writes_the_summaries_of_windows_still_open() -> None:
     for _ in range(3):
         log.emit_repeated("ratelimit.hit", {"source_ip": "203.0.113.7", "limit": "address"})
     log.close()
-    assert [e["event"] for e in events(sink)] == ["ratelimit.hit", "audit.repeated"]
-    assert events(sink)[1]["detail"]["count"] == 3
+    assert [e["event"] for e in audit_events(sink)] == ["ratelimit.hit", "audit.repeated"]
+    assert audit_events(sink)[1]["detail"]["count"] == 3
 
 
 # -- the HTTP front ----------------------------------------------------------------------------------
 
 
-def front(tmp_path, rate: str = "100000/minute") -> tuple[TestClient, AuditLog, MemorySink, str]:
+def front(tmp_path: Path, rate: str = "100000/minute") -> tuple[TestClient, AuditLog, MemorySink, str]:
     tokens = TokenStore(tmp_path / "tokens")
     token = tokens.create("alice")
     sink = MemorySink()
@@ -313,15 +310,15 @@ def front(tmp_path, rate: str = "100000/minute") -> tuple[TestClient, AuditLog, 
     return TestClient(app), audit, sink, token
 
 
-def test_bad_tokens_from_one_address_are_folded_per_reason(tmp_path) -> None:
+def test_bad_tokens_from_one_address_are_folded_per_reason(tmp_path: Path) -> None:
     client, audit, sink, _ = front(tmp_path)
     for _ in range(200):
         assert client.post("/mcp", headers={"Authorization": "Bearer sgw_wrong"}).status_code == 401
     assert client.post("/mcp").status_code == 401
     assert client.post("/mcp", headers={"Authorization": "Bearer sgw_wrong"}).status_code == 401
-    assert [e["detail"]["reason"] for e in events(sink)] == ["unknown-token", "missing"]
+    assert [e["detail"]["reason"] for e in audit_events(sink)] == ["unknown-token", "missing"]
     audit.close()
-    summary = events(sink)[-1]
+    summary = audit_events(sink)[-1]
     assert summary["event"] == "audit.repeated" and summary["actor"]["source_ip"] == "testclient"
     assert summary["detail"]["counts"] == [
         {"reason": "unknown-token", "count": 201},
@@ -330,20 +327,20 @@ def test_bad_tokens_from_one_address_are_folded_per_reason(tmp_path) -> None:
     assert summary["detail"]["count"] == 202 and summary["detail"]["suppressed"] == 200
 
 
-def test_unauthenticated_requests_over_the_address_rate_are_folded(tmp_path) -> None:
+def test_unauthenticated_requests_over_the_address_rate_are_folded(tmp_path: Path) -> None:
     client, audit, sink, _ = front(tmp_path, rate="3/minute")
     statuses = [client.post("/mcp").status_code for _ in range(100)]
     assert statuses == [401] * 3 + [429] * 97
-    (hit,) = [e for e in events(sink) if e["event"] == "ratelimit.hit"]
+    (hit,) = audit_events(sink, "ratelimit.hit")
     assert hit["limits"]["limit"] == "address"
     audit.close()
-    summary = events(sink)[-1]
+    summary = audit_events(sink)[-1]
     assert summary["detail"]["of"] == "ratelimit.hit" and summary["detail"]["count"] == 97
     assert summary["limits"] == {"limit": "address"} and summary["actor"] == {"source_ip": "testclient"}
 
 
-def test_a_long_request_path_is_cut_in_the_audit_line(tmp_path) -> None:
+def test_a_long_request_path_is_cut_in_the_audit_line(tmp_path: Path) -> None:
     client, _, sink, _ = front(tmp_path)
     client.post("/mcp/" + "a" * 5000)
-    (failed,) = events(sink)
+    (failed,) = audit_events(sink)
     assert len(failed["detail"]["path"]) == 256

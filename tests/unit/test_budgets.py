@@ -4,7 +4,6 @@ session cap refuse at once, say why, and touch nobody else."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,9 @@ from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
 from policy import Principal, load_policy_text
 from policy.engine import PolicyEngine
+from tests.support import audit_events
 
 pytestmark = pytest.mark.anyio
-
-
-def events(sink: MemorySink) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in sink.lines]
 
 
 # -- pure bookkeeping -------------------------------------------------------------------------------
@@ -139,7 +135,7 @@ def test_a_principal_flooding_costs_its_address_nothing(tmp_path: Path) -> None:
     assert statuses == [200] * 5 + [429] * 45, "refused by alice's own budget only"
     assert post(client, tokens["bob"]) == 200, "another principal on the same address is served"
     assert [post(client, None) for _ in range(4)] == [401] * 3 + [429], "the address budget was untouched"
-    hits = [e for e in events(sink) if e["event"] == "ratelimit.hit"]
+    hits = audit_events(sink, "ratelimit.hit")
     assert [h["limits"]["limit"] for h in hits] == ["requests", "address"]
     assert hits[0]["actor"]["principal"] == "alice"
 
@@ -155,7 +151,7 @@ def test_a_tenant_request_budget_is_shared_by_its_principals_only(tmp_path: Path
     assert [post(client, tokens[who]) for who in ("alice", "alice", "bob", "bob")] == [200] * 4
     assert post(client, tokens["bob"]) == 429, "acme spent its budget"
     assert post(client, tokens["carol"]) == 200, "globex did not"
-    (hit,) = [e for e in events(sink) if e["event"] == "ratelimit.hit"]
+    (hit,) = audit_events(sink, "ratelimit.hit")
     assert hit["limits"]["limit"] == "tenant-requests" and hit["actor"]["tenant"] == "acme"
     assert hit["actor"]["principal"] == "bob"
 
@@ -206,7 +202,7 @@ async def test_one_tenant_at_its_cap_neither_slows_nor_refuses_another() -> None
     broker.execute = held  # type: ignore[method-assign]
     service = ExecutionService(PolicyEngine(load_policy_text(POLICY)), broker, audit)
     acme = [Principal(f"a{n}", "acme") for n in range(3)]
-    results: list[int] = []
+    results: list[int | None] = []
 
     async def run(principal: Principal) -> None:
         results.append((await service.execute(principal, "execute_bash", "sleep 60")).exit_code)
@@ -224,10 +220,10 @@ async def test_one_tenant_at_its_cap_neither_slows_nor_refuses_another() -> None
             held.release.set()
     assert results == [0, 0]
     assert service.tenant_slots.running("acme") == 0
-    (refusal,) = [e for e in events(sink) if e["event"] == "budget.refused"]
+    (refusal,) = audit_events(sink, "budget.refused")
     assert refusal["limits"]["limit"] == "tenant-concurrency" and refusal["actor"]["tenant"] == "acme"
     assert refusal["actor"]["principal"] == "a2" and refusal["detail"]["cap"] == 2
-    finish = [e for e in events(sink) if e["event"] == "exec.finish" and e["actor"]["principal"] == "a2"]
+    finish = audit_events(sink, "exec.finish", principal="a2")
     assert finish[0]["outcome"]["error"] == "tenant-concurrency-quota"
 
 
@@ -248,7 +244,7 @@ async def test_refusals_of_a_tenant_at_its_cap_are_folded() -> None:
                     await service.execute(Principal("a2", "acme"), "execute_bash", "echo hi")
             held.release.set()
     audit.close()
-    found = events(sink)
+    found = audit_events(sink)
     assert len([e for e in found if e["event"] == "budget.refused"]) == 1
     (summary,) = [e for e in found if e["event"] == "audit.repeated"]
     assert summary["detail"]["of"] == "budget.refused" and summary["detail"]["count"] == 100

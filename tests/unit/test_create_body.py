@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -49,10 +50,10 @@ def test_gvisor_sandboxes_get_clone3_from_gvisor_itself() -> None:
 def test_default_profile_body_has_every_hardening_switch() -> None:
     spec = load_policy().profiles["default"].sandbox
     body = create_body(spec, uid=UID, image=IMAGE, labels={"a": "b"})
-    host = body["HostConfig"]
-    assert isinstance(host, dict)
+    host, labels = body["HostConfig"], body["Labels"]
+    assert isinstance(host, dict) and isinstance(labels, dict)
     assert body["User"] == f"{UID}:{UID}"  # the agent, PID 1, runs as the sandbox's own uid
-    assert body["Labels"]["sandbox-gateway.user"] == f"{UID}:{UID}"  # recorded on the sandbox
+    assert labels["sandbox-gateway.user"] == f"{UID}:{UID}"  # recorded on the sandbox
     assert body["Cmd"] == ["python3", "-I", "-S", "/opt/sandbox-gateway/agent.py"]
     assert body["NetworkDisabled"] is True
     assert host["NetworkMode"] == "none"
@@ -73,13 +74,17 @@ def test_default_profile_body_has_every_hardening_switch() -> None:
 def test_tools_and_skills_are_the_only_mounts_and_read_only(tmp_path: Path) -> None:
     spec = load_policy().profiles["default"].sandbox
     body = create_body(spec, uid=UID, image=IMAGE, labels={}, tools_path=tmp_path, skills_path=tmp_path)
-    assert body["HostConfig"]["Binds"] == [f"{tmp_path}:/tools:ro", f"{tmp_path}:/skills:ro"]  # type: ignore[index]
+    host = body["HostConfig"]
+    assert isinstance(host, dict)
+    assert host["Binds"] == [f"{tmp_path}:/tools:ro", f"{tmp_path}:/skills:ro"]
 
 
-def test_environment_holds_no_gateway_secret(monkeypatch) -> None:
+def test_environment_holds_no_gateway_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SGW_SECRET_PROBE", "leak")
     spec = load_policy().profiles["default"].sandbox
-    assert not any("leak" in item for item in create_body(spec, uid=UID, image=IMAGE, labels={})["Env"])  # type: ignore[union-attr]
+    env = create_body(spec, uid=UID, image=IMAGE, labels={})["Env"]
+    assert isinstance(env, list)
+    assert not any("leak" in item for item in env)
 
 
 FORBIDDEN = {

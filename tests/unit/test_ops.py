@@ -3,7 +3,6 @@ and every wait counted (metric, audit event, /ready's saturation)."""
 
 from __future__ import annotations
 
-import json
 import threading
 
 import anyio
@@ -11,6 +10,7 @@ import pytest
 
 from audit import AuditLog, MemorySink
 from gateway.backend.ops import DockerOps, FairPool, Party, acting_for
+from tests.support import audit_events, eventually_async
 
 A1, A2, B1, C1 = Party("a", "a1"), Party("a", "a2"), Party("b", "b1"), Party("c", "c1")
 
@@ -22,6 +22,7 @@ async def _hold(pool: FairPool, party: Party, release: anyio.Event, order: list[
 
 
 async def _settle() -> None:
+    """Let every task that can run go as far as it can: a scheduling yield, no time passes."""
     for _ in range(20):
         await anyio.sleep(0)
 
@@ -29,7 +30,8 @@ async def _settle() -> None:
 def test_one_principal_holds_at_most_its_share_and_others_get_workers_at_once() -> None:
     async def main() -> None:
         pool = FairPool(8, principal_share=2, tenant_share=4)
-        release, order = anyio.Event(), []
+        release = anyio.Event()
+        order: list[Party] = []
         async with anyio.create_task_group() as tasks:
             for _ in range(10):
                 tasks.start_soon(_hold, pool, A1, release, order)
@@ -49,7 +51,8 @@ def test_one_principal_holds_at_most_its_share_and_others_get_workers_at_once() 
 def test_a_tenant_holds_at_most_its_share_across_its_principals() -> None:
     async def main() -> None:
         pool = FairPool(8, principal_share=8, tenant_share=3)
-        release, order = anyio.Event(), []
+        release = anyio.Event()
+        order: list[Party] = []
         async with anyio.create_task_group() as tasks:
             for party in (A1, A2, A1, A2, A1):
                 tasks.start_soon(_hold, pool, party, release, order)
@@ -84,7 +87,8 @@ def test_freed_workers_go_round_robin_by_tenant_then_by_principal() -> None:
 def test_a_cancelled_waiter_gives_nothing_away() -> None:
     async def main() -> None:
         pool = FairPool(1)
-        release, order = anyio.Event(), []
+        release = anyio.Event()
+        order: list[Party] = []
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_hold, pool, A1, release, order)
             await _settle()
@@ -117,9 +121,8 @@ def test_a_delayed_call_is_audited_once_per_window_and_shows_in_saturation() -> 
             with acting_for("t2", "bystander"):
                 tasks.start_soon(ops.acall, "inspect", lambda: "x")
                 tasks.start_soon(ops.acall, "inspect", lambda: "y")
-            while ops.pool.waiting < 2:
-                await anyio.sleep(0.01)
-            await anyio.sleep(0.1)
+            await eventually_async(lambda: ops.pool.waiting >= 2, timeout_s=5, interval_s=0.01)
+            await anyio.sleep(0.1)  # time passing is what is measured: the oldest wait grows past 50 ms
             state = ops.saturation()
             assert state["waiting"] == 2 and state["in_use"] == 1 and state["oldest_wait_ms"] >= 50
             release.set()
@@ -132,7 +135,7 @@ def test_a_delayed_call_is_audited_once_per_window_and_shows_in_saturation() -> 
         }
 
     anyio.run(main)
-    delayed = [json.loads(line) for line in sink.lines if '"capacity.delayed"' in line]
+    delayed = audit_events(sink, "capacity.delayed")
     assert len(delayed) == 1, "the second delay of the same principal is counted, not written"
     assert delayed[0]["actor"]["principal"] == "bystander"
     assert delayed[0]["actor"]["tenant"] == "t2"

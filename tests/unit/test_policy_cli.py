@@ -16,6 +16,7 @@ from gateway.sandboxes.broker import Broker
 from policy import load_policy
 from policy.engine import PolicyEngine
 from policy.loader import default_policy_path
+from tests.support import audit_events, matching
 
 
 def weaker_copy(tmp_path: Path) -> Path:
@@ -118,7 +119,7 @@ def test_reload_switches_to_a_valid_policy_and_refuses_a_bad_one(tmp_path: Path)
         "  default: {tools: [execute_bash], sandbox: {images: [i], privileged: true}}\n"
     )
     assert not reload_policy(service, path, audit)
-    events = [json.loads(line) for line in sink.lines]
-    assert [e["outcome"]["status"] for e in events if e["event"] == "policy.reload"] == ["ok", "rejected"]
+    events = audit_events(sink)
+    assert [e["outcome"]["status"] for e in matching(events, "policy.reload")] == ["ok", "rejected"]
     assert "no-privileged" in events[-1]["outcome"]["error"]
     assert service.engine.digest == reloaded, "the rejected file left the policy in force unchanged"
