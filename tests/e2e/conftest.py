@@ -1,4 +1,5 @@
-"""`sandbox-gateway serve` as a real process, and a real MCP client over streamable HTTP."""
+"""`sandbox-gateway serve` as a real process (with the e2e defaults and checks), and a real MCP client
+over streamable HTTP."""
 
 from __future__ import annotations
 
@@ -52,8 +53,9 @@ def start_gateway(
     preexec: Callable[[], None] | None = None,
     tenants: dict[str, str] | None = None,
 ) -> Gateway:
-    """A gateway of the test's own on the shared engine (through the socket proxy), logging at INFO:
-    alice and bob (profile `default`) unless `principals` says otherwise; see `gateway_process`."""
+    """A gateway of the test's own on the shared engine (through the socket proxy), logging at INFO,
+    for alice and bob (profile `default`) unless `principals` names others (see
+    `tests.support.gateway_process` for the rest)."""
     return gateway_process.start_gateway(
         tmp,
         *extra,

@@ -12,11 +12,11 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, overload
+from typing import Any, TypedDict, TypeVar, Unpack, overload
 
 import anyio
 
-__all__ = ["EventuallyFailed", "eventually", "eventually_async"]
+__all__ = ["EventuallyFailed", "Wait", "eventually", "eventually_async"]
 
 T = TypeVar("T")
 
@@ -30,19 +30,34 @@ class EventuallyFailed(AssertionError):
     failed assertion, with the check's last error or value in the message)."""
 
 
-class _Attempts:
-    """What a wait has seen so far, for its failure message."""
+class Wait(TypedDict, total=False):
+    """How a wait goes, all optional: `timeout_s` (TIMEOUT_S), `interval_s` between tries
+    (INTERVAL_S), `retry_on`: what a try may raise and still be tried again (AssertionError), and
+    `message`: what did not happen, for the failure (else the check's name)."""
 
-    def __init__(self, check: Callable[..., object], message: str | None, timeout_s: float) -> None:
-        self.what = message or f"{getattr(check, '__qualname__', repr(check))} did not pass"
-        self.timeout_s = timeout_s
+    timeout_s: float
+    interval_s: float
+    retry_on: tuple[type[BaseException], ...]
+    message: str | None
+
+
+class _Attempts:
+    """A wait's settings, and what it has seen so far for its failure message."""
+
+    def __init__(self, check: Callable[..., object], wait: Wait) -> None:
+        self.timeout_s = wait.get("timeout_s", TIMEOUT_S)
+        self.interval_s = wait.get("interval_s", INTERVAL_S)
+        self.retry_on = wait.get("retry_on", (AssertionError,))
+        self.what = wait.get("message") or f"{getattr(check, '__qualname__', repr(check))} did not pass"
         self.tries = 0
         self.error: BaseException | None = None
         self.value: object = None
 
-    def failed(self, value: object) -> None:
+    def passed(self, value: object) -> bool:
+        """Whether a try's `value` passes; if not, it is remembered for the failure message."""
         self.tries += 1
         self.error, self.value = None, value
+        return bool(value)
 
     def raised(self, error: BaseException) -> None:
         self.tries += 1
@@ -61,78 +76,45 @@ class _Attempts:
         return failure
 
 
-def eventually(
-    check: Callable[[], T],
-    *,
-    timeout_s: float = TIMEOUT_S,
-    interval_s: float = INTERVAL_S,
-    retry_on: tuple[type[BaseException], ...] = (AssertionError,),
-    message: str | None = None,
-) -> T:
+def eventually(check: Callable[[], T], **wait: Unpack[Wait]) -> T:
     """Call `check` every `interval_s` until it returns a truthy value, and return that value. It is
     tried at least once, and once more at the deadline; a try is never interrupted. At the deadline,
     raise EventuallyFailed naming `message` (or the check) and the last error or value."""
-    attempts = _Attempts(check, message, timeout_s)
-    deadline = time.monotonic() + timeout_s
+    attempts = _Attempts(check, wait)
+    deadline = time.monotonic() + attempts.timeout_s
     while True:
         try:
-            value = check()
-        except retry_on as exc:
-            attempts.raised(exc)
-        else:
-            if value:
+            if attempts.passed(value := check()):
                 return value
-            attempts.failed(value)
+        except attempts.retry_on as exc:
+            attempts.raised(exc)
         left = deadline - time.monotonic()
         if left <= 0:
             raise attempts.give_up()
-        time.sleep(min(interval_s, left))
+        time.sleep(min(attempts.interval_s, left))
 
 
 @overload
-async def eventually_async(
-    check: Callable[[], Awaitable[T]],
-    *,
-    timeout_s: float = ...,
-    interval_s: float = ...,
-    retry_on: tuple[type[BaseException], ...] = ...,
-    message: str | None = ...,
-) -> T: ...
+async def eventually_async(check: Callable[[], Awaitable[T]], **wait: Unpack[Wait]) -> T: ...
 @overload
-async def eventually_async(
-    check: Callable[[], T],
-    *,
-    timeout_s: float = ...,
-    interval_s: float = ...,
-    retry_on: tuple[type[BaseException], ...] = ...,
-    message: str | None = ...,
-) -> T: ...
-async def eventually_async(
-    check: Callable[[], Any],
-    *,
-    timeout_s: float = TIMEOUT_S,
-    interval_s: float = INTERVAL_S,
-    retry_on: tuple[type[BaseException], ...] = (AssertionError,),
-    message: str | None = None,
-) -> Any:
+async def eventually_async(check: Callable[[], T], **wait: Unpack[Wait]) -> T: ...
+async def eventually_async(check: Callable[[], Any], **wait: Unpack[Wait]) -> Any:
     """`eventually` for async code: the check may be a coroutine function or a plain one, and the
     wait sleeps without blocking the event loop. The deadline is a hard one: a try still running
     when it comes is cancelled."""
-    attempts = _Attempts(check, message, timeout_s)
+    attempts = _Attempts(check, wait)
     running = False
-    with anyio.move_on_after(timeout_s):
+    with anyio.move_on_after(attempts.timeout_s):
         while True:
             running = True
             try:
                 value = check()
                 if inspect.isawaitable(value):
                     value = await value
-            except retry_on as exc:
-                attempts.raised(exc)
-            else:
-                if value:
+                if attempts.passed(value):
                     return value
-                attempts.failed(value)
+            except attempts.retry_on as exc:
+                attempts.raised(exc)
             running = False
-            await anyio.sleep(interval_s)
+            await anyio.sleep(attempts.interval_s)
     raise attempts.give_up(interrupted=running)

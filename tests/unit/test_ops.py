@@ -30,8 +30,7 @@ async def _settle() -> None:
 def test_one_principal_holds_at_most_its_share_and_others_get_workers_at_once() -> None:
     async def main() -> None:
         pool = FairPool(8, principal_share=2, tenant_share=4)
-        release = anyio.Event()
-        order: list[Party] = []
+        release, order = anyio.Event(), list[Party]()
         async with anyio.create_task_group() as tasks:
             for _ in range(10):
                 tasks.start_soon(_hold, pool, A1, release, order)
@@ -51,8 +50,7 @@ def test_one_principal_holds_at_most_its_share_and_others_get_workers_at_once() 
 def test_a_tenant_holds_at_most_its_share_across_its_principals() -> None:
     async def main() -> None:
         pool = FairPool(8, principal_share=8, tenant_share=3)
-        release = anyio.Event()
-        order: list[Party] = []
+        release, order = anyio.Event(), list[Party]()
         async with anyio.create_task_group() as tasks:
             for party in (A1, A2, A1, A2, A1):
                 tasks.start_soon(_hold, pool, party, release, order)
@@ -87,8 +85,7 @@ def test_freed_workers_go_round_robin_by_tenant_then_by_principal() -> None:
 def test_a_cancelled_waiter_gives_nothing_away() -> None:
     async def main() -> None:
         pool = FairPool(1)
-        release = anyio.Event()
-        order: list[Party] = []
+        release, order = anyio.Event(), list[Party]()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_hold, pool, A1, release, order)
             await _settle()
