@@ -10,7 +10,7 @@ from gateway.backend.docker_engine import DockerBackend
 from gateway.sandboxes.broker import Broker
 from gateway.sandboxes.model import Sandbox
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
-from policy import Action, Decision, Principal, load_policy
+from policy import Action, Allowed, Principal, load_policy
 from policy.engine import PolicyEngine
 from tests.conftest import policy_with_exec_path
 
@@ -18,8 +18,9 @@ pytestmark = pytest.mark.anyio
 ENGINE = PolicyEngine(load_policy())
 
 
-async def _sandbox(broker: Broker, principal: Principal) -> tuple[Decision, Sandbox]:
+async def _sandbox(broker: Broker, principal: Principal) -> tuple[Allowed, Sandbox]:
     decision = ENGINE.evaluate(principal, Action("execute_bash", 1))
+    assert isinstance(decision, Allowed), decision
     return decision, await broker.ensure_sandbox(principal, decision)
 
 
@@ -34,7 +35,6 @@ async def test_inspect_shows_the_policy_hardening(broker: Broker, backend: Docke
     info = await anyio.to_thread.run_sync(backend.inspect_raw, sandbox.container_id)
     host, config = info["HostConfig"], info["Config"]
     spec = decision.spec
-    assert spec is not None
     # PID 1 is the agent, as the sandbox's own uid (recorded on it, from the range); no init (the
     # agent reaps), no log of its stdout.
     uid, gid = (int(part) for part in config["User"].split(":"))

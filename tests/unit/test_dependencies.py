@@ -11,6 +11,7 @@ import importlib.metadata
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ def _modules_of(distribution: str) -> set[str]:
     return modules
 
 
-def distributions_of(module: str, top_level: dict[str, list[str]]) -> set[str]:
+def distributions_of(module: str, top_level: Mapping[str, list[str]]) -> set[str]:
     """The distributions that provide `module`: for a namespace shared by several distributions
     (opentelemetry), the one whose files hold the longest prefix of the module's dotted name."""
     candidates = set(top_level.get(module.partition(".")[0], ()))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from policy import Action, PolicyLoadError, Principal, load_policy, load_policy_text
+from policy import Action, Allowed, PolicyLoadError, Principal, load_policy, load_policy_text
 from policy.diff import diff_policies
 from policy.engine import PolicyEngine
 from policy.errors import GuardrailViolation
@@ -101,8 +101,10 @@ def test_a_mapped_principal_gets_its_profiles_denials() -> None:
 def test_pinned_images_carry_their_digest_into_the_decision() -> None:
     engine = PolicyEngine(load_policy_text(BASE))
     principal = Principal("erin", profile="base")
-    assert engine.evaluate(principal, Action("execute_bash", 1, image="img:2")).image_digest == DIGEST
-    assert engine.evaluate(principal, Action("execute_bash", 1, image="img:1")).image_digest is None
+    pinned = engine.evaluate(principal, Action("execute_bash", 1, image="img:2"))
+    unpinned = engine.evaluate(principal, Action("execute_bash", 1, image="img:1"))
+    assert isinstance(pinned, Allowed) and pinned.image_digest == DIGEST
+    assert isinstance(unpinned, Allowed) and unpinned.image_digest is None
     assert not engine.evaluate(principal, Action("execute_bash", 1, image="img:3")).allowed
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import pytest
 
-from gateway.backend.base import ContainerInfo
+from gateway.backend.base import Backend, ContainerInfo
 from gateway.cli import main
 from gateway.cli import sandboxes as cli
-from gateway.cli.sandboxes import describe, lookup, render_table
+from gateway.cli.sandboxes import Listed, describe, lookup, render_table
 from gateway.sandboxes.naming import (
     GATEWAY,
     MANAGED,
@@ -52,6 +53,13 @@ class FakeBackend:
         self.closed = True
 
 
+def _lookup(
+    backend: FakeBackend, gateway_id: str, *, principal: str | None = None, tenant: str | None = None
+) -> list[Listed]:
+    """`lookup` on the fake, which has only what `lookup` uses of a Backend: `list` (and `close`)."""
+    return lookup(cast(Backend, backend), gateway_id, principal=principal, tenant=tenant)
+
+
 def test_the_owner_of_a_sandbox_made_for_a_principal_is_in_its_labels() -> None:
     listed = describe(MADE, GATEWAY_ID)
     assert (listed.owner, listed.owner_from, listed.pooled, listed.handed_out) == (
@@ -86,24 +94,24 @@ def test_a_pooled_sandbox_still_waiting_has_no_owner() -> None:
 
 def test_lookup_lists_the_gateways_sandboxes_oldest_first_and_finds_a_principals() -> None:
     backend = FakeBackend([MADE, HANDED, WAITING, _row("sgw-other", 5, **{GATEWAY: "other", PRINCIPAL: "x"})])
-    assert [r.name for r in lookup(backend, GATEWAY_ID)] == [HANDED.name, WAITING.name, MADE.name]
+    assert [r.name for r in _lookup(backend, GATEWAY_ID)] == [HANDED.name, WAITING.name, MADE.name]
     assert backend.asked == [managed_by(GATEWAY_ID)]
-    assert [r.id for r in lookup(backend, GATEWAY_ID, principal="bob")] == [HANDED.id]
-    assert [r.id for r in lookup(backend, GATEWAY_ID, principal="alice", tenant="acme")] == [MADE.id]
-    assert lookup(backend, GATEWAY_ID, principal="alice") == [], "alice of tenant default has none"
-    assert lookup(backend, GATEWAY_ID, principal="bob", tenant="acme") == []
-    assert [r.id for r in lookup(backend, GATEWAY_ID, tenant="acme")] == [MADE.id]
+    assert [r.id for r in _lookup(backend, GATEWAY_ID, principal="bob")] == [HANDED.id]
+    assert [r.id for r in _lookup(backend, GATEWAY_ID, principal="alice", tenant="acme")] == [MADE.id]
+    assert _lookup(backend, GATEWAY_ID, principal="alice") == [], "alice of tenant default has none"
+    assert _lookup(backend, GATEWAY_ID, principal="bob", tenant="acme") == []
+    assert [r.id for r in _lookup(backend, GATEWAY_ID, tenant="acme")] == [MADE.id]
 
 
 def test_the_table_marks_an_owner_known_only_by_name() -> None:
-    table = render_table(lookup(FakeBackend([MADE, HANDED, WAITING]), GATEWAY_ID))
+    table = render_table(_lookup(FakeBackend([MADE, HANDED, WAITING]), GATEWAY_ID))
     header, handed, waiting, made = table.splitlines()[:4]
     assert header.split()[:4] == ["NAME", "OWNER", "OWNER", "FROM"]
     assert handed.split()[1:5] == ["?", "-", "handed", "out"]
     assert waiting.split()[1:4] == ["-", "-", "waiting"]
     assert made.split()[1:4] == ["acme/alice", "labels", "no"]
     assert "only its name records the owner" in table
-    assert "records the owner" not in render_table(lookup(FakeBackend([MADE, WAITING]), GATEWAY_ID))
+    assert "records the owner" not in render_table(_lookup(FakeBackend([MADE, WAITING]), GATEWAY_ID))
 
 
 @pytest.fixture
