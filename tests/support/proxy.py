@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from gateway.setup.probe import unix_http_status
@@ -18,30 +19,32 @@ REPO = Path(__file__).resolve().parents[2]
 ENGINE_SOCKET = Path("/var/run/docker.sock")
 
 
+@dataclass
 class PrivateProxy:
     """A second socket proxy in front of `docker_socket`, on a unix socket in `workdir` or, given
     `tcp_port`, on TLS at 127.0.0.1:`tcp_port` (its certificate options in `extra`). With `image` it
     lets sandboxes of that image be made, with the repository's skills as their mount source. Its
     log (stdout and stderr) is `workdir/socket-proxy.log`."""
 
-    def __init__(
-        self,
-        workdir: Path,
-        docker_socket: Path = ENGINE_SOCKET,
-        extra: tuple[str, ...] = (),
-        *,
-        image: str | None = None,
-        tcp_port: int | None = None,
-    ) -> None:
-        self.workdir = workdir
-        self.docker_socket = docker_socket
-        self.extra = extra
-        self.image = image
-        self.tcp_port = tcp_port
-        self.socket = workdir / "docker-proxy.sock"
-        self.url = f"tcp://127.0.0.1:{tcp_port}" if tcp_port is not None else f"unix://{self.socket}"
-        self.log = workdir / "socket-proxy.log"
-        self.process: subprocess.Popen[bytes] | None = None
+    workdir: Path
+    docker_socket: Path = ENGINE_SOCKET
+    extra: tuple[str, ...] = ()
+    _: KW_ONLY
+    image: str | None = None
+    tcp_port: int | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "docker-proxy.sock"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "socket-proxy.log"
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.tcp_port}" if self.tcp_port is not None else f"unix://{self.socket}"
 
     def argv(self) -> list[str]:
         listen = f"tls:127.0.0.1:{self.tcp_port}" if self.tcp_port is not None else f"unix:{self.socket}"
