@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
+from gateway.backend.docker_engine import DockerBackend
 from gateway.calls.service import ExecutionService
 from gateway.sandboxes.broker import Broker
 from gateway.sandboxes.naming import POOL, PRINCIPAL, sandbox_name
@@ -39,7 +40,9 @@ def _sandboxes(gateway_id: str, *flags: str) -> tuple[int, list[dict[str, Any]],
     return done.returncode, json.loads(done.stdout or "[]"), done.stderr
 
 
-async def test_principal_finds_a_pooled_sandbox_handed_out_to_it(broker: Broker, backend) -> None:  # type: ignore[no-untyped-def]
+async def test_principal_finds_a_pooled_sandbox_handed_out_to_it(
+    broker: Broker, backend: DockerBackend
+) -> None:
     engine = PolicyEngine(load_policy())
     service = ExecutionService(engine, broker, broker.audit)
     async with anyio.create_task_group() as tasks:
