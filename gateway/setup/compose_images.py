@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 
 from gateway.errors import SetupError
-from gateway.setup.image import debian_source, debootstrap
+from gateway.setup.debian import debian_source, debootstrap
 from gateway.setup.state import REPO_ROOT, SetupPaths, apt_install, run, say
 
 __all__ = ["BASE_PACKAGES", "DEFAULT_GATEWAY_IMAGE", "DEFAULT_PROXY_IMAGE", "build_compose_images"]

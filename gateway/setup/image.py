@@ -16,14 +16,8 @@ from pathlib import Path
 
 from gateway.errors import SetupError
 from gateway.setup.debian import (
-    ENV_DEBIAN_MIRROR,
-    AptSource,
-    DebianSource,
-    choose_debian_source,
     debian_source,
     debootstrap,
-    debootstrap_argv,
-    read_apt_sources,
 )
 from gateway.setup.image_recipe import (
     DOCKERFILE,
@@ -36,21 +30,7 @@ from gateway.setup.image_recipe import (
 )
 from gateway.setup.state import REPO_ROOT, SetupPaths, apt_install, run, say
 
-#: Also the names of gateway.setup.debian and image_recipe that callers take from here.
-__all__ = [
-    "ENV_DEBIAN_MIRROR",
-    "IMAGE_PACKAGES",
-    "AptSource",
-    "DebianSource",
-    "choose_debian_source",
-    "debian_source",
-    "debootstrap",
-    "debootstrap_argv",
-    "ensure_image",
-    "image_tarball",
-    "read_apt_sources",
-    "recipe_digest",
-]
+__all__ = ["ensure_image", "image_tarball"]
 
 _LABEL = "sandbox-gateway.recipe"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.setup.image import (
+from gateway.setup.debian import (
     ENV_DEBIAN_MIRROR,
     AptSource,
     DebianSource,
