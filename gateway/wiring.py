@@ -15,6 +15,7 @@ from audit.otlp import OTLPLogSink, otlp_logs_configured
 from audit.sinks import AuditSink
 from gateway.backend.base import Backend
 from gateway.backend.docker_engine import DockerBackend, tls_config
+from gateway.calls.explain import PrincipalDirectory
 from gateway.calls.service import ExecutionService
 from gateway.config import Settings
 from gateway.errors import ConfigError
@@ -86,12 +87,18 @@ class Core:
 
 
 def build_core(
-    settings: Settings, engine: PolicyEngine, audit: AuditLog, *, enforce_request_rate: bool = True
+    settings: Settings,
+    engine: PolicyEngine,
+    audit: AuditLog,
+    *,
+    enforce_request_rate: bool = True,
+    principals: PrincipalDirectory | None = None,
 ) -> Core:
     """Backend, rate limiter, broker and execution service for `settings`, on `engine` and `audit`.
 
     `enforce_request_rate=False` when an HTTP edge counts each request against the principal's and
-    tenant's rates already (the service would count them again per tool call).
+    tenant's rates already (the service would count them again per tool call). `principals` tells
+    which principals have a credential in which tenant (the tokens file), for `admin_policy`.
     """
     engine_tls = tls_config(*map(str, settings.docker_tls)) if settings.docker_tls else None
     backend = DockerBackend(settings.docker_host, pool_size=settings.docker_workers * 2, tls=engine_tls)
@@ -107,5 +114,7 @@ def build_core(
         rates=rates,
         uids=UidRange.parse(settings.sandbox_uids),
     )
-    service = ExecutionService(engine, broker, audit, enforce_request_rate=enforce_request_rate, rates=rates)
+    service = ExecutionService(
+        engine, broker, audit, enforce_request_rate=enforce_request_rate, rates=rates, principals=principals
+    )
     return Core(audit=audit, backend=backend, rates=rates, broker=broker, service=service)

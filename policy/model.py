@@ -62,6 +62,7 @@ TOOL_NAMES = frozenset(
         "reset_sandbox",
         "admin_list_sandboxes",
         "admin_remove_sandbox",
+        "admin_policy",
     }
 )
 

@@ -41,7 +41,7 @@ PRINCIPAL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 SCOPES = {
     "sandbox:exec": "run code and manage one's own sandbox (execute_*, sandbox_info, reset_sandbox)",
     "sandbox:files": "read and write files in one's own sandbox",
-    "sandbox:admin": "list and remove the sandboxes of one's own tenant",
+    "sandbox:admin": "list and remove the sandboxes of one's own tenant, see and explain the policy for it",
 }
 DEFAULT_SCOPES = ("sandbox:exec", "sandbox:files")
 _PREFIX = "sgw_"
@@ -271,12 +271,12 @@ class TokenStore:
             self._entries, self._stamp = entries, self._file_stamp()
         return count
 
-    def principal_entry(self, principal_id: str) -> TokenEntry | None:
-        """The first active entry of `principal_id` (for `policy explain`), or None."""
+    def principal_entry(self, principal_id: str, tenant: str | None = None) -> TokenEntry | None:
+        """The first active entry of `principal_id` (in `tenant`, if given), or None: `policy explain`
+        and `admin_policy` (which asks only in the caller's tenant) take its profile."""
         now = _now()
-        return next(
-            (e for e in self.entries() if e.principal == principal_id and e.state(now) == "active"), None
-        )
+        found = (e for e in self.entries() if e.principal == principal_id and tenant in (None, e.tenant))
+        return next((e for e in found if e.state(now) == "active"), None)
 
     def verify(self, token: str) -> tuple[TokenEntry | None, str]:
         """(entry, "") for a valid token; (None, reason) otherwise: unknown-token, expired or revoked.

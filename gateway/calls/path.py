@@ -14,6 +14,7 @@ import structlog
 from audit import AuditLog, AuditWriteError
 from gateway.backend.base import ExecOutcome, OutputCallback
 from gateway.calls.budgets import TenantSlots, budget_instruments
+from gateway.calls.explain import PrincipalDirectory
 from gateway.errors import InvalidArgument, PolicyDenied, QuotaExceeded
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
@@ -36,10 +37,14 @@ class CallPath:
         *,
         enforce_request_rate: bool = True,
         rates: RateLimiter | None = None,
+        principals: PrincipalDirectory | None = None,
     ) -> None:
         self.enforce_request_rate = enforce_request_rate
         #: Per-principal request rates (`rate_limits.requests`); the broker's store unless given one.
         self.rates = rates if rates is not None else broker.rates
+        #: Who has a credential in which tenant (the tokens file), for `admin_policy`; without it,
+        #: an operator can have only their own calls explained.
+        self.principals = principals
         self.engine = engine
         self.broker = broker
         self.audit = audit

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from policy import Principal, Profile
+from policy import ExecLimits, Principal, Profile, SandboxSpec
+from policy.model import Lifecycle, RateLimits
 
 __all__ = [
+    "AdminPolicy",
     "AdminSandbox",
     "AdminSandboxes",
+    "EffectiveLimits",
     "ExecResult",
     "FileContent",
     "FileEntry",
     "FileList",
     "FileWritten",
+    "PolicyExplanation",
+    "ProfileLimits",
     "ResetResult",
     "SandboxInfo",
     "SandboxState",
+    "SandboxSummary",
 ]
 
 
@@ -164,3 +170,102 @@ class FileList(BaseModel):
 
     path: str
     entries: list[FileEntry]
+
+
+class EffectiveLimits(BaseModel):
+    """What an allowed call would run with."""
+
+    image: str
+    image_digest: str | None = Field(description="The digest the image is pinned to, or null")
+    timeout_s: float
+    limits: ExecLimits
+    sandbox: SandboxSpec
+
+
+class PolicyExplanation(BaseModel):
+    """The policy engine's Decision for one principal and tool, with its reasons (what
+    `sandbox-gateway policy explain` prints)."""
+
+    allowed: bool
+    principal: str
+    tenant: str
+    profile: str = Field(description="The profile that governs the principal")
+    reasons: list[str] = Field(description="Stable reason codes: allowed, or why the call is denied")
+    rule_ids: list[str] = Field(description="The policy rules that decided")
+    message: str = Field(description="Why the call is denied, in words; empty when allowed")
+    policy_digest: str
+    effective: EffectiveLimits | None = Field(description="The limits an allowed call gets; null if denied")
+
+
+class SandboxSummary(BaseModel):
+    """The sandbox a profile's principals get, in short."""
+
+    images: list[str]
+    runtime: str
+    network: str
+    read_only_rootfs: bool
+    cpus: float
+    memory_bytes: int
+    memory_swap_bytes: int
+    pids_limit: int
+    writable_paths: dict[str, int] = Field(description="tmpfs mount -> size cap in bytes")
+    cap_add: list[str]
+    no_new_privileges: bool
+    seccomp: str
+    exec_path: str
+    spec_digest: str = Field(description="sha256 of the spec: a sandbox made under another is replaced")
+
+    @classmethod
+    def of(cls, spec: SandboxSpec) -> SandboxSummary:
+        return cls(
+            images=list(spec.images),
+            runtime=spec.runtime,
+            network=spec.network,
+            read_only_rootfs=spec.read_only_rootfs,
+            cpus=spec.cpus,
+            memory_bytes=spec.memory,
+            memory_swap_bytes=spec.memory_swap,
+            pids_limit=spec.pids_limit,
+            writable_paths={m.path: m.size for m in spec.tmpfs},
+            cap_add=list(spec.cap_add),
+            no_new_privileges=spec.no_new_privileges,
+            seccomp=spec.seccomp,
+            exec_path=spec.exec_path,
+            spec_digest=spec.digest(),
+        )
+
+
+class ProfileLimits(BaseModel):
+    """One profile of the policy in force, with its effective (`extends` resolved) limits."""
+
+    name: str
+    description: str
+    tools: list[str]
+    exec: ExecLimits
+    sandbox: SandboxSummary
+    lifecycle: Lifecycle
+    rate_limits: RateLimits
+
+    @classmethod
+    def of(cls, name: str, profile: Profile) -> ProfileLimits:
+        return cls(
+            name=name,
+            description=profile.description,
+            tools=sorted(profile.tools),
+            exec=profile.exec,
+            sandbox=SandboxSummary.of(profile.sandbox),
+            lifecycle=profile.lifecycle,
+            rate_limits=profile.rate_limits,
+        )
+
+
+class AdminPolicy(BaseModel):
+    """The policy in force on this gateway, and optionally the Decision for one principal of the
+    caller's tenant."""
+
+    tenant: str = Field(description="The caller's tenant: the only one a Decision is explained in")
+    policy_digest: str
+    profiles: list[ProfileLimits]
+    decision: PolicyExplanation | None = Field(
+        description="The Decision for `principal` and `tool`, when both were given"
+    )

@@ -13,11 +13,13 @@ import anyio
 
 from gateway.backend.base import KILL_AFTER_S, ExecOutcome
 from gateway.backend.commands import MAX_ARGV_BYTES, bash_argv, python_argv
+from gateway.calls.explain import action_for, explain, profile_limits
 from gateway.calls.file_tools import FileCalls
-from gateway.calls.inputs import check_code
+from gateway.calls.inputs import check_code, check_explain_target
 from gateway.calls.library import Library, LibraryListing
 from gateway.calls.progress import OutputTail, ProgressReport, relay_progress
 from gateway.calls.results import (
+    AdminPolicy,
     AdminSandbox,
     AdminSandboxes,
     ExecResult,
@@ -212,6 +214,44 @@ class ExecutionService(FileCalls):
             )  # the tenant is the caller's, never an argument
             self.audit.emit("sandbox.admin_remove", target_principal=target)
             return ResetResult(reset=await self.broker.reset(victim))
+
+    async def admin_policy(
+        self,
+        principal: Principal,
+        target: object = None,
+        tool: object = None,
+        *,
+        source_ip: str | None = None,
+    ) -> AdminPolicy:
+        """The policy in force (digest, each profile's limits) and, given `target` and `tool`, the
+        Decision for principal `target` of the caller's own tenant: the tenant is the caller's, never
+        an argument, and a name without a credential in that tenant is refused."""
+        async with self._request(principal, "admin_policy", source_ip):
+            asked = check_explain_target(target, tool)
+            self._decide(principal, Action(tool="admin_policy"))
+            engine = self.engine  # one policy for the whole answer, even if a reload lands meanwhile
+            decision = None
+            if asked is not None:
+                name, asked_tool = asked
+                decision = explain(engine, self._of_own_tenant(principal, name), action_for(asked_tool))
+            return AdminPolicy(
+                tenant=principal.tenant,
+                policy_digest=engine.digest,
+                profiles=profile_limits(engine),
+                decision=decision,
+            )
+
+    def _of_own_tenant(self, caller: Principal, name: str) -> Principal:
+        """Principal `name` of the caller's tenant, with the profile its credential names."""
+        if name == caller.id:
+            return Principal(caller.id, caller.tenant, caller.profile)
+        directory = self.principals
+        known = directory.principal_entry(name, caller.tenant) if directory is not None else None
+        if known is None:
+            raise InvalidArgument(
+                f"principal {name!r} has no active credential in your tenant {caller.tenant!r}"
+            )
+        return Principal(name, caller.tenant, known.profile)
 
     async def library(self, principal: Principal, tool: str, library: Library) -> LibraryListing:
         """list_skills / list_tools: the read-only tree every sandbox sees."""

@@ -12,9 +12,10 @@ import yaml
 
 from gateway.auth.tokens import TokenStore
 from gateway.backend.create_body import create_body
+from gateway.calls.explain import action_for, explain
 from gateway.errors import ConfigError
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
-from policy import Action, PolicyError, Principal, load_policy
+from policy import PolicyError, Principal, load_policy
 from policy.diff import diff_policies, render_diff
 from policy.engine import PolicyEngine
 
@@ -49,34 +50,13 @@ def _explain(args: argparse.Namespace) -> int:
         raise ConfigError(f"--args is not JSON: {exc.msg}") from exc
     if not isinstance(tool_args, dict):
         raise ConfigError("--args must be a JSON object of tool arguments")
-    code = tool_args.get("command", tool_args.get("code", ""))
-    timeout = tool_args.get("timeout_s")
-    action = Action(
-        tool=args.tool,
-        input_bytes=len(str(code).encode()),
-        timeout_s=float(timeout) if timeout is not None else None,
-    )
-    decision = engine.evaluate(Principal(args.principal, tenant, profile), action)
-    report: dict[str, Any] = {
-        "allowed": decision.allowed,
-        "principal": args.principal,
-        "tenant": tenant,
-        "profile": decision.profile,
-        "reasons": list(decision.reasons),
-        "rule_ids": list(decision.rule_ids),
-        "message": decision.message,
-        "policy_digest": decision.policy_digest,
-    }
-    if decision.allowed and decision.spec is not None and decision.limits is not None:
-        report["effective"] = {
-            "image": decision.image,
-            "image_digest": decision.image_digest,
-            "timeout_s": decision.timeout_s,
-            "limits": decision.limits.model_dump(mode="json"),
-            "sandbox": decision.spec.model_dump(mode="json"),
-        }
+    principal = Principal(args.principal, tenant, profile)
+    explanation = explain(engine, principal, action_for(args.tool, tool_args))
+    report = explanation.model_dump(mode="json")
+    if report["effective"] is None:
+        del report["effective"]
     print(json.dumps(report, indent=2))
-    return 0 if decision.allowed else 1
+    return 0 if explanation.allowed else 1
 
 
 def _diff(args: argparse.Namespace) -> int:

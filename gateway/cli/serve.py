@@ -116,7 +116,7 @@ def serve(args: argparse.Namespace) -> int:
             f"would share their kernel limits; choose a free range with --sandbox-uids"
         )
     # Request rates are enforced per HTTP request (429) by the app, not again per tool call.
-    core = build_core(settings, engine, audit, enforce_request_rate=False)
+    core = build_core(settings, engine, audit, enforce_request_rate=False, principals=tokens)
 
     def flush() -> None:
         core.backend.close()

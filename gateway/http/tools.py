@@ -14,6 +14,7 @@ from pydantic import Field
 from audit import AuditWriteError
 from gateway.calls.library import Library, LibraryListing
 from gateway.calls.results import (
+    AdminPolicy,
     AdminSandboxes,
     ExecResult,
     FileContent,
@@ -166,6 +167,25 @@ def register_tools(
         caller = _principal(service, ctx, "admin_remove_sandbox", needs="sandbox:admin")
         call = service.admin_remove(caller, principal, source_ip=source_ip(ctx))
         return await _guarded("admin_remove_sandbox", caller, call)
+
+    @mcp.tool(
+        name="admin_policy",
+        description=(
+            "The policy in force: its digest and each profile's limits; given principal and tool, the "
+            "Decision for that principal of your tenant, with reasons (needs the sandbox:admin scope)."
+        ),
+        structured_output=True,
+    )
+    async def admin_policy(
+        ctx: Context[Any, Any],
+        principal: Annotated[
+            str | None, Field(description="A principal of your tenant whose Decision to explain")
+        ] = None,
+        tool: Annotated[str | None, Field(description="The tool to explain the Decision for")] = None,
+    ) -> AdminPolicy:
+        caller = _principal(service, ctx, "admin_policy", needs="sandbox:admin")
+        call = service.admin_policy(caller, principal, tool, source_ip=source_ip(ctx))
+        return await _guarded("admin_policy", caller, call)
 
     @mcp.tool(
         name="write_file",

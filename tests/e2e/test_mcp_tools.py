@@ -7,8 +7,9 @@ import json
 import httpx
 import pytest
 
-from tests.e2e.conftest import Gateway, mcp_client
-from tests.support import audit_events, matching
+from gateway.auth.tokens import TokenStore
+from tests.e2e.conftest import ACCEPT, INIT, Gateway, mcp_client
+from tests.support import audit_events, eventually, matching
 
 pytestmark = pytest.mark.anyio
 
@@ -201,3 +202,37 @@ async def test_a_client_asking_for_progress_gets_the_output_so_far(gateway: Gate
     assert notes[0][2] is not None and notes[0][2].startswith("step 1")
     assert [n[0] for n in notes] == sorted(n[0] for n in notes) and notes[0][0] == len("step 1\n")
     assert quiet == [], "a call that ends before the first interval sends no progress"
+
+
+async def test_admin_policy_is_for_admins_and_explains_only_their_own_tenant(gateway: Gateway) -> None:
+    # Credentials added to the running gateway's tokens file (re-read on change): an operator of the
+    # default tenant, and a principal of another tenant.
+    store = TokenStore(gateway.log.parent / "tokens.jsonl")
+    admin = store.create("ops", profile="tenant-admin", scopes=("sandbox:exec", "sandbox:admin"))
+    store.create("carol", tenant="other")
+    headers = {**ACCEPT, "Authorization": f"Bearer {admin}"}
+    eventually(
+        lambda: httpx.post(gateway.url, json=INIT, headers=headers).is_success,
+        timeout_s=10,
+        message="the gateway did not take the new token",
+    )
+    async with mcp_client(gateway.url, admin) as client:
+        overview = await client.call_tool("admin_policy", {})
+        alice = await client.call_tool("admin_policy", {"principal": "alice", "tool": "execute_bash"})
+        carol = await client.call_tool("admin_policy", {"principal": "carol", "tool": "execute_bash"})
+    async with mcp_client(gateway.url, gateway.tokens["alice"]) as client:
+        refused = await client.call_tool("admin_policy", {})
+    assert overview.structured_content is not None
+    assert {p["name"] for p in overview.structured_content["profiles"]} >= {
+        "default",
+        "strict",
+        "tenant-admin",
+    }
+    assert alice.structured_content is not None
+    decision = alice.structured_content["decision"]
+    assert decision["allowed"] and (decision["tenant"], decision["profile"]) == ("default", "default")
+    assert decision["policy_digest"] == overview.structured_content["policy_digest"]
+    assert carol.is_error and "invalid-argument" in carol.content[0].text  # type: ignore[union-attr]
+    assert refused.is_error and "insufficient-scope" in refused.content[0].text  # type: ignore[union-attr]
+    decided = audit_events(gateway.audit_log, "policy.decision", tool="admin_policy")
+    assert {e["actor"]["principal"] for e in decided} == {"ops"}

@@ -5,23 +5,28 @@ request rate, results as the client sees them, and the file and admin calls."""
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
 from audit import AuditLog, AuditWriteError, MemorySink
+from gateway.auth.tokens import TokenStore
 from gateway.calls.results import ExecResult
 from gateway.calls.service import ExecutionService
+from gateway.cli import main
 from gateway.errors import EngineError, FileError, InvalidArgument, PolicyDenied, QuotaExceeded, SandboxError
 from gateway.sandboxes.broker import Broker
-from policy import Principal
+from policy import Principal, load_policy
 from policy.engine import PolicyEngine
 from tests.unit.broker_support import events, make_policy, removal_reasons, until
 from tests.unit.fake_backend import FakeBackend, Gate, Reply, held
 
 pytestmark = pytest.mark.anyio
 ALICE = Principal("alice", tenant="acme")
+ADMIN = Principal("ops", tenant="acme", profile="tenant-admin")
 
 
 def service_for(broker: Broker, exec_path: str = "agent", **default: Any) -> ExecutionService:
@@ -395,3 +400,118 @@ async def test_a_policy_reload_retires_a_pool_that_is_no_longer_wanted(
         await until(lambda: fake.containers() == [], what="the pool to be retired")
         tasks.cancel_scope.cancel()
     assert removal_reasons(sink)[pooled.container_id] == "pool-retired"
+
+
+# -- admin_policy -------------------------------------------------------------------------------
+
+
+def directory(tmp_path: Path) -> TokenStore:
+    """Credentials of two tenants: dana (data-science) and sam (strict) in acme, bob in globex."""
+    store = TokenStore(tmp_path / "tokens.jsonl")
+    store.create("dana", profile="data-science", tenant="acme")
+    store.create("sam", profile="strict", tenant="acme")
+    store.create("bob", profile="default", tenant="globex")
+    return store
+
+
+async def test_admin_policy_shows_the_policy_in_force_and_each_profiles_limits(
+    broker: Broker, fake: FakeBackend, sink: MemorySink
+) -> None:
+    engine = PolicyEngine(make_policy())
+    service = ExecutionService(engine, broker, broker.audit)
+    seen = await service.admin_policy(ADMIN)
+    assert seen.tenant == "acme" and seen.policy_digest == engine.digest and seen.decision is None
+    profiles = {p.name: p for p in seen.profiles}
+    assert set(profiles) == set(engine.policy.profiles)
+    assert profiles["default"].exec.max_timeout_s == 30 and profiles["default"].rate_limits.requests
+    assert (
+        profiles["strict"].sandbox.runtime == "runsc"
+        and profiles["strict"].sandbox.memory_bytes == 256 * 1024**2
+    )
+    assert profiles["strict"].lifecycle.idle_ttl_s == 600, "extends resolved: the effective values"
+    assert (
+        "admin_policy" in profiles["tenant-admin"].tools and "admin_policy" not in profiles["default"].tools
+    )
+    (decision,) = events(sink, "policy.decision")
+    assert decision["actor"]["principal"] == "ops" and decision["tool"] == "admin_policy"
+    assert decision["decision"]["result"] == "allow"
+    assert fake.calls == [] and fake.containers() == [], "nothing runs, nothing is made"
+
+
+async def test_admin_policy_explains_principals_of_the_callers_tenant_only(
+    broker: Broker, sink: MemorySink, tmp_path: Path
+) -> None:
+    service = ExecutionService(
+        PolicyEngine(make_policy()), broker, broker.audit, principals=directory(tmp_path)
+    )
+    dana = (await service.admin_policy(ADMIN, "dana", "execute_python")).decision
+    assert dana is not None and dana.allowed and (dana.tenant, dana.profile) == ("acme", "data-science")
+    assert dana.effective is not None and dana.effective.timeout_s == 120
+    assert dana.effective.sandbox.memory == 4 * 1024**3
+    sam = (await service.admin_policy(ADMIN, "sam", "execute_bash")).decision
+    assert sam is not None and not sam.allowed and sam.effective is None
+    assert (sam.reasons, sam.rule_ids) == (["tool-not-allowed"], ["profiles.strict.tools"])
+    assert "not allowed for profile 'strict'" in sam.message
+    itself = (await service.admin_policy(ADMIN, "ops", "admin_policy")).decision
+    assert itself is not None and itself.allowed and itself.profile == "tenant-admin"
+
+    with pytest.raises(InvalidArgument) as refused:
+        await service.admin_policy(ADMIN, "bob", "execute_bash")
+    assert "no active credential in your tenant 'acme'" in refused.value.message
+    assert "globex" not in refused.value.message, "another tenant's principals are not even named"
+    (rejected,) = events(sink, "tool.rejected")
+    assert rejected["tool"] == "admin_policy" and rejected["outcome"]["error"] == "invalid-argument"
+    assert [e["actor"]["principal"] for e in events(sink, "policy.decision")] == ["ops"] * 4
+
+
+async def test_admin_policy_without_a_directory_explains_only_the_caller(broker: Broker) -> None:
+    service = ExecutionService(PolicyEngine(make_policy()), broker, broker.audit)
+    itself = (await service.admin_policy(ADMIN, "ops", "execute_bash")).decision
+    assert itself is not None and itself.allowed
+    with pytest.raises(InvalidArgument):
+        await service.admin_policy(ADMIN, "dana", "execute_bash")
+
+
+async def test_admin_policy_explains_as_policy_explain_prints(
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = directory(tmp_path)
+    service = ExecutionService(PolicyEngine(load_policy()), broker, broker.audit, principals=store)
+    for name, tool in (("dana", "execute_python"), ("sam", "write_file")):
+        seen = await service.admin_policy(ADMIN, name, tool)
+        assert seen.decision is not None
+        main(["policy", "explain", "--principal", name, "--tool", tool, "--tokens", str(store.path)])
+        printed = json.loads(capsys.readouterr().out)
+        answered = {k: v for k, v in seen.decision.model_dump(mode="json").items() if v is not None}
+        assert answered == printed, "the CLI leaves out `effective` when the call is denied"
+
+
+@pytest.mark.parametrize(
+    ("principal", "tool", "message"),
+    [
+        pytest.param("dana", None, "both", id="principal-only"),
+        pytest.param(None, "execute_bash", "both", id="tool-only"),
+        pytest.param("not a name", "execute_bash", "principal must be", id="principal-spelling"),
+        pytest.param(7, "execute_bash", "principal must be", id="principal-type"),
+        pytest.param("dana", "rm_rf", "tool must be one of", id="unknown-tool"),
+    ],
+)
+async def test_admin_policy_refuses_bad_arguments_before_deciding(
+    broker: Broker, sink: MemorySink, principal: object, tool: object, message: str
+) -> None:
+    service = ExecutionService(PolicyEngine(make_policy()), broker, broker.audit)
+    with pytest.raises(InvalidArgument) as refused:
+        await service.admin_policy(ADMIN, principal, tool)
+    assert message in refused.value.message
+    assert events(sink, "policy.decision") == []
+    (rejected,) = events(sink, "tool.rejected")
+    assert rejected["tool"] == "admin_policy" and rejected["detail"]["message"] == refused.value.message
+
+
+async def test_admin_policy_needs_a_profile_that_lists_it(broker: Broker, sink: MemorySink) -> None:
+    service = ExecutionService(PolicyEngine(make_policy()), broker, broker.audit)
+    with pytest.raises(PolicyDenied) as denied:
+        await service.admin_policy(ALICE, "alice", "execute_bash")
+    assert denied.value.code == "tool-not-allowed"
+    (decision,) = events(sink, "policy.decision")
+    assert decision["decision"]["result"] == "deny"

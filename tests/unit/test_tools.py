@@ -9,6 +9,7 @@ import dataclasses
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from mcp import Client
 from mcp.server.mcpserver import MCPServer
 
 from audit import MemorySink
+from gateway.auth.tokens import TokenStore
 from gateway.calls.service import ExecutionService
 from gateway.http.mcp_server import AuditedMCPServer
 from gateway.http.middleware.authentication import PRINCIPAL_SCOPE_KEY
@@ -149,6 +151,7 @@ async def test_a_call_without_a_principal_is_refused_and_recorded(
     [
         ("write_file", {"path": "f", "content": "x"}, "sandbox:files"),
         ("admin_list_sandboxes", {}, "sandbox:admin"),
+        ("admin_policy", {"principal": "ops", "tool": "execute_bash"}, "sandbox:admin"),
     ],
 )
 async def test_a_tool_needs_its_scope(
@@ -289,3 +292,34 @@ async def test_admin_tools_work_within_the_callers_tenant(connect: Connect, brok
     assert removed.structured_content == {"reset": True}
     assert broker.sandbox_of(ALICE) is None
     assert broker.sandbox_of(Principal("alice", tenant="globex")) is not None
+
+
+async def test_admin_policy_shows_the_policy_and_explains_principals_of_the_callers_tenant(
+    connect: Connect, service: ExecutionService, sink: MemorySink, tmp_path: Path
+) -> None:
+    store = TokenStore(tmp_path / "tokens.jsonl")
+    store.create("dana", profile="data-science", tenant="acme")
+    store.create("bob", profile="default", tenant="globex")
+    service.principals = store
+    admin = Principal(
+        "ops", tenant="acme", profile="tenant-admin", scopes=frozenset({"sandbox:exec", "sandbox:admin"})
+    )
+    async with connect(admin) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        overview = await client.call_tool("admin_policy", {})
+        dana = await client.call_tool("admin_policy", {"principal": "dana", "tool": "execute_python"})
+        other_tenant = await client.call_tool("admin_policy", {"principal": "bob", "tool": "execute_bash"})
+        half = await client.call_tool("admin_policy", {"principal": "dana"})
+    assert {"tenant", "policy_digest", "profiles", "decision"} <= set(
+        (tools["admin_policy"].output_schema or {})["properties"]
+    )
+    assert overview.structured_content is not None and overview.structured_content["decision"] is None
+    assert overview.structured_content["policy_digest"] == service.engine.digest
+    assert {p["name"] for p in overview.structured_content["profiles"]} == set(service.engine.policy.profiles)
+    assert dana.structured_content is not None
+    explained = dana.structured_content["decision"]
+    assert explained["allowed"] and (explained["tenant"], explained["profile"]) == ("acme", "data-science")
+    assert explained["effective"]["limits"]["max_timeout_s"] == 600
+    assert error_of(other_tenant).startswith("invalid-argument: ") and "globex" not in error_of(other_tenant)
+    assert error_of(half).startswith("invalid-argument: ")
+    assert [e["outcome"]["error"] for e in events(sink, "tool.rejected")] == ["invalid-argument"] * 2
