@@ -1,10 +1,13 @@
-"""Build the compose stack's images without a registry: the gateway and its socket proxy.
+"""Build the compose stack's images without a registry: the gateway, its socket proxy and the web
+console (the production stack's `frontend`).
 
 With a registry, `docker-compose build` does this from `python:3.11-slim-bookworm`. Without one,
 that role is played by a local base image made from a debootstrap root filesystem (`docker
 import`, cached like the sandbox's), and the gateway's Python dependencies come as wheels built on
 this host and installed with `pip --no-index`. The socket proxy's image is the gateway's image with
-another entry point (`sandbox-gateway socket-proxy`), built from the one just made.
+another entry point (`sandbox-gateway socket-proxy`), built from the one just made; the web
+console's is the gateway's with the `ui` extra (Gradio) installed from wheels the same way, run as
+`python -m frontend`. It is built when the repository has the `frontend` package and the `ui` extra.
 """
 
 from __future__ import annotations
@@ -18,15 +21,24 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import SetupError
 from gateway.setup.debian import debian_source, debootstrap
 from gateway.setup.state import REPO_ROOT, SetupPaths, apt_install, run, say
 
-__all__ = ["BASE_PACKAGES", "DEFAULT_GATEWAY_IMAGE", "DEFAULT_PROXY_IMAGE", "build_compose_images"]
+__all__ = [
+    "BASE_PACKAGES",
+    "DEFAULT_FRONTEND_IMAGE",
+    "DEFAULT_GATEWAY_IMAGE",
+    "DEFAULT_PROXY_IMAGE",
+    "build_compose_images",
+    "has_frontend",
+]
 
 DEFAULT_GATEWAY_IMAGE = "sandbox-gateway:latest"
 DEFAULT_PROXY_IMAGE = "sandbox-gateway-proxy:latest"
+DEFAULT_FRONTEND_IMAGE = "sandbox-gateway-frontend:latest"
 #: What each local base image holds on top of debootstrap's minbase.
 BASE_PACKAGES: dict[str, tuple[str, ...]] = {
     "python": ("python3", "python3-venv", "ca-certificates"),
@@ -117,19 +129,30 @@ def _image_python(paths: SetupPaths, image: str) -> tuple[str, str, str]:
     return python, glibc, machine
 
 
-def _requirements() -> list[str]:
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], "setuptools>=68", "wheel"]
+def _project() -> dict[str, Any]:
+    return dict(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"])
 
 
-def _wheelhouse(paths: SetupPaths, image: str) -> Path:
-    """Binary wheels of every dependency and the build backend, for the image's Python; cached.
+def _requirements(*extras: str) -> list[str]:
+    """The project's dependencies, those of `extras`, and the build backend."""
+    project = _project()
+    optional = project.get("optional-dependencies", {})
+    return [*project["dependencies"], *(r for e in extras for r in optional[e]), "setuptools>=68", "wheel"]
+
+
+def has_frontend() -> bool:
+    """Whether the repository holds the web console: the `frontend` package and the `ui` extra."""
+    extras = _project().get("optional-dependencies", {})
+    return (REPO_ROOT / "frontend" / "__main__.py").is_file() and "ui" in extras
+
+
+def _wheelhouse(paths: SetupPaths, image: str, requirements: list[str]) -> Path:
+    """Binary wheels of `requirements` (with the build backend), for the image's Python; cached.
 
     pip runs on this host (which reaches the index) but picks wheels for the image's interpreter,
     its environment markers and its glibc, so nothing is fetched during `docker build`.
     """
     python, glibc, machine = _image_python(paths, image)
-    requirements = _requirements()
     key = "\n".join((python, glibc, machine, *requirements))
     house = paths.state_dir / "cache" / f"wheels-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if (house / ".complete").exists():
@@ -179,33 +202,48 @@ def _missing_in_image(paths: SetupPaths, image: str, house: Path) -> list[str]:
     return found
 
 
-def build_compose_images(
-    paths: SetupPaths,
-    gateway_image: str = DEFAULT_GATEWAY_IMAGE,
-    proxy_image: str = DEFAULT_PROXY_IMAGE,
-) -> None:
-    """Build `gateway_image` (compose/Dockerfile.gateway), then `proxy_image` (compose/socket-proxy)
-    from it."""
-    python_base = _base_image(paths, "python")
-    house = _wheelhouse(paths, python_base)
-    previous = {image: _image_id(paths, image) for image in (gateway_image, proxy_image)}
+def _build_with_wheels(paths: SetupPaths, house: Path, dockerfile: str, base: str, image: str) -> None:
+    """`docker build` of compose/`dockerfile` (context: the repository) on `base`, installing from
+    the wheels of `house` only (copied to compose/wheels for the build, removed after)."""
     for stale in _WHEELS.glob("*.whl"):
         stale.unlink()
     try:
         for wheel in house.glob("*.whl"):
             shutil.copy2(wheel, _WHEELS / wheel.name)
-        say(f"building {gateway_image} from {python_base}")
+        say(f"building {image} from {base}")
         _build(
-            paths, "-f", str(REPO_ROOT / "compose" / "Dockerfile.gateway"),
-            "--build-arg", f"BASE_IMAGE={python_base}", "--build-arg", "PIP_OFFLINE=1",
-            "-t", gateway_image, str(REPO_ROOT),
+            paths, "-f", str(REPO_ROOT / "compose" / dockerfile),
+            "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "PIP_OFFLINE=1",
+            "-t", image, str(REPO_ROOT),
         )  # fmt: skip
     finally:
         for wheel in _WHEELS.glob("*.whl"):
             wheel.unlink()
+
+
+def build_compose_images(
+    paths: SetupPaths,
+    gateway_image: str = DEFAULT_GATEWAY_IMAGE,
+    proxy_image: str = DEFAULT_PROXY_IMAGE,
+    frontend_image: str | None = DEFAULT_FRONTEND_IMAGE,
+) -> None:
+    """Build `gateway_image` (compose/Dockerfile.gateway), then `proxy_image` (compose/socket-proxy)
+    and `frontend_image` (compose/Dockerfile.frontend; None, or a repository without the web
+    console: not built) from it."""
+    python_base = _base_image(paths, "python")
+    if frontend_image is not None and not has_frontend():
+        say("no web console here (the frontend package and the ui extra): its image is not built")
+        frontend_image = None
+    images = [image for image in (gateway_image, proxy_image, frontend_image) if image is not None]
+    previous = {image: _image_id(paths, image) for image in images}
+    house = _wheelhouse(paths, python_base, _requirements())
+    _build_with_wheels(paths, house, "Dockerfile.gateway", python_base, gateway_image)
     say(f"building {proxy_image} from {gateway_image}")
     _build(paths, "--build-arg", f"BASE_IMAGE={gateway_image}", "-t", proxy_image, str(_PROXY_CONTEXT))
-    # The old proxy image first: it was built on the old gateway image, which cannot go before it.
-    for image in (proxy_image, gateway_image):
+    if frontend_image is not None:
+        ui_house = _wheelhouse(paths, python_base, _requirements("ui"))
+        _build_with_wheels(paths, ui_house, "Dockerfile.frontend", gateway_image, frontend_image)
+    # Those built on the old gateway image first: it cannot go before them.
+    for image in reversed(images):
         _drop_replaced(paths, image, previous[image])
-    say(f"compose images ready: {gateway_image}, {proxy_image}")
+    say(f"compose images ready: {', '.join(images)}")

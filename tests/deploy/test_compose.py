@@ -4,7 +4,7 @@ One stack per module under a unique project name: the images are built by `build
 comes up, answers MCP on its published port, and is checked from outside (`docker inspect`) and from
 inside (`docker exec`). Its socket proxy is the project's own (`sandbox-gateway socket-proxy`, in an
 image built from the gateway's). Taking it down must leave no container, network, volume or sandbox
-behind.
+behind. The production stack (docker-compose.full.yml) comes up too, with its web console.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -25,7 +26,7 @@ import pytest
 import yaml
 
 from gateway.auth.tokens import TokenStore
-from gateway.setup.compose_images import build_compose_images
+from gateway.setup.compose_images import build_compose_images, has_frontend
 from gateway.setup.state import REPO_ROOT, SetupPaths
 from gateway.uids import UidRange
 from tests.e2e.conftest import mcp_client
@@ -33,8 +34,10 @@ from tests.support import EventuallyFailed, eventually
 from tests.support.net import free_port
 
 COMPOSE_FILE = REPO_ROOT / "compose" / "docker-compose.yml"
+FULL_COMPOSE_FILE = REPO_ROOT / "compose" / "docker-compose.full.yml"
 GATEWAY_IMAGE = "sandbox-gateway:deploy-test"
 PROXY_IMAGE = "sandbox-gateway-proxy:deploy-test"
+FRONTEND_IMAGE = "sandbox-gateway-frontend:deploy-test"
 GATEWAY_UID = 10001
 #: Not the default range, so a sandbox made at all shows that the proxy and the gateway got the same one.
 SANDBOX_UIDS = UidRange.parse("2001000000-2001009999")
@@ -56,11 +59,14 @@ class Stack:
     env: dict[str, str]
     base: str
     token: str
+    file: Path = COMPOSE_FILE
+    #: The web console's published address (the production stack's).
+    console: str = ""
 
     def compose(
         self, *args: str, check: bool = True, timeout: float = 180
     ) -> subprocess.CompletedProcess[str]:
-        argv = ["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), *args]
+        argv = ["docker-compose", "-p", self.project, "-f", str(self.file), *args]
         proc = subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, env=self.env, check=False
         )
@@ -106,7 +112,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if shutil.which("docker-compose") is None:
         pytest.fail("docker-compose is missing: `make test-tools` installs Debian's docker-compose")
     paths = SetupPaths.from_env()
-    build_compose_images(paths, GATEWAY_IMAGE, PROXY_IMAGE)
+    build_compose_images(paths, GATEWAY_IMAGE, PROXY_IMAGE, frontend_image=None)
 
     secrets = tmp_path_factory.mktemp("secrets")
     token = TokenStore(secrets / "tokens.jsonl").create("alice", profile="default")
@@ -281,6 +287,92 @@ def test_taking_the_stack_down_leaves_nothing_behind(stack: Stack) -> None:
     assert stack.leftovers() == {"containers": [], "networks": [], "volumes": [], "sandboxes": []}
 
 
+@pytest.fixture(scope="module")
+def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """docker-compose.full.yml with its web console, on loopback ports of its own."""
+    if not has_frontend():
+        pytest.skip("the web console (the frontend package and the ui extra) is not in this tree")
+    paths = SetupPaths.from_env()
+    build_compose_images(paths, GATEWAY_IMAGE, PROXY_IMAGE, FRONTEND_IMAGE)
+    work = tmp_path_factory.mktemp("full")
+    secrets, tools = work / "secrets", work / "tools"
+    secrets.mkdir()
+    tools.mkdir()
+    token = TokenStore(secrets / "tokens.jsonl").create("alice", profile="default")
+    (work / "audit-hmac.key").write_bytes(os.urandom(32))
+    for path in (secrets, secrets / "tokens.jsonl", work / "audit-hmac.key"):  # read by uid 10001 only
+        if os.geteuid() == 0:
+            os.chown(path, GATEWAY_UID, GATEWAY_UID)
+        else:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    tools.chmod(0o755)
+    work.chmod(0o755)
+
+    project = f"sgwfull{uuid.uuid4().hex[:10]}"
+    port, console_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SGW_"))}
+    env.update(
+        DOCKER_HOST=f"unix://{paths.docker_socket}",
+        SGW_DOCKER_SOCKET=str(paths.docker_socket),
+        DOCKER_GID=str(paths.docker_socket.stat().st_gid),
+        SGW_GATEWAY_IMAGE=GATEWAY_IMAGE,
+        SGW_PROXY_IMAGE=PROXY_IMAGE,
+        SGW_FRONTEND_IMAGE=FRONTEND_IMAGE,
+        SGW_SECRETS_DIR=str(secrets),
+        SGW_SKILLS_DIR=str(REPO_ROOT / "skills"),
+        SGW_TOOLS_DIR=str(tools),
+        SGW_AUDIT_HMAC_KEY=str(work / "audit-hmac.key"),
+        SGW_PUBLISH=f"127.0.0.1:{port}",
+        SGW_FRONTEND_PUBLISH=f"127.0.0.1:{console_port}",
+        SGW_GATEWAY_ID=project,
+        SGW_SANDBOX_UIDS=str(SANDBOX_UIDS),
+    )
+    running = Stack(
+        project, env, f"http://127.0.0.1:{port}", token, FULL_COMPOSE_FILE, f"http://127.0.0.1:{console_port}"
+    )
+    try:
+        running.compose("up", "-d", "--no-build")
+        for service in ("docker-proxy", "gateway", "frontend"):
+            _wait_healthy(running, service)
+        yield running
+    finally:
+        running.compose("down", "-v", "--remove-orphans", "--timeout", "60", check=False)
+    assert running.leftovers() == {"containers": [], "networks": [], "volumes": [], "sandboxes": []}
+
+
+def test_the_full_stack_serves_the_web_console_on_loopback(full_stack: Stack) -> None:
+    """The console's page loads over HTTP; it runs read-only, as its own non-root user, without
+    capabilities, on the frontend network only, where it reaches the gateway and not the proxy."""
+    page = httpx.get(f"{full_stack.console}/", timeout=30)
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "gradio" in page.text.lower(), page.text[:500]
+    assert httpx.get(f"{full_stack.base}/ready", timeout=10).json()["ready"] is True
+
+    info = _inspect("container", full_stack.container("frontend"))
+    host = info["HostConfig"]
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert info["Config"]["User"] == "10002:10002"
+    assert {b["HostIp"] for b in host["PortBindings"]["7860/tcp"]} == {"127.0.0.1"}
+    assert set(info["NetworkSettings"]["Networks"]) == {f"{full_stack.project}_frontend"}
+    assert _env(info)["MCP_SERVER_URL"] == "http://gateway:8000/mcp"
+    assert not any("docker.sock" in m.get("Source", "") for m in info["Mounts"])
+
+    probe = (
+        "import socket, urllib.request\n"
+        "print(urllib.request.urlopen('http://gateway:8000/health', timeout=10).status)\n"
+        "try:\n"
+        "    socket.create_connection(('docker-proxy', 2375), timeout=5)\n"
+        "    print('proxy-reached')\n"
+        "except OSError:\n"
+        "    print('no-proxy')\n"
+        "import os; print(os.getuid()); open('/opt/x', 'w')\n"
+    )
+    inside = full_stack.exec("frontend", "python3", "-c", probe)
+    assert inside.stdout.split() == ["200", "no-proxy", "10002"], inside.stdout + inside.stderr
+    assert "Read-only file system" in inside.stderr
+
+
 @pytest.mark.parametrize(
     "files",
     [
@@ -319,6 +411,12 @@ def test_the_other_variants_are_valid_compose_files_that_keep_the_proxy_in_front
         mounts.append(f"--mount-source={tmp / 'tools'}")
     assert proxy["command"] == [*mounts, "--image=mcp-code-executor:latest"]
     assert proxy["environment"]["SGW_SANDBOX_UIDS"] == gateway["environment"]["SGW_SANDBOX_UIDS"]
+    if "frontend" in config["services"]:
+        frontend = config["services"]["frontend"]
+        assert frontend["ports"] == ["127.0.0.1:7860:7860/tcp"], "published on loopback by default"
+        assert set(frontend["networks"]) == {"frontend"} and frontend["read_only"] is True
+        assert frontend["cap_drop"] == ["ALL"] and frontend["user"] == "10002:10002"
+        assert frontend["environment"]["MCP_SERVER_URL"] == "http://gateway:8000/mcp"
     if "dind" in config["services"]:
         proxy_volumes = config["services"]["docker-proxy"]["volumes"]
         assert "/dev/null:/var/run/docker.sock:ro" in proxy_volumes, "the host engine is out of reach"
