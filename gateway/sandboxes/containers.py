@@ -112,24 +112,24 @@ class Containers:
                 "start", self.backend.start, container_id, container_id=container_id, **attrs
             )
             executor = await self.executor(grant, container_id, user, principal=attrs["principal"])
+            self.audit.emit(
+                "sandbox.create",
+                container_id=container_id,
+                image=grant.image,
+                image_digest=image_id,
+                profile=grant.profile,
+                policy_digest=grant.policy_digest,
+                runtime=grant.spec.runtime,
+                exec_path=grant.spec.exec_path,
+                pool=True if principal is None else None,
+            )
         except BaseException as exc:
-            # Cancelled (the caller went away) or failed: the sandbox must not outlive the call
-            # unknown to the broker, holding its principal's name.
+            # Cancelled (the caller went away), failed, or not recorded (the audit log fails
+            # closed): the sandbox must not outlive the call unknown to the broker.
             with anyio.CancelScope(shield=True):
                 await self._undo(name, container_id, cancelled=not isinstance(exc, GatewayError))
             raise
         now = time.time()
-        self.audit.emit(
-            "sandbox.create",
-            container_id=container_id,
-            image=grant.image,
-            image_digest=image_id,
-            profile=grant.profile,
-            policy_digest=grant.policy_digest,
-            runtime=grant.spec.runtime,
-            exec_path=grant.spec.exec_path,
-            pool=True if principal is None else None,
-        )
         return Sandbox(
             container_id=container_id,
             name=name,
@@ -184,8 +184,8 @@ class Containers:
             elif cancelled:
                 for row in await self.list(name):
                     await self.discard(row.id, "cancelled")
-        except GatewayError as exc:
-            _log.warning("removing the half-made sandbox %s failed: %s", name, exc.message)
+        except Exception as exc:  # noqa: BLE001 - the call's own error is the one to raise
+            _log.warning("removing the half-made sandbox %s failed: %s", name, exc)
 
     async def executor(self, grant: Allowed, container_id: str, user: str, **attrs: str | None) -> Executor:
         """How the sandbox's commands will run: its agent (attach stream + handshake), or `docker exec`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from audit import MemorySink
+from audit import AuditLog, AuditWriteError, MemorySink
 from gateway.backend.create_body import USER_LABEL
 from gateway.errors import EngineError, GatewayError, SandboxError
 from gateway.sandboxes.broker import Broker
@@ -131,3 +131,25 @@ async def test_a_sandbox_whose_removal_failed_is_found_again_by_name(
     assert [e["resource"]["container_id"] for e in events(sink, "sandbox.adopt")] == [sandbox.container_id]
     assert await broker.reset(ALICE)
     assert removal_reasons(sink)[sandbox.container_id] == "reset"
+
+
+@pytest.mark.parametrize("exec_path", ["agent", "exec"])
+async def test_a_sandbox_whose_creation_cannot_be_recorded_is_removed(
+    fake: FakeBackend, exec_path: str
+) -> None:
+    """The audit log fails closed: a sandbox whose `sandbox.create` could not be written does not
+    stay behind, running and unknown to the broker."""
+
+    class RefusesCreations(MemorySink):
+        def write(self, line: str) -> None:
+            if '"sandbox.create"' in line:
+                raise OSError("no space left on the audit volume")
+            super().write(line)
+
+    broker = Broker(fake, AuditLog([RefusesCreations()]), gateway_id=GATEWAY)
+    engine = PolicyEngine(make_policy(exec_path))
+    with pytest.raises(AuditWriteError):
+        await broker.execute(ALICE, decide(engine, ALICE), bash("true"))
+    assert broker.sandbox_of(ALICE) is None
+    assert fake.containers() == []
+    assert fake.open_connections() == 0
