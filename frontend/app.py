@@ -117,7 +117,9 @@ def build(url: str) -> gr.Blocks:
                 admin_status = gr.Markdown(elem_id="admin-status")
                 admin_table = gr.Markdown(elem_id="admin-table")
                 with gr.Row():
-                    victim = gr.Dropdown(choices=[], label="Principal", elem_id="admin-select")
+                    victim = gr.Dropdown(
+                        choices=[], label="Principal", interactive=True, elem_id="admin-select"
+                    )
                     remove_button = gr.Button("Remove sandbox...", variant="stop", elem_id="admin-remove")
                 with gr.Row(visible=False, elem_id="admin-confirm-row") as confirm_row:
                     confirm_text = gr.Markdown(elem_id="admin-confirm-text")
@@ -165,9 +167,15 @@ def build(url: str) -> gr.Blocks:
         list_button.click(do_list, [token, directory], [files, chosen, files_status], **_PRIVATE)
 
         async def do_upload(tok: str | None, local: str | None, path: str) -> tuple[Any, ...]:
-            status = await actions.upload(tok, local, path)
+            status, written = await actions.upload(tok, local, path)
             table, choices, problem = await actions.list_files(tok, path)
-            return status + (f" {problem}" if problem else ""), table, gr.update(choices=choices), None
+            chosen = written if written in choices else None
+            return (
+                status + (f" {problem}" if problem else ""),
+                table,
+                gr.update(choices=choices, value=chosen),
+                None,
+            )
 
         upload.upload(
             do_upload, [token, upload, directory], [files_status, files, chosen, upload], **_PRIVATE

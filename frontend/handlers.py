@@ -144,10 +144,10 @@ class Handlers:
             return "", [], fmt.problem_text(problem)
         return fmt.file_table(listing), fmt.file_choices(listing), ""
 
-    async def upload(self, token: str | None, local: str | None, directory: str) -> str:
-        """Write an uploaded file into the workspace directory, under its own name."""
+    async def upload(self, token: str | None, local: str | None, directory: str) -> tuple[str, str | None]:
+        """Write an uploaded file into the workspace directory, under its own name: (status, its path)."""
         if not local:
-            return "Choose a file to upload."
+            return "Choose a file to upload.", None
         source = Path(local)
         target = str(PurePosixPath(directory.strip() or "/workspace") / source.name)
         content = base64.b64encode(source.read_bytes()).decode()
@@ -156,8 +156,8 @@ class Handlers:
                 token, "write_file", {"path": target, "content": content, "encoding": "base64"}
             )
         except Problem as problem:
-            return fmt.problem_text(problem)
-        return f"Uploaded `{written['path']}` ({fmt.nbytes(written['size'])})."
+            return fmt.problem_text(problem), None
+        return f"Uploaded `{written['path']}` ({fmt.nbytes(written['size'])}).", str(written["path"])
 
     async def download(self, token: str | None, path: str | None) -> tuple[str | None, str]:
         """(a local copy for the browser to download, status)"""
