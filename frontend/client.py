@@ -30,6 +30,7 @@ OnOutput = Callable[[str], Awaitable[None]]
 
 _TOOL_ERROR_PREFIX = re.compile(r"^Error executing tool [\w.-]+: ")
 _CODE = re.compile(r"^([a-z][a-z0-9-]*[a-z0-9]): ?(.*)$", re.DOTALL)
+_BEARER = re.compile(r"^bearer(\s+|$)", re.IGNORECASE)
 _RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?) ?s\b")
 #: Longest token accepted from the sign-in box (gateway tokens and JWTs are far shorter).
 MAX_TOKEN_CHARS = 8192
@@ -53,9 +54,7 @@ class Problem(Exception):
 def normalize_token(raw: str | None) -> str:
     """The token from the sign-in box, without surrounding blanks or a pasted `Bearer ` prefix;
     ValueError when it is empty or cannot be a header value."""
-    token = (raw or "").strip()
-    if token.lower().startswith("bearer "):
-        token = token[7:].strip()
+    token = _BEARER.sub("", (raw or "").strip(), count=1)
     if not token:
         raise ValueError("enter your gateway token")
     if len(token) > MAX_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
