@@ -1,16 +1,16 @@
-# Sandbox Gateway: `make run` to serve, `make test` to run everything against a real engine.
+# Sandbox Gateway: `make run` to serve, `make ui` for the web console, `make test` to test everything.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-tools unit lint clean-sandboxes compose-images bench bench-smoke
+.PHONY: setup run ui test test-tools unit lint clean-sandboxes compose-images bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml
 	@echo "[make] creating $(VENV) and installing sandbox-gateway with its test extras"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,ui]'
 	@touch $@
 
 ## setup: venv + engine + socket proxy + sandbox image (idempotent)
@@ -21,16 +21,22 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/sandbox-gateway serve --host 127.0.0.1 --port 8000 --skills-dir skills
 
+## ui: the web console on 127.0.0.1:7860 for the gateway at $(MCP_SERVER_URL)
+MCP_SERVER_URL ?= http://127.0.0.1:8000/mcp
+ui: $(BIN)/.installed
+	MCP_SERVER_URL=$(MCP_SERVER_URL) $(BIN)/sandbox-gateway ui --host 127.0.0.1 --port 7860
+
 ## lint: ruff and mypy, as configured in pyproject.toml
 lint: $(BIN)/.installed
-	$(BIN)/ruff check gateway policy audit tests seccomp bench
+	$(BIN)/ruff check gateway policy audit frontend tests seccomp bench
 	$(BIN)/mypy
 
 ## unit: the tests that need no engine
 unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
-## test-tools: system tools the suite runs itself (Redis for shared rate limits, docker-compose for the stack)
+## test-tools: system tools the suite runs itself (Redis for shared rate limits, docker-compose for the
+## stack, Chromium and its driver for the web console's browser tests)
 test-tools:
 	@command -v redis-server >/dev/null || { echo "[make] installing redis-server for the test suite"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/dev/null || \
@@ -38,8 +44,11 @@ test-tools:
 	@command -v docker-compose >/dev/null || { echo "[make] installing docker-compose for the deployment tests"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose >/dev/null || \
 	  { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose >/dev/null; }; }
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { echo "[make] installing chromium and chromium-driver for the browser tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null || \
+	  { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null; }; }
 
-## test: setup, lint, then the whole suite (unit, integration, end-to-end) on two workers
+## test: setup, lint, then the whole suite (unit, integration, end-to-end, browser) on two workers
 test: setup lint test-tools
 	$(BIN)/pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 

@@ -12,6 +12,7 @@ from gateway.cli.audit import add_audit_commands
 from gateway.cli.policy import add_policy_commands
 from gateway.cli.sandboxes import add_sandbox_commands
 from gateway.cli.tokens import add_token_commands
+from gateway.cli.ui import add_ui_commands
 from gateway.config import DEFAULT_DOCKER_HOST
 from gateway.errors import GatewayError
 
@@ -196,11 +197,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     _add_socket_proxy(sub)
-    add_policy_commands(sub)
-    add_audit_commands(sub)
-    add_sandbox_commands(sub)
-
-    add_token_commands(sub)
+    for add_commands in (
+        add_policy_commands,
+        add_audit_commands,
+        add_sandbox_commands,
+        add_token_commands,
+        add_ui_commands,
+    ):
+        add_commands(sub)
     return parser
 
 
@@ -213,4 +217,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-

@@ -1,0 +1,204 @@
+"""The web console in headless Chromium (Debian's chromium and chromium-driver, driven by Selenium),
+against a real gateway on the real engine: one gateway, one console and one browser per module."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from gateway.auth.tokens import DEFAULT_SCOPES, TokenStore
+from tests.e2e.conftest import start_gateway, stop_gateway
+from tests.support import eventually
+from tests.support.gateway_process import Gateway
+from tests.support.net import free_port
+
+if TYPE_CHECKING:
+    from gateway.backend.docker_engine import DockerBackend
+
+__all__ = ["SCREENSHOTS", "Console", "Page"]
+
+#: Where the run leaves its screenshots (the README shows them).
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+CHROMIUM = os.environ.get("SGW_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("SGW_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+@dataclass
+class Console:
+    """A running console (`url`) for `gateway`, and its log."""
+
+    url: str
+    gateway: Gateway
+    log: Path
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture(scope="module")
+def ui_gateway(tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend) -> Iterator[Gateway]:
+    """A gateway for alice and bob (default scopes) and ops (profile tenant-admin, also sandbox:admin),
+    all of one tenant."""
+    workdir = tmp_path_factory.mktemp("ui-gateway")
+    ops = TokenStore(workdir / "tokens.jsonl").create(
+        "ops", "tenant-admin", "default", scopes=(*DEFAULT_SCOPES, "sandbox:admin")
+    )
+    running = start_gateway(workdir)
+    running.tokens["ops"] = ops
+    yield running
+    stop_gateway(running)
+    assert backend.list({"sandbox-gateway.gateway": running.gateway_id}) == []
+
+
+@pytest.fixture(scope="module")
+def console(ui_gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """`python -m frontend` for the module's gateway, on a free loopback port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("ui") / "console.log"
+    env = {**os.environ, "MCP_SERVER_URL": ui_gateway.url, "GRADIO_TEMP_DIR": str(log.parent / "gradio")}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "frontend", "--port", str(port)], stdout=out, stderr=out, env=env
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the console exited: {log.read_text()[-2000:]}")
+        return httpx.get(url, timeout=2).status_code == 200
+
+    try:
+        eventually(
+            up, timeout_s=60, interval_s=0.2, retry_on=(httpx.HTTPError,), message="console did not start"
+        )
+        yield Console(url, ui_gateway, log, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    assert all(token not in log.read_text() for token in ui_gateway.tokens.values()), (
+        "tokens are never logged"
+    )
+
+
+class Page:
+    """The browser on the console, with the few moves the tests make."""
+
+    def __init__(self, driver: webdriver.Chrome, timeout_s: float = 30) -> None:
+        self.driver = driver
+        self.timeout_s = timeout_s
+
+    def el(self, elem_id: str) -> WebElement:
+        return self.driver.find_element(By.ID, elem_id)
+
+    def text(self, elem_id: str) -> str:
+        """The element's visible text, its runs of white space made one space."""
+        return " ".join(str(self.el(elem_id).text).split())
+
+    def field(self, elem_id: str) -> str:
+        """The value of the textarea or input inside a Gradio textbox."""
+        box = self.el(elem_id).find_element(By.CSS_SELECTOR, "textarea, input")
+        return str(box.get_attribute("value") or "")
+
+    def fill(self, elem_id: str, value: str) -> None:
+        box = self.el(elem_id).find_element(By.CSS_SELECTOR, "textarea, input")
+        box.clear()
+        box.send_keys(value)
+
+    def click(self, elem_id: str) -> None:
+        self.el(elem_id).click()
+
+    def tab(self, label: str) -> None:
+        buttons = self.driver.find_elements(By.CSS_SELECTOR, "button[role='tab']")
+        next(b for b in buttons if b.text.strip() == label).click()
+
+    def wait_text(self, elem_id: str, needle: str, timeout_s: float | None = None) -> str:
+        """The element's text once it contains `needle`."""
+        try:
+            WebDriverWait(self.driver, timeout_s or self.timeout_s).until(
+                lambda _: needle in self.text(elem_id)
+            )
+        except TimeoutException:
+            raise AssertionError(
+                f"#{elem_id} never showed {needle!r}: it shows {self.text(elem_id)!r}"
+            ) from None
+        return self.text(elem_id)
+
+    def wait_field(self, elem_id: str, needle: str, timeout_s: float | None = None) -> str:
+        try:
+            WebDriverWait(self.driver, timeout_s or self.timeout_s).until(
+                lambda _: needle in self.field(elem_id)
+            )
+        except TimeoutException:
+            raise AssertionError(
+                f"#{elem_id} never held {needle!r}: it holds {self.field(elem_id)!r}"
+            ) from None
+        return self.field(elem_id)
+
+    def sign_in(self, token: str, who: str) -> None:
+        self.fill("token-input", token)
+        self.click("sign-in")
+        self.wait_text("signed-in-as", f"Signed in as {who}")
+
+    def screenshot(self, name: str) -> Path:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        path = SCREENSHOTS / name
+        height = self.driver.execute_script("return document.body.scrollHeight")
+        self.driver.set_window_size(1280, max(900, min(int(height) + 40, 2400)))
+        self.driver.save_screenshot(str(path))
+        return path
+
+    def requested_urls(self) -> list[str]:
+        """Every URL the page has asked for since the last call (Chromium's network log)."""
+
+        urls = []
+        for entry in self.driver.get_log("performance"):  # type: ignore[no-untyped-call]
+            message = json.loads(entry["message"])["message"]
+            if message.get("method") == "Network.requestWillBeSent":
+                urls.append(str(message["params"]["request"]["url"]))
+        return urls
+
+
+@pytest.fixture(scope="module")
+def page(console: Console, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    """Headless Chromium on the console's page; fails (never skips) when the browser is missing."""
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.fail(
+            f"{CHROMIUM} or {CHROMEDRIVER} missing: `make test-tools` installs chromium and chromium-driver"
+        )
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1280,900", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-default-apps", "--disable-sync"):  # fmt: skip
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium')}")
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    downloads = tmp_path_factory.mktemp("downloads")
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads)})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(console.url)
+        the_page = Page(driver)
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "sign-in"))
+        yield the_page
+    finally:
+        driver.quit()

@@ -1,0 +1,144 @@
+"""A person and an operator use the web console in a real browser, against a real gateway and engine.
+
+The tests share one browser, so they run in order: alice signs in, runs code, uploads a file, meets a
+refusal and resets; then bob makes a sandbox and ops (an operator) removes it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.browser.conftest import SCREENSHOTS, Console, Page
+
+STREAMING = "import time\nfor i in range(4):\n    print('line', i, flush=True)\n    time.sleep(1)\n"
+
+
+def _run(page: Page, language: str, code: str, prints: str) -> str:
+    """Run code that `prints` something from the console tab; the result line once this run's is there
+    (the last run's stays on the page until then)."""
+    page.tab("Console")
+    page.driver.find_element(By.CSS_SELECTOR, f"#language input[value='{language}']").click()
+    page.fill("code-input", code)
+    page.click("run-button")
+    page.wait_field("run-output", prints)
+    return page.wait_text("run-status", "exit code")
+
+
+def _shown(page: Page, elem_id: str) -> bool:
+    """Whether the element is on the page and visible (Gradio leaves hidden rows out of the page)."""
+    return any(e.is_displayed() for e in page.driver.find_elements(By.ID, elem_id))
+
+
+def _choose(page: Page, elem_id: str, value: str) -> None:
+    """Pick `value` in a Gradio dropdown."""
+    page.el(elem_id).find_element(By.CSS_SELECTOR, "input").click()
+    option = f"#{elem_id} li[role='option'][aria-label='{value}']"
+    WebDriverWait(page.driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, option))
+    page.driver.find_element(By.CSS_SELECTOR, option).click()
+
+
+def test_the_page_asks_nothing_of_the_internet(page: Page, console: Console) -> None:
+    local = {urlsplit(console.url).netloc}
+    outside = [
+        url
+        for url in page.requested_urls()
+        if urlsplit(url).scheme in ("http", "https", "ws", "wss") and urlsplit(url).netloc not in local
+    ]
+    assert outside == [], "every asset comes from the console itself"
+    assert page.text("signed-in-as") == "Not signed in."
+
+
+def test_a_wrong_token_is_rejected_plainly(page: Page) -> None:
+    page.fill("token-input", "sgw_" + "x" * 43)
+    page.click("sign-in")
+    shown = page.wait_text("signed-in-as", "token-rejected")
+    assert "Not signed in" in shown and "401" in shown
+    assert page.field("token-input") == "", "the token box is cleared at once"
+
+
+def test_output_arrives_while_the_command_runs(page: Page, console: Console) -> None:
+    page.sign_in(console.gateway.tokens["alice"], "alice")
+    assert page.field("token-input") == ""
+    page.tab("Console")
+    page.driver.find_element(By.CSS_SELECTOR, "#language input[value='python']").click()
+    page.fill("code-input", STREAMING)
+    page.click("run-button")
+    first_line_at = finished_at = None
+    start = time.monotonic()
+    while time.monotonic() - start < 30 and finished_at is None:
+        now = time.monotonic() - start
+        if first_line_at is None and "line 0" in page.field("run-output"):
+            first_line_at = now
+        if "exit code" in page.text("run-status"):
+            finished_at = now
+        time.sleep(0.1)
+    assert first_line_at is not None and finished_at is not None, page.text("run-status")
+    assert finished_at - first_line_at >= 1.5, (
+        f"first line at {first_line_at:.1f} s, end at {finished_at:.1f} s"
+    )
+    assert page.field("run-output") == "line 0\nline 1\nline 2\nline 3\n"
+    assert page.text("run-status").startswith("exit code 0")
+    page.screenshot("console.png")
+
+
+def test_an_uploaded_file_can_be_read_back(page: Page, tmp_path: Path) -> None:
+    local = tmp_path / "notes.txt"
+    local.write_text("uploaded through the console\n")
+    page.tab("Workspace")
+    page.el("upload-file").find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(local))
+    page.wait_text("files-status", "Uploaded /workspace/notes.txt")
+    assert "notes.txt" in page.wait_text("files-table", "notes.txt")
+    page.click("file-view-button")
+    page.wait_field("file-view", "uploaded through the console")
+    assert _run(page, "bash", "cat /workspace/notes.txt", "uploaded").startswith("exit code 0")
+    assert page.field("run-output") == "uploaded through the console\n"
+
+
+def test_a_refused_call_shows_the_gateways_code(page: Page) -> None:
+    page.tab("Workspace")
+    page.fill("files-path", "/etc")
+    page.click("files-refresh")
+    assert "only paths under /workspace" in page.wait_text("files-status", "path-outside-workspace")
+    page.fill("files-path", "/workspace")
+    page.tab("Operator")
+    page.click("admin-refresh")
+    page.wait_text("admin-status", "insufficient-scope")
+
+
+def test_sandbox_facts_and_reset(page: Page) -> None:
+    page.tab("Sandbox")
+    page.click("info-refresh")
+    facts = page.wait_text("sandbox-info", "Time left before idle expiry")
+    assert "Profile" in facts and "Request rate" in facts
+    assert "skills" in page.text("skills-table")
+    page.click("reset-button")
+    page.wait_text("sandbox-status", "Sandbox reset")
+    assert _run(page, "bash", "ls /workspace; echo listed", "listed").startswith("exit code 0")
+    assert "notes.txt" not in page.field("run-output"), "a reset sandbox starts empty"
+
+
+def test_an_operator_sees_and_removes_another_principals_sandbox(page: Page, console: Console) -> None:
+    page.click("sign-out")
+    page.wait_text("signed-in-as", "Signed out")
+    page.sign_in(console.gateway.tokens["bob"], "bob")
+    assert _run(page, "bash", "echo bob was here", "bob was here").startswith("exit code 0")
+    page.click("sign-out")
+    page.sign_in(console.gateway.tokens["ops"], "ops")
+    page.tab("Operator")
+    page.click("admin-refresh")
+    page.wait_text("admin-table", "bob")
+    _choose(page, "admin-select", "bob")
+    page.click("admin-remove")
+    WebDriverWait(page.driver, 10).until(lambda _: _shown(page, "admin-confirm-row"))
+    assert "Remove the sandbox of bob" in page.text("admin-confirm-text")
+    page.screenshot("operator.png")
+    page.click("admin-confirm")
+    page.wait_text("admin-status", "Removed the sandbox of bob")
+    WebDriverWait(page.driver, 10).until(lambda _: "bob" not in page.text("admin-table"))
+    assert not _shown(page, "admin-confirm-row"), "the confirmation step is gone"
+    assert (SCREENSHOTS / "console.png").stat().st_size > 0
