@@ -20,6 +20,7 @@ import gradio as gr
 
 from frontend.config import UiConfig
 from frontend.handlers import Handlers
+from policy.model import TOOL_NAMES
 
 __all__ = ["build", "launch"]
 
@@ -125,8 +126,16 @@ def build(url: str) -> gr.Blocks:
                     confirm_text = gr.Markdown(elem_id="admin-confirm-text")
                     confirm = gr.Button("Yes, remove it", variant="stop", elem_id="admin-confirm")
                     cancel = gr.Button("Cancel", elem_id="admin-cancel")
-                # Policy view: reserved for the admin policy tool (a separate change fills this in).
-                gr.Markdown("### Policy\n_The policy view will appear here._", elem_id="operator-policy")
+                gr.Markdown("### Policy in force")
+                with gr.Row():
+                    explain_principal = gr.Textbox(
+                        label="Explain for principal (optional)", elem_id="explain-principal"
+                    )
+                    explain_tool = gr.Dropdown(
+                        choices=["", *sorted(TOOL_NAMES)], value="", label="and tool", elem_id="explain-tool"
+                    )
+                    policy_button = gr.Button("Show policy", elem_id="policy-show")
+                policy_view = gr.Markdown(elem_id="operator-policy")
 
         # Sign-in and out: the token lives in this session's state only; the box is cleared at once.
         async def do_sign_in(raw: str) -> tuple[Any, ...]:
@@ -215,6 +224,10 @@ def build(url: str) -> gr.Blocks:
             None,
             [confirm_row, admin_status],
             **_PRIVATE,
+        )
+
+        policy_button.click(
+            actions.admin_policy, [token, explain_principal, explain_tool], [policy_view], **_PRIVATE
         )
 
         async def do_remove(tok: str | None, principal: str | None) -> tuple[Any, ...]:

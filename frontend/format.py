@@ -176,3 +176,53 @@ def admin_table(listing: Mapping[str, Any], now: float | None = None) -> str:
 
 def admin_choices(listing: Mapping[str, Any]) -> list[str]:
     return sorted(str(box["principal"]) for box in listing.get("sandboxes", []))
+
+
+#: What the policy view shows of each profile: (section, field, label).
+_POLICY_ROWS = (
+    ("exec", "default_timeout_s", "default timeout (s)"),
+    ("exec", "max_timeout_s", "max timeout (s)"),
+    ("exec", "max_output_bytes", "output cap (bytes)"),
+    ("exec", "max_concurrent", "calls at once"),
+    ("sandbox", "runtime", "runtime"),
+    ("sandbox", "network", "network"),
+    ("sandbox", "cpus", "CPUs"),
+    ("sandbox", "memory_bytes", "memory (bytes)"),
+    ("sandbox", "pids_limit", "processes"),
+    ("sandbox", "exec_path", "exec path"),
+    ("lifecycle", "idle_ttl_s", "idle expiry (s)"),
+    ("lifecycle", "max_age_s", "max age (s)"),
+    ("rate_limits", "requests", "request rate"),
+    ("rate_limits", "sandbox_creations", "sandbox creations"),
+)
+
+
+def policy_view(policy: Mapping[str, Any]) -> str:
+    """The policy in force (`admin_policy`): each profile's effective limits side by side, then
+    the Decision explained, when one was asked for."""
+    profiles: Sequence[Mapping[str, Any]] = policy.get("profiles", [])
+    names = [_cell(p.get("name", "")) for p in profiles]
+    digest, tenant = str(policy.get("policy_digest", ""))[:19], policy.get("tenant", "")
+    lines = [
+        f"Policy `{_cell(digest)}`, tenant **{_cell(tenant)}**",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        "| tools | " + " | ".join(_cell(", ".join(p.get("tools", []))) for p in profiles) + " |",
+    ]
+    for section, field, label in _POLICY_ROWS:
+        cells = [_cell((p.get(section) or {}).get(field, "")) for p in profiles]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    decision = policy.get("decision")
+    if decision:
+        verdict = "**allowed**" if decision.get("allowed") else "**denied**"
+        lines += [
+            "",
+            f"#### Explain: {_cell(decision.get('principal', ''))} (profile "
+            f"{_cell(decision.get('profile', ''))}): {verdict}",
+            f"- reasons: {_cell(', '.join(decision.get('reasons', [])))}",
+            f"- rules: {_cell(', '.join(decision.get('rule_ids', [])))}",
+        ]
+        if decision.get("message"):
+            lines.append(f"- why: {_cell(decision['message'])}")
+    return "\n".join(lines)

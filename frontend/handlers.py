@@ -220,6 +220,18 @@ class Handlers:
             return "", [], fmt.problem_text(problem)
         return fmt.admin_table(listing), fmt.admin_choices(listing), ""
 
+    async def admin_policy(self, token: str | None, principal: str | None, tool: str | None) -> str:
+        """The policy in force, and the Decision for `principal` and `tool` when both are given."""
+        who, what = (principal or "").strip(), (tool or "").strip()
+        if bool(who) != bool(what):
+            return "To explain a decision, give both a principal and a tool."
+        arguments = {"principal": who, "tool": what} if who else {}
+        try:
+            policy = await self._call(token, "admin_policy", arguments)
+        except Problem as problem:
+            return fmt.problem_text(problem)
+        return fmt.policy_view(policy)
+
     async def admin_remove(self, token: str | None, principal: str | None) -> str:
         if not principal:
             return "Choose a principal first."

@@ -130,6 +130,11 @@ def test_an_operator_sees_and_removes_another_principals_sandbox(page: Page, con
     page.click("sign-out")
     page.sign_in(console.gateway.tokens["ops"], "ops")
     page.tab("Operator")
+    page.fill("explain-principal", "bob")
+    _choose(page, "explain-tool", "execute_bash")
+    page.click("policy-show")
+    policy = page.wait_text("operator-policy", "Explain: bob")
+    assert "tenant-admin" in policy and "allowed" in policy, policy
     page.click("admin-refresh")
     page.wait_text("admin-table", "bob")
     _choose(page, "admin-select", "bob")

@@ -266,3 +266,32 @@ def test_a_bad_gateway_url_stops_the_console_before_it_starts(monkeypatch: pytes
 
     monkeypatch.setenv("MCP_SERVER_URL", "file:///etc/passwd")
     assert main([]) == 2
+
+
+def test_the_policy_view_lays_profiles_side_by_side_and_explains_a_decision() -> None:
+    from frontend.format import policy_view
+
+    profile = {
+        "name": "default",
+        "tools": ["execute_bash"],
+        "exec": {"default_timeout_s": 30, "max_concurrent": 4},
+        "sandbox": {"runtime": "runc", "network": "none"},
+        "lifecycle": {"idle_ttl_s": 900},
+        "rate_limits": {"requests": "120/minute"},
+    }
+    denied = {
+        "allowed": False,
+        "principal": "bob|<b>",
+        "profile": "default",
+        "reasons": ["tool-not-allowed"],
+        "rule_ids": ["profiles.default.tools"],
+        "message": "not in the profile",
+    }
+    view = policy_view({"tenant": "acme", "policy_digest": "sha256:" + "a" * 64, "profiles": [profile]})
+    assert (
+        "| default |" in view and "| calls at once | 4 |" in view and "| request rate | 120/minute |" in view
+    )
+    assert "Explain" not in view
+    explained = policy_view({"tenant": "acme", "profiles": [profile], "decision": denied})
+    assert "**denied**" in explained and "tool-not-allowed" in explained and "not in the profile" in explained
+    assert "<b>" not in explained and "bob\\|&lt;b&gt;" in explained, "names are escaped for the table"
