@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from gateway.auth.tokens import TokenStore
-from gateway.setup.compose_images import build_compose_images, has_frontend
+from gateway.setup.compose_images import build_compose_images
 from gateway.setup.state import REPO_ROOT, SetupPaths
 from gateway.uids import UidRange
 from tests.e2e.conftest import mcp_client
@@ -290,8 +290,6 @@ def test_taking_the_stack_down_leaves_nothing_behind(stack: Stack) -> None:
 @pytest.fixture(scope="module")
 def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """docker-compose.full.yml with its web console, on loopback ports of its own."""
-    if not has_frontend():
-        pytest.skip("the web console (the frontend package and the ui extra) is not in this tree")
     paths = SetupPaths.from_env()
     build_compose_images(paths, GATEWAY_IMAGE, PROXY_IMAGE, FRONTEND_IMAGE)
     work = tmp_path_factory.mktemp("full")
@@ -371,6 +369,26 @@ def test_the_full_stack_serves_the_web_console_on_loopback(full_stack: Stack) ->
     inside = full_stack.exec("frontend", "python3", "-c", probe)
     assert inside.stdout.split() == ["200", "no-proxy", "10002"], inside.stdout + inside.stderr
     assert "Read-only file system" in inside.stderr
+
+    # With the console in front, the gateway's DNS-rebinding guard still holds: it accepts the
+    # console's own Host (gateway:8000) and refuses any other, with a valid token either way.
+    rebind = (
+        "import sys, urllib.error, urllib.request\n"
+        "def post(host):\n"
+        "    headers = {'Host': host, 'Authorization': 'Bearer ' + sys.argv[1],\n"
+        "               'Content-Type': 'application/json',\n"
+        "               'Accept': 'application/json, text/event-stream'}\n"
+        "    request = urllib.request.Request('http://gateway:8000/mcp', b'{}', headers, method='POST')\n"
+        "    try:\n"
+        "        return urllib.request.urlopen(request, timeout=10).status\n"
+        "    except urllib.error.HTTPError as exc:\n"
+        "        return exc.code\n"
+        "print(post('evil.example:8000'), post('gateway:8000'))\n"
+    )
+    statuses = full_stack.exec("frontend", "python3", "-c", rebind, full_stack.token)
+    foreign, own = statuses.stdout.split()
+    assert foreign in ("403", "421"), statuses.stdout + statuses.stderr
+    assert own not in ("401", "403", "421"), "the console's own Host reaches the MCP endpoint"
 
 
 @pytest.mark.parametrize(
