@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,26 +132,18 @@ class Page:
 
     def wait_text(self, elem_id: str, needle: str, timeout_s: float | None = None) -> str:
         """The element's text once it contains `needle`."""
-        try:
-            WebDriverWait(self.driver, timeout_s or self.timeout_s).until(
-                lambda _: needle in self.text(elem_id)
-            )
-        except TimeoutException:
-            raise AssertionError(
-                f"#{elem_id} never showed {needle!r}: it shows {self.text(elem_id)!r}"
-            ) from None
-        return self.text(elem_id)
+        return self._wait(self.text, elem_id, needle, timeout_s)
 
     def wait_field(self, elem_id: str, needle: str, timeout_s: float | None = None) -> str:
+        """The form field's value once it contains `needle`."""
+        return self._wait(self.field, elem_id, needle, timeout_s)
+
+    def _wait(self, read: Callable[[str], str], elem_id: str, needle: str, timeout_s: float | None) -> str:
         try:
-            WebDriverWait(self.driver, timeout_s or self.timeout_s).until(
-                lambda _: needle in self.field(elem_id)
-            )
+            WebDriverWait(self.driver, timeout_s or self.timeout_s).until(lambda _: needle in read(elem_id))
         except TimeoutException:
-            raise AssertionError(
-                f"#{elem_id} never held {needle!r}: it holds {self.field(elem_id)!r}"
-            ) from None
-        return self.field(elem_id)
+            raise AssertionError(f"#{elem_id} never showed {needle!r}: it shows {read(elem_id)!r}") from None
+        return read(elem_id)
 
     def sign_in(self, token: str, who: str) -> None:
         self.fill("token-input", token)

@@ -53,6 +53,26 @@ def _inspect(kind: str, name: str) -> dict[str, Any]:
     return dict(json.loads(_docker(kind, "inspect", name).stdout)[0])
 
 
+def _compose_env(paths: SetupPaths, project: str, port: int, secrets: Path, **extra: str) -> dict[str, str]:
+    """docker-compose's environment for a stack of this test's: the host's engine, the images just
+    built, the gateway published on loopback `port`; nothing of the caller's DOCKER_/SGW_ settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SGW_"))}
+    env.update(
+        DOCKER_HOST=f"unix://{paths.docker_socket}",
+        SGW_DOCKER_SOCKET=str(paths.docker_socket),
+        DOCKER_GID=str(paths.docker_socket.stat().st_gid),
+        SGW_GATEWAY_IMAGE=GATEWAY_IMAGE,
+        SGW_PROXY_IMAGE=PROXY_IMAGE,
+        SGW_SECRETS_DIR=str(secrets),
+        SGW_SKILLS_DIR=str(REPO_ROOT / "skills"),
+        SGW_PUBLISH=f"127.0.0.1:{port}",
+        SGW_GATEWAY_ID=project,
+        SGW_SANDBOX_UIDS=str(SANDBOX_UIDS),
+        **extra,
+    )
+    return env
+
+
 @dataclass
 class Stack:
     project: str
@@ -125,19 +145,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     project = f"sgwdeploy{uuid.uuid4().hex[:10]}"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SGW_"))}
-    env.update(
-        DOCKER_HOST=f"unix://{paths.docker_socket}",
-        SGW_DOCKER_SOCKET=str(paths.docker_socket),
-        DOCKER_GID=str(paths.docker_socket.stat().st_gid),
-        SGW_GATEWAY_IMAGE=GATEWAY_IMAGE,
-        SGW_PROXY_IMAGE=PROXY_IMAGE,
-        SGW_SECRETS_DIR=str(secrets),
-        SGW_SKILLS_DIR=str(REPO_ROOT / "skills"),
-        SGW_PUBLISH=f"127.0.0.1:{port}",
-        SGW_GATEWAY_ID=project,
-        SGW_SANDBOX_UIDS=str(SANDBOX_UIDS),
-    )
+    env = _compose_env(paths, project, port, secrets)
     running = Stack(project, env, f"http://127.0.0.1:{port}", token)
     try:
         running.compose("up", "-d", "--no-build")
@@ -308,22 +316,15 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     project = f"sgwfull{uuid.uuid4().hex[:10]}"
     port, console_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SGW_"))}
-    env.update(
-        DOCKER_HOST=f"unix://{paths.docker_socket}",
-        SGW_DOCKER_SOCKET=str(paths.docker_socket),
-        DOCKER_GID=str(paths.docker_socket.stat().st_gid),
-        SGW_GATEWAY_IMAGE=GATEWAY_IMAGE,
-        SGW_PROXY_IMAGE=PROXY_IMAGE,
+    env = _compose_env(
+        paths,
+        project,
+        port,
+        secrets,
         SGW_FRONTEND_IMAGE=FRONTEND_IMAGE,
-        SGW_SECRETS_DIR=str(secrets),
-        SGW_SKILLS_DIR=str(REPO_ROOT / "skills"),
         SGW_TOOLS_DIR=str(tools),
         SGW_AUDIT_HMAC_KEY=str(work / "audit-hmac.key"),
-        SGW_PUBLISH=f"127.0.0.1:{port}",
         SGW_FRONTEND_PUBLISH=f"127.0.0.1:{console_port}",
-        SGW_GATEWAY_ID=project,
-        SGW_SANDBOX_UIDS=str(SANDBOX_UIDS),
     )
     running = Stack(
         project, env, f"http://127.0.0.1:{port}", token, FULL_COMPOSE_FILE, f"http://127.0.0.1:{console_port}"
