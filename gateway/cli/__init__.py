@@ -1,4 +1,5 @@
-"""The `sandbox-gateway` command: setup, serve, token."""
+"""The `sandbox-gateway` command: setup, build-images, serve, socket-proxy, token, policy, audit,
+sandboxes, ui."""
 
 from __future__ import annotations
 
