@@ -176,4 +176,3 @@ def handshake(sock: socket.socket, early: bytes, diagnostics: Diagnostics) -> by
         data = sock.recv(65536)
         if not data:
             raise FrameError("attach stream closed before hello" + diagnostics.suffix())
-

@@ -19,6 +19,7 @@ __all__ = [
     "OutputCallback",
     "Pumped",
     "close_stream",
+    "internal_request",
 ]
 
 #: After a command's timeout, TERM; this many seconds later, KILL (unless a request says otherwise).
@@ -96,6 +97,13 @@ class ContainerInfo:
     oom_killed: bool = False
     #: Creation time, seconds since the epoch (0 when unknown).
     created: float = 0.0
+
+
+def internal_request(argv: list[str], max_output_bytes: int, user: str = "") -> ExecRequest:
+    """A short command of the gateway's own in a sandbox: 5 s, from `/`, no environment."""
+    return ExecRequest(
+        argv=argv, user=user, workdir="/", env=[], timeout_s=5, max_output_bytes=max_output_bytes, grace_s=2
+    )
 
 
 class Executor(Protocol):

@@ -12,7 +12,14 @@ import dataclasses
 import anyio
 import anyio.to_thread
 
-from gateway.backend.base import Backend, ExecOutcome, ExecRequest, OutputCallback, close_stream
+from gateway.backend.base import (
+    Backend,
+    ExecOutcome,
+    ExecRequest,
+    OutputCallback,
+    close_stream,
+    internal_request,
+)
 from gateway.backend.commands import timed_argv
 from gateway.backend.ops import DockerOps
 from gateway.errors import GatewayError
@@ -59,17 +66,8 @@ class DockerExec:
     async def reap(self) -> int | None:
         """`kill -KILL -1` as the sandbox's uid; PID 1 runs as another, so it stays. Not under
         `timeout`, which would be one of the processes it kills (the gateway's deadline bounds it)."""
-        request = ExecRequest(
-            argv=["kill", "-KILL", "-1"],
-            user=self._user,
-            workdir="/",
-            env=[],
-            timeout_s=5,
-            max_output_bytes=1024,
-            grace_s=2,
-        )
         try:
-            return (await self._exec(request)).exit_code
+            return (await self._exec(internal_request(["kill", "-KILL", "-1"], 1024, self._user))).exit_code
         except GatewayError:
             return None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback
+from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, internal_request
 from gateway.backend.ops import DockerOps
 from gateway.errors import AgentBroken, GatewayError
 from gateway.sandboxes.model import Sandbox
@@ -86,10 +86,7 @@ class Execution:
 
     async def oom_count(self, sandbox: Sandbox) -> int | None:
         """The sandbox cgroup's OOM-kill counter (cgroup v2 or v1), or None where it cannot be read."""
-        request = ExecRequest(
-            argv=["cat", *_OOM_FILES], workdir="/", env=[], timeout_s=5, max_output_bytes=4096, grace_s=2
-        )
-        outcome = await self.run(sandbox, request, purpose="oom-check")
+        outcome = await self.run(sandbox, internal_request(["cat", *_OOM_FILES], 4096), purpose="oom-check")
         match = _OOM_KILL.search(outcome.stdout.decode(errors="replace"))
         return int(match.group(1)) if match else None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.backend.base import Executor
+from gateway.sandboxes.naming import uid_of_user
 from policy import Principal
 from policy.model import Lifecycle
 
@@ -43,8 +44,7 @@ class Sandbox:
 
     @property
     def uid(self) -> int:
-        uid = self.user.partition(":")[0]
-        return int(uid) if uid.isdigit() else -1
+        return uid_of_user(self.user)
 
 
 def principal_key(principal: Principal) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "managed_by",
     "sandbox_name",
     "uid_of",
+    "uid_of_user",
 ]
 
 MANAGED = f"{LABEL_PREFIX}.managed"
@@ -54,5 +55,10 @@ def managed_by(gateway_id: str) -> dict[str, str]:
 
 def uid_of(labels: dict[str, str]) -> int:
     """The host uid recorded on a sandbox (`sandbox-gateway.user`, `uid:gid`), or -1."""
-    uid = labels.get(USER_LABEL, "").partition(":")[0]
+    return uid_of_user(labels.get(USER_LABEL, ""))
+
+
+def uid_of_user(user: str) -> int:
+    """The uid of a `uid:gid` user, or -1."""
+    uid = user.partition(":")[0]
     return int(uid) if uid.isdigit() else -1
