@@ -30,11 +30,21 @@ __all__ = ["Core", "build_audit", "build_core"]
 _log = logging.getLogger("sandbox_gateway.audit")
 
 
+def hmac_key_from(raw: bytes) -> bytes:
+    """The key a key file holds: its bytes as they are (`head -c 32 /dev/urandom` may begin or end with
+    whitespace bytes, which are key), except that a printable text key loses its line ending."""
+    for ending in (b"\r\n", b"\n"):
+        text = raw.removesuffix(ending)
+        if text != raw and text.isascii() and text.decode("ascii").isprintable():
+            return text
+    return raw
+
+
 def _hmac_key(settings: Settings) -> bytes | None:
     if settings.audit_hmac_key_file is None:
         return None
     try:
-        key = settings.audit_hmac_key_file.read_bytes().strip()
+        key = hmac_key_from(settings.audit_hmac_key_file.read_bytes())
     except OSError as exc:
         raise ConfigError(f"cannot read the audit HMAC key file {settings.audit_hmac_key_file}") from exc
     if len(key) < 32:

@@ -71,9 +71,7 @@ def proxy_argv(paths: SetupPaths) -> list[str]:
 def _policy_images() -> list[str]:
     """The images sandboxes may be made from: the shipped policy's, $MCP_EXECUTOR_IMAGE, and any
     in $SGW_PROXY_IMAGES (os.pathsep-separated) for operators' own policies."""
-    names = {
-        name for profile in load_policy().profiles.values() for name in profile.sandbox.image_names()
-    }
+    names = {name for profile in load_policy().profiles.values() for name in profile.sandbox.image_names()}
     names.add(os.environ.get(ENV_EXECUTOR_IMAGE) or DEFAULT_IMAGE)
     names.update(p for p in os.environ.get(ENV_PROXY_IMAGES, "").split(os.pathsep) if p)
     return sorted(names)
