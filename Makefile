@@ -36,7 +36,8 @@ unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
 ## test-tools: system tools the suite runs itself (Redis for shared rate limits, docker-compose for the
-## stack, Chromium and its driver for the web console's browser tests)
+## stack, Chromium and its driver for the web console's browser tests, and node-oidc-provider from npm
+## as the OAuth issuer the console signs in through)
 test-tools:
 	@command -v redis-server >/dev/null || { echo "[make] installing redis-server for the test suite"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/dev/null || \
@@ -47,6 +48,8 @@ test-tools:
 	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { echo "[make] installing chromium and chromium-driver for the browser tests"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null || \
 	  { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null; }; }
+	@test -d tests/support/issuer/node_modules/oidc-provider || { echo "[make] installing the test OAuth issuer (npm ci)"; \
+	  npm ci --prefix tests/support/issuer --no-audit --no-fund --loglevel=error >/dev/null; }
 
 ## test: setup, lint, then the whole suite (unit, integration, end-to-end, browser) on two workers
 test: setup lint test-tools

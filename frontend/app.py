@@ -17,9 +17,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import gradio as gr
+import uvicorn
+from fastapi import FastAPI
 
 from frontend.config import UiConfig
 from frontend.handlers import Handlers
+from frontend.signin_routes import HANDOFF_COOKIE, SignInRoutes
 from policy.model import TOOL_NAMES
 
 __all__ = ["build", "launch"]
@@ -41,8 +44,9 @@ def _theme() -> gr.themes.Base:
     return gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
 
 
-def build(url: str) -> gr.Blocks:
-    """The page for the gateway at `url`."""
+def build(url: str, signin: SignInRoutes | None = None) -> gr.Blocks:
+    """The page for the gateway at `url`; with `signin`, also a button that signs in through the
+    gateway's OAuth issuer."""
     actions = Handlers(url)
 
     app = gr.Blocks(title="Sandbox Gateway", analytics_enabled=False, delete_cache=(900, 3600))
@@ -55,6 +59,13 @@ def build(url: str) -> gr.Blocks:
             )
             sign_in = gr.Button("Sign in", variant="primary", elem_id="sign-in", scale=1)
             sign_out = gr.Button("Sign out", elem_id="sign-out", scale=1)
+        if signin is not None:
+            gr.Button(
+                "Sign in through your organization's issuer (OAuth)",
+                link="/oauth/login",
+                elem_id="oauth-sign-in",
+                size="sm",
+            )
         who = gr.Markdown("Not signed in.", elem_id="signed-in-as")
 
         with gr.Tabs(elem_id="tabs"):
@@ -144,6 +155,18 @@ def build(url: str) -> gr.Blocks:
 
         sign_in.click(do_sign_in, [token_box], [token, token_box, who, facts], **_PRIVATE)
         token_box.submit(do_sign_in, [token_box], [token, token_box, who, facts], **_PRIVATE)
+
+        if signin is not None:
+
+            async def on_load(request: gr.Request) -> tuple[Any, ...]:
+                """A token the OAuth callback left for this browser moves into this session's state."""
+                handoff = signin.handoffs.claim(request.cookies.get(HANDOFF_COOKIE))
+                result = await actions.sign_in_handoff(handoff)
+                if result is None:
+                    return gr.skip(), gr.skip(), gr.skip()
+                return result.token, result.who, result.facts
+
+            app.load(on_load, None, [token, who, facts], **_PRIVATE)
 
         def do_sign_out() -> tuple[Any, ...]:
             return None, "Signed out.", "", "", "", "", "", "", ""
@@ -246,14 +269,19 @@ def build(url: str) -> gr.Blocks:
     return app
 
 
-def launch(config: UiConfig, *, block: bool = True) -> gr.Blocks:
-    """Serve the page on `config.host:config.port` (no share link, no API page, no monitoring)."""
-    app = build(config.gateway_url)
-    app.queue(default_concurrency_limit=32)
-    app.launch(
-        server_name=config.host,
-        server_port=config.port,
-        share=False,
+def launch(config: UiConfig) -> None:
+    """Serve the page on `config.host:config.port`, with the OAuth routes when configured (no share
+    link, no API page, no monitoring, no access log: the OAuth callback's URL carries a code)."""
+    signin = SignInRoutes(config.gateway_url, config.oauth) if config.oauth is not None else None
+    server = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    for route in signin.routes() if signin is not None else ():
+        server.router.routes.append(route)
+    page = build(config.gateway_url, signin)
+    page.queue(default_concurrency_limit=32)
+    gr.mount_gradio_app(
+        server,
+        page,
+        path="",
         show_error=False,
         footer_links=[],
         enable_monitoring=False,
@@ -261,9 +289,7 @@ def launch(config: UiConfig, *, block: bool = True) -> gr.Blocks:
         pwa=False,
         mcp_server=False,
         max_file_size=MAX_UPLOAD,
-        prevent_thread_lock=not block,
-        quiet=True,
         theme=_theme(),
         css=_CSS,
     )
-    return app
+    uvicorn.run(server, host=config.host, port=config.port, log_level="warning", access_log=False)

@@ -19,7 +19,9 @@ __all__ = [
     "nbytes",
     "problem_text",
     "sandbox_facts",
+    "sign_in_failed",
     "signed_in_text",
+    "signed_in_through",
 ]
 
 _HINTS = {
@@ -84,6 +86,15 @@ def signed_in_text(info: Mapping[str, Any]) -> str:
         f"Signed in as **{_cell(info['principal'])}** (tenant {_cell(info['tenant'])}, "
         f"profile {_cell(info['profile'])})"
     )
+
+
+def signed_in_through(who: str, issuer: str, expires_in_s: int | None) -> str:
+    lifetime = f", for {duration(expires_in_s)}" if expires_in_s else ""
+    return f"{who}, through {_cell(issuer)}{lifetime}"
+
+
+def sign_in_failed(reason: str) -> str:
+    return f"**Not signed in**: {_cell(reason)}."
 
 
 def sandbox_facts(info: Mapping[str, Any]) -> str:

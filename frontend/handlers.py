@@ -18,6 +18,7 @@ from typing import Any
 
 from frontend import format as fmt
 from frontend.client import GatewayClient, Problem, normalize_token
+from frontend.signin_state import Handoff
 
 __all__ = ["Handlers", "RunUpdate", "SignIn"]
 
@@ -80,6 +81,22 @@ class Handlers:
             # The gateway knows the token but refuses this tool (an operator-only token, say).
             return SignIn(token, f"Signed in. {fmt.problem_text(problem)}", "")
         return SignIn(token, fmt.signed_in_text(info), fmt.sandbox_facts(info))
+
+    async def sign_in_handoff(self, handoff: Handoff | None) -> SignIn | None:
+        """On page load: the token the OAuth callback left for this browser, checked like a pasted
+        one, or the reason the sign-in failed; None when the page was loaded without one."""
+        if handoff is None:
+            return None
+        if handoff.error or not handoff.token:
+            return SignIn(None, fmt.sign_in_failed(handoff.error or "the issuer gave no token"), "")
+        result = await self.sign_in(handoff.token)
+        if result.token is None:
+            return result
+        return SignIn(
+            result.token,
+            fmt.signed_in_through(result.who, handoff.issuer, handoff.expires_in_s),
+            result.facts,
+        )
 
     # Console
 

@@ -3,6 +3,7 @@ against a real gateway on the real engine: one gateway, one console and one brow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ from tests.support.net import free_port
 if TYPE_CHECKING:
     from gateway.backend.docker_engine import DockerBackend
 
-__all__ = ["SCREENSHOTS", "Console", "Page"]
+__all__ = ["SCREENSHOTS", "Console", "Page", "running_console"]
 
 #: Where the run leaves its screenshots (the README shows them).
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -65,15 +66,23 @@ def ui_gateway(tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend)
     assert backend.list({"sandbox-gateway.gateway": running.gateway_id}) == []
 
 
-@pytest.fixture(scope="module")
-def console(ui_gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    """`python -m frontend` for the module's gateway, on a free loopback port."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("ui") / "console.log"
-    env = {**os.environ, "MCP_SERVER_URL": ui_gateway.url, "GRADIO_TEMP_DIR": str(log.parent / "gradio")}
+@contextlib.contextmanager
+def running_console(
+    gateway: Gateway, workdir: Path, *args: str, port: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[Console]:
+    """`python -m frontend` for `gateway` on `port` (a free loopback port by default), with `args`;
+    stopped on exit."""
+    port = port or free_port()
+    log = workdir / "console.log"
+    env = {
+        **os.environ,
+        "MCP_SERVER_URL": gateway.url,
+        "GRADIO_TEMP_DIR": str(workdir / "gradio"),
+        **(env or {}),
+    }
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "frontend", "--port", str(port)], stdout=out, stderr=out, env=env
+            [sys.executable, "-m", "frontend", "--port", str(port), *args], stdout=out, stderr=out, env=env
         )
     url = f"http://127.0.0.1:{port}"
 
@@ -86,7 +95,7 @@ def console(ui_gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> It
         eventually(
             up, timeout_s=60, interval_s=0.2, retry_on=(httpx.HTTPError,), message="console did not start"
         )
-        yield Console(url, ui_gateway, log, process)
+        yield Console(url, gateway, log, process)
     finally:
         process.terminate()
         try:
@@ -94,7 +103,14 @@ def console(ui_gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> It
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-    assert all(token not in log.read_text() for token in ui_gateway.tokens.values()), (
+
+
+@pytest.fixture(scope="module")
+def console(ui_gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    """The console for the module's gateway."""
+    with running_console(ui_gateway, tmp_path_factory.mktemp("ui")) as running:
+        yield running
+    assert all(token not in running.log.read_text() for token in ui_gateway.tokens.values()), (
         "tokens are never logged"
     )
 
@@ -149,6 +165,16 @@ class Page:
         self.fill("token-input", token)
         self.click("sign-in")
         self.wait_text("signed-in-as", f"Signed in as {who}")
+
+    def run(self, language: str, code: str, prints: str) -> str:
+        """Run code that `prints` something from the console tab; the result line once this run's is
+        there (the last run's stays on the page until then)."""
+        self.tab("Console")
+        self.driver.find_element(By.CSS_SELECTOR, f"#language input[value='{language}']").click()
+        self.fill("code-input", code)
+        self.click("run-button")
+        self.wait_field("run-output", prints)
+        return self.wait_text("run-status", "exit code")
 
     def screenshot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -18,17 +18,6 @@ from tests.browser.conftest import SCREENSHOTS, Console, Page
 STREAMING = "import time\nfor i in range(4):\n    print('line', i, flush=True)\n    time.sleep(1)\n"
 
 
-def _run(page: Page, language: str, code: str, prints: str) -> str:
-    """Run code that `prints` something from the console tab; the result line once this run's is there
-    (the last run's stays on the page until then)."""
-    page.tab("Console")
-    page.driver.find_element(By.CSS_SELECTOR, f"#language input[value='{language}']").click()
-    page.fill("code-input", code)
-    page.click("run-button")
-    page.wait_field("run-output", prints)
-    return page.wait_text("run-status", "exit code")
-
-
 def _shown(page: Page, elem_id: str) -> bool:
     """Whether the element is on the page and visible (Gradio leaves hidden rows out of the page)."""
     return any(e.is_displayed() for e in page.driver.find_elements(By.ID, elem_id))
@@ -95,7 +84,7 @@ def test_an_uploaded_file_can_be_read_back(page: Page, tmp_path: Path) -> None:
     assert "notes.txt" in page.wait_text("files-table", "notes.txt")
     page.click("file-view-button")
     page.wait_field("file-view", "uploaded through the console")
-    assert _run(page, "bash", "cat /workspace/notes.txt", "uploaded").startswith("exit code 0")
+    assert page.run("bash", "cat /workspace/notes.txt", "uploaded").startswith("exit code 0")
     assert page.field("run-output") == "uploaded through the console\n"
 
 
@@ -118,7 +107,7 @@ def test_sandbox_facts_and_reset(page: Page) -> None:
     assert "skills" in page.text("skills-table")
     page.click("reset-button")
     page.wait_text("sandbox-status", "Sandbox reset")
-    assert _run(page, "bash", "ls /workspace; echo listed", "listed").startswith("exit code 0")
+    assert page.run("bash", "ls /workspace; echo listed", "listed").startswith("exit code 0")
     assert "notes.txt" not in page.field("run-output"), "a reset sandbox starts empty"
 
 
@@ -126,7 +115,7 @@ def test_an_operator_sees_and_removes_another_principals_sandbox(page: Page, con
     page.click("sign-out")
     page.wait_text("signed-in-as", "Signed out")
     page.sign_in(console.gateway.tokens["bob"], "bob")
-    assert _run(page, "bash", "echo bob was here", "bob was here").startswith("exit code 0")
+    assert page.run("bash", "echo bob was here", "bob was here").startswith("exit code 0")
     page.click("sign-out")
     page.sign_in(console.gateway.tokens["ops"], "ops")
     page.tab("Operator")
