@@ -4,11 +4,14 @@
   cut short by a dropped connection is simply discarded at the next newline).
   {"op": "hello", "nonce": str} | {"op": "run", "id": int, "argv": [str], "env": [str], "cwd": str,
   "deadline_s": float, "max_output": int[, "timeout_s": float, "kill_after_s": float]} |
-  {"op": "kill", "id": int} | {"op": "reap", "id": int}
+  {"op": "kill", "id": int} | {"op": "reap", "id": int} |
+  {"op": "tool_result", "id": int, "conn": int, "line": str} (the answer to a tool call, see below)
 - agent -> gateway, on stdout: frames of a 9-byte header (kind, request id, payload length; big
   endian) and the payload: output chunks (OUT, ERR), the end of a run (EXIT, JSON), a refusal
   (FAIL, JSON: `error` is bad-request, spawn-failed or no-resources, and a `message`) and the
-  answer to hello (HELLO, "<nonce> <protocol>").
+  answer to hello (HELLO, "<nonce> <protocol>"), and the tool calls of a run started with
+  `"tools": true` (TOOL: "<connection> <line>", as the run's code wrote it; a call longer than one
+  frame comes as TOOL_PART frames followed by its last piece in a TOOL frame). See tool_ports.py.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import os
 import struct
 from typing import Any
 
-PROTOCOL = 1
+PROTOCOL = 2
 HEADER = struct.Struct(">BII")
-OUT, ERR, EXIT, HELLO, FAIL = 1, 2, 3, 4, 5
+OUT, ERR, EXIT, HELLO, FAIL, TOOL, TOOL_PART = 1, 2, 3, 4, 5, 6, 7
 #: Largest payload of one frame; the gateway refuses anything bigger.
 MAX_PAYLOAD = 64 * 1024
 #: Longest request line (code travels in argv, capped well below this by the gateway).
@@ -38,6 +41,16 @@ class Writer:
     def send(self, kind: int, request_id: int, payload: bytes) -> None:
         for start in range(0, max(len(payload), 1), MAX_PAYLOAD):
             piece = payload[start : start + MAX_PAYLOAD]
+            self.pending += HEADER.pack(kind, request_id, len(piece)) + piece
+        self.flush()
+
+    def send_message(self, request_id: int, payload: bytes) -> None:
+        """One tool call, in as many frames as it takes: TOOL_PART pieces, then the last in a TOOL."""
+        pieces = [
+            payload[start : start + MAX_PAYLOAD] for start in range(0, max(len(payload), 1), MAX_PAYLOAD)
+        ]
+        for index, piece in enumerate(pieces):
+            kind = TOOL if index == len(pieces) - 1 else TOOL_PART
             self.pending += HEADER.pack(kind, request_id, len(piece)) + piece
         self.flush()
 

@@ -41,9 +41,12 @@ from .protocol import (
     MAX_REQUEST,
     OUT,
     PROTOCOL,
+    TOOL,
+    TOOL_PART,
     Requests,
     Writer,
 )
+from .tool_ports import ENV_NAME, Port
 
 __all__ = [
     "ERR",
@@ -55,6 +58,8 @@ __all__ = [
     "MAX_REQUEST",
     "OUT",
     "PROTOCOL",
+    "TOOL",
+    "TOOL_PART",
     "Agent",
     "Writer",
     "main",
@@ -81,6 +86,8 @@ class Agent:
         self.runs: dict[int, Run] = {}
         self.by_pid: dict[int, Run] = {}
         self.by_pipe: dict[int, Run] = {}
+        #: Code mode: each tool-enabled run's door (tool_ports.py), by run id.
+        self.ports: dict[int, Port] = {}
         self.requests = Requests(MAX_REQUEST)
         self.reading = True
 
@@ -90,7 +97,7 @@ class Agent:
         while True:
             self._watch()
             timeout = self._tick()
-            for fd, _ in self.poller.poll(None if timeout is None else timeout * 1000):
+            for fd, events in self.poller.poll(None if timeout is None else timeout * 1000):
                 if fd == self.stdin:
                     self._read_requests()
                 elif fd == self.wake_r:
@@ -99,6 +106,8 @@ class Agent:
                     self.writer.flush()
                 elif fd in self.by_pipe:
                     self._pump(fd)
+                else:
+                    self._tool_event(fd, events)
 
     def _watch(self) -> None:
         """What the next poll waits for: requests always, output pipes only while stdout keeps up."""
@@ -109,6 +118,8 @@ class Agent:
             wanted[self.writer.fd] = select.POLLOUT
         if len(self.writer.pending) < _BACKLOG:
             wanted.update(dict.fromkeys(self.by_pipe, select.POLLIN))
+            for port in self.ports.values():
+                wanted.update(port.wanted())
         for fd in [fd for fd in self.watched if fd not in wanted]:
             self.poller.unregister(fd)
             del self.watched[fd]
@@ -159,6 +170,10 @@ class Agent:
                 killpg(run.pid)
         elif op == "reap":
             self._reap_all(request_id)
+        elif op == "tool_result":
+            port, conn, text = self.ports.get(request_id), request.get("conn"), request.get("line")
+            if port is not None and isinstance(conn, int) and isinstance(text, str) and "\n" not in text:
+                port.answer(conn, text)
         else:
             self._fail(request_id, "bad-request", f"unknown op {op!r}")
 
@@ -182,19 +197,38 @@ class Agent:
         except (TypeError, ValueError, KeyError) as exc:
             self._fail(request_id, "bad-request", f"malformed run request: {exc}")
             return
+        port = None
         try:
+            if request.get("tools") is True and request_id not in self.ports:
+                port = Port(request_id, self._forward_tool_call)
+                env[ENV_NAME] = port.name
             start(run, argv, env, cwd, defaults=self.defaults)
         except OSError as exc:
+            if port is not None:
+                port.close()
             error = "no-resources" if exc.errno in NO_RESOURCES else "spawn-failed"
             self._fail(request_id, error, f"the sandbox could not start the command: {exc.strerror}")
             return
         except (TypeError, ValueError) as exc:  # e.g. a NUL byte in argv
+            if port is not None:
+                port.close()
             self._fail(request_id, "bad-request", f"malformed run request: {exc}")
             return
+        if port is not None:
+            self.ports[request_id] = port
         self.runs[request_id] = run
         self.by_pid[run.pid] = run
         for fd in run.pipes:
             self.by_pipe[fd] = run
+
+    def _forward_tool_call(self, run_id: int, conn_id: int, line: bytes) -> None:
+        self.writer.send_message(run_id, f"{conn_id} ".encode() + line)
+
+    def _tool_event(self, fd: int, events: int) -> None:
+        for port in self.ports.values():
+            if port.owns(fd):
+                port.ready(fd, events)
+                return
 
     def _pump(self, fd: int) -> None:
         """Forward what a command wrote, at most its cap per stream (the rest only counted)."""
@@ -238,6 +272,9 @@ class Agent:
 
     def _report(self, run: Run) -> None:
         self._close_pipes(run)
+        port = self.ports.pop(run.request_id, None)
+        if port is not None:  # the run's door closes with it: what it left behind calls no tool
+            port.close()
         self.runs.pop(run.request_id, None)
         self.by_pid.pop(run.pid, None)
         self.writer.send_json(

@@ -16,7 +16,18 @@ from typing import Any
 
 import anyio
 
-from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
+from gateway.agent.sandbox_agent import (
+    ERR,
+    EXIT,
+    FAIL,
+    HEADER,
+    HELLO,
+    MAX_PAYLOAD,
+    OUT,
+    PROTOCOL,
+    TOOL,
+    TOOL_PART,
+)
 from gateway.backend.base import OutputCallback
 from gateway.backend.frames import STDERR, STDOUT, BoundedCapture, FrameDecoder, FrameError
 from gateway.errors import AgentBroken
@@ -24,6 +35,7 @@ from gateway.errors import AgentBroken
 __all__ = [
     "GONE",
     "HELLO_TIMEOUT_S",
+    "MAX_TOOL_MESSAGE",
     "AgentDecoder",
     "Call",
     "Diagnostics",
@@ -40,6 +52,11 @@ _log = logging.getLogger("sandbox_gateway.agent_channel")
 HELLO_TIMEOUT_S = 15.0
 #: What a call ends with when the stream to the agent broke.
 GONE = object()
+#: Largest tool call accepted from a run (the agent's own limit is 1 MiB, plus the connection id).
+MAX_TOOL_MESSAGE = (1 << 20) + 64
+#: Tool calls of one run waiting to be served at most; beyond, they are dropped (the agent lets no
+#: more than 8 wait, so only a broken agent gets here).
+MAX_TOOL_BACKLOG = 64
 
 
 class AgentDecoder:
@@ -53,7 +70,7 @@ class AgentDecoder:
         frames = []
         while len(self._buffer) >= HEADER.size:
             kind, request_id, length = HEADER.unpack_from(self._buffer)
-            if kind not in (OUT, ERR, EXIT, HELLO, FAIL) or length > MAX_PAYLOAD:
+            if kind not in (OUT, ERR, EXIT, HELLO, FAIL, TOOL, TOOL_PART) or length > MAX_PAYLOAD:
                 raise FrameError(f"agent frame kind {kind} length {length}")
             end = HEADER.size + length
             if len(self._buffer) < end:
@@ -73,10 +90,42 @@ class Call:
         self.out, self.err = BoundedCapture(cap), BoundedCapture(cap)
         self.on_output = on_output
         self.end: tuple[Any, bytes] | None = None
+        #: Code mode: the run's tool calls ("<connection> <line>"), once `accept_tools` was called.
+        self.tool_calls: asyncio.Queue[bytes] | None = None
+        self._tool_message = bytearray()
+        self._tool_overflow = False
+
+    def accept_tools(self) -> None:
+        self.tool_calls = asyncio.Queue(MAX_TOOL_BACKLOG)
+
+    def _tool_frame(self, kind: int, payload: bytes) -> None:
+        """On the reader thread: a piece of a tool call; a whole one goes to `tool_calls`."""
+        if self.tool_calls is None:
+            return
+        self._tool_message += payload
+        if len(self._tool_message) > MAX_TOOL_MESSAGE:
+            self._tool_message.clear()
+            self._tool_overflow = True
+        if kind != TOOL:
+            return
+        message, overflow = bytes(self._tool_message), self._tool_overflow
+        self._tool_message.clear()
+        self._tool_overflow = False
+        if not overflow:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._queue_tool_call, message)
+
+    def _queue_tool_call(self, message: bytes) -> None:
+        assert self.tool_calls is not None  # noqa: S101 - only queued once accepted
+        with contextlib.suppress(asyncio.QueueFull):
+            self.tool_calls.put_nowait(message)
 
     def deliver(self, kind: Any, payload: bytes) -> None:
-        """On the reader thread: output is kept (bounded), anything else ends the call."""
+        """On the reader thread: output is kept (bounded), tool calls queued, anything else ends the call."""
         if self.end is not None:
+            return
+        if kind in (TOOL, TOOL_PART):
+            self._tool_frame(kind, payload)
             return
         if kind in (OUT, ERR):
             (self.out if kind == OUT else self.err).write(payload)

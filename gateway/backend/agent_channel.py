@@ -33,6 +33,7 @@ from gateway.backend.agent_calls import (
     line,
     output_count,
 )
+from gateway.backend.agent_tools import serve_tool_calls
 from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, close_stream
 from gateway.backend.frames import STDERR, STDOUT, FrameDecoder, FrameError
 from gateway.errors import AgentBroken, AgentCannotStart, AgentFailure
@@ -245,9 +246,12 @@ class AgentChannel:
             "timeout_s": request.timeout_s,
             "kill_after_s": request.kill_after_s,
         }
+        if request.tool_calls is not None:
+            body["tools"] = True
+            call.accept_tools()
         await self._send(body)
         try:
-            end = await call.ended(started + deadline_s + _SLACK_S - time.monotonic())
+            end = await self._await_end(call_id, call, request, started + deadline_s + _SLACK_S)
         except BaseException:  # cancelled (the client went away): the command goes too
             with anyio.CancelScope(shield=True):
                 await self._kill(call_id)
@@ -263,6 +267,19 @@ class AgentChannel:
             return exit_summary(payload)
         error, message = failure(payload)  # FAIL: the reader only ends a call on EXIT, FAIL or GONE
         raise (AgentCannotStart if error == "no-resources" else AgentFailure)(message)
+
+    async def _await_end(
+        self, call_id: int, call: Call, request: ExecRequest, deadline: float
+    ) -> tuple[Any, bytes] | None:
+        """The frame that ends the run (None past `deadline`), serving its tool calls meanwhile."""
+        if request.tool_calls is None:
+            return await call.ended(deadline - time.monotonic())
+
+        async def answer(conn: int, line: str) -> None:
+            with contextlib.suppress(AgentBroken):
+                await self._send({"op": "tool_result", "id": call_id, "conn": conn, "line": line})
+
+        return await serve_tool_calls(call, request.tool_calls, answer, deadline)
 
     async def _kill(self, call_id: int) -> None:
         with contextlib.suppress(AgentBroken):

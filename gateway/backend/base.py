@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +18,7 @@ __all__ = [
     "Executor",
     "OutputCallback",
     "Pumped",
+    "ToolCallHandler",
     "close_stream",
     "internal_request",
 ]
@@ -26,6 +27,9 @@ __all__ = [
 KILL_AFTER_S = 2.0
 #: Called with ("stdout" | "stderr", chunk) as a command's output arrives, on the calling thread.
 OutputCallback = Callable[[str, bytes], None]
+#: Code mode: serves one tool call a command made (the line it wrote, untrusted) and returns the
+#: answer line for it (JSON, no newline). It never raises; the executor awaits it on the event loop.
+ToolCallHandler = Callable[[bytes], Awaitable[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,8 @@ class ExecRequest:
     kill_after_s: float = KILL_AFTER_S
     #: Gateway-side deadline on top of the in-sandbox timeout (covers escaped background writers).
     grace_s: float = 5.0
+    #: Code mode: the command may call upstream tools, served by this (the agent path only).
+    tool_calls: ToolCallHandler | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,8 @@ def environment(workdir: str) -> list[str]:
         "LANG=C.UTF-8",
         "PYTHONUNBUFFERED=1",
         "PYTHONDONTWRITEBYTECODE=1",
-        "PYTHONPATH=/skills",
+        # The code-mode library and the generated tool modules (`import tools.<server>`), then skills.
+        "PYTHONPATH=/opt/sandbox-gateway/pylib:/skills",
     ]
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "IMAGE_PACKAGES",
     "SHIPPED",
     "SHIPPED_DIRS",
+    "SHIPPED_LINKS",
     "add_shipped",
     "customise",
     "recipe_digest",
@@ -49,9 +50,13 @@ SHIPPED: dict[str, str] = {
     "opt/sandbox-gateway/sgw_agent/protocol.py": "gateway/agent/protocol.py",
     "opt/sandbox-gateway/sgw_agent/processes.py": "gateway/agent/processes.py",
     "opt/sandbox-gateway/sgw_agent/sandbox_agent.py": "gateway/agent/sandbox_agent.py",
+    "opt/sandbox-gateway/sgw_agent/tool_ports.py": "gateway/agent/tool_ports.py",
+    "opt/sandbox-gateway/pylib/sgw_tools.py": "gateway/agent/sgw_tools.py",
 }
+#: Links in the image: `import tools.<server>` finds the generated modules of /tools (code mode).
+SHIPPED_LINKS = {"opt/sandbox-gateway/pylib/tools": "/tools"}
 #: The directories that hold them, root-owned, mode 0755.
-SHIPPED_DIRS = ("opt/sandbox-gateway", "opt/sandbox-gateway/sgw_agent")
+SHIPPED_DIRS = ("opt/sandbox-gateway", "opt/sandbox-gateway/sgw_agent", "opt/sandbox-gateway/pylib")
 
 
 def rootfs_digest() -> str:
@@ -109,3 +114,7 @@ def add_shipped(tar: tarfile.TarFile) -> None:
         info = tarfile.TarInfo(f"./{target}")
         info.size, info.mode = len(data), 0o444
         tar.addfile(info, io.BytesIO(data))
+    for target, link in SHIPPED_LINKS.items():
+        info = tarfile.TarInfo(f"./{target}")
+        info.type, info.linkname, info.mode = tarfile.SYMTYPE, link, 0o777
+        tar.addfile(info)

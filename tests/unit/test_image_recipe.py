@@ -15,10 +15,17 @@ from pathlib import Path
 import pytest
 
 from gateway.agent import launcher
-from gateway.backend.create_body import AGENT_COMMAND, AGENT_PATH
+from gateway.backend.create_body import AGENT_COMMAND, AGENT_PATH, environment
 from gateway.calls.files import HELPER_PATH
 from gateway.setup import image, image_recipe
-from gateway.setup.image_recipe import DOCKERFILE, SHIPPED, SHIPPED_DIRS, recipe_digest, rootfs_digest
+from gateway.setup.image_recipe import (
+    DOCKERFILE,
+    SHIPPED,
+    SHIPPED_DIRS,
+    SHIPPED_LINKS,
+    recipe_digest,
+    rootfs_digest,
+)
 from gateway.setup.state import REPO_ROOT
 
 AGENT_DIR = REPO_ROOT / "gateway" / "agent"
@@ -67,9 +74,18 @@ def test_the_gateway_runs_what_the_image_holds() -> None:
     package = str(Path(AGENT_PATH).parent / launcher.PACKAGE).lstrip("/")
     assert package in SHIPPED_DIRS
     in_package = {Path(source).name for target, source in SHIPPED.items() if target.startswith(package + "/")}
-    every_module = {path.name for path in AGENT_DIR.glob("*.py")} - {"launcher.py", "file_helper.py"}
-    assert in_package == every_module, "every module of gateway/agent/ but the two scripts is the package"
+    scripts = {"launcher.py", "file_helper.py", "sgw_tools.py"}
+    every_module = {path.name for path in AGENT_DIR.glob("*.py")} - scripts
+    assert in_package == every_module, "every module of gateway/agent/ but the scripts is the package"
+    assert SHIPPED["opt/sandbox-gateway/pylib/sgw_tools.py"] == "gateway/agent/sgw_tools.py"
     assert {Path(target).name for target in SHIPPED if target.startswith(package + "/")} == in_package
+
+
+def test_both_builds_link_the_tools_package_to_the_tools_mount() -> None:
+    run = " ".join(" ".join(words) for words in _dockerfile_instructions() if words[0] == "RUN")
+    for target, link in SHIPPED_LINKS.items():
+        assert f"ln -s {link} /{target}" in run
+    assert "PYTHONPATH=/opt/sandbox-gateway/pylib:/skills" in environment("/workspace")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -128,7 +144,9 @@ def test_the_offline_image_adds_the_shipped_files_root_owned_and_read_only(tmp_p
     ]
     with tarfile.open(built) as tar:
         members = {member.name.removeprefix("./"): member for member in tar.getmembers()}
-        assert set(members) == {"etc/hostname", *SHIPPED_DIRS, *SHIPPED}
+        assert set(members) == {"etc/hostname", *SHIPPED_DIRS, *SHIPPED, *SHIPPED_LINKS}
+        for target, link in SHIPPED_LINKS.items():
+            assert members[target].issym() and members[target].linkname == link
         for directory in SHIPPED_DIRS:
             member = members[directory]
             assert (member.isdir(), member.mode, member.uid, member.gid) == (True, 0o755, 0, 0)
