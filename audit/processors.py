@@ -77,14 +77,19 @@ class RecordCode:
         self.mode: CodeMode = mode
         self._key = key if key else uuid.uuid4().bytes + uuid.uuid4().bytes
 
+    def digest(self, text: str) -> dict[str, str] | None:
+        """`text` as the policy has code recorded: its HMAC, itself, or nothing."""
+        if self.mode == "none":
+            return None
+        if self.mode == "full":
+            return {"text": text}
+        return {"hmac_sha256": hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()}
+
     def __call__(self, logger: object, method: str, event: EventDict) -> EventDict:
         code = event.pop("code", None)
-        if not isinstance(code, str) or self.mode == "none":
-            return event
-        if self.mode == "full":
-            event["code"] = {"text": code}
-        else:
-            event["code"] = {"hmac_sha256": hmac.new(self._key, code.encode(), hashlib.sha256).hexdigest()}
+        recorded = self.digest(code) if isinstance(code, str) else None
+        if recorded is not None:
+            event["code"] = recorded
         return event
 
 
