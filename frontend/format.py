@@ -208,6 +208,13 @@ _POLICY_ROWS = (
 )
 
 
+def _code_mode(mode: Mapping[str, Any] | None) -> str:
+    """A profile's code mode in a cell: off, or the upstream tools it allows."""
+    if not mode:
+        return "off"
+    return "on: " + ", ".join(str(line) for line in mode.get("allow", []))
+
+
 def policy_view(policy: Mapping[str, Any]) -> str:
     """The policy in force (`admin_policy`): each profile's effective limits side by side, then
     the Decision explained, when one was asked for."""
@@ -220,6 +227,7 @@ def policy_view(policy: Mapping[str, Any]) -> str:
         "| | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
         "| tools | " + " | ".join(_cell(", ".join(p.get("tools", []))) for p in profiles) + " |",
+        "| code mode | " + " | ".join(_cell(_code_mode(p.get("code_mode"))) for p in profiles) + " |",
     ]
     for section, field, label in _POLICY_ROWS:
         cells = [_cell((p.get(section) or {}).get(field, "")) for p in profiles]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from policy.code_mode import decide_upstream
 from policy.model import Policy, Profile
-from policy.types import Action, Allowed, Decision, Denied, Principal
+from policy.types import Action, Allowed, Decision, Denied, Principal, UpstreamDecision
 
 __all__ = ["PolicyEngine", "evaluate"]
 
@@ -88,6 +90,28 @@ class PolicyEngine:
             image=action.image,
             timeout_s=action.timeout_s,
             rule_ids=(f"{base}.tools", f"{base}.exec", f"{base}.sandbox.images"),
+        )
+
+    def decide_upstream(
+        self,
+        principal: Principal,
+        server: str,
+        tool: str,
+        arguments: Mapping[str, Any],
+        argument_bytes: int,
+    ) -> UpstreamDecision:
+        """Decide one call of upstream `server`'s `tool` by code in `principal`'s sandbox (code mode).
+        `arguments` is the decoded JSON object the sandbox sent, `argument_bytes` its encoded size.
+        Denial reasons: code-mode-off, upstream-not-allowed, argument-too-large,
+        argument-not-allowed (and unknown-profile, as `evaluate`)."""
+        return decide_upstream(
+            self.policy,
+            self.digest,
+            principal,
+            server=server,
+            tool=tool,
+            arguments=arguments,
+            argument_bytes=argument_bytes,
         )
 
     def _deny(self, profile: str, denial: Denial, *, base: str) -> Denied:

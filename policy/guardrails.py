@@ -1,7 +1,9 @@
 """Guardrails: what no policy file can switch on, whatever it says.
 
 They run on the raw YAML mapping before the schema, so the message names the rule that was
-broken rather than a generic "unknown key". Each rule has a stable id used in messages and tests.
+broken rather than a generic "unknown key"; a rule about a profile as it is in force (what it
+inherits through `extends` included) runs on the mapping with `extends` resolved. Each rule has a
+stable id used in messages and tests.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 from policy.errors import GuardrailViolation
 from policy.model import CAP_ADD_ALLOW_LIST
 
-__all__ = ["GUARDRAIL_IDS", "check_guardrails"]
+__all__ = ["GUARDRAIL_IDS", "check_effective_guardrails", "check_guardrails"]
 
 Finding = tuple[str, str, str]  # (dotted key, rule id, detail)
 _Rule = Callable[[str, Mapping[str, Any]], Iterator[Finding]]
@@ -131,6 +133,7 @@ GUARDRAIL_IDS = frozenset(
         "no-root",
         "cap-add-allow-list",
         "cap-drop-all",
+        "code-mode-needs-agent",
         *_HOST_NAMESPACE_KEYS.values(),
     }
 )
@@ -165,4 +168,28 @@ def check_guardrails(raw: Mapping[str, Any], source: str) -> None:
     for prefix, section in _sections(raw):
         for rule in _RULES:
             for key, rule_id, detail in rule(prefix, section):
+                raise GuardrailViolation(source, key, f"forbidden by guardrail {rule_id}", detail)
+
+
+def _code_mode_needs_the_agent(prefix: str, profile: Mapping[str, Any]) -> Iterator[Finding]:
+    sandbox = profile.get("sandbox")
+    exec_path = sandbox.get("exec_path", "agent") if isinstance(sandbox, Mapping) else "agent"
+    if profile.get("code_mode") is not None and exec_path != "agent":
+        yield (
+            f"{prefix}.code_mode",
+            "code-mode-needs-agent",
+            f"code mode needs exec_path: agent (the sandbox uses exec_path: {exec_path}; upstream calls "
+            "travel over the agent's channel)",
+        )
+
+
+def check_effective_guardrails(effective: Mapping[str, Any], source: str) -> None:
+    """The rules that hold for a profile as it is in force, `extends` resolved (a child inherits
+    its parent's `code_mode` and `exec_path`): raise GuardrailViolation for the first one broken."""
+    profiles = effective.get("profiles")
+    if not isinstance(profiles, Mapping):
+        return
+    for name, profile in profiles.items():
+        if isinstance(profile, Mapping):
+            for key, rule_id, detail in _code_mode_needs_the_agent(f"profiles.{name}", profile):
                 raise GuardrailViolation(source, key, f"forbidden by guardrail {rule_id}", detail)

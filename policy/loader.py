@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from policy.errors import PolicyLoadError
-from policy.guardrails import check_guardrails
+from policy.guardrails import check_effective_guardrails, check_guardrails
 from policy.model import Policy
 
 __all__ = ["default_policy_path", "load_policy", "load_policy_text"]
@@ -97,6 +97,7 @@ def load_policy_text(text: str, source: str = "<string>") -> Policy:
         raise PolicyLoadError(source, "<root>", "a policy file is a mapping with 'version' and 'profiles'")
     check_guardrails(raw, source)
     effective = _resolve_extends(raw, source)
+    check_effective_guardrails(effective, source)
     try:
         return Policy.model_validate(effective)
     except ValidationError as exc:

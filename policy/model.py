@@ -8,11 +8,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from policy.units import parse_size
+from policy.code_mode_model import CodeMode
+from policy.model_base import Strict as _Strict
+from policy.units import Mode, Size
 
 __all__ = [
     "CAP_ADD_ALLOW_LIST",
@@ -28,20 +30,6 @@ __all__ = [
     "TmpfsMount",
     "split_image",
 ]
-
-Size = Annotated[int, BeforeValidator(parse_size)]
-
-
-def _octal(value: object) -> object:
-    if isinstance(value, str):
-        try:
-            return int(value.removeprefix("0o"), 8)
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not an octal file mode like '0755'") from exc
-    return value
-
-
-Mode = Annotated[int, BeforeValidator(_octal), Field(ge=0, le=0o7777)]
 
 #: Capabilities a profile may add back after dropping ALL. Everything else is refused at load.
 CAP_ADD_ALLOW_LIST = frozenset(
@@ -77,10 +65,6 @@ def split_image(entry: str) -> tuple[str, str | None]:
 
 
 ULIMIT_NAMES = frozenset({"nofile", "nproc", "fsize", "core", "cpu", "stack", "memlock", "sigpending"})
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TmpfsMount(_Strict):
@@ -249,6 +233,8 @@ class Profile(_Strict):
     exec: ExecLimits = ExecLimits()
     lifecycle: Lifecycle = Lifecycle()
     rate_limits: RateLimits = RateLimits()
+    #: Upstream MCP tools the sandbox's code may call through the gateway; None (absent): code mode off.
+    code_mode: CodeMode | None = None
 
     @field_validator("tools")
     @classmethod
@@ -257,6 +243,12 @@ class Profile(_Strict):
         if unknown:
             raise ValueError(f"unknown tool(s) {unknown}; known: {sorted(TOOL_NAMES)}")
         return value
+
+    @model_validator(mode="after")
+    def _code_mode_needs_the_agent(self) -> Profile:
+        if self.code_mode is not None and self.sandbox.exec_path != "agent":
+            raise ValueError("code mode needs exec_path: agent (its calls travel over the agent's channel)")
+        return self
 
 
 class AuditPolicy(_Strict):
@@ -293,6 +285,8 @@ class Policy(_Strict):
         return self.profiles.get(self.profile_for(principal_id, tenant, token_profile))
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON of the effective policy; names the policy version in audit events."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON of the effective policy; names the policy version in audit events.
+        Unset optional keys (`code_mode` off) are left out, so they change no existing digest."""
+        dump = self.model_dump(mode="json", exclude_none=True)
+        canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from policy.model import ExecLimits, Lifecycle, RateLimits, SandboxSpec
 
-__all__ = ["Action", "Allowed", "Decision", "Denied", "Principal"]
+__all__ = ["Action", "Allowed", "Decision", "Denied", "Principal", "UpstreamAllowed", "UpstreamDecision"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +67,33 @@ class Denied:
 
 #: The engine's answer: the broker acts only on an `Allowed`.
 Decision = Allowed | Denied
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamAllowed:
+    """The engine allows code in a sandbox to call `tool` of upstream `server` (code mode), under
+    these budgets of the principal's profile."""
+
+    profile: str
+    policy_digest: str
+    server: str
+    tool: str
+    #: The allow rule that matched, e.g. "profiles.default.code_mode.allow[0]".
+    rule_id: str
+    calls_per_execution: int
+    calls_per_minute: int
+    max_result_bytes: int
+    call_timeout_s: float
+    refuse_secrets: bool
+    allowed: ClassVar[Literal[True]] = True
+    reasons: ClassVar[tuple[str, ...]] = ("allowed",)
+    message: ClassVar[str] = ""
+
+    @property
+    def rule_ids(self) -> tuple[str, ...]:
+        """`rule_id` as a tuple, as a `Denied` has it."""
+        return (self.rule_id,)
+
+
+#: The engine's answer to an upstream call from code mode.
+UpstreamDecision = UpstreamAllowed | Denied

@@ -5,13 +5,14 @@ print what this module makes."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
+from gateway.calls.code_mode_results import UpstreamBudgets, UpstreamExplanation
 from gateway.calls.results import EffectiveLimits, PolicyExplanation, ProfileLimits
-from policy import Action, Allowed, Principal
+from policy import Action, Allowed, Principal, UpstreamAllowed, argument_size
 from policy.engine import PolicyEngine
 
-__all__ = ["PrincipalDirectory", "action_for", "explain", "profile_limits"]
+__all__ = ["PrincipalDirectory", "action_for", "explain", "explain_upstream", "profile_limits"]
 
 
 class Credential(Protocol):
@@ -60,6 +61,27 @@ def explain(engine: PolicyEngine, principal: Principal, action: Action) -> Polic
         message=decision.message,
         policy_digest=decision.policy_digest,
         effective=effective,
+    )
+
+
+def explain_upstream(
+    engine: PolicyEngine, principal: Principal, server: str, tool: str, arguments: Mapping[str, Any]
+) -> UpstreamExplanation:
+    """The engine's Decision for code in `principal`'s sandbox calling `tool` of upstream `server`
+    with `arguments` (their size measured as `policy.argument_size` does)."""
+    decision = engine.decide_upstream(principal, server, tool, arguments, argument_size(arguments))
+    return UpstreamExplanation(
+        allowed=decision.allowed,
+        principal=principal.id,
+        tenant=principal.tenant,
+        profile=decision.profile,
+        server=server,
+        tool=tool,
+        reasons=list(decision.reasons),
+        rule_ids=list(decision.rule_ids),
+        message=decision.message,
+        policy_digest=decision.policy_digest,
+        effective=UpstreamBudgets.of(decision) if isinstance(decision, UpstreamAllowed) else None,
     )
 
 

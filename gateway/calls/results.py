@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from gateway.calls.code_mode_results import CodeModeLimits
 from policy import ExecLimits, Principal, Profile, SandboxSpec
 from policy.model import Lifecycle, RateLimits
 
@@ -245,6 +246,7 @@ class ProfileLimits(BaseModel):
     sandbox: SandboxSummary
     lifecycle: Lifecycle
     rate_limits: RateLimits
+    code_mode: CodeModeLimits | None = Field(description="Code mode's upstream tools and budgets; null: off")
 
     @classmethod
     def of(cls, name: str, profile: Profile) -> ProfileLimits:
@@ -256,6 +258,7 @@ class ProfileLimits(BaseModel):
             sandbox=SandboxSummary.of(profile.sandbox),
             lifecycle=profile.lifecycle,
             rate_limits=profile.rate_limits,
+            code_mode=CodeModeLimits.of(profile.code_mode),
         )
 
 

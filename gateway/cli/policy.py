@@ -12,7 +12,9 @@ import yaml
 
 from gateway.auth.tokens import TokenStore
 from gateway.backend.create_body import create_body
-from gateway.calls.explain import action_for, explain
+from gateway.calls.code_mode_results import UpstreamExplanation
+from gateway.calls.explain import action_for, explain, explain_upstream
+from gateway.calls.results import PolicyExplanation
 from gateway.errors import ConfigError
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import PolicyError, Principal, load_policy
@@ -51,7 +53,15 @@ def _explain(args: argparse.Namespace) -> int:
     if not isinstance(tool_args, dict):
         raise ConfigError("--args must be a JSON object of tool arguments")
     principal = Principal(args.principal, tenant, profile)
-    explanation = explain(engine, principal, action_for(args.tool, tool_args))
+    if args.upstream is not None:
+        server, slash, tool = args.upstream.partition("/")
+        if not (server and slash and tool):
+            raise ConfigError("--upstream takes SERVER/TOOL, e.g. notes/read_note")
+        explanation: PolicyExplanation | UpstreamExplanation = explain_upstream(
+            engine, principal, server, tool, tool_args
+        )
+    else:
+        explanation = explain(engine, principal, action_for(args.tool, tool_args))
     report = explanation.model_dump(mode="json")
     if report["effective"] is None:
         del report["effective"]
@@ -96,7 +106,13 @@ def add_policy_commands(sub: Any) -> None:
         "explain", help="the Decision for one principal and tool call, with reasons"
     )
     explain.add_argument("--principal", required=True)
-    explain.add_argument("--tool", required=True)
+    call = explain.add_mutually_exclusive_group(required=True)
+    call.add_argument("--tool", help="a tool of the gateway")
+    call.add_argument(
+        "--upstream",
+        metavar="SERVER/TOOL",
+        help="a tool of an upstream MCP server, called by code in the principal's sandbox (code mode)",
+    )
     explain.add_argument("--args", help='tool arguments as JSON, e.g. \'{"command": "ls", "timeout_s": 5}\'')
     explain.add_argument("--policy", type=Path, help="policy file (default: the shipped one)")
     explain.add_argument("--tenant", default="default")
