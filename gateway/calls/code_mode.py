@@ -1,0 +1,237 @@
+"""Code mode: the tool calls code in a sandbox makes to the gateway's upstream MCP servers.
+
+Each call an execution's code writes (through the sandbox agent, see gateway/agent/tool_ports.py)
+is parsed strictly, decided by the policy (`code_mode` of the caller's profile: allow-list, argument
+constraints and sizes), counted against the execution's and the principal's budgets, sent upstream
+with the time the execution has left, and checked on the way back (size, secret-looking content).
+Every call is an `upstream.call` audit event and a span under the execution's; refusals past the
+first of each kind in an execution are counted, not recorded one by one, and `exec.finish` carries
+the totals. The answer goes back to the code as one JSON line: `{"id", "result"}` or `{"id", "error":
+{"code", "message"}}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from opentelemetry import metrics, trace
+
+from audit import AuditLog, AuditWriteError
+from gateway import __version__
+from gateway.errors import GatewayError
+from gateway.ratelimit import RateLimiter
+from gateway.telemetry import TRACER_NAME
+from gateway.upstream.clients import UpstreamResult, Upstreams
+from policy import Denied, Principal, UpstreamAllowed
+from policy.engine import PolicyEngine
+from policy.secrets import looks_like_secret
+
+__all__ = ["CodeModeCalls", "ExecutionTools", "MAX_REQUEST_BYTES"]
+
+#: Largest call line accepted (the agent's own bound); arguments are capped lower by the policy.
+MAX_REQUEST_BYTES = 1 << 20
+#: Longest upstream error text passed back to the code.
+_ERROR_TEXT = 2000
+_tracer = trace.get_tracer(TRACER_NAME)
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _reply(call_id: object, **body: Any) -> str:
+    return json.dumps({"id": call_id, **body}, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a decoded JSON value (keys too), for the secret check on decoded text."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _text_of(result: UpstreamResult) -> str:
+    return "\n".join([result.text, *_strings(result.structured)])
+
+
+def parse_call(line: bytes) -> tuple[object, str, str, dict[str, Any], int]:
+    """(id, server, tool, arguments, argument bytes) of one call line, or _Refused(invalid-request)."""
+    if len(line) > MAX_REQUEST_BYTES:
+        raise _Refused("invalid-request", "a call is at most 1 MiB")
+    try:
+        request = json.loads(line)
+    except (ValueError, RecursionError):
+        raise _Refused("invalid-request", "a call is one JSON object per line") from None
+    if not isinstance(request, dict):
+        raise _Refused("invalid-request", "a call is one JSON object per line")
+    call_id = request.get("id")
+    if not (call_id is None or (isinstance(call_id, int) and not isinstance(call_id, bool))):
+        call_id = None
+    server, tool, arguments = request.get("server"), request.get("tool"), request.get("arguments", {})
+    if not isinstance(server, str) or not isinstance(tool, str) or not server or not tool:
+        raise _Refused("invalid-request", "a call names its `server` and `tool` as strings")
+    if not isinstance(arguments, dict):
+        raise _Refused("invalid-request", "`arguments` is a JSON object")
+    size = len(json.dumps(arguments, ensure_ascii=False, separators=(",", ":")).encode())
+    return call_id, server[:200], tool[:200], arguments, size
+
+
+@dataclass
+class ExecutionTools:
+    """One execution's tool calls: the handler the executor calls (`__call__`), and its counts."""
+
+    bridge: CodeModeCalls
+    principal: Principal
+    deadline: float  # monotonic
+    made: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> dict[str, Any]:
+        return {"calls": self.made, "refused": dict(self.refusals)}
+
+    async def __call__(self, line: bytes) -> str:
+        """The answer line for one call line (never raises but for cancellation)."""
+        call_id: object = None
+        server = tool = None
+        try:
+            call_id, server, tool, arguments, size = parse_call(line)
+            return await self.bridge.call(self, call_id, server, tool, arguments, size)
+        except _Refused as refused:
+            self._refused(refused, server, tool)
+            return _reply(call_id, error={"code": refused.code, "message": refused.message})
+        except AuditWriteError:
+            return _reply(call_id, error={"code": "audit-unavailable", "message": "the call could not be recorded"})
+
+    def _refused(self, refused: _Refused, server: str | None, tool: str | None) -> None:
+        """The first refusal of each kind in this execution is recorded; the rest are counted."""
+        self.refusals[refused.code] += 1
+        self.bridge.counter.add(1, {"outcome": refused.code})
+        if self.refusals[refused.code] == 1:
+            self.bridge.audit.emit(
+                "upstream.call",
+                outcome="denied",
+                error=refused.code,
+                message=refused.message[:300],
+                server=server,
+                upstream_tool=tool,
+            )
+
+
+class CodeModeCalls:
+    """Serves the upstream tool calls of executions whose profile turns code mode on."""
+
+    def __init__(self, engine: PolicyEngine, upstreams: Upstreams | None, audit: AuditLog, rates: RateLimiter) -> None:
+        self.engine, self.upstreams, self.audit, self.rates = engine, upstreams, audit, rates
+        self.counter = metrics.get_meter(TRACER_NAME, __version__).create_counter(
+            "sandbox_gateway.upstream.calls", description="Tool calls from sandbox code to upstream servers, by outcome"
+        )
+
+    def for_execution(self, principal: Principal, profile_has_code_mode: bool, timeout_s: float) -> ExecutionTools | None:
+        """The handler for one execution, or None when its profile has no code mode."""
+        if not profile_has_code_mode:
+            return None
+        return ExecutionTools(self, principal, time.monotonic() + timeout_s)
+
+    async def call(
+        self, execution: ExecutionTools, call_id: object, server: str, tool: str, arguments: dict[str, Any], size: int
+    ) -> str:
+        grant = self._decide(execution, server, tool, arguments, size)
+        if execution.made >= grant.calls_per_execution:
+            raise _Refused(
+                "upstream-budget-exhausted",
+                f"this execution made its {grant.calls_per_execution} upstream calls (code_mode.calls_per_execution)",
+            )
+        key = f"{execution.principal.tenant}/{execution.principal.id}"
+        retry = self.rates.hit("upstream-calls", key, f"{grant.calls_per_minute}/minute")
+        if retry is not None:
+            raise _Refused("rate-limited", f"upstream call rate {grant.calls_per_minute}/minute reached; retry in {retry:.0f} s")
+        left = execution.deadline - time.monotonic()
+        if left <= 0.05:
+            raise _Refused("upstream-timeout", "the execution's time is up")
+        if self.upstreams is None:
+            raise _Refused("upstream-unknown", "this gateway has no upstream servers configured")
+        execution.made += 1
+        return await self._send(execution, call_id, grant, arguments, min(grant.call_timeout_s, left))
+
+    def _decide(self, execution: ExecutionTools, server: str, tool: str, arguments: dict[str, Any], size: int) -> UpstreamAllowed:
+        decision = self.engine.decide_upstream(execution.principal, server, tool, arguments, size)
+        if isinstance(decision, Denied):
+            raise _Refused(decision.reasons[0], decision.message)
+        return decision
+
+    async def _send(
+        self, execution: ExecutionTools, call_id: object, grant: UpstreamAllowed, arguments: dict[str, Any], timeout_s: float
+    ) -> str:
+        assert self.upstreams is not None  # noqa: S101 - checked by the caller
+        started = time.monotonic()
+        record: dict[str, Any] = {
+            "server": grant.server,
+            "upstream_tool": grant.tool,
+            "rule_id": grant.rule_id,
+            "policy_digest": grant.policy_digest,
+            "arguments": self.audit.code.digest(json.dumps(arguments, sort_keys=True, ensure_ascii=False)),
+        }
+        # Fail-closed: a call that cannot be recorded is not made (AuditWriteError refuses it).
+        self.audit.emit("upstream.start", **record, timeout_s=round(timeout_s, 3))
+        with _tracer.start_as_current_span(
+            "upstream.call", attributes={"upstream.server": grant.server, "upstream.tool": grant.tool}
+        ) as span:
+            result: UpstreamResult | None = None
+            try:
+                result = await self.upstreams.call(grant.server, grant.tool, arguments, timeout_s=timeout_s)
+                reply = self._checked(grant, result)
+            except GatewayError as exc:
+                self._finish(record, started, outcome="error", error=exc.code)
+                span.set_attribute("upstream.outcome", exc.code)
+                execution.refusals[exc.code] += 1
+                return _reply(call_id, error={"code": exc.code, "message": exc.message})
+            except _Refused as refused:
+                size = result.size if result is not None else 0
+                self._finish(record, started, outcome="refused", error=refused.code, result_bytes=size)
+                span.set_attribute("upstream.outcome", refused.code)
+                execution.refusals[refused.code] += 1
+                return _reply(call_id, error={"code": refused.code, "message": refused.message})
+            except anyio.get_cancelled_exc_class():
+                with contextlib.suppress(AuditWriteError):
+                    self._finish(record, started, outcome="cancelled", error="execution-ended")
+                raise
+            self._finish(record, started, outcome="ok", result_bytes=result.size)
+            span.set_attribute("upstream.outcome", "ok")
+            return _reply(call_id, result=reply)
+
+    @staticmethod
+    def _checked(grant: UpstreamAllowed, result: UpstreamResult) -> Any:
+        if result.size > grant.max_result_bytes:
+            raise _Refused(
+                "result-too-large",
+                f"the result is {result.size} bytes, above code_mode.max_result_bytes ({grant.max_result_bytes})",
+            )
+        if grant.refuse_secrets:
+            kind = looks_like_secret(_text_of(result))
+            if kind is not None:
+                raise _Refused("secret-in-result", f"the result looks like it holds a secret ({kind}); refused by policy")
+        if result.is_error:
+            raise _Refused("upstream-tool-error", result.text[:_ERROR_TEXT] or "the upstream tool reported an error")
+        return result.structured if result.structured is not None else result.text
+
+    def _finish(self, record: dict[str, Any], started: float, **outcome: Any) -> None:
+        self.counter.add(1, {"outcome": outcome.get("error", "ok")})
+        self.audit.emit(
+            "upstream.call", duration_ms=round((time.monotonic() - started) * 1000, 2), **record, **outcome
+        )
