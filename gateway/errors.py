@@ -23,7 +23,14 @@ __all__ = [
     "SandboxUnusable",
     "SessionLimitReached",
     "SetupError",
+    "ToolGenerationError",
     "UidInUse",
+    "UpstreamConfigError",
+    "UpstreamError",
+    "UpstreamFailed",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "UpstreamUnknown",
 ]
 
 
@@ -135,3 +142,47 @@ class SessionLimitReached(QuotaExceeded):
     """The principal already holds as many MCP sessions as it may."""
 
     code = "session-limit"
+
+
+class UpstreamConfigError(ConfigError):
+    """The upstreams file (the MCP servers code mode may call) is wrong; it names the server and key,
+    never a header value or secret."""
+
+    code = "upstream-config-error"
+
+
+class UpstreamError(GatewayError):
+    """A call to an upstream MCP server did not give a result."""
+
+    code = "upstream-error"
+
+
+class UpstreamUnknown(UpstreamError):
+    """No such upstream server, or the tool is not one it exposes; refused before any upstream traffic."""
+
+    code = "upstream-unknown"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream server cannot be reached, refused the gateway's credentials, or its session broke;
+    the gateway reconnects on a later call."""
+
+    code = "upstream-unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream call took longer than its timeout; it was cancelled, the session stays usable."""
+
+    code = "upstream-timeout"
+
+
+class UpstreamFailed(UpstreamError):
+    """The upstream server broke the protocol, or its result is too large."""
+
+    code = "upstream-failed"
+
+
+class ToolGenerationError(UpstreamError):
+    """`tools generate` refused to write: the output holds a directory it did not generate."""
+
+    code = "tools-generate-refused"

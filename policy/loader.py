@@ -12,14 +12,14 @@ from policy.errors import PolicyLoadError
 from policy.guardrails import check_effective_guardrails, check_guardrails
 from policy.model import Policy
 
-__all__ = ["default_policy_path", "load_policy", "load_policy_text"]
+__all__ = ["UniqueKeyLoader", "default_policy_path", "load_policy", "load_policy_text"]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(yaml.SafeLoader):
     """A safe loader that refuses duplicate keys: the second one would silently win."""
 
 
-def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+def _mapping_without_duplicates(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -29,7 +29,7 @@ def _mapping_without_duplicates(loader: _UniqueKeyLoader, node: yaml.MappingNode
     return loader.construct_mapping(node, deep=deep)
 
 
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
 
 def default_policy_path() -> Path:
@@ -90,7 +90,7 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 def load_policy_text(text: str, source: str = "<string>") -> Policy:
     """Parse and validate a policy from YAML text; raise PolicyLoadError naming file, key and rule."""
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise PolicyLoadError(source, "<yaml>", "not valid YAML", str(exc).replace("\n", " ")) from exc
     if not isinstance(raw, dict):

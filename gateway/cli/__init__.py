@@ -1,5 +1,5 @@
 """The `sandbox-gateway` command: setup, build-images, serve, socket-proxy, token, policy, audit,
-sandboxes, ui."""
+sandboxes, tools, ui."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from gateway.cli.audit import add_audit_commands
 from gateway.cli.policy import add_policy_commands
 from gateway.cli.sandboxes import add_sandbox_commands
 from gateway.cli.tokens import add_token_commands
+from gateway.cli.tools import add_tools_commands
 from gateway.cli.ui import add_ui_commands
 from gateway.config import DEFAULT_DOCKER_HOST
 from gateway.errors import GatewayError
@@ -203,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
         add_audit_commands,
         add_sandbox_commands,
         add_token_commands,
+        add_tools_commands,
         add_ui_commands,
     ):
         add_commands(sub)

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
         "gateway.ratelimit",
         "gateway.agent",
     },
-    {"gateway.backend", "gateway.auth"},
+    {"gateway.backend", "gateway.auth", "gateway.upstream"},
     {"gateway.sandboxes", "gateway.setup", "gateway.sockproxy"},
     {"gateway.calls"},
     {"gateway.wiring"},
