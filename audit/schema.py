@@ -10,6 +10,8 @@ Top level: `ts`, `event_id`, `event`, `request_id`, `trace_id`, `span_id`, `tool
   `oom_killed`, `truncated`, `sandbox_lost`, `sandbox_replaced`, `duration_ms`, `stdout_bytes`, `stderr_bytes`
 - `limits`: what bounded it — `timeout_s`, `max_output_bytes`, `input_bytes`, `limit`, `rate`,
   `retry_after_s`
+- `upstream`: code mode — `server`, `tool`, `rule_id`, `arguments` (like `code`: an HMAC, the text
+  or absent), `result_bytes`; on `exec.finish`, `calls` made and `refused` (count per code)
 - `code`: the submitted code, per the policy's `audit.code`: `{"hmac_sha256": ...}` (default),
   `{"text": ...}` (full) or absent (none)
 - `detail`: anything else an event carries (e.g. `reason` of a removal)
@@ -61,6 +63,15 @@ EVENTS: dict[str, str] = {
     "sandbox.remove": "a sandbox was removed (reset, idle, max-age, spec-changed, stale, lost, shutdown)",
     "sandbox.sweep": "start-up sweep: running sandboxes kept for adoption, stale or orphaned ones removed",
     "sandbox.admin_remove": "a tenant admin asked to remove a principal's sandbox (detail.target_principal)",
+    "upstreams.start": "code mode: the upstream servers configured (detail.servers) and those connected at start",
+    "tools.generate": "code mode: the upstream tools' modules were written into the tools directory "
+    "(detail.trigger start or list-changed:SERVER, written, removed, unavailable servers)",
+    "upstream.start": "code mode: an allowed call from sandbox code to an upstream tool is about to be made "
+    "(upstream.server, tool, rule_id, arguments digest; limits.timeout_s); refused if it cannot be recorded",
+    "upstream.call": "code mode: a call from sandbox code to an upstream tool ended: outcome ok, rejected "
+    "(refused by policy before it was made, or its result refused: result-too-large, secret-in-result, "
+    "upstream-tool-error) or error (upstream-unavailable, upstream-timeout, execution-ended...); refusals "
+    "before a call are recorded once per code and execution, and counted in exec.finish's upstream.refused",
     "docker.list": "Docker API: list containers",
     "docker.create": "Docker API: create a container",
     "docker.start": "Docker API: start a container",
@@ -119,6 +130,13 @@ GROUPS: dict[str, tuple[str, str]] = {
     "limit": ("limits", "limit"),
     "rate": ("limits", "rate"),
     "retry_after_s": ("limits", "retry_after_s"),
+    "server": ("upstream", "server"),
+    "upstream_tool": ("upstream", "tool"),
+    "rule_id": ("upstream", "rule_id"),
+    "arguments": ("upstream", "arguments"),
+    "result_bytes": ("upstream", "result_bytes"),
+    "upstream_calls": ("upstream", "calls"),
+    "upstream_refused": ("upstream", "refused"),
 }
 
 
@@ -170,6 +188,16 @@ class Limits(_Group):
     retry_after_s: float | None = None
 
 
+class Upstream(_Group):
+    server: str | None = None
+    tool: str | None = None
+    rule_id: str | None = None
+    arguments: dict[str, str] | None = None
+    result_bytes: int | None = None
+    calls: int | None = None
+    refused: dict[str, int] | None = None
+
+
 class AuditEvent(BaseModel):
     """One audit line, validated: the contract a SIEM parser can rely on."""
 
@@ -188,6 +216,7 @@ class AuditEvent(BaseModel):
     resource: Resource | None = None
     outcome: Outcome | None = None
     limits: Limits | None = None
+    upstream: Upstream | None = None
     code: dict[str, str] | None = None
     detail: dict[str, Any] | None = None
     prev_hash: str = Field(min_length=64, max_length=64)

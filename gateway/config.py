@@ -22,6 +22,7 @@ __all__ = [
     "ENV_EXECUTOR_IMAGE",
     "ENV_LOG_LEVEL",
     "ENV_SANDBOX_UIDS",
+    "ENV_UPSTREAMS",
     "Settings",
     "check_docker_host",
     "check_engine_tls",
@@ -58,6 +59,8 @@ ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 
 #: Host uid range sandboxes run as (each its own uid); the gateway and its socket proxy share it.
 ENV_SANDBOX_UIDS = "SGW_SANDBOX_UIDS"
+#: Code mode: the operator's file of upstream MCP servers (see gateway/upstream/config.py).
+ENV_UPSTREAMS = "SGW_UPSTREAMS"
 
 #: The socket proxy's unix socket (owner-only) that `setup` starts it on.
 DEFAULT_PROXY_SOCKET = "/run/sandbox-gateway/docker-proxy.sock"
@@ -190,6 +193,10 @@ class Settings:
     tls_key: Path | None = None
     remove_on_shutdown: bool = True
     tools_path: Path | None = None
+    #: Code mode: the upstream MCP servers sandbox code may call (the policy decides who may).
+    upstreams_file: Path | None = None
+    #: Code mode: write the upstream tools' modules into `tools_path` at start and when a list changes.
+    generate_tools: bool = False
     skills_path: Path | None = None
     allowed_hosts: tuple[str, ...] = field(default=())
     #: Host uids sandboxes run as, `LOW-HIGH` (each sandbox its own); the socket proxy's range too.
@@ -207,6 +214,7 @@ class Settings:
             "audit_hmac_key_file": Path(env[ENV_AUDIT_HMAC_KEY_FILE])
             if env.get(ENV_AUDIT_HMAC_KEY_FILE)
             else None,
+            "upstreams_file": Path(env[ENV_UPSTREAMS]) if env.get(ENV_UPSTREAMS) else None,
         }
         tls = engine_tls_from_env(env)
         if tls is not None:
@@ -266,3 +274,10 @@ class Settings:
         for name, path in (("tools", self.tools_path), ("skills", self.skills_path)):
             if path is not None and not path.is_dir():
                 raise ConfigError(f"the {name} directory {path} does not exist")
+        self._validate_code_mode()
+
+    def _validate_code_mode(self) -> None:
+        if self.upstreams_file is not None and not self.upstreams_file.is_file():
+            raise ConfigError(f"the upstreams file {self.upstreams_file} does not exist")
+        if self.generate_tools and (self.tools_path is None or self.upstreams_file is None):
+            raise ConfigError("--generate-tools needs --upstreams and --tools-dir (where the modules go)")

@@ -15,6 +15,7 @@ from audit.otlp import OTLPLogSink, otlp_logs_configured
 from audit.sinks import AuditSink
 from gateway.backend.base import Backend
 from gateway.backend.docker_engine import DockerBackend, tls_config
+from gateway.calls.code_mode import CodeModeCalls
 from gateway.calls.explain import PrincipalDirectory
 from gateway.calls.service import ExecutionService
 from gateway.config import Settings
@@ -22,6 +23,7 @@ from gateway.errors import ConfigError
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
 from gateway.uids import UidRange
+from gateway.upstream import Upstreams, load_upstreams
 from policy import Policy
 from policy.engine import PolicyEngine
 
@@ -89,6 +91,8 @@ class Core:
     rates: RateLimiter
     broker: Broker
     service: ExecutionService
+    #: Code mode: the upstream MCP servers (started and closed by the app's lifespan), if configured.
+    upstreams: Upstreams | None = None
 
     @property
     def engine(self) -> PolicyEngine:
@@ -127,4 +131,8 @@ def build_core(
     service = ExecutionService(
         engine, broker, audit, enforce_request_rate=enforce_request_rate, rates=rates, principals=principals
     )
-    return Core(audit=audit, backend=backend, rates=rates, broker=broker, service=service)
+    upstreams = Upstreams(load_upstreams(settings.upstreams_file)) if settings.upstreams_file else None
+    service.code_mode = CodeModeCalls(lambda: service.engine, upstreams, audit, rates)
+    return Core(
+        audit=audit, backend=backend, rates=rates, broker=broker, service=service, upstreams=upstreams
+    )

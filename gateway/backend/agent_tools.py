@@ -28,7 +28,7 @@ async def serve_tool_calls(
     calls = call.tool_calls
     if calls is None:
         return await call.ended(deadline - time.monotonic())
-    serving = anyio.CapacityLimiter(TOOL_CALLS_AT_ONCE)
+    serving = anyio.Semaphore(TOOL_CALLS_AT_ONCE)
     async with anyio.create_task_group() as tasks:
 
         async def serve() -> None:
@@ -44,7 +44,7 @@ async def serve_tool_calls(
 
 
 async def _answer_one(
-    handler: ToolCallHandler, answer: Answer, message: bytes, serving: anyio.CapacityLimiter
+    handler: ToolCallHandler, answer: Answer, message: bytes, serving: anyio.Semaphore
 ) -> None:
     try:
         conn_text, _, line = message.partition(b" ")

@@ -16,6 +16,7 @@ import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,15 +25,16 @@ from opentelemetry import metrics, trace
 
 from audit import AuditLog, AuditWriteError
 from gateway import __version__
+from gateway.backend.base import KILL_AFTER_S
 from gateway.errors import GatewayError
 from gateway.ratelimit import RateLimiter
 from gateway.telemetry import TRACER_NAME
-from gateway.upstream.clients import UpstreamResult, Upstreams
-from policy import Denied, Principal, UpstreamAllowed
+from gateway.upstream import UpstreamResult, Upstreams
+from policy import Allowed, Denied, Principal, UpstreamAllowed
 from policy.engine import PolicyEngine
 from policy.secrets import looks_like_secret
 
-__all__ = ["CodeModeCalls", "ExecutionTools", "MAX_REQUEST_BYTES"]
+__all__ = ["MAX_REQUEST_BYTES", "CodeModeCalls", "ExecutionTools"]
 
 #: Largest call line accepted (the agent's own bound); arguments are capped lower by the policy.
 MAX_REQUEST_BYTES = 1 << 20
@@ -70,8 +72,20 @@ def _text_of(result: UpstreamResult) -> str:
     return "\n".join([result.text, *_strings(result.structured)])
 
 
-def parse_call(line: bytes) -> tuple[object, str, str, dict[str, Any], int]:
-    """(id, server, tool, arguments, argument bytes) of one call line, or _Refused(invalid-request)."""
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One call as the code wrote it, parsed: its id (echoed back), the tool, its decoded arguments
+    (what goes upstream, re-encoded) and their size as compact JSON."""
+
+    id: object
+    server: str
+    tool: str
+    arguments: dict[str, Any]
+    size: int
+
+
+def parse_call(line: bytes) -> ToolCall:
+    """One call line, or _Refused(invalid-request)."""
     if len(line) > MAX_REQUEST_BYTES:
         raise _Refused("invalid-request", "a call is at most 1 MiB")
     try:
@@ -89,7 +103,7 @@ def parse_call(line: bytes) -> tuple[object, str, str, dict[str, Any], int]:
     if not isinstance(arguments, dict):
         raise _Refused("invalid-request", "`arguments` is a JSON object")
     size = len(json.dumps(arguments, ensure_ascii=False, separators=(",", ":")).encode())
-    return call_id, server[:200], tool[:200], arguments, size
+    return ToolCall(call_id, server[:200], tool[:200], arguments, size)
 
 
 @dataclass
@@ -103,80 +117,96 @@ class ExecutionTools:
     refusals: Counter[str] = field(default_factory=Counter)
 
     def summary(self) -> dict[str, Any]:
-        return {"calls": self.made, "refused": dict(self.refusals)}
+        """For the execution's `exec.finish`."""
+        return {"upstream_calls": self.made, "upstream_refused": dict(self.refusals)}
 
     async def __call__(self, line: bytes) -> str:
         """The answer line for one call line (never raises but for cancellation)."""
-        call_id: object = None
-        server = tool = None
+        call: ToolCall | None = None
         try:
-            call_id, server, tool, arguments, size = parse_call(line)
-            return await self.bridge.call(self, call_id, server, tool, arguments, size)
+            call = parse_call(line)
+            return await self.bridge.call(self, call)
         except _Refused as refused:
-            self._refused(refused, server, tool)
-            return _reply(call_id, error={"code": refused.code, "message": refused.message})
+            self._refused(refused, call)
+            return _reply(call.id if call else None, error={"code": refused.code, "message": refused.message})
         except AuditWriteError:
-            return _reply(call_id, error={"code": "audit-unavailable", "message": "the call could not be recorded"})
+            failed = {"code": "audit-unavailable", "message": "the call could not be recorded"}
+            return _reply(call.id if call else None, error=failed)
 
-    def _refused(self, refused: _Refused, server: str | None, tool: str | None) -> None:
+    def _refused(self, refused: _Refused, call: ToolCall | None) -> None:
         """The first refusal of each kind in this execution is recorded; the rest are counted."""
         self.refusals[refused.code] += 1
         self.bridge.counter.add(1, {"outcome": refused.code})
         if self.refusals[refused.code] == 1:
             self.bridge.audit.emit(
                 "upstream.call",
-                outcome="denied",
+                outcome="rejected",
                 error=refused.code,
                 message=refused.message[:300],
-                server=server,
-                upstream_tool=tool,
+                server=call.server if call else None,
+                upstream_tool=call.tool if call else None,
             )
 
 
 class CodeModeCalls:
     """Serves the upstream tool calls of executions whose profile turns code mode on."""
 
-    def __init__(self, engine: PolicyEngine, upstreams: Upstreams | None, audit: AuditLog, rates: RateLimiter) -> None:
-        self.engine, self.upstreams, self.audit, self.rates = engine, upstreams, audit, rates
+    def __init__(
+        self,
+        engine: Callable[[], PolicyEngine],
+        upstreams: Upstreams | None,
+        audit: AuditLog,
+        rates: RateLimiter,
+    ) -> None:
+        #: The policy in force, asked for each call (a reload replaces it).
+        self.engine = engine
+        self.upstreams, self.audit, self.rates = upstreams, audit, rates
         self.counter = metrics.get_meter(TRACER_NAME, __version__).create_counter(
-            "sandbox_gateway.upstream.calls", description="Tool calls from sandbox code to upstream servers, by outcome"
+            "sandbox_gateway.upstream.calls",
+            description="Tool calls from sandbox code to upstream servers, by outcome",
         )
 
-    def for_execution(self, principal: Principal, profile_has_code_mode: bool, timeout_s: float) -> ExecutionTools | None:
+    def for_execution(self, principal: Principal, decision: Allowed) -> ExecutionTools | None:
         """The handler for one execution, or None when its profile has no code mode."""
-        if not profile_has_code_mode:
+        profile = self.engine().policy.profiles.get(decision.profile)
+        if profile is None or profile.code_mode is None:
             return None
-        return ExecutionTools(self, principal, time.monotonic() + timeout_s)
+        return ExecutionTools(self, principal, time.monotonic() + decision.timeout_s + KILL_AFTER_S)
 
-    async def call(
-        self, execution: ExecutionTools, call_id: object, server: str, tool: str, arguments: dict[str, Any], size: int
-    ) -> str:
-        grant = self._decide(execution, server, tool, arguments, size)
+    async def call(self, execution: ExecutionTools, call: ToolCall) -> str:
+        """Decide, count and make one call; its answer line. _Refused for a refusal before it is made."""
+        grant = self._decide(execution, call)
         if execution.made >= grant.calls_per_execution:
+            cap = grant.calls_per_execution
             raise _Refused(
                 "upstream-budget-exhausted",
-                f"this execution made its {grant.calls_per_execution} upstream calls (code_mode.calls_per_execution)",
+                f"this execution made its {cap} upstream calls (code_mode.calls_per_execution)",
             )
         key = f"{execution.principal.tenant}/{execution.principal.id}"
         retry = self.rates.hit("upstream-calls", key, f"{grant.calls_per_minute}/minute")
         if retry is not None:
-            raise _Refused("rate-limited", f"upstream call rate {grant.calls_per_minute}/minute reached; retry in {retry:.0f} s")
+            raise _Refused(
+                "rate-limited",
+                f"upstream call rate {grant.calls_per_minute}/minute reached; retry in {retry:.0f} s",
+            )
         left = execution.deadline - time.monotonic()
         if left <= 0.05:
             raise _Refused("upstream-timeout", "the execution's time is up")
         if self.upstreams is None:
             raise _Refused("upstream-unknown", "this gateway has no upstream servers configured")
         execution.made += 1
-        return await self._send(execution, call_id, grant, arguments, min(grant.call_timeout_s, left))
+        return await self._send(execution, call, grant, min(grant.call_timeout_s, left))
 
-    def _decide(self, execution: ExecutionTools, server: str, tool: str, arguments: dict[str, Any], size: int) -> UpstreamAllowed:
-        decision = self.engine.decide_upstream(execution.principal, server, tool, arguments, size)
+    def _decide(self, execution: ExecutionTools, call: ToolCall) -> UpstreamAllowed:
+        decision = self.engine().decide_upstream(
+            execution.principal, call.server, call.tool, call.arguments, call.size
+        )
         if isinstance(decision, Denied):
             raise _Refused(decision.reasons[0], decision.message)
         return decision
 
     async def _send(
-        self, execution: ExecutionTools, call_id: object, grant: UpstreamAllowed, arguments: dict[str, Any], timeout_s: float
+        self, execution: ExecutionTools, call: ToolCall, grant: UpstreamAllowed, timeout_s: float
     ) -> str:
         assert self.upstreams is not None  # noqa: S101 - checked by the caller
         started = time.monotonic()
@@ -185,49 +215,58 @@ class CodeModeCalls:
             "upstream_tool": grant.tool,
             "rule_id": grant.rule_id,
             "policy_digest": grant.policy_digest,
-            "arguments": self.audit.code.digest(json.dumps(arguments, sort_keys=True, ensure_ascii=False)),
+            "arguments": self.audit.code.digest(
+                json.dumps(call.arguments, sort_keys=True, ensure_ascii=False)
+            ),
         }
         # Fail-closed: a call that cannot be recorded is not made (AuditWriteError refuses it).
-        self.audit.emit("upstream.start", **record, timeout_s=round(timeout_s, 3))
+        self.audit.emit("upstream.start", **record, timeout_s=round(timeout_s, 3))  # limits.timeout_s
         with _tracer.start_as_current_span(
             "upstream.call", attributes={"upstream.server": grant.server, "upstream.tool": grant.tool}
         ) as span:
             result: UpstreamResult | None = None
             try:
-                result = await self.upstreams.call(grant.server, grant.tool, arguments, timeout_s=timeout_s)
+                result = await self.upstreams.call(
+                    grant.server, grant.tool, call.arguments, timeout_s=timeout_s
+                )
                 reply = self._checked(grant, result)
             except GatewayError as exc:
                 self._finish(record, started, outcome="error", error=exc.code)
                 span.set_attribute("upstream.outcome", exc.code)
                 execution.refusals[exc.code] += 1
-                return _reply(call_id, error={"code": exc.code, "message": exc.message})
+                return _reply(call.id, error={"code": exc.code, "message": exc.message})
             except _Refused as refused:
                 size = result.size if result is not None else 0
-                self._finish(record, started, outcome="refused", error=refused.code, result_bytes=size)
+                self._finish(record, started, outcome="rejected", error=refused.code, result_bytes=size)
                 span.set_attribute("upstream.outcome", refused.code)
                 execution.refusals[refused.code] += 1
-                return _reply(call_id, error={"code": refused.code, "message": refused.message})
+                return _reply(call.id, error={"code": refused.code, "message": refused.message})
             except anyio.get_cancelled_exc_class():
                 with contextlib.suppress(AuditWriteError):
-                    self._finish(record, started, outcome="cancelled", error="execution-ended")
+                    self._finish(record, started, outcome="error", error="execution-ended")
                 raise
             self._finish(record, started, outcome="ok", result_bytes=result.size)
             span.set_attribute("upstream.outcome", "ok")
-            return _reply(call_id, result=reply)
+            return _reply(call.id, result=reply)
 
     @staticmethod
     def _checked(grant: UpstreamAllowed, result: UpstreamResult) -> Any:
         if result.size > grant.max_result_bytes:
+            cap = grant.max_result_bytes
             raise _Refused(
                 "result-too-large",
-                f"the result is {result.size} bytes, above code_mode.max_result_bytes ({grant.max_result_bytes})",
+                f"the result is {result.size} bytes, above code_mode.max_result_bytes ({cap})",
             )
         if grant.refuse_secrets:
             kind = looks_like_secret(_text_of(result))
             if kind is not None:
-                raise _Refused("secret-in-result", f"the result looks like it holds a secret ({kind}); refused by policy")
+                raise _Refused(
+                    "secret-in-result", f"the result looks like it holds a secret ({kind}); refused by policy"
+                )
         if result.is_error:
-            raise _Refused("upstream-tool-error", result.text[:_ERROR_TEXT] or "the upstream tool reported an error")
+            raise _Refused(
+                "upstream-tool-error", result.text[:_ERROR_TEXT] or "the upstream tool reported an error"
+            )
         return result.structured if result.structured is not None else result.text
 
     def _finish(self, record: dict[str, Any], started: float, **outcome: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from audit import AuditLog, AuditWriteError
-from gateway.backend.base import ExecOutcome, OutputCallback
+from gateway.backend.base import ExecOutcome, OutputCallback, ToolCallHandler
 from gateway.calls.budgets import TenantSlots, budget_instruments
 from gateway.calls.explain import PrincipalDirectory
 from gateway.errors import InvalidArgument, PolicyDenied, QuotaExceeded
@@ -138,6 +138,8 @@ class CallPath:
         decision: Allowed,
         argv: list[str],
         on_output: OutputCallback | None = None,
+        *,
+        tool_calls: ToolCallHandler | None = None,
     ) -> ExecOutcome:
         """broker.execute, counted against the tenant's concurrency cap (refused at once when full)."""
         tenant, cap = principal.tenant, decision.limits.max_concurrent_per_tenant
@@ -149,7 +151,7 @@ class CallPath:
             )
         self.budget_metrics.tenant_running.add(1, {"tenant": tenant})
         try:
-            return await self.broker.execute(principal, decision, argv, on_output)
+            return await self.broker.execute(principal, decision, argv, on_output, tool_calls=tool_calls)
         finally:
             self.tenant_slots.release(tenant)
             self.budget_metrics.tenant_running.add(-1, {"tenant": tenant})

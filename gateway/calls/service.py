@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 
 from gateway.backend.base import KILL_AFTER_S, ExecOutcome
 from gateway.backend.commands import MAX_ARGV_BYTES, bash_argv, python_argv
+from gateway.calls.code_mode import CodeModeCalls, ExecutionTools
 from gateway.calls.explain import action_for, explain, profile_limits
 from gateway.calls.file_tools import FileCalls
 from gateway.calls.inputs import check_code, check_explain_target
@@ -40,8 +42,16 @@ _ARGV_BUILDERS: dict[str, Callable[[str], list[str]]] = {
 _TIMEOUT_EXITS = (124, 128 + 9)
 
 
+def _upstream(tools: ExecutionTools | None) -> dict[str, Any]:
+    """What an execution's code did upstream, for its `exec.finish` (nothing without code mode)."""
+    return tools.summary() if tools is not None else {}
+
+
 class ExecutionService(FileCalls):
     """Decides, records and runs tool calls for principals: code, files, and the sandbox itself."""
+
+    #: Code mode: serves the upstream tool calls of executions whose profile allows them.
+    code_mode: CodeModeCalls | None = None
 
     async def execute(
         self,
@@ -59,16 +69,21 @@ class ExecutionService(FileCalls):
             return await self._execute(principal, tool, code, timeout_s, on_progress)
 
     async def _run_with_progress(
-        self, principal: Principal, decision: Allowed, argv: list[str], on_progress: ProgressReport | None
+        self,
+        principal: Principal,
+        decision: Allowed,
+        argv: list[str],
+        on_progress: ProgressReport | None,
+        tools: ExecutionTools | None = None,
     ) -> ExecOutcome:
         if on_progress is None:
-            return await self._in_tenant_budget(principal, decision, argv)
+            return await self._in_tenant_budget(principal, decision, argv, tool_calls=tools)
         tail = OutputTail()
         failure: Exception | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(relay_progress, tail, on_progress)
             try:
-                outcome = await self._in_tenant_budget(principal, decision, argv, tail)
+                outcome = await self._in_tenant_budget(principal, decision, argv, tail, tool_calls=tools)
             except Exception as exc:  # noqa: BLE001 - re-raised as itself below, not in an exception group
                 failure = exc
             finally:
@@ -98,6 +113,7 @@ class ExecutionService(FileCalls):
             )
         timeout = decision.timeout_s
         argv = builder(text)
+        tools = self.code_mode.for_execution(principal, decision) if self.code_mode is not None else None
         self.audit.emit(
             "exec.start",
             policy_digest=decision.policy_digest,
@@ -108,16 +124,24 @@ class ExecutionService(FileCalls):
             code=text,  # the audit pipeline keeps an HMAC, the text, or nothing, as the policy says
         )
         try:
-            outcome = await self._run_with_progress(principal, decision, argv, on_progress)
+            outcome = await self._run_with_progress(principal, decision, argv, on_progress, tools)
         except anyio.get_cancelled_exc_class():
             # The client went away or the gateway stops: still, no execution goes unrecorded.
             self.audit.emit(
-                "exec.finish", outcome="error", error="cancelled", policy_digest=decision.policy_digest
+                "exec.finish",
+                outcome="error",
+                error="cancelled",
+                policy_digest=decision.policy_digest,
+                **_upstream(tools),
             )
             raise
         except GatewayError as exc:
             self.audit.emit(
-                "exec.finish", outcome="error", error=exc.code, policy_digest=decision.policy_digest
+                "exec.finish",
+                outcome="error",
+                error=exc.code,
+                policy_digest=decision.policy_digest,
+                **_upstream(tools),
             )
             self.metrics.tool_calls.add(1, {"tool": tool, "outcome": "error"})
             raise
@@ -153,6 +177,7 @@ class ExecutionService(FileCalls):
             oom_killed=outcome.oom_killed,
             policy_digest=decision.policy_digest,
             max_output_bytes=decision.limits.max_output_bytes,
+            **_upstream(tools),
         )
         return result
 

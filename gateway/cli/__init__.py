@@ -143,6 +143,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--keep-sandboxes", action="store_true", help="do not remove sandboxes on shutdown")
     serve.add_argument("--tools-dir", type=Path, help="host directory mounted read-only at /tools")
+    serve.add_argument(
+        "--upstreams",
+        type=Path,
+        help="code mode: the upstream MCP servers sandbox code may call, as the policy allows "
+        "(default: $SGW_UPSTREAMS)",
+    )
+    serve.add_argument(
+        "--generate-tools",
+        action="store_true",
+        help="code mode: write the upstream tools' Python modules into --tools-dir at start and "
+        "whenever a server's tool list changes",
+    )
     serve.add_argument("--skills-dir", type=Path, help="host directory mounted read-only at /skills")
     serve.add_argument(
         "--max-sandboxes", type=int, default=1000, help="live sandboxes at most (all principals)"

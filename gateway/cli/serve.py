@@ -64,6 +64,8 @@ def serve(args: argparse.Namespace) -> int:
         gateway_id=args.gateway_id,
         remove_on_shutdown=not args.keep_sandboxes,
         tools_path=args.tools_dir,
+        upstreams_file=args.upstreams,
+        generate_tools=args.generate_tools or None,
         skills_path=args.skills_dir,
         allowed_hosts=tuple(args.allowed_host),
         reap_interval_s=args.reap_interval,

@@ -24,6 +24,7 @@ from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.http.sessions import GatewaySessionManager
 from gateway.sandboxes.broker import Broker
+from gateway.upstream import generate
 from gateway.wiring import Core
 
 __all__ = ["Lifespan", "gateway_lifespan"]
@@ -55,6 +56,37 @@ async def _sweep(core: Core) -> None:
         await core.broker.sweep(specs)
     except GatewayError as exc:  # the engine may come up later; sandboxes are then adopted lazily
         _log.warning("start-up sweep of sandboxes failed: %s", exc.message)
+
+
+async def _start_upstreams(core: Core, settings: Settings) -> None:
+    """Code mode: connect to the upstream servers (one that does not answer is tried again on its
+    next call) and, with --generate-tools, write their modules now and whenever a list changes."""
+    upstreams = core.upstreams
+    if upstreams is None:
+        return
+    await upstreams.start()
+    connected = sorted(name for name in upstreams.servers() if upstreams.connected(name))
+    core.audit.emit("upstreams.start", servers=sorted(upstreams.servers()), connected=connected)
+    if not settings.generate_tools or settings.tools_path is None:
+        return
+    out = settings.tools_path
+
+    async def regenerate(server: str = "") -> None:
+        try:
+            report = await generate(upstreams, out)
+        except GatewayError as exc:
+            _log.warning("generating the upstream tools' modules failed: %s", exc.message)
+            return
+        core.audit.emit(
+            "tools.generate",
+            trigger=f"list-changed:{server}" if server else "start",
+            written=len(report.written),
+            removed=len(report.removed),
+            unavailable=sorted(report.unavailable),
+        )
+
+    await regenerate()
+    upstreams.on_tools_changed = regenerate
 
 
 async def _flush_repeated_forever(audit: AuditLog) -> None:
@@ -110,6 +142,7 @@ def gateway_lifespan(
                 docker_host=settings.docker_host,
             )
             await _sweep(core)
+            await _start_upstreams(core, settings)
             try:
                 # Background work ends (and its Docker calls return) before the clean-up below, so
                 # a pool sandbox being made now cannot outlive the shutdown.
@@ -130,6 +163,8 @@ def gateway_lifespan(
                     interrupted = await broker.wait_idle(min(settings.shutdown_grace_s, _SETTLE_S))
                     if settings.remove_on_shutdown:
                         removed = await _cleanup(broker)
+                    if core.upstreams is not None:
+                        await core.upstreams.aclose()
                 _record_stop(audit, removed, interrupted)
                 if on_shutdown is not None:
                     on_shutdown()  # flush exporters now: the server may re-raise the stop signal next

@@ -1,5 +1,4 @@
 """The broker: one sandbox per principal, created only from an allowed Decision, run under its limits.
-
 A facade over the `Registry` (who has which sandbox, quotas), `Containers` (the Docker verbs; the
 one place a sandbox is removed), `Adoption`, the `WarmPool` and `Execution`. A sandbox is replaced
 when its spec changes or it outlives its lifecycle, and once when lost before a command started."""
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 from audit import AuditLog
-from gateway.backend.base import Backend, ExecOutcome, ExecRequest, OutputCallback
+from gateway.backend.base import Backend, ExecOutcome, ExecRequest, OutputCallback, ToolCallHandler
 from gateway.backend.create_body import sandbox_env
 from gateway.backend.ops import DockerOps, acting_for
 from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded, SandboxUnusable
@@ -76,7 +75,6 @@ class Broker:
         self._keeper = PoolKeeper(self.pool, self._registry, self._containers)
 
     # -- what the gateway asks --------------------------------------------------------------------
-
     @property
     def uids(self) -> UidRange:
         """Host uids for sandboxes: each gets its own (see gateway/uids.py)."""
@@ -120,9 +118,11 @@ class Broker:
         decision: Decision,
         argv: list[str],
         on_output: OutputCallback | None = None,
+        *,
+        tool_calls: ToolCallHandler | None = None,
     ) -> ExecOutcome:
-        """Run argv in the principal's sandbox under the Decision's limits and timeout; `on_output`
-        sees the output as it arrives (on a thread of the sandbox's own)."""
+        """Run argv in the principal's sandbox under the Decision's limits; `on_output` sees output as
+        it arrives (on a thread of the sandbox's own), `tool_calls` serves its code-mode calls."""
         grant = _allowed(decision)
         request = ExecRequest(
             argv=argv,
@@ -130,6 +130,7 @@ class Broker:
             env=sandbox_env(grant.spec),
             timeout_s=grant.timeout_s,
             max_output_bytes=grant.limits.max_output_bytes,
+            tool_calls=tool_calls,
         )
         with (
             self._registry.calling(principal_key(principal), grant.limits.max_concurrent),

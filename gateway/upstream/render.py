@@ -130,8 +130,24 @@ def _function_doc(tool: UpstreamTool, params: list[Param]) -> str:
                 text += f" Optional{shown}; left out of the call when None."
             lines.append(f"    {param.identifier}: {text}")
         lines.append("")
-    lines.append("Returns the tool's result, as sgw_tools.call_tool gives it.")
+    if wraps_result(tool):
+        lines.append("Returns the tool's result (its structured `result`, unwrapped).")
+    else:
+        lines.append("Returns the tool's result, as sgw_tools.call_tool gives it.")
     return "\n".join(lines) + "\n"
+
+
+def wraps_result(tool: UpstreamTool) -> bool:
+    """Whether the tool's output schema is the MCP SDKs' wrapper of a non-object result: an object
+    whose only, required property is `result`."""
+    schema = tool.output_schema or {}
+    properties = schema.get("properties")
+    return (
+        schema.get("type") == "object"
+        and isinstance(properties, dict)
+        and list(properties) == ["result"]
+        and schema.get("required") == ["result"]
+    )
 
 
 def render_tool(tool: UpstreamTool, function: str) -> str:
@@ -147,7 +163,12 @@ def render_tool(tool: UpstreamTool, function: str) -> str:
     for p in params:
         if not p.required:
             body += [f"    if {p.identifier} is not None:", f"        arguments[{p.name!r}] = {p.identifier}"]
-    body.append(f"    return call_tool({tool.server!r}, {tool.name!r}, arguments)")
+    if wraps_result(tool):
+        body.append(f"    result = call_tool({tool.server!r}, {tool.name!r}, arguments)")
+        body.append('    wrapped = isinstance(result, dict) and list(result) == ["result"]')
+        body.append('    return result["result"] if wrapped else result')
+    else:
+        body.append(f"    return call_tool({tool.server!r}, {tool.name!r}, arguments)")
     source = "\n".join(
         [
             docstring(module_doc),

@@ -184,7 +184,13 @@ class Held:
         self.running = anyio.Event()
 
     async def __call__(
-        self, principal: Principal, decision: Any, argv: list[str], on_output: Any = None
+        self,
+        principal: Principal,
+        decision: Any,
+        argv: list[str],
+        on_output: Any = None,
+        *,
+        tool_calls: Any = None,
     ) -> ExecOutcome:
         if principal.tenant == "acme":
             self.started += 1

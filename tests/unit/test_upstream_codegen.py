@@ -28,11 +28,12 @@ pytestmark = pytest.mark.anyio
 STUB = '''\
 """The sandbox runtime's stand-in: records each call."""
 calls = []
+results = {}
 
 
 def call_tool(server, tool, arguments):
     calls.append((server, tool, arguments))
-    return {"ok": True}
+    return results.get(tool, {"ok": True})
 '''
 #: What every generated tool module is, at the top level, and nothing else.
 SHAPE = [ast.Expr, ast.ImportFrom, ast.ImportFrom, ast.Assign, ast.FunctionDef]
@@ -167,6 +168,24 @@ async def test_the_function_calls_call_tool_leaving_out_optional_nones(
     ]  # fmt: skip
     with pytest.raises(TypeError):
         package.read_note("n1")  # keyword-only
+
+
+async def test_a_result_the_sdk_wrapped_comes_back_unwrapped(tmp_path: Path, stub: ModuleType) -> None:
+    """MCP SDK servers give a non-object result as {"result": value}, with an output schema of just
+    that property; the generated function returns the value (any other result as it came)."""
+    wrapper = {"type": "object", "properties": {"result": {"type": "integer"}}, "required": ["result"]}
+    count = UpstreamTool("notes", "count", "Count notes.", {"type": "object", "properties": {}}, wrapper)
+    plain = UpstreamTool(
+        "notes", "plain", "A dict.", {"type": "object", "properties": {}}, {"type": "object"}
+    )
+    out = out_dir(tmp_path)
+    await run(out, {"notes": [count, plain]})
+    package = load(out, "notes")
+    stub.results.update(count={"result": 42}, plain={"result": 1})
+    assert package.count() == 42
+    assert package.plain() == {"result": 1}, "unwrapped only where the schema says it is a wrapper"
+    stub.results["count"] = "text, when the server gave no structured result"
+    assert package.count() == "text, when the server gave no structured result"
 
 
 HOSTILE_TEXT = (

@@ -1,0 +1,243 @@
+"""Code mode end to end: code in a sandbox imports generated tool modules and calls two real upstream
+MCP servers (one over streamable HTTP with a bearer token, one over stdio) through the gateway,
+under the policy, with every call audited; the sandbox still has no network.
+
+One gateway for the module: `coder` (profile with code mode), `plain` (the default profile, without).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from policy.loader import default_policy_path
+from tests.conftest import mountable_dir
+from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
+from tests.support import audit_events
+from tests.support.gateway_process import Gateway
+from tests.support.upstreams import RunningUpstreams, running_upstreams
+
+if TYPE_CHECKING:
+    from gateway.backend.docker_engine import DockerBackend
+
+pytestmark = pytest.mark.anyio
+
+CODE_MODE = {
+    "allow": [
+        {
+            "server": "notes",
+            "tools": ["search_notes", "read_note", "slow", "leak_secret"],
+            "arguments": {"query": {"max_length": 40}},
+        },
+        {"server": "calc", "tools": ["*"]},
+    ],
+    "calls_per_execution": 20,
+    "call_timeout_s": 20,
+}
+
+
+@pytest.fixture(scope="module")
+def setup(
+    tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend
+) -> Iterator[tuple[Gateway, RunningUpstreams, Path]]:
+    work = tmp_path_factory.mktemp("code-mode")
+    policy = yaml.safe_load(default_policy_path().read_text())
+    policy["profiles"]["coder"] = {"extends": "default", "code_mode": CODE_MODE}
+    (work / "policy.yaml").write_text(yaml.safe_dump(policy))
+    tools = mountable_dir("tools")
+    try:
+        with running_upstreams(work / "upstreams") as upstreams:
+            gateway = start_gateway(
+                work,
+                "--policy", str(work / "policy.yaml"),
+                "--upstreams", str(upstreams.file),
+                "--tools-dir", str(tools),
+                "--generate-tools",
+                principals={"coder": "coder", "plain": "default"},
+            )  # fmt: skip
+            try:
+                yield gateway, upstreams, tools
+            finally:
+                stop_gateway(gateway)
+    finally:
+        shutil.rmtree(tools, ignore_errors=True)
+    assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == []
+
+
+@pytest.fixture(scope="module")
+def gateway(setup: tuple[Gateway, RunningUpstreams, Path]) -> Gateway:
+    return setup[0]
+
+
+async def _python(gateway: Gateway, who: str, code: str, timeout_s: float | None = None) -> dict[str, Any]:
+    arguments: dict[str, Any] = {"code": code}
+    if timeout_s is not None:
+        arguments["timeout_s"] = timeout_s
+    async with mcp_client(gateway.url, gateway.tokens[who]) as client:
+        result = await client.call_tool("execute_python", arguments)
+    assert result.structured_content is not None, result
+    return dict(result.structured_content)
+
+
+def _flat(event: dict[str, Any]) -> dict[str, Any]:
+    """An upstream.call event's facts: status, error, server, tool, principal, request_id, ..."""
+    upstream, outcome = event.get("upstream") or {}, event.get("outcome") or {}
+    return {
+        **upstream,
+        **outcome,
+        "principal": (event.get("actor") or {}).get("principal"),
+        "request_id": event.get("request_id"),
+    }
+
+
+def _calls(gateway: Gateway, **match: Any) -> list[dict[str, Any]]:
+    """The upstream.call events (flattened) whose facts match."""
+    flat = [_flat(e) for e in audit_events(gateway.audit_log, "upstream.call")]
+    return [e for e in flat if all(e.get(k) == v for k, v in match.items())]
+
+
+def _finished_with_calls(gateway: Gateway) -> list[dict[str, Any]]:
+    return [e["upstream"] for e in audit_events(gateway.audit_log, "exec.finish") if e.get("upstream")]
+
+
+def test_the_gateway_writes_a_module_per_tool_at_start(setup: tuple[Gateway, RunningUpstreams, Path]) -> None:
+    gateway, _, tools = setup
+    for module in ("notes/search_notes.py", "notes/read_note.py", "calc/stats.py", "calc/add.py"):
+        assert (tools / module).is_file(), module
+    index = json.loads((tools / "index.json").read_text())
+    assert "notes" in json.dumps(index) and "calc" in json.dumps(index)
+    generated = audit_events(gateway.audit_log, "tools.generate")
+    assert generated and generated[0]["detail"]["trigger"] == "start"
+    assert generated[0]["detail"]["unavailable"] == []
+
+
+async def test_the_agent_discovers_the_tools_through_list_tools(gateway: Gateway) -> None:
+    async with mcp_client(gateway.url, gateway.tokens["coder"]) as client:
+        listing = await client.call_tool("list_tools", {})
+    assert listing.structured_content is not None
+    paths = {e["path"]: e["summary"] for e in listing.structured_content["entries"]}
+    assert "/tools/notes/search_notes.py" in paths and "/tools/INDEX.md" in paths
+    assert paths["/tools/calc/stats.py"], "each module's summary is the tool's description"
+
+
+CHAIN = """
+from tools.notes import search_notes, read_note
+from tools.calc import stats, add
+
+hits = search_notes(query="gateway")
+lengths = []
+for hit in hits:
+    note = read_note(id=hit["id"])
+    lengths.append(len(note["body"]))
+total = 0
+for n in lengths:
+    total = add(a=total, b=n)
+summary = stats(values=lengths)
+print(f"{len(hits)} notes, {int(total)} characters, longest {int(summary['max'])}")
+"""
+
+
+async def test_code_chains_two_servers_tools_and_prints_a_summary(gateway: Gateway) -> None:
+    result = await _python(gateway, "coder", CHAIN)
+    assert result["exit_code"] == 0, result
+    assert result["stdout"] == "2 notes, 60 characters, longest 31\n", result
+    made = _calls(gateway, status="ok", principal="coder")
+    assert [(e["server"], e["tool"]) for e in made] == [
+        ("notes", "search_notes"),
+        ("notes", "read_note"),
+        ("notes", "read_note"),
+        ("calc", "add"),
+        ("calc", "add"),
+        ("calc", "stats"),
+    ]
+    exec_start = next(
+        e for e in audit_events(gateway.audit_log, "exec.start") if e["actor"]["principal"] == "coder"
+    )
+    for event in made:
+        assert event["request_id"] == exec_start["request_id"], "each call belongs to its execution"
+        assert "hmac_sha256" in event["arguments"] and "gateway" not in json.dumps(event["arguments"])
+        assert event["result_bytes"] > 0 and event["duration_ms"] >= 0 and event["rule_id"]
+    assert _finished_with_calls(gateway)[-1] == {"calls": 6, "refused": {}}
+
+
+async def test_a_call_the_policy_refuses_raises_in_the_code_and_is_audited(gateway: Gateway) -> None:
+    code = (
+        "from sgw_tools import call_tool, ToolError\n"
+        "for server, tool, args in [('notes', 'fail', {}), ('notes', 'search_notes', {'query': 'x' * 100}),"
+        " ('notes', 'leak_secret', {})]:\n"
+        "    try:\n"
+        "        call_tool(server, tool, args)\n"
+        "        print(tool, 'made')\n"
+        "    except ToolError as exc:\n"
+        "        print(tool, exc.code)\n"
+    )
+    result = await _python(gateway, "coder", code)
+    assert result["stdout"] == (
+        "fail upstream-not-allowed\nsearch_notes argument-not-allowed\nleak_secret secret-in-result\n"
+    ), result
+    denied = {e["error"]: e for e in _calls(gateway, status="rejected")}
+    assert denied["upstream-not-allowed"]["tool"] == "fail"
+    assert denied["argument-not-allowed"]["server"] == "notes"
+    leaked = _calls(gateway, error="secret-in-result")
+    assert leaked and leaked[0]["result_bytes"] > 0, "the call was made; its result was refused"
+    assert "AKIA" not in Path(gateway.audit_log).read_text(), "the secret is in no audit event"
+
+
+async def test_calls_past_the_per_execution_budget_are_refused(gateway: Gateway) -> None:
+    code = (
+        "from tools.calc import add\nfrom sgw_tools import ToolError\nmade = refused = 0\n"
+        "for i in range(25):\n"
+        "    try:\n        add(a=i, b=1)\n        made += 1\n"
+        "    except ToolError as exc:\n        assert exc.code == 'upstream-budget-exhausted', exc\n"
+        "        refused += 1\n"
+        "print(made, refused)\n"
+    )
+    result = await _python(gateway, "coder", code)
+    assert result["stdout"] == "20 5\n", result
+    assert _finished_with_calls(gateway)[-1] == {"calls": 20, "refused": {"upstream-budget-exhausted": 5}}
+    budget = _calls(gateway, error="upstream-budget-exhausted")
+    assert len(budget) == 1, "the first refusal of a kind is recorded, the rest counted"
+
+
+async def test_the_sandbox_still_has_no_network(
+    setup: tuple[Gateway, RunningUpstreams, Path],
+) -> None:
+    gateway, upstreams, _ = setup
+    notes = urlsplit(upstreams.notes.url)
+    code = (
+        "import socket\nfrom tools.calc import add\n"
+        f"print('tool', add(a=1, b=2))\n"
+        "try:\n"
+        f"    socket.create_connection(({notes.hostname!r}, {notes.port}), timeout=3)\n"
+        "    print('connected')\n"
+        "except OSError as exc:\n"
+        "    print('no network', exc.errno)\n"
+        "print(sorted(n for n in __import__('os').listdir('/sys/class/net')))\n"
+    )
+    result = await _python(gateway, "coder", code)
+    lines = result["stdout"].splitlines()
+    assert lines[0] == "tool 3.0" and lines[1].startswith("no network"), result
+    assert lines[2] == "['lo']", "only loopback: the tools come through the agent, not a network"
+
+
+async def test_a_profile_without_code_mode_has_no_tool_channel(gateway: Gateway) -> None:
+    code = "from tools.calc import add\nfrom sgw_tools import ToolError\ntry:\n    add(a=1, b=2)\n"
+    code += "except ToolError as exc:\n    print(exc.code)\n"
+    result = await _python(gateway, "plain", code)
+    assert result["stdout"] == "code-mode-unavailable\n", result
+    assert not _calls(gateway, principal="plain")
+
+
+async def test_an_upstream_call_is_cut_when_the_execution_times_out(gateway: Gateway) -> None:
+    code = "from tools.notes import slow\nprint('start', flush=True)\nslow(seconds=15)\nprint('never')\n"
+    result = await _python(gateway, "coder", code, timeout_s=2)
+    assert result["timed_out"] is True and "never" not in result["stdout"], result
+    cut = _calls(gateway, tool="slow")
+    assert cut and cut[-1]["status"] == "error" and cut[-1]["error"] == "execution-ended", cut
