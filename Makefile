@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup run ui test test-tools unit lint clean-sandboxes compose-images bench bench-smoke
+.PHONY: setup run ui test test-tools unit lint clean-sandboxes compose-images bench bench-smoke bench-code-mode
 
 $(BIN)/.installed: pyproject.toml
 	@echo "[make] creating $(VENV) and installing sandbox-gateway with its test extras"
@@ -63,6 +63,10 @@ bench: setup
 ## bench-smoke: every benchmark variant with a few samples; fails only on errors
 bench-smoke: setup
 	$(BIN)/python -m bench --smoke $(BENCH_ARGS)
+
+## bench-code-mode: an upstream tool call from sandbox code through the gateway vs the same call made directly
+bench-code-mode: setup
+	$(BIN)/python -m bench.code_mode $(BENCH_ARGS)
 
 ## compose-images: build the compose stack's gateway and socket-proxy images (offline, no registry needed)
 compose-images: $(BIN)/.installed
