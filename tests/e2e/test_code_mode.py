@@ -241,3 +241,25 @@ async def test_an_upstream_call_is_cut_when_the_execution_times_out(gateway: Gat
     assert result["timed_out"] is True and "never" not in result["stdout"], result
     cut = _calls(gateway, tool="slow")
     assert cut and cut[-1]["status"] == "error" and cut[-1]["error"] == "execution-ended", cut
+
+
+async def test_the_upstreams_credentials_never_enter_the_sandbox(
+    setup: tuple[Gateway, RunningUpstreams, Path],
+) -> None:
+    """The notes server's bearer token is read by the gateway only: not in the code's environment,
+    not in any file the sandbox can read, not in the generated modules."""
+    gateway, upstreams, tools = setup
+    secret = upstreams.notes.token_file.read_text().strip()
+    code = (
+        "import os, subprocess\nfrom tools.notes import read_note\nread_note(id='n1')\n"
+        "print(sorted(os.environ))\n"
+        f"where = ['/tools', '/workspace', '/tmp', '/opt', '/etc']\n"
+        f"found = subprocess.run(['grep', '-rlsF', {secret!r}, *where], capture_output=True, text=True)\n"
+        "print('found:', found.stdout.split())\n"
+    )
+    result = await _python(gateway, "coder", code)
+    assert result["exit_code"] == 0, result
+    assert secret not in result["stdout"] and result["stdout"].splitlines()[-1] == "found: []", result
+    names = result["stdout"].splitlines()[0]
+    assert "SGW_TOOLS_SOCKET" in names and "TOKEN" not in names and "NOTES" not in names
+    assert all(secret not in p.read_text() for p in tools.rglob("*") if p.is_file())
