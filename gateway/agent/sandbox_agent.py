@@ -215,6 +215,7 @@ class Agent:
             self._fail(request_id, "bad-request", f"malformed run request: {exc}")
             return
         if port is not None:
+            port.session = run.pid  # the run leads a session of its own
             self.ports[request_id] = port
         self.runs[request_id] = run
         self.by_pid[run.pid] = run

@@ -6,6 +6,8 @@ run's processes as SGW_TOOLS_SOCKET. Each line a process writes on a connection 
 agent forwards it to the gateway unread (TOOL frames: "<connection> <line>") and writes the
 gateway's answer back on that connection. The gateway parses and judges everything.
 
+Only processes of the run's own session may connect (SO_PEERCRED, then /proc): a process another run
+left behind, or one that left this run's session, cannot call through it even knowing the name.
 Bounds, so that the code on the other end holds nothing of the agent: at most MAX_CONNECTIONS per
 run, lines up to MAX_LINE, MAX_IN_FLIGHT calls waiting for the gateway per run (beyond that its
 connections are not read: the callers wait), MAX_UNSENT bytes of answers queued for a connection
@@ -19,6 +21,7 @@ import contextlib
 import secrets
 import select
 import socket
+import struct
 from collections.abc import Callable
 
 __all__ = ["ENV_NAME", "MAX_CONNECTIONS", "MAX_IN_FLIGHT", "MAX_LINE", "Port"]
@@ -58,6 +61,9 @@ class Port:
         except OSError:
             self.listener.close()
             raise
+        #: The run's session (its process's pid: each run starts a session of its own); only its
+        #: processes may connect. Set once the run has started.
+        self.session = 0
         self.connections: dict[int, _Connection] = {}  # by file descriptor
         self.by_id: dict[int, _Connection] = {}
         self.next_id = 1
@@ -98,7 +104,7 @@ class Port:
                 return
             except OSError:  # out of descriptors: the caller sees its connection refused or reset
                 return
-            if len(self.connections) >= MAX_CONNECTIONS:
+            if len(self.connections) >= MAX_CONNECTIONS or not self._of_the_run(sock):
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -106,6 +112,17 @@ class Port:
             self.next_id += 1
             self.connections[sock.fileno()] = conn
             self.by_id[conn.id] = conn
+
+    def _of_the_run(self, sock: socket.socket) -> bool:
+        """Whether the peer is a process of this run's session: a process left behind by another run
+        (or one that left this run's session) that learnt the name cannot call through it."""
+        try:
+            pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            return self.session > 1 and int(fields[3]) == self.session
+        except (OSError, ValueError, IndexError, struct.error):
+            return False
 
     def _read(self, conn: _Connection) -> None:
         try:

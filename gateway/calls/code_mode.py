@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,27 +27,26 @@ from opentelemetry import metrics, trace
 from audit import AuditLog, AuditWriteError
 from gateway import __version__
 from gateway.backend.base import KILL_AFTER_S
+from gateway.calls.tool_call_line import CallRefused, ToolCall, parse_call
 from gateway.errors import GatewayError
 from gateway.ratelimit import RateLimiter
 from gateway.telemetry import TRACER_NAME
 from gateway.upstream import UpstreamResult, Upstreams
 from policy import Allowed, Denied, Principal, UpstreamAllowed
+from policy.code_mode_model import CodeMode
 from policy.engine import PolicyEngine
 from policy.secrets import looks_like_secret
 
-__all__ = ["MAX_REQUEST_BYTES", "CodeModeCalls", "ExecutionTools"]
+__all__ = ["CodeModeCalls", "ExecutionTools"]
 
-#: Largest call line accepted (the agent's own bound); arguments are capped lower by the policy.
-MAX_REQUEST_BYTES = 1 << 20
+#: A call line longer than the profile's `max_argument_bytes` by more than this is refused unread.
+_LINE_OVERHEAD = 4096
+#: Lines longer than this are parsed on a worker thread, not on the event loop.
+_PARSE_INLINE = 64 * 1024
 #: Longest upstream error text passed back to the code.
 _ERROR_TEXT = 2000
 _tracer = trace.get_tracer(TRACER_NAME)
-
-
-class _Refused(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
+_log = logging.getLogger("sandbox_gateway.code_mode")
 
 
 def _reply(call_id: object, **body: Any) -> str:
@@ -72,40 +72,6 @@ def _text_of(result: UpstreamResult) -> str:
     return "\n".join([result.text, *_strings(result.structured)])
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """One call as the code wrote it, parsed: its id (echoed back), the tool, its decoded arguments
-    (what goes upstream, re-encoded) and their size as compact JSON."""
-
-    id: object
-    server: str
-    tool: str
-    arguments: dict[str, Any]
-    size: int
-
-
-def parse_call(line: bytes) -> ToolCall:
-    """One call line, or _Refused(invalid-request)."""
-    if len(line) > MAX_REQUEST_BYTES:
-        raise _Refused("invalid-request", "a call is at most 1 MiB")
-    try:
-        request = json.loads(line)
-    except (ValueError, RecursionError):
-        raise _Refused("invalid-request", "a call is one JSON object per line") from None
-    if not isinstance(request, dict):
-        raise _Refused("invalid-request", "a call is one JSON object per line")
-    call_id = request.get("id")
-    if not (call_id is None or (isinstance(call_id, int) and not isinstance(call_id, bool))):
-        call_id = None
-    server, tool, arguments = request.get("server"), request.get("tool"), request.get("arguments", {})
-    if not isinstance(server, str) or not isinstance(tool, str) or not server or not tool:
-        raise _Refused("invalid-request", "a call names its `server` and `tool` as strings")
-    if not isinstance(arguments, dict):
-        raise _Refused("invalid-request", "`arguments` is a JSON object")
-    size = len(json.dumps(arguments, ensure_ascii=False, separators=(",", ":")).encode())
-    return ToolCall(call_id, server[:200], tool[:200], arguments, size)
-
-
 @dataclass
 class ExecutionTools:
     """One execution's tool calls: the handler the executor calls (`__call__`), and its counts."""
@@ -113,6 +79,8 @@ class ExecutionTools:
     bridge: CodeModeCalls
     principal: Principal
     deadline: float  # monotonic
+    #: The profile's code mode when the execution started: the line bounds checked before parsing.
+    limits: CodeMode
     made: int = 0
     refusals: Counter[str] = field(default_factory=Counter)
 
@@ -121,19 +89,52 @@ class ExecutionTools:
         return {"upstream_calls": self.made, "upstream_refused": dict(self.refusals)}
 
     async def __call__(self, line: bytes) -> str:
-        """The answer line for one call line (never raises but for cancellation)."""
+        """The answer line for one call line (never raises but for cancellation). Every line counts
+        against the principal's rate; an execution's refusals are capped; oversized lines are
+        refused unread and big ones parsed off the event loop."""
         call: ToolCall | None = None
         try:
-            call = parse_call(line)
+            self._admit(line)
+            call = (
+                parse_call(line)
+                if len(line) <= _PARSE_INLINE
+                else await anyio.to_thread.run_sync(parse_call, line)
+            )
             return await self.bridge.call(self, call)
-        except _Refused as refused:
+        except CallRefused as refused:
             self._refused(refused, call)
             return _reply(call.id if call else None, error={"code": refused.code, "message": refused.message})
         except AuditWriteError:
             failed = {"code": "audit-unavailable", "message": "the call could not be recorded"}
             return _reply(call.id if call else None, error=failed)
+        except Exception:  # noqa: BLE001 - the code gets an answer and the execution goes on
+            _log.exception("an upstream call from sandbox code failed in the gateway")
+            failed = {
+                "code": "internal-error",
+                "message": "the gateway failed to handle this call; it has been logged",
+            }
+            return _reply(call.id if call else None, error=failed)
 
-    def _refused(self, refused: _Refused, call: ToolCall | None) -> None:
+    def _admit(self, line: bytes) -> None:
+        """The checks that cost nothing: refusal cap, the principal's rate, the line's size."""
+        if sum(self.refusals.values()) >= self.limits.calls_per_execution:
+            raise CallRefused(
+                "too-many-refusals", "this execution had too many calls refused; no more are taken"
+            )
+        key = f"{self.principal.tenant}/{self.principal.id}"
+        retry = self.bridge.rates.hit("upstream-calls", key, f"{self.limits.calls_per_minute}/minute")
+        if retry is not None:
+            rate = self.limits.calls_per_minute
+            raise CallRefused(
+                "rate-limited", f"upstream call rate {rate}/minute reached; retry in {retry:.0f} s"
+            )
+        if len(line) > int(self.limits.max_argument_bytes) + _LINE_OVERHEAD:
+            cap = int(self.limits.max_argument_bytes)
+            raise CallRefused(
+                "argument-too-large", f"the call is {len(line)} bytes; arguments are at most {cap}"
+            )
+
+    def _refused(self, refused: CallRefused, call: ToolCall | None) -> None:
         """The first refusal of each kind in this execution is recorded; the rest are counted."""
         self.refusals[refused.code] += 1
         self.bridge.counter.add(1, {"outcome": refused.code})
@@ -171,29 +172,23 @@ class CodeModeCalls:
         profile = self.engine().policy.profiles.get(decision.profile)
         if profile is None or profile.code_mode is None:
             return None
-        return ExecutionTools(self, principal, time.monotonic() + decision.timeout_s + KILL_AFTER_S)
+        deadline = time.monotonic() + decision.timeout_s + KILL_AFTER_S
+        return ExecutionTools(self, principal, deadline, profile.code_mode)
 
     async def call(self, execution: ExecutionTools, call: ToolCall) -> str:
-        """Decide, count and make one call; its answer line. _Refused for a refusal before it is made."""
+        """Decide, count and make one call; its answer line. CallRefused for a refusal before it is made."""
         grant = self._decide(execution, call)
         if execution.made >= grant.calls_per_execution:
             cap = grant.calls_per_execution
-            raise _Refused(
+            raise CallRefused(
                 "upstream-budget-exhausted",
                 f"this execution made its {cap} upstream calls (code_mode.calls_per_execution)",
             )
-        key = f"{execution.principal.tenant}/{execution.principal.id}"
-        retry = self.rates.hit("upstream-calls", key, f"{grant.calls_per_minute}/minute")
-        if retry is not None:
-            raise _Refused(
-                "rate-limited",
-                f"upstream call rate {grant.calls_per_minute}/minute reached; retry in {retry:.0f} s",
-            )
         left = execution.deadline - time.monotonic()
         if left <= 0.05:
-            raise _Refused("upstream-timeout", "the execution's time is up")
+            raise CallRefused("upstream-timeout", "the execution's time is up")
         if self.upstreams is None:
-            raise _Refused("upstream-unknown", "this gateway has no upstream servers configured")
+            raise CallRefused("upstream-unknown", "this gateway has no upstream servers configured")
         execution.made += 1
         return await self._send(execution, call, grant, min(grant.call_timeout_s, left))
 
@@ -202,7 +197,7 @@ class CodeModeCalls:
             execution.principal, call.server, call.tool, call.arguments, call.size
         )
         if isinstance(decision, Denied):
-            raise _Refused(decision.reasons[0], decision.message)
+            raise CallRefused(decision.reasons[0], decision.message)
         return decision
 
     async def _send(
@@ -234,8 +229,11 @@ class CodeModeCalls:
                 self._finish(record, started, outcome="error", error=exc.code)
                 span.set_attribute("upstream.outcome", exc.code)
                 execution.refusals[exc.code] += 1
-                return _reply(call.id, error={"code": exc.code, "message": exc.message})
-            except _Refused as refused:
+                message = exc.message
+                if grant.refuse_secrets and looks_like_secret(message) is not None:
+                    message = "the upstream's error message looks like it holds a secret; withheld by policy"
+                return _reply(call.id, error={"code": exc.code, "message": message})
+            except CallRefused as refused:
                 size = result.size if result is not None else 0
                 self._finish(record, started, outcome="rejected", error=refused.code, result_bytes=size)
                 span.set_attribute("upstream.outcome", refused.code)
@@ -253,18 +251,18 @@ class CodeModeCalls:
     def _checked(grant: UpstreamAllowed, result: UpstreamResult) -> Any:
         if result.size > grant.max_result_bytes:
             cap = grant.max_result_bytes
-            raise _Refused(
+            raise CallRefused(
                 "result-too-large",
                 f"the result is {result.size} bytes, above code_mode.max_result_bytes ({cap})",
             )
         if grant.refuse_secrets:
             kind = looks_like_secret(_text_of(result))
             if kind is not None:
-                raise _Refused(
+                raise CallRefused(
                     "secret-in-result", f"the result looks like it holds a secret ({kind}); refused by policy"
                 )
         if result.is_error:
-            raise _Refused(
+            raise CallRefused(
                 "upstream-tool-error", result.text[:_ERROR_TEXT] or "the upstream tool reported an error"
             )
         return result.structured if result.structured is not None else result.text

@@ -135,11 +135,11 @@ class ExecutionService(FileCalls):
                 **_upstream(tools),
             )
             raise
-        except GatewayError as exc:
+        except Exception as exc:  # every execution that started is recorded as ended, however it ends
             self.audit.emit(
                 "exec.finish",
                 outcome="error",
-                error=exc.code,
+                error=exc.code if isinstance(exc, GatewayError) else "internal-error",
                 policy_digest=decision.policy_digest,
                 **_upstream(tools),
             )

@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 
 import anyio
 from starlette.applications import Starlette
@@ -24,7 +25,7 @@ from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.http.sessions import GatewaySessionManager
 from gateway.sandboxes.broker import Broker
-from gateway.upstream import generate
+from gateway.upstream import Upstreams, generate
 from gateway.wiring import Core
 
 __all__ = ["Lifespan", "gateway_lifespan"]
@@ -35,6 +36,8 @@ Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 #: How often ended windows of repeated audit events are summarised (their summaries are this late at most).
 _REPEAT_FLUSH_S = 1.0
+#: Regenerations of the tool modules after list-changed notifications are at least this far apart.
+_REGENERATE_EVERY_S = 2.0
 #: After the server's graceful wait, how long calls still running get before sandboxes are removed.
 _SETTLE_S = 2.0
 
@@ -69,24 +72,50 @@ async def _start_upstreams(core: Core, settings: Settings) -> None:
     core.audit.emit("upstreams.start", servers=sorted(upstreams.servers()), connected=connected)
     if not settings.generate_tools or settings.tools_path is None:
         return
-    out = settings.tools_path
+    writer = _ToolWriter(core, upstreams, settings.tools_path)
+    await writer.write("start")
+    upstreams.on_tools_changed = writer.changed
 
-    async def regenerate(server: str = "") -> None:
+
+class _ToolWriter:
+    """Writes the upstream tools' modules: at start, then once per burst of list-changed
+    notifications (at most one run at a time, one more queued, and `_REGENERATE_EVERY_S` apart), so
+    a chatty upstream cannot make the gateway list every server again and again."""
+
+    def __init__(self, core: Core, upstreams: Upstreams, out: Path) -> None:
+        self.core, self.upstreams, self.out = core, upstreams, out
+        self.running = False
+        self.again: set[str] = set()
+        self.last = 0.0
+
+    async def changed(self, server: str) -> None:
+        self.again.add(server)
+        if self.running:
+            return  # the run in progress writes again once it ends
+        self.running = True
         try:
-            report = await generate(upstreams, out)
+            while self.again:
+                await anyio.sleep(max(0.0, self.last + _REGENERATE_EVERY_S - anyio.current_time()))
+                servers, self.again = sorted(self.again), set()
+                await self.write("list-changed:" + ",".join(servers))
+        finally:
+            self.running = False
+
+    async def write(self, trigger: str) -> None:
+        self.last = anyio.current_time()
+        try:
+            report = await generate(self.upstreams, self.out)
         except GatewayError as exc:
             _log.warning("generating the upstream tools' modules failed: %s", exc.message)
             return
-        core.audit.emit(
-            "tools.generate",
-            trigger=f"list-changed:{server}" if server else "start",
-            written=len(report.written),
-            removed=len(report.removed),
-            unavailable=sorted(report.unavailable),
-        )
-
-    await regenerate()
-    upstreams.on_tools_changed = regenerate
+        with contextlib.suppress(AuditWriteError):
+            self.core.audit.emit(
+                "tools.generate",
+                trigger=trigger,
+                written=len(report.written),
+                removed=len(report.removed),
+                unavailable=sorted(report.unavailable),
+            )
 
 
 async def _flush_repeated_forever(audit: AuditLog) -> None:

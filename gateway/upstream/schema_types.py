@@ -16,6 +16,10 @@ _SIMPLE = {
     "null": "None",
 }
 _MAX_DEPTH = 6
+#: Schema nodes looked at per annotation, and union members kept: past either, the annotation is
+#: `Any` (a small self-referencing schema must not cost more than that).
+_MAX_WORK = 2000
+_MAX_MEMBERS = 64
 _MAX_LITERALS = 64
 _MAX_LITERAL_CHARS = 200
 
@@ -48,21 +52,35 @@ def _resolve(ref: Any, root: dict[str, Any]) -> Any:
     return None
 
 
-def _members(schema: Any, root: dict[str, Any], depth: int) -> list[str]:  # noqa: PLR0911, PLR0912 - one return per schema form
-    """The union members a schema allows; ["Any"] when it cannot be said."""
-    if depth > _MAX_DEPTH or not isinstance(schema, dict):
+class _Budget:
+    def __init__(self) -> None:
+        self.work = 0
+
+    def spend(self) -> bool:
+        self.work += 1
+        return self.work <= _MAX_WORK
+
+
+def _members(schema: Any, root: dict[str, Any], depth: int, budget: _Budget) -> list[str]:  # noqa: PLR0911, PLR0912 - one return per schema form
+    """The union members a schema allows; ["Any"] when it cannot be said (or costs too much)."""
+    if depth > _MAX_DEPTH or not isinstance(schema, dict) or not budget.spend():
         return ["Any"]
     if "$ref" in schema:
-        return _members(_resolve(schema["$ref"], root), root, depth + 1)
+        return _members(_resolve(schema["$ref"], root), root, depth + 1, budget)
     if "const" in schema and (literal := _literal([schema["const"]])) is not None:
         return literal
     if isinstance(schema.get("enum"), list) and (literal := _literal(schema["enum"])) is not None:
         return literal
     for key in ("anyOf", "oneOf"):
         if isinstance(schema.get(key), list) and schema[key]:
-            return [m for option in schema[key] for m in _members(option, root, depth + 1)]
+            found = []
+            for option in schema[key]:
+                found += _members(option, root, depth + 1, budget)
+                if len(found) > _MAX_MEMBERS or "Any" in found:
+                    return ["Any"]
+            return found
     if isinstance(schema.get("allOf"), list) and len(schema["allOf"]) == 1:
-        return _members(schema["allOf"][0], root, depth + 1)
+        return _members(schema["allOf"][0], root, depth + 1, budget)
     kinds = schema.get("type")
     if isinstance(kinds, str):
         kinds = [kinds]
@@ -72,7 +90,7 @@ def _members(schema: Any, root: dict[str, Any], depth: int) -> list[str]:  # noq
     for kind in kinds:
         if kind == "array":
             items = schema.get("items")
-            inner = _join(_members(items, root, depth + 1)) if isinstance(items, dict) else "Any"
+            inner = _join(_members(items, root, depth + 1, budget)) if isinstance(items, dict) else "Any"
             members.append(f"list[{inner}]")
         elif isinstance(kind, str) and kind in _SIMPLE:
             members.append(_SIMPLE[kind])
@@ -92,7 +110,9 @@ def _join(members: list[str]) -> str:
 
 def annotation(schema: Any, root: dict[str, Any] | None = None) -> str:
     """The annotation for a property's schema (`root` holds its `$defs`)."""
-    return _join(_members(schema, root if isinstance(root, dict) else {}, 0))
+    budget = _Budget()
+    found = _members(schema, root if isinstance(root, dict) else {}, 0, budget)
+    return "Any" if budget.work > _MAX_WORK else _join(found)
 
 
 def with_none(text: str) -> str:

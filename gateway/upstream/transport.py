@@ -28,6 +28,8 @@ __all__ = ["MAX_RESULT_BYTES", "HttpStatus", "open_transport"]
 
 #: The largest result the gateway takes from an upstream (the policy applies a smaller cap later).
 MAX_RESULT_BYTES = 8 * 1024 * 1024
+#: Room for the JSON-RPC envelope around the largest result.
+_SLACK = 65536
 #: Besides a stdio server's own `env`, the SDK passes HOME, LOGNAME, PATH, SHELL, TERM and USER.
 _EXTRA_ENV = ("LANG",)
 
@@ -83,6 +85,39 @@ class _WatchedRead:
         return None
 
 
+class _CappedBody(httpx2.AsyncByteStream):
+    def __init__(self, inner: httpx2.AsyncByteStream, cap: int) -> None:
+        self._inner, self._cap, self._seen = inner, cap, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            self._seen += len(chunk)
+            if self._seen > self._cap:
+                raise httpx2.ReadError(f"the upstream's JSON response is over {self._cap} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class CappedTransport(httpx2.AsyncBaseTransport):
+    """JSON responses are read up to `cap` bytes (an event stream is bounded per event instead)."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, cap: int) -> None:
+        self._inner, self._cap = inner, cap
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await self._inner.handle_async_request(request)
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            return response
+        assert isinstance(response.stream, httpx2.AsyncByteStream)  # noqa: S101 - an async transport's
+        response.stream = _CappedBody(response.stream, self._cap)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def _headers(name: str, server: HttpServer) -> dict[str, str]:
     try:
         return {header: source.read().reveal() for header, source in server.headers.items()}
@@ -97,8 +132,11 @@ def _stdio_parameters(name: str, server: StdioServer) -> StdioServerParameters:
             env[key] = value if isinstance(value, str) else value.read().reveal()
     except SecretUnavailable as exc:
         raise UpstreamUnavailable(f"upstream {name}: an env var's value is unavailable: {exc}") from None
-    command, *args = server.command
-    return StdioServerParameters(command=command, args=args, env=env, cwd=server.cwd)
+    # The server runs under stdio_guard: a line over the result cap ends it, before the gateway buffers it.
+    guard = [sys.executable, "-m", "gateway.upstream.stdio_guard", str(MAX_RESULT_BYTES + _SLACK)]
+    return StdioServerParameters(
+        command=guard[0], args=[*guard[1:], *server.command], env=env, cwd=server.cwd
+    )
 
 
 def _stderr() -> TextIO:
@@ -130,6 +168,7 @@ async def open_transport(
         headers=_headers(name, server),
         auth=auth,
         trust_env=False,
+        transport=CappedTransport(httpx2.AsyncHTTPTransport(), MAX_RESULT_BYTES + _SLACK),
         # Reads are bounded per request by the call's timeout; a quiet change stream must stay open.
         timeout=httpx2.Timeout(server.timeout_s, read=None),
         event_hooks={"response": [status.hook]},

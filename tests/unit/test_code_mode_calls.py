@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from audit import AuditLog, MemorySink
-from gateway.calls.code_mode import CodeModeCalls, ExecutionTools, parse_call
+from gateway.calls.code_mode import CodeModeCalls, ExecutionTools
+from gateway.calls.tool_call_line import parse_call
 from gateway.errors import UpstreamTimeout
 from gateway.ratelimit import RateLimiter
 from gateway.upstream import UpstreamResult
@@ -109,10 +110,25 @@ def _events(sink: MemorySink, name: str) -> list[dict[str, Any]]:
         b'{"id": 1, "server": "notes", "tool": 7, "arguments": {}}',
         b'{"id": 1, "server": "notes", "tool": "search", "arguments": [1]}',
         b'{"id": 1, "server": "", "tool": "search"}',
-        b"[" * 100_000,
-        b"x" * ((1 << 20) + 1),
+        b"[" * 60_000,
+        _line(a=json.loads("[" * 65 + "]" * 65)),
+        b'{"id": 1, "server": "notes", "tool": "search", "arguments": {"q": NaN}}',
+        b'{"id": 1, "server": "notes", "tool": "search", "arguments": {"q": 1e999}}',
+        b'{"id": 1, "server": "notes", "tool": "search", "arguments": {"q": "\\ud800"}}',
     ],
-    ids=["garbage", "array", "no-server", "tool-not-str", "args-not-object", "empty-server", "deep", "huge"],
+    ids=[
+        "garbage",
+        "array",
+        "no-server",
+        "tool-not-str",
+        "args-not-object",
+        "empty-server",
+        "deep",
+        "nested-65",
+        "nan",
+        "infinite",
+        "lone-surrogate",
+    ],
 )
 async def test_a_malformed_call_is_refused_plainly(
     bridge: CodeModeCalls, upstream: FakeUpstreams, line: bytes
@@ -120,6 +136,13 @@ async def test_a_malformed_call_is_refused_plainly(
     answer = json.loads(await _execution(bridge)(line))
     assert answer["id"] is None and answer["error"]["code"] == "invalid-request"
     assert upstream.sent == []
+
+
+async def test_a_line_longer_than_the_profile_allows_is_refused_unread(
+    bridge: CodeModeCalls, upstream: FakeUpstreams
+) -> None:
+    answer = json.loads(await _execution(bridge)(b"x" * ((1 << 20) + 1)))
+    assert answer["error"]["code"] == "argument-too-large" and upstream.sent == []
 
 
 def test_the_call_id_is_echoed_only_when_it_is_an_integer() -> None:
