@@ -63,7 +63,8 @@ EVENTS: dict[str, str] = {
     "sandbox.remove": "a sandbox was removed (reset, idle, max-age, spec-changed, stale, lost, shutdown)",
     "sandbox.sweep": "start-up sweep: running sandboxes kept for adoption, stale or orphaned ones removed",
     "sandbox.admin_remove": "a tenant admin asked to remove a principal's sandbox (detail.target_principal)",
-    "upstreams.start": "code mode: the upstream servers configured (detail.servers) and those connected at start",
+    "upstreams.start": "code mode: the upstream servers configured (detail.servers) and those connected "
+    "at start",
     "tools.generate": "code mode: the upstream tools' modules were written into the tools directory "
     "(detail.trigger start or list-changed:SERVER, written, removed, unavailable servers)",
     "upstream.start": "code mode: an allowed call from sandbox code to an upstream tool is about to be made "
