@@ -33,6 +33,8 @@ TOKEN_TTL_S = 8 * 3600
 MAX_UPLOAD = "16mb"
 
 _CSS = """
+.oauth-sign-in { display: block; text-align: center; padding: 4px; border-radius: 6px;
+  background: var(--button-secondary-background-fill); color: var(--button-secondary-text-color); }
 #run-output textarea, #run-stderr textarea, #file-view textarea { font-family: ui-monospace, monospace; }
 """
 
@@ -60,11 +62,11 @@ def build(url: str, signin: SignInRoutes | None = None) -> gr.Blocks:
             sign_in = gr.Button("Sign in", variant="primary", elem_id="sign-in", scale=1)
             sign_out = gr.Button("Sign out", elem_id="sign-out", scale=1)
         if signin is not None:
-            gr.Button(
-                "Sign in through your organization's issuer (OAuth)",
-                link="/oauth/login",
-                elem_id="oauth-sign-in",
-                size="sm",
+            # A plain link: it works before the page's scripts have loaded, and carries nothing but the path.
+            gr.HTML(
+                '<a id="oauth-sign-in" href="/oauth/login" class="oauth-sign-in">'
+                "Sign in through your organization's issuer (OAuth)</a>",
+                elem_id="oauth-sign-in-box",
             )
         who = gr.Markdown("Not signed in.", elem_id="signed-in-as")
 

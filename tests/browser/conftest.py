@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
@@ -26,14 +25,14 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway.auth.tokens import DEFAULT_SCOPES, TokenStore
 from tests.e2e.conftest import start_gateway, stop_gateway
-from tests.support import eventually
 from tests.support.gateway_process import Gateway
 from tests.support.net import free_port
+from tests.support.processes import end, wait_serving
 
 if TYPE_CHECKING:
     from gateway.backend.docker_engine import DockerBackend
 
-__all__ = ["SCREENSHOTS", "Console", "Page", "running_console"]
+__all__ = ["SCREENSHOTS", "Console", "Page", "browser", "running_console"]
 
 #: Where the run leaves its screenshots (the README shows them).
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -86,23 +85,11 @@ def running_console(
         )
     url = f"http://127.0.0.1:{port}"
 
-    def up() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"the console exited: {log.read_text()[-2000:]}")
-        return httpx.get(url, timeout=2).status_code == 200
-
     try:
-        eventually(
-            up, timeout_s=60, interval_s=0.2, retry_on=(httpx.HTTPError,), message="console did not start"
-        )
+        wait_serving(process, url, log, "the console", timeout_s=60)
         yield Console(url, gateway, log, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        end(process, grace_s=20)
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +182,10 @@ class Page:
         return urls
 
 
-@pytest.fixture(scope="module")
-def page(console: Console, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
-    """Headless Chromium on the console's page; fails (never skips) when the browser is missing."""
+@contextlib.contextmanager
+def browser(url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    """A new headless Chromium (a profile of its own: no cookies) on `url`; fails (never skips) when
+    the browser is missing."""
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         pytest.fail(
             f"{CHROMIUM} or {CHROMEDRIVER} missing: `make test-tools` installs chromium and chromium-driver"
@@ -214,9 +202,16 @@ def page(console: Console, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads)})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
-        driver.get(console.url)
+        driver.get(url)
         the_page = Page(driver)
         WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "sign-in"))
         yield the_page
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def page(console: Console, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    """The module's browser on the console."""
+    with browser(console.url, tmp_path_factory) as the_page:
+        yield the_page

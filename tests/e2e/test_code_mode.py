@@ -19,6 +19,7 @@ import yaml
 
 from policy.loader import default_policy_path
 from tests.conftest import mountable_dir
+from tests.e2e.code_mode_calls import run_python, upstream_calls
 from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
 from tests.support import audit_events
 from tests.support.gateway_process import Gateway
@@ -76,34 +77,7 @@ def gateway(setup: tuple[Gateway, RunningUpstreams, Path]) -> Gateway:
     return setup[0]
 
 
-async def _python(gateway: Gateway, who: str, code: str, timeout_s: float | None = None) -> dict[str, Any]:
-    arguments: dict[str, Any] = {"code": code}
-    if timeout_s is not None:
-        arguments["timeout_s"] = timeout_s
-    async with mcp_client(gateway.url, gateway.tokens[who]) as client:
-        result = await client.call_tool("execute_python", arguments)
-    assert result.structured_content is not None, result
-    return dict(result.structured_content)
-
-
-def _flat(event: dict[str, Any]) -> dict[str, Any]:
-    """An upstream.call event's facts: status, error, server, tool, principal, request_id, ..."""
-    upstream, outcome = event.get("upstream") or {}, event.get("outcome") or {}
-    return {
-        **upstream,
-        **outcome,
-        "principal": (event.get("actor") or {}).get("principal"),
-        "request_id": event.get("request_id"),
-    }
-
-
-def _calls(gateway: Gateway, **match: Any) -> list[dict[str, Any]]:
-    """The upstream.call events (flattened) whose facts match."""
-    flat = [_flat(e) for e in audit_events(gateway.audit_log, "upstream.call")]
-    return [e for e in flat if all(e.get(k) == v for k, v in match.items())]
-
-
-def _finished_with_calls(gateway: Gateway) -> list[dict[str, Any]]:
+def _finished_withupstream_calls(gateway: Gateway) -> list[dict[str, Any]]:
     return [e["upstream"] for e in audit_events(gateway.audit_log, "exec.finish") if e.get("upstream")]
 
 
@@ -145,10 +119,10 @@ print(f"{len(hits)} notes, {int(total)} characters, longest {int(summary['max'])
 
 
 async def test_code_chains_two_servers_tools_and_prints_a_summary(gateway: Gateway) -> None:
-    result = await _python(gateway, "coder", CHAIN)
+    result = await run_python(gateway, "coder", CHAIN)
     assert result["exit_code"] == 0, result
     assert result["stdout"] == "2 notes, 60 characters, longest 31\n", result
-    made = _calls(gateway, status="ok", principal="coder")
+    made = upstream_calls(gateway, status="ok", principal="coder")
     assert [(e["server"], e["tool"]) for e in made] == [
         ("notes", "search_notes"),
         ("notes", "read_note"),
@@ -164,7 +138,7 @@ async def test_code_chains_two_servers_tools_and_prints_a_summary(gateway: Gatew
         assert event["request_id"] == exec_start["request_id"], "each call belongs to its execution"
         assert "hmac_sha256" in event["arguments"] and "gateway" not in json.dumps(event["arguments"])
         assert event["result_bytes"] > 0 and event["duration_ms"] >= 0 and event["rule_id"]
-    assert _finished_with_calls(gateway)[-1] == {"calls": 6, "refused": {}}
+    assert _finished_withupstream_calls(gateway)[-1] == {"calls": 6, "refused": {}}
 
 
 async def test_a_call_the_policy_refuses_raises_in_the_code_and_is_audited(gateway: Gateway) -> None:
@@ -178,14 +152,14 @@ async def test_a_call_the_policy_refuses_raises_in_the_code_and_is_audited(gatew
         "    except ToolError as exc:\n"
         "        print(tool, exc.code)\n"
     )
-    result = await _python(gateway, "coder", code)
+    result = await run_python(gateway, "coder", code)
     assert result["stdout"] == (
         "fail upstream-not-allowed\nsearch_notes argument-not-allowed\nleak_secret secret-in-result\n"
     ), result
-    denied = {e["error"]: e for e in _calls(gateway, status="rejected")}
+    denied = {e["error"]: e for e in upstream_calls(gateway, status="rejected")}
     assert denied["upstream-not-allowed"]["tool"] == "fail"
     assert denied["argument-not-allowed"]["server"] == "notes"
-    leaked = _calls(gateway, error="secret-in-result")
+    leaked = upstream_calls(gateway, error="secret-in-result")
     assert leaked and leaked[0]["result_bytes"] > 0, "the call was made; its result was refused"
     assert "AKIA" not in Path(gateway.audit_log).read_text(), "the secret is in no audit event"
 
@@ -199,10 +173,13 @@ async def test_calls_past_the_per_execution_budget_are_refused(gateway: Gateway)
         "        refused += 1\n"
         "print(made, refused)\n"
     )
-    result = await _python(gateway, "coder", code)
+    result = await run_python(gateway, "coder", code)
     assert result["stdout"] == "20 5\n", result
-    assert _finished_with_calls(gateway)[-1] == {"calls": 20, "refused": {"upstream-budget-exhausted": 5}}
-    budget = _calls(gateway, error="upstream-budget-exhausted")
+    assert _finished_withupstream_calls(gateway)[-1] == {
+        "calls": 20,
+        "refused": {"upstream-budget-exhausted": 5},
+    }
+    budget = upstream_calls(gateway, error="upstream-budget-exhausted")
     assert len(budget) == 1, "the first refusal of a kind is recorded, the rest counted"
 
 
@@ -221,7 +198,7 @@ async def test_the_sandbox_still_has_no_network(
         "    print('no network', exc.errno)\n"
         "print(sorted(n for n in __import__('os').listdir('/sys/class/net')))\n"
     )
-    result = await _python(gateway, "coder", code)
+    result = await run_python(gateway, "coder", code)
     lines = result["stdout"].splitlines()
     assert lines[0] == "tool 3.0" and lines[1].startswith("no network"), result
     assert lines[2] == "['lo']", "only loopback: the tools come through the agent, not a network"
@@ -230,16 +207,16 @@ async def test_the_sandbox_still_has_no_network(
 async def test_a_profile_without_code_mode_has_no_tool_channel(gateway: Gateway) -> None:
     code = "from tools.calc import add\nfrom sgw_tools import ToolError\ntry:\n    add(a=1, b=2)\n"
     code += "except ToolError as exc:\n    print(exc.code)\n"
-    result = await _python(gateway, "plain", code)
+    result = await run_python(gateway, "plain", code)
     assert result["stdout"] == "code-mode-unavailable\n", result
-    assert not _calls(gateway, principal="plain")
+    assert not upstream_calls(gateway, principal="plain")
 
 
 async def test_an_upstream_call_is_cut_when_the_execution_times_out(gateway: Gateway) -> None:
     code = "from tools.notes import slow\nprint('start', flush=True)\nslow(seconds=15)\nprint('never')\n"
-    result = await _python(gateway, "coder", code, timeout_s=2)
+    result = await run_python(gateway, "coder", code, timeout_s=2)
     assert result["timed_out"] is True and "never" not in result["stdout"], result
-    cut = _calls(gateway, tool="slow")
+    cut = upstream_calls(gateway, tool="slow")
     assert cut and cut[-1]["status"] == "error" and cut[-1]["error"] == "execution-ended", cut
 
 
@@ -257,7 +234,7 @@ async def test_the_upstreams_credentials_never_enter_the_sandbox(
         f"found = subprocess.run(['grep', '-rlsF', {secret!r}, *where], capture_output=True, text=True)\n"
         "print('found:', found.stdout.split())\n"
     )
-    result = await _python(gateway, "coder", code)
+    result = await run_python(gateway, "coder", code)
     assert result["exit_code"] == 0, result
     assert secret not in result["stdout"] and result["stdout"].splitlines()[-1] == "found: []", result
     names = result["stdout"].splitlines()[0]

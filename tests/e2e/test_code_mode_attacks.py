@@ -28,6 +28,7 @@ import yaml
 
 from policy.loader import default_policy_path
 from tests.conftest import mountable_dir
+from tests.e2e.code_mode_calls import run_python, upstream_calls
 from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
 from tests.support import audit_events
 from tests.support.gateway_process import Gateway
@@ -214,31 +215,6 @@ def gateway(setup: Setup) -> Gateway:
     return setup.gateway
 
 
-async def _python(gateway: Gateway, who: str, code: str, timeout_s: float | None = None) -> dict[str, Any]:
-    arguments: dict[str, Any] = {"code": code}
-    if timeout_s is not None:
-        arguments["timeout_s"] = timeout_s
-    async with mcp_client(gateway.url, gateway.tokens[who]) as client:
-        result = await client.call_tool("execute_python", arguments)
-    assert result.structured_content is not None, result
-    return dict(result.structured_content)
-
-
-def _flat(event: dict[str, Any]) -> dict[str, Any]:
-    upstream, outcome = event.get("upstream") or {}, event.get("outcome") or {}
-    return {
-        **upstream,
-        **outcome,
-        "principal": (event.get("actor") or {}).get("principal"),
-        "request_id": event.get("request_id"),
-    }
-
-
-def _calls(gateway: Gateway, **match: Any) -> list[dict[str, Any]]:
-    flat = [_flat(e) for e in audit_events(gateway.audit_log, "upstream.call")]
-    return [e for e in flat if all(e.get(k) == v for k, v in match.items())]
-
-
 def _vm_hwm_kib(pid: int) -> int:
     """The peak resident set of a process so far (VmHWM), in KiB."""
     text = Path(f"/proc/{pid}/status").read_text()
@@ -316,7 +292,7 @@ async def test_non_finite_numbers_are_refused_before_the_upstream(setup: Setup) 
         '    answer = raw_call(b\'{"id":1,"server":"hostile","tool":"echo","arguments":{"text":\' + text + b\'}}\')\n'
         "    print(text.decode(), code_of(answer))\n"
     )
-    result = await _python(setup.gateway, "coder", code)
+    result = await run_python(setup.gateway, "coder", code)
     lines = result["stdout"].splitlines()
     assert len(lines) == 4, result
     reached = [c["arguments"] for c in setup.upstream_saw() if c["name"] == "echo"]
@@ -341,7 +317,7 @@ async def test_nesting_cannot_break_the_shared_stdio_session(gateway: Gateway) -
         "after = call_tool('calc', 'pid', {})\n"
         "print('same server', before == after)\n"
     )
-    result = await _python(gateway, "coder", code, timeout_s=30)
+    result = await run_python(gateway, "coder", code, timeout_s=30)
     assert "same server True" in result["stdout"], result
     assert "upstream-unavailable" not in result["stdout"], result
 
@@ -363,7 +339,7 @@ async def test_nesting_cannot_cut_another_principals_call_over_http(gateway: Gat
     results: dict[str, dict[str, Any]] = {}
 
     async def run(who: str, code: str) -> None:
-        results[who] = await _python(gateway, who, code, timeout_s=30)
+        results[who] = await run_python(gateway, who, code, timeout_s=30)
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(run, "victim", victim)
@@ -381,11 +357,13 @@ async def test_duplicate_keys_and_odd_numbers_reach_the_upstream_as_audited(setu
         f'line += b\'"text":"{marker}"}}}}\'\n'
         "print(code_of(raw_call(line)))\n"
     )
-    result = await _python(setup.gateway, "coder", code)
+    result = await run_python(setup.gateway, "coder", code)
     assert result["stdout"] == "ok\n", result
     (sent,) = [c["arguments"] for c in setup.upstream_saw() if (c["arguments"] or {}).get("text") == marker]
     (event,) = [
-        e for e in _calls(setup.gateway, tool="echo", status="ok") if marker in json.dumps(e.get("arguments"))
+        e
+        for e in upstream_calls(setup.gateway, tool="echo", status="ok")
+        if marker in json.dumps(e.get("arguments"))
     ]
     audited = json.loads(event["arguments"]["text"])
     assert audited == sent, (audited, sent)
@@ -430,7 +408,7 @@ async def test_calls_the_policy_refuses_never_reach_the_upstream(setup: Setup) -
         "        print('refused', exc.code)\n"
         "print(call_tool('hostile', 'read_file', {'path': '/public/ok.txt'}))\n"
     )
-    result = await _python(setup.gateway, "coder", code)
+    result = await run_python(setup.gateway, "coder", code)
     assert "MADE" not in result["stdout"], result
     assert result["stdout"].endswith("contents of /public/ok.txt\n"), result
     seen = setup.upstream_saw()
@@ -456,7 +434,7 @@ async def test_parallel_connections_cannot_exceed_the_execution_budget(setup: Se
         "[t.start() for t in threads]\n[t.join() for t in threads]\n"
         "print(dict(counts))\n"
     )
-    result = await _python(setup.gateway, "coder", code)
+    result = await run_python(setup.gateway, "coder", code)
     counts = eval(result["stdout"])  # noqa: S307 - a dict the test's own code printed
     refused = counts.get("upstream-budget-exhausted", 0) + counts.get("too-many-refusals", 0)
     assert counts.get("ok") == 40 and refused == 120 and set(counts) <= {
@@ -488,7 +466,7 @@ async def test_answers_never_go_to_another_principal_or_connection(gateway: Gate
     results: dict[str, str] = {}
 
     async def run(who: str) -> None:
-        result = await _python(gateway, who, code.replace("WHO", who))
+        result = await run_python(gateway, who, code.replace("WHO", who))
         results[who] = result["stdout"]
 
     async with anyio.create_task_group() as tasks:
@@ -545,17 +523,17 @@ async def test_a_process_left_behind_cannot_call_tools_after_its_execution(gatew
     """An execution leaves a process behind that keeps trying its own (closed) door, and any door it
     can find: the abstract sockets listed in /proc/net/unix, the SGW_TOOLS_SOCKET of other
     processes. A later execution of the same principal, with code mode, runs meanwhile."""
-    first = await _python(gateway, "victim", BACKGROUND)
+    first = await run_python(gateway, "victim", BACKGROUND)
     assert first["stdout"] == "started\n", first
     await anyio.sleep(1.5)
     starts = len(
         [e for e in audit_events(gateway.audit_log, "exec.start") if e["actor"]["principal"] == "victim"]
     )
-    second = await _python(
+    second = await run_python(
         gateway, "victim", "import time\nfrom sgw_tools import call_tool\ntime.sleep(6)\nprint('done')\n"
     )
     assert second["stdout"] == "done\n", second
-    third = await _python(
+    third = await run_python(
         gateway,
         "victim",
         "import os, signal\nprint(open('/tmp/bg-calls.log').read())\n"
@@ -572,7 +550,7 @@ async def test_a_process_left_behind_cannot_call_tools_after_its_execution(gatew
     second_start = [
         e for e in audit_events(gateway.audit_log, "exec.start") if e["actor"]["principal"] == "victim"
     ][starts]
-    stolen = _calls(gateway, request_id=second_start["request_id"])
+    stolen = upstream_calls(gateway, request_id=second_start["request_id"])
     assert stolen == [], f"calls in the name of an execution that made none: {stolen}"
 
 
@@ -582,9 +560,9 @@ async def test_a_profile_without_code_mode_has_no_door_at_all(gateway: Gateway) 
         "print(os.environ.get('SGW_TOOLS_SOCKET'))\n"
         "print(re.findall(r'@sgw-tools-[0-9a-f]+', open('/proc/net/unix').read()))\n"
     )
-    result = await _python(gateway, "plain", code)
+    result = await run_python(gateway, "plain", code)
     assert result["stdout"] == "None\n[]\n", result
-    assert not _calls(gateway, principal="plain")
+    assert not upstream_calls(gateway, principal="plain")
 
 
 async def test_the_only_socket_a_sandbox_can_reach_is_its_own_door(gateway: Gateway) -> None:
@@ -598,7 +576,7 @@ async def test_the_only_socket_a_sandbox_can_reach_is_its_own_door(gateway: Gate
         "for path in ['/var/run/docker.sock', '/run/docker.sock', '/run/sandbox-gateway/docker-proxy.sock']:\n"
         "    print(path, os.path.exists(path))\n"
     )
-    result = await _python(gateway, "coder", code)
+    result = await run_python(gateway, "coder", code)
     lines = result["stdout"].splitlines()
     names = eval(lines[0])  # noqa: S307 - a list the test's own code printed
     assert [n for n in names if not n.startswith("@sgw-tools-")] == [], result
@@ -644,16 +622,16 @@ async def test_a_flood_of_refused_calls_does_not_starve_other_principals(gateway
     """Two executions flood the gateway with 1 MiB call lines the policy refuses; the victim's calls
     meanwhile all go through, and the flood's lines stop costing a parse once its refusals are capped
     (they are refused unread). How fast the victim stays is the benchmark's business, not this test's."""
-    await _python(gateway, "victim", VICTIM_TIMING)  # its sandbox exists before the flood
+    await run_python(gateway, "victim", VICTIM_TIMING)  # its sandbox exists before the flood
     flood_results: list[dict[str, Any]] = []
     victim: dict[str, Any] = {}
 
     async def flood() -> None:
-        flood_results.append(await _python(gateway, "coder", FLOOD.replace("SECONDS", "12"), timeout_s=30))
+        flood_results.append(await run_python(gateway, "coder", FLOOD.replace("SECONDS", "12"), timeout_s=30))
 
     async def measure() -> None:
         await anyio.sleep(3)
-        victim.update(await _python(gateway, "victim", VICTIM_TIMING))
+        victim.update(await run_python(gateway, "victim", VICTIM_TIMING))
 
     cpu_before, wall_before = _cpu_seconds(gateway.process.pid), time.monotonic()
     async with anyio.create_task_group() as tasks:
@@ -692,7 +670,7 @@ async def test_a_secret_in_an_upstream_error_message_does_not_reach_the_code(gat
         "    except ToolError as exc:\n"
         "        print(tool, exc.code, exc.message)\n"
     )
-    result = await _python(gateway, "coder", code)
+    result = await run_python(gateway, "coder", code)
     assert result["stdout"].startswith("secret_error_result secret-in-result"), result
     assert "AKIA" not in result["stdout"] + result["stderr"], result
 
@@ -709,7 +687,7 @@ async def test_a_huge_upstream_result_is_not_buffered_whole(setup: Setup) -> Non
         "print(round(time.monotonic() - started, 1))\n"
         "print(call_tool('hostile', 'echo', {'text': 'after'}))\n"
     )
-    result = await _python(setup.gateway, "coder", code, timeout_s=30)
+    result = await run_python(setup.gateway, "coder", code, timeout_s=30)
     grown_mib = (_vm_hwm_kib(pid) - before) / 1024
     lines = result["stdout"].splitlines()
     # The server is stopped at the cap (its stdio guard): the call fails, and the next one gets a
@@ -726,7 +704,7 @@ async def test_a_burst_of_list_changed_notifications_is_coalesced(gateway: Gatew
     modules: an upstream announcing 300 changes at once must not cost 300 rounds (nor 900 requests to
     the other upstreams)."""
     before = len(audit_events(gateway.audit_log, "tools.generate"))
-    result = await _python(
+    result = await run_python(
         gateway,
         "coder",
         "from sgw_tools import call_tool\nprint(call_tool('hostile', 'notify', {'count': 300}))\n",
@@ -754,6 +732,6 @@ async def test_generated_modules_stay_in_the_tools_dir_and_run_no_upstream_code(
         "from tools.hostile import inject_doc\n"
         'print(inject_doc(q=\'"); print("PWNED"); ("\'))\n'
     )
-    result = await _python(setup.gateway, "coder", code)
+    result = await run_python(setup.gateway, "coder", code)
     assert "pwned dir False" in result["stdout"], result
     assert "PWNED" not in result["stdout"].splitlines(), result

@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from tests.support.waiting import eventually
+from tests.support.processes import end, wait_serving
 
 __all__ = ["ISSUER_DIR", "Issuer", "running_issuer"]
 
@@ -55,20 +53,8 @@ def running_issuer(
             stderr=out,
         )
 
-    def up() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"the issuer exited: {log.read_text()[-2000:]}")
-        return httpx.get(f"http://127.0.0.1:{port}/.well-known/openid-configuration", timeout=2).is_success
-
     try:
-        eventually(
-            up, timeout_s=30, interval_s=0.2, retry_on=(httpx.HTTPError,), message="issuer did not start"
-        )
+        wait_serving(process, f"http://127.0.0.1:{port}/.well-known/openid-configuration", log, "the issuer")
         yield Issuer(url, f"{url}/jwks", log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        end(process)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 
 from tests.support.net import accepts, free_port
+from tests.support.processes import end
 from tests.support.waiting import eventually
 
 __all__ = [
@@ -120,12 +121,7 @@ def notes_server(
             log=log,
         )
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        end(process)
 
 
 def notes_entry(
