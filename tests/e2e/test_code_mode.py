@@ -8,19 +8,15 @@ One gateway for the module: `coder` (profile with code mode), `plain` (the defau
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
-from policy.loader import default_policy_path
-from tests.conftest import mountable_dir
-from tests.e2e.code_mode_calls import run_python, upstream_calls
-from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
+from tests.e2e.code_mode_calls import code_mode_gateway, code_mode_policy, run_python, upstream_calls
+from tests.e2e.conftest import mcp_client
 from tests.support import audit_events
 from tests.support.gateway_process import Gateway
 from tests.support.upstreams import RunningUpstreams, running_upstreams
@@ -49,27 +45,11 @@ def setup(
     tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend
 ) -> Iterator[tuple[Gateway, RunningUpstreams, Path]]:
     work = tmp_path_factory.mktemp("code-mode")
-    policy = yaml.safe_load(default_policy_path().read_text())
-    policy["profiles"]["coder"] = {"extends": "default", "code_mode": CODE_MODE}
-    (work / "policy.yaml").write_text(yaml.safe_dump(policy))
-    tools = mountable_dir("tools")
-    try:
-        with running_upstreams(work / "upstreams") as upstreams:
-            gateway = start_gateway(
-                work,
-                "--policy", str(work / "policy.yaml"),
-                "--upstreams", str(upstreams.file),
-                "--tools-dir", str(tools),
-                "--generate-tools",
-                principals={"coder": "coder", "plain": "default"},
-            )  # fmt: skip
-            try:
-                yield gateway, upstreams, tools
-            finally:
-                stop_gateway(gateway)
-    finally:
-        shutil.rmtree(tools, ignore_errors=True)
-    assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == []
+    principals = {"coder": "coder", "plain": "default"}
+    with running_upstreams(work / "upstreams") as upstreams:
+        policy = code_mode_policy("coder", CODE_MODE)
+        with code_mode_gateway(work, policy, upstreams.file, principals, backend) as (gateway, tools):
+            yield gateway, upstreams, tools
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -24,12 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-import yaml
 
-from policy.loader import default_policy_path
-from tests.conftest import mountable_dir
-from tests.e2e.code_mode_calls import run_python, upstream_calls
-from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
+from tests.e2e.code_mode_calls import code_mode_gateway, code_mode_policy, run_python, upstream_calls
+from tests.e2e.conftest import mcp_client
 from tests.support import audit_events
 from tests.support.gateway_process import Gateway
 from tests.support.upstreams import calc_entry, notes_entry, notes_server, write_upstreams
@@ -171,43 +167,27 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend) -> Iterator[Setup]:
     work = tmp_path_factory.mktemp("code-mode-attacks")
-    policy = yaml.safe_load(default_policy_path().read_text())
-    policy["audit"] = {"code": "full"}  # the audited arguments are then the arguments themselves
-    policy["profiles"]["attack"] = {"extends": "default", "code_mode": CODE_MODE}
-    (work / "policy.yaml").write_text(yaml.safe_dump(policy))
+    # audit.code full: the audited arguments are then the arguments themselves
+    policy = code_mode_policy("attack", CODE_MODE, audit={"code": "full"})
     server = work / "hostile_server.py"
     server.write_text(HOSTILE_SERVER)
     hostile_log = work / "hostile-calls.jsonl"
-    tools = mountable_dir("tools")
-    try:
-        with notes_server(work / "notes") as notes:
-            upstreams = write_upstreams(
-                work / "upstreams.yaml",
-                {
-                    "notes": notes_entry(notes),
-                    "calc": calc_entry(),
-                    "hostile": {
-                        "transport": "stdio",
-                        "command": [sys.executable, str(server), str(hostile_log)],
-                        "tools": HOSTILE_EXPOSED,
-                    },
+    principals = {"coder": "attack", "victim": "attack", "plain": "default"}
+    with notes_server(work / "notes") as notes:
+        upstreams = write_upstreams(
+            work / "upstreams.yaml",
+            {
+                "notes": notes_entry(notes),
+                "calc": calc_entry(),
+                "hostile": {
+                    "transport": "stdio",
+                    "command": [sys.executable, str(server), str(hostile_log)],
+                    "tools": HOSTILE_EXPOSED,
                 },
-            )
-            gateway = start_gateway(
-                work,
-                "--policy", str(work / "policy.yaml"),
-                "--upstreams", str(upstreams),
-                "--tools-dir", str(tools),
-                "--generate-tools",
-                principals={"coder": "attack", "victim": "attack", "plain": "default"},
-            )  # fmt: skip
-            try:
-                yield Setup(gateway, tools, hostile_log)
-            finally:
-                stop_gateway(gateway)
-    finally:
-        shutil.rmtree(tools, ignore_errors=True)
-    assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == []
+            },
+        )
+        with code_mode_gateway(work, policy, upstreams, principals, backend) as (gateway, tools):
+            yield Setup(gateway, tools, hostile_log)
 
 
 @pytest.fixture(scope="module")
