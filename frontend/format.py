@@ -215,6 +215,13 @@ def _code_mode(mode: Mapping[str, Any] | None) -> str:
     return "on: " + ", ".join(str(line) for line in mode.get("allow", []))
 
 
+def _egress(egress: Mapping[str, Any] | None) -> str:
+    """A profile's egress in a cell: no network, or the host:port rules it allows."""
+    if not egress:
+        return "off (no network)"
+    return "on: " + ", ".join(str(rule) for rule in egress.get("allow", []))
+
+
 def policy_view(policy: Mapping[str, Any]) -> str:
     """The policy in force (`admin_policy`): each profile's effective limits side by side, then
     the Decision explained, when one was asked for."""
@@ -228,6 +235,7 @@ def policy_view(policy: Mapping[str, Any]) -> str:
         "|---|" + "---|" * len(names),
         "| tools | " + " | ".join(_cell(", ".join(p.get("tools", []))) for p in profiles) + " |",
         "| code mode | " + " | ".join(_cell(_code_mode(p.get("code_mode"))) for p in profiles) + " |",
+        "| egress | " + " | ".join(_cell(_egress(p.get("egress"))) for p in profiles) + " |",
     ]
     for section, field, label in _POLICY_ROWS:
         cells = [_cell((p.get(section) or {}).get(field, "")) for p in profiles]

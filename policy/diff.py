@@ -2,7 +2,8 @@
 
 Every field has a direction. A change that loosens a limit, adds access or removes a protection is
 WEAKER; one that tightens is stronger; one without an order (a different user, seccomp profile or
-mapping) is CHANGED and needs a reviewer's eye just the same. Code mode: `policy.code_mode_diff`.
+mapping) is CHANGED and needs a reviewer's eye just the same. Code mode: `policy.code_mode_diff`;
+egress: `policy.egress_diff`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from limits import parse
 
 from policy.code_mode_diff import Verdict, code_mode_changes
+from policy.egress_diff import egress_changes
 from policy.model import Policy, Profile
 
 __all__ = ["Change", "diff_policies", "render_diff"]
@@ -96,6 +98,8 @@ def _profile_changes(name: str, old: Profile, new: Profile) -> Iterator[Change]:
     yield from _tmpfs_changes(name, old, new)
     yield from _ulimit_changes(name, old, new)
     for field, a, b, verdict in code_mode_changes(old.code_mode, new.code_mode):
+        yield Change(name, field, a, b, verdict)
+    for field, a, b, verdict in egress_changes(old.egress, new.egress):
         yield Change(name, field, a, b, verdict)
 
 

@@ -76,6 +76,17 @@ def _unconfined(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
                 yield f"{prefix}.security_opt[{index}]", rule, f"{option!r} removes a confinement layer"
 
 
+def _network_only_through_egress(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
+    value = section.get("network", "none")
+    if prefix.endswith(".sandbox") and value != "none":  # `host` and `container:` are caught before
+        yield (
+            f"{prefix}.network",
+            "egress-is-the-only-network",
+            f"network {value!r}: a sandbox has network none, and reaches the outside only through its "
+            "profile's `egress` allow-list (the egress proxy)",
+        )
+
+
 def _root_user(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
     if "user" not in section:
         return
@@ -115,6 +126,7 @@ def _capabilities(prefix: str, section: Mapping[str, Any]) -> Iterator[Finding]:
 _RULES: tuple[_Rule, ...] = (
     _privileged,
     _host_namespaces,
+    _network_only_through_egress,
     _mounts,
     _sockets,
     _unconfined,
@@ -134,6 +146,7 @@ GUARDRAIL_IDS = frozenset(
         "cap-add-allow-list",
         "cap-drop-all",
         "code-mode-needs-agent",
+        "egress-is-the-only-network",
         *_HOST_NAMESPACE_KEYS.values(),
     }
 )

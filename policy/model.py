@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from policy.code_mode_model import CodeMode
+from policy.egress_model import Egress
 from policy.model_base import Strict as _Strict
 from policy.units import Mode, Size
 
@@ -235,6 +236,8 @@ class Profile(_Strict):
     rate_limits: RateLimits = RateLimits()
     #: Upstream MCP tools the sandbox's code may call through the gateway; None (absent): code mode off.
     code_mode: CodeMode | None = None
+    #: `host:port` its sandboxes may reach through the egress proxy; None (absent): no network at all.
+    egress: Egress | None = None
 
     @field_validator("tools")
     @classmethod
@@ -286,7 +289,7 @@ class Policy(_Strict):
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the effective policy; names the policy version in audit events.
-        Unset optional keys (`code_mode` off) are left out, so they change no existing digest."""
+        Unset optional keys (`code_mode`, `egress` off) are left out, so they change no existing digest."""
         dump = self.model_dump(mode="json", exclude_none=True)
         canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()

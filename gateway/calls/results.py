@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from gateway.calls.code_mode_results import CodeModeLimits
+from gateway.calls.egress_results import EgressLimits
 from policy import ExecLimits, Principal, Profile, SandboxSpec
 from policy.model import Lifecycle, RateLimits
 
@@ -247,6 +248,7 @@ class ProfileLimits(BaseModel):
     lifecycle: Lifecycle
     rate_limits: RateLimits
     code_mode: CodeModeLimits | None = Field(description="Code mode's upstream tools and budgets; null: off")
+    egress: EgressLimits | None = Field(description="Egress allow-list and limits; null: no network")
 
     @classmethod
     def of(cls, name: str, profile: Profile) -> ProfileLimits:
@@ -259,6 +261,7 @@ class ProfileLimits(BaseModel):
             lifecycle=profile.lifecycle,
             rate_limits=profile.rate_limits,
             code_mode=CodeModeLimits.of(profile.code_mode),
+            egress=EgressLimits.of(profile.egress),
         )
 
 
