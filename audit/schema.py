@@ -12,6 +12,9 @@ Top level: `ts`, `event_id`, `event`, `request_id`, `trace_id`, `span_id`, `tool
   `retry_after_s`
 - `upstream`: code mode — `server`, `tool`, `rule_id`, `arguments` (like `code`: an HMAC, the text
   or absent), `result_bytes`; on `exec.finish`, `calls` made and `refused` (count per code)
+- `egress`: a sandbox's connection through the egress proxy — `sandbox_ip`, `method`, `host`, `port`,
+  `rule` (the allow-list entry, or the rule that refused it), `sni`, `server_address` (the address the
+  proxy connected to), `bytes_up`, `bytes_down`
 - `code`: the submitted code, per the policy's `audit.code`: `{"hmac_sha256": ...}` (default),
   `{"text": ...}` (full) or absent (none)
 - `detail`: anything else an event carries (e.g. `reason` of a removal)
@@ -73,6 +76,13 @@ EVENTS: dict[str, str] = {
     "(refused by policy before it was made, or its result refused: result-too-large, secret-in-result, "
     "upstream-tool-error) or error (upstream-unavailable, upstream-timeout, execution-ended...); refusals "
     "before a call are recorded once per code and execution, and counted in exec.finish's upstream.refused",
+    "egress.start": "the egress proxy started (detail.proxy_url, profiles with egress)",
+    "egress.stop": "the egress proxy stopped",
+    "egress.connection": "a sandbox's connection through the egress proxy ended: decision allow or deny, "
+    "egress.rule (the allow-list entry, or the rule that refused it: not-allowed, ip-literal, "
+    "blocked-address, sni-mismatch, no-sni, not-tls, max-connections, method, unknown-source...), "
+    "decision.reasons (the proxy's message), egress.host, port, sni, server_address, bytes_up, bytes_down, "
+    "outcome.duration_ms",
     "docker.list": "Docker API: list containers",
     "docker.create": "Docker API: create a container",
     "docker.start": "Docker API: start a container",
@@ -138,6 +148,15 @@ GROUPS: dict[str, tuple[str, str]] = {
     "result_bytes": ("upstream", "result_bytes"),
     "upstream_calls": ("upstream", "calls"),
     "upstream_refused": ("upstream", "refused"),
+    "sandbox_ip": ("egress", "sandbox_ip"),
+    "method": ("egress", "method"),
+    "dest_host": ("egress", "host"),
+    "dest_port": ("egress", "port"),
+    "egress_rule": ("egress", "rule"),
+    "sni": ("egress", "sni"),
+    "server_address": ("egress", "server_address"),
+    "bytes_up": ("egress", "bytes_up"),
+    "bytes_down": ("egress", "bytes_down"),
 }
 
 
@@ -199,6 +218,18 @@ class Upstream(_Group):
     refused: dict[str, int] | None = None
 
 
+class EgressPart(_Group):
+    sandbox_ip: str | None = None
+    method: str | None = None
+    host: str | None = None
+    port: int | None = None
+    rule: str | None = None
+    sni: str | None = None
+    server_address: str | None = None
+    bytes_up: int | None = None
+    bytes_down: int | None = None
+
+
 class AuditEvent(BaseModel):
     """One audit line, validated: the contract a SIEM parser can rely on."""
 
@@ -218,6 +249,7 @@ class AuditEvent(BaseModel):
     outcome: Outcome | None = None
     limits: Limits | None = None
     upstream: Upstream | None = None
+    egress: EgressPart | None = None
     code: dict[str, str] | None = None
     detail: dict[str, Any] | None = None
     prev_hash: str = Field(min_length=64, max_length=64)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.egress import network as egress_net
 from gateway.errors import ConfigError
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 
@@ -198,6 +199,12 @@ class Settings:
     #: Code mode: write the upstream tools' modules into `tools_path` at start and when a list changes.
     generate_tools: bool = False
     skills_path: Path | None = None
+    #: Egress: the network setup made, the egress proxy's files and how it resolves names.
+    egress_network: str = egress_net.DEFAULT_EGRESS_NETWORK
+    egress_subnet: str = egress_net.DEFAULT_EGRESS_SUBNET
+    egress_state_dir: Path | None = None
+    egress_hosts_file: Path | None = None
+    egress_dns: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = field(default=())
     #: Host uids sandboxes run as, `LOW-HIGH` (each sandbox its own); the socket proxy's range too.
     sandbox_uids: str = DEFAULT_UID_RANGE
@@ -215,6 +222,8 @@ class Settings:
             if env.get(ENV_AUDIT_HMAC_KEY_FILE)
             else None,
             "upstreams_file": Path(env[ENV_UPSTREAMS]) if env.get(ENV_UPSTREAMS) else None,
+            "egress_network": env.get(egress_net.ENV_EGRESS_NETWORK) or egress_net.DEFAULT_EGRESS_NETWORK,
+            "egress_subnet": env.get(egress_net.ENV_EGRESS_SUBNET) or egress_net.DEFAULT_EGRESS_SUBNET,
         }
         tls = engine_tls_from_env(env)
         if tls is not None:
@@ -276,7 +285,14 @@ class Settings:
                 raise ConfigError(f"the {name} directory {path} does not exist")
         self._validate_code_mode()
 
+    @property
+    def egress(self) -> egress_net.EgressNetwork:
+        return egress_net.EgressNetwork.parse(self.egress_network, self.egress_subnet)
+
     def _validate_code_mode(self) -> None:
+        self.egress  # noqa: B018 - raises ConfigError for a bad name or subnet
+        if self.egress_hosts_file is not None and not self.egress_hosts_file.is_file():
+            raise ConfigError(f"the egress hosts file {self.egress_hosts_file} does not exist")
         if self.upstreams_file is not None and not self.upstreams_file.is_file():
             raise ConfigError(f"the upstreams file {self.upstreams_file} does not exist")
         if self.generate_tools and (self.tools_path is None or self.upstreams_file is None):

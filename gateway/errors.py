@@ -7,11 +7,13 @@ no stack traces, nothing from the engine that the caller did not already know.
 from __future__ import annotations
 
 __all__ = [
+    "AddressInUse",
     "AgentBroken",
     "AgentCannotStart",
     "AgentFailure",
     "AuthError",
     "ConfigError",
+    "EgressUnavailable",
     "EngineError",
     "FileError",
     "GatewayError",
@@ -105,6 +107,18 @@ class SandboxGone(SandboxError, SandboxUnusable):
     """The container is missing or not running."""
 
     code = "sandbox-gone"
+
+
+class EgressUnavailable(SandboxError):
+    """A sandbox of an egress profile cannot be made: no egress network, or its proxy does not run."""
+
+    code = "egress-unavailable"
+
+
+class AddressInUse(SandboxError):
+    """The engine refused a create: the egress address picked is held by another container."""
+
+    code = "address-in-use"
 
 
 class UidInUse(SandboxError):

@@ -19,6 +19,7 @@ from gateway.calls.code_mode import CodeModeCalls
 from gateway.calls.explain import PrincipalDirectory
 from gateway.calls.service import ExecutionService
 from gateway.config import Settings
+from gateway.egress.service import EGRESS_STATE_ROOT, EgressService
 from gateway.errors import ConfigError
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
@@ -95,6 +96,11 @@ class Core:
     upstreams: Upstreams | None = None
 
     @property
+    def egress(self) -> EgressService | None:
+        """Sandboxes' egress (its proxy is started by the app's lifespan when the policy has egress)."""
+        return self.broker.containers.egress
+
+    @property
     def engine(self) -> PolicyEngine:
         """The policy in force. The service holds it, and a reload (SIGHUP) replaces it there."""
         return self.service.engine
@@ -130,6 +136,14 @@ def build_core(
     )
     service = ExecutionService(
         engine, broker, audit, enforce_request_rate=enforce_request_rate, rates=rates, principals=principals
+    )
+    broker.containers.egress = EgressService(
+        settings.egress,
+        settings.egress_state_dir or EGRESS_STATE_ROOT / settings.gateway_id,
+        lambda: service.engine.policy,
+        audit,
+        hosts_file=settings.egress_hosts_file,
+        dns=settings.egress_dns,
     )
     upstreams = Upstreams(load_upstreams(settings.upstreams_file)) if settings.upstreams_file else None
     service.code_mode = CodeModeCalls(lambda: service.engine, upstreams, audit, rates)

@@ -1,6 +1,7 @@
 """The egress decision: may a sandbox of a profile open a connection to `host:port`?
 
-Pure: no DNS, no I/O. The egress proxy's helper calls `egress_decision` with the CONNECT target,
+Pure and standard library only (the egress proxy's ACL helper runs it under the system's python3):
+no DNS, no I/O. The egress proxy's helper calls `egress_decision` with the CONNECT target,
 before anything is resolved. A host matches a rule when it equals the rule's host, or, for a
 `*.suffix` rule, ends with `.suffix` on a label boundary (and is not `suffix` itself); the port must
 be equal. Case does not matter and one trailing dot is dropped; anything else that is not a plain
@@ -12,8 +13,9 @@ spelling of an address (`2130706433`, `0x7f.1`, `[::ffff:127.0.0.1]`) is refused
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
-from policy.egress_model import Egress, address_problem, host_problem, ip_literal
+from policy.egress_names import HostRule, address_problem, host_problem, ip_literal
 
 __all__ = ["EGRESS_OFF", "egress_decision"]
 
@@ -43,17 +45,17 @@ def _target(host: object, port: object) -> tuple[str, Address | None]:
     return name, None
 
 
-def egress_decision(profile_egress: Egress | None, host: str, port: int) -> tuple[bool, str | None, str]:
-    """(allowed, the rule that allowed it or None, why). An exact rule wins over a wildcard, and a
-    longer wildcard over a shorter one, so the rule named is always the most specific."""
-    if profile_egress is None:
+def egress_decision(rules: Sequence[HostRule] | None, host: str, port: int) -> tuple[bool, str | None, str]:
+    """(allowed, the rule that allowed it or None, why), for a profile's parsed rules (`Egress.rules()`;
+    None: egress off). An exact rule wins over a wildcard, and a longer wildcard over a shorter one,
+    so the rule named is always the most specific."""
+    if rules is None:
         return False, None, EGRESS_OFF
     try:
         name, address = _target(host, port)
     except ValueError as exc:
         return False, None, f"egress refused: {exc}"
     target = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
-    rules = profile_egress.rules()
     if address is not None:
         problem = address_problem(address)
         if problem or not any(kind.startswith("ip") for _, _, kind in rules):

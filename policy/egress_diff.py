@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from policy.code_mode_diff import Item, Verdict
-from policy.egress_model import Egress, parse_rule
+from policy.egress_model import Egress
+from policy.egress_names import parse_rule
 
 __all__ = ["describe_rule", "egress_changes"]
 

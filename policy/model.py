@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from policy.code_mode_model import CodeMode
-from policy.egress_model import Egress
+from policy.egress_model import Egress, network_follows_egress
 from policy.model_base import Strict as _Strict
 from policy.units import Mode, Size
 
@@ -96,7 +96,8 @@ class SandboxSpec(_Strict):
 
     images: tuple[str, ...] = Field(min_length=1)
     read_only_rootfs: bool = True
-    network: Literal["none"] = "none"
+    #: `none`, or `egress` when the profile has an `egress` key (set from it: never written by hand).
+    network: Literal["none", "egress"] = "none"
     cpus: float = Field(default=1.0, gt=0, le=64)
     memory: Size = 512 * 1024**2
     memory_swap: Size = 512 * 1024**2
@@ -246,6 +247,8 @@ class Profile(_Strict):
         if unknown:
             raise ValueError(f"unknown tool(s) {unknown}; known: {sorted(TOOL_NAMES)}")
         return value
+
+    _network_follows_egress = model_validator(mode="before")(network_follows_egress)
 
     @model_validator(mode="after")
     def _code_mode_needs_the_agent(self) -> Profile:

@@ -8,6 +8,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from gateway.egress.network import EgressNetwork
 from gateway.errors import ConfigError
 from policy import SandboxSpec
 
@@ -38,9 +39,11 @@ SECCOMP_DIR: Traversable = files("seccomp")
 SANDBOX_PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def sandbox_env(spec: SandboxSpec) -> list[str]:
-    """The whole environment of sandbox processes: fixed, with no secret from the gateway."""
-    return environment(spec.workdir)
+def sandbox_env(spec: SandboxSpec, network: EgressNetwork | None = None) -> list[str]:
+    """The whole environment of sandbox processes: fixed, with no secret from the gateway; for a
+    sandbox on the egress `network`, its proxy too."""
+    proxy = network.environment() if spec.network == "egress" and network is not None else []
+    return [*environment(spec.workdir), *proxy]
 
 
 def environment(workdir: str) -> list[str]:
@@ -137,12 +140,14 @@ def create_body(
     image_id: str | None = None,
     tools_path: Path | None = None,
     skills_path: Path | None = None,
+    egress: tuple[EgressNetwork, str] | None = None,
 ) -> dict[str, object]:
     """The Docker Engine API body for POST /containers/create.
 
     `uid` is the sandbox's own host uid (and gid), allocated by the broker from the gateway's range.
     `image` must be a name the profile allows; `image_id`, when the broker resolved it, is what the
     container is created from, so the image cannot change between the check and the create.
+    `egress` is the egress network and the sandbox's address on it, for a spec with network egress.
     """
     user = f"{uid}:{uid}"
     if image not in spec.image_names():
@@ -191,6 +196,16 @@ def create_body(
         "OpenStdin": False,
         "HostConfig": host_config,
     }
+    if spec.network == "egress":
+        if egress is None:
+            raise ConfigError("a profile with egress needs the egress network and an address on it")
+        network, address = egress
+        host_config |= network.host_config()
+        body |= {
+            "NetworkDisabled": False,
+            "Env": sandbox_env(spec, network),
+            "NetworkingConfig": network.networking_config(address),
+        }
     if spec.exec_path == "agent":
         # The agent is PID 1 (it reaps orphans itself, and PID 1 ignores signals from inside the
         # sandbox), runs as the sandbox's uid, and reads requests from stdin, which stays open

@@ -25,7 +25,7 @@ from gateway.backend.base import (
 )
 from gateway.backend.exec_stream import already_buffered, pump
 from gateway.backend.frames import BoundedCapture
-from gateway.errors import EngineError, SandboxError, SandboxGone, UidInUse
+from gateway.errors import AddressInUse, EngineError, SandboxError, SandboxGone, UidInUse
 from gateway.telemetry import tracer
 
 __all__ = ["DockerBackend"]
@@ -70,6 +70,8 @@ class DockerBackend:
             # 409, or a 500 saying so when the container died between exec create and start.
             if exc.status_code == 409 or "is not running" in str(exc.explanation or ""):
                 raise SandboxGone(f"the sandbox container is not running ({what})") from exc
+            if "Address already in use" in str(exc.explanation or ""):  # an egress address (at start)
+                raise AddressInUse(f"another container holds this egress address ({what})") from exc
             raise _engine_error(exc, self.base_url, what) from exc
         except (requests.exceptions.RequestException, OSError) as exc:
             raise _engine_error(exc, self.base_url, what) from exc

@@ -58,6 +58,8 @@ class CallPath:
         """Switch to a new, already validated policy; calls in flight keep the Decision they got."""
         self.engine = engine
         self.broker.configure_pools(pool_targets(engine))
+        if self.broker.containers.egress is not None:  # allow-lists and limits, for new connections
+            self.broker.containers.egress.publish()
 
     @asynccontextmanager
     async def _request(self, principal: Principal, tool: str, source_ip: str | None) -> AsyncIterator[str]:

@@ -64,7 +64,10 @@ class SandboxInfo(BaseModel):
     policy_digest: str
     tools: list[str]
     image: str
-    network: str
+    network: str = Field(description="none, or egress: only the egress proxy, for the allow-list below")
+    egress: EgressLimits | None = Field(
+        description="The egress allow-list and limits in force; null: no network"
+    )
     read_only_rootfs: bool
     runtime: str
     cpus: float
@@ -98,6 +101,7 @@ class SandboxInfo(BaseModel):
             tools=sorted(profile.tools),
             image=spec.image_names()[0],
             network=spec.network,
+            egress=EgressLimits.of(profile.egress),
             read_only_rootfs=spec.read_only_rootfs,
             runtime=spec.runtime,
             cpus=spec.cpus,

@@ -156,6 +156,7 @@ def _parser() -> argparse.ArgumentParser:
         "whenever a server's tool list changes",
     )
     serve.add_argument("--skills-dir", type=Path, help="host directory mounted read-only at /skills")
+    _egress_arguments(serve)
     serve.add_argument(
         "--max-sandboxes", type=int, default=1000, help="live sandboxes at most (all principals)"
     )
@@ -232,3 +233,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _egress_arguments(serve: argparse.ArgumentParser) -> None:
+    """Where sandboxes of profiles with `egress` get their network (setup makes it), and how the
+    egress proxy resolves names."""
+    serve.add_argument(
+        "--egress-network", help="the egress network (default: $SGW_EGRESS_NETWORK or sandbox-gateway-egress)"
+    )
+    serve.add_argument("--egress-subnet", help="its subnet (default: $SGW_EGRESS_SUBNET or 10.213.0.0/24)")
+    serve.add_argument(
+        "--egress-state-dir",
+        type=Path,
+        help="the egress proxy's files (default: /run/sandbox-gateway/egress/GATEWAY_ID)",
+    )
+    serve.add_argument(
+        "--egress-hosts-file", type=Path, help="names the egress proxy resolves before DNS (hosts format)"
+    )
+    serve.add_argument(
+        "--egress-dns",
+        action="append",
+        default=[],
+        help="a DNS server the egress proxy asks (repeatable; default: the host's resolv.conf)",
+    )

@@ -15,6 +15,7 @@ from gateway.backend.create_body import create_body
 from gateway.calls.code_mode_results import UpstreamExplanation
 from gateway.calls.explain import action_for, explain, explain_upstream
 from gateway.calls.results import PolicyExplanation
+from gateway.egress.network import EgressNetwork
 from gateway.errors import ConfigError
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import PolicyError, Principal, load_policy
@@ -81,8 +82,23 @@ def _render(args: argparse.Namespace) -> int:
     for name, profile in policy.profiles.items():
         # Each sandbox gets its own uid; the range's first stands for it here.
         uid = UidRange.parse(DEFAULT_UID_RANGE).low
-        body = create_body(profile.sandbox, uid=uid, image=profile.sandbox.image_names()[0], labels={})
+        # An egress sandbox gets an address of its own too; the subnet's first stands for it here.
+        network = EgressNetwork.from_env()
+        address = str(network.gateway + 1)
+        body = create_body(
+            profile.sandbox,
+            uid=uid,
+            image=profile.sandbox.image_names()[0],
+            labels={},
+            egress=(network, address),
+        )
         rendered[name] = {"Image": body["Image"], "User": body["User"], "HostConfig": body["HostConfig"]}
+        if profile.egress is not None:
+            rendered[name] |= {
+                "Env": body["Env"],
+                "NetworkingConfig": body["NetworkingConfig"],
+                "Egress": {"proxy": network.proxy_url, **profile.egress.model_dump(mode="json")},
+            }
     print(json.dumps(rendered, indent=2, sort_keys=True))
     return 0
 

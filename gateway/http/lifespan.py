@@ -77,6 +77,17 @@ async def _start_upstreams(core: Core, settings: Settings) -> None:
     upstreams.on_tools_changed = writer.changed
 
 
+async def _start_egress(core: Core) -> None:
+    """The egress proxy, when a profile has egress (otherwise with the first egress sandbox, after a
+    reload that adds one). A proxy that cannot start fails those sandboxes, not the gateway."""
+    if core.egress is None or not core.egress.profiles():
+        return
+    try:
+        await core.egress.ensure_running()
+    except GatewayError as exc:
+        _log.error("the egress proxy did not start: %s", exc.message)
+
+
 class _ToolWriter:
     """Writes the upstream tools' modules: at start, then once per burst of list-changed
     notifications (at most one run at a time, one more queued, and `_REGENERATE_EVERY_S` apart), so
@@ -172,6 +183,7 @@ def gateway_lifespan(
             )
             await _sweep(core)
             await _start_upstreams(core, settings)
+            await _start_egress(core)
             try:
                 # Background work ends (and its Docker calls return) before the clean-up below, so
                 # a pool sandbox being made now cannot outlive the shutdown.
@@ -179,6 +191,8 @@ def gateway_lifespan(
                     tasks.start_soon(_reap_forever, broker, settings.reap_interval_s)
                     tasks.start_soon(broker.maintain_pool)
                     tasks.start_soon(_flush_repeated_forever, audit)
+                    if core.egress is not None:
+                        tasks.start_soon(core.egress.tail_forever)
                     try:
                         yield
                     finally:
@@ -194,6 +208,8 @@ def gateway_lifespan(
                         removed = await _cleanup(broker)
                     if core.upstreams is not None:
                         await core.upstreams.aclose()
+                    if core.egress is not None:
+                        await core.egress.stop()
                 _record_stop(audit, removed, interrupted)
                 if on_shutdown is not None:
                     on_shutdown()  # flush exporters now: the server may re-raise the stop signal next

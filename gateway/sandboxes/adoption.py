@@ -78,6 +78,11 @@ class Adoption:
             await containers.discard(row.id, "stale", principal_key=key, principal=principal.id)
         if keep is None:
             return None
+        egress, address = containers.egress, keep.labels.get(naming.EGRESS_ADDRESS, "")
+        owner = (principal.id, principal.tenant, grant.profile, keep.id)
+        if grant.spec.network == "egress" and (egress is None or not egress.claim(address, *owner)):
+            await containers.discard(keep.id, "stale", principal_key=key, principal=principal.id)
+            return None
         user = keep.labels.get(naming.USER_LABEL, "")
         try:
             executor = await containers.executor(grant, keep.id, user, principal=principal.id)

@@ -76,9 +76,9 @@ class Broker:
 
     # -- what the gateway asks --------------------------------------------------------------------
     @property
-    def uids(self) -> UidRange:
-        """Host uids for sandboxes: each gets its own (see gateway/uids.py)."""
-        return self._containers.uids
+    def containers(self) -> Containers:
+        """The broker's Docker verbs (the egress service is attached there)."""
+        return self._containers
 
     @property
     def max_sandboxes(self) -> int:
@@ -127,7 +127,7 @@ class Broker:
         request = ExecRequest(
             argv=argv,
             workdir=grant.spec.workdir,
-            env=sandbox_env(grant.spec),
+            env=sandbox_env(grant.spec, self._containers.egress_network),
             timeout_s=grant.timeout_s,
             max_output_bytes=grant.limits.max_output_bytes,
             tool_calls=tool_calls,

@@ -17,7 +17,9 @@ from gateway.backend.base import Backend, ContainerInfo, Executor
 from gateway.backend.create_body import create_body
 from gateway.backend.docker_exec import DockerExec
 from gateway.backend.ops import DockerOps
-from gateway.errors import GatewayError, SandboxError, UidInUse
+from gateway.egress.network import EgressNetwork
+from gateway.egress.service import EgressService
+from gateway.errors import AddressInUse, EgressUnavailable, GatewayError, SandboxError, UidInUse
 from gateway.sandboxes import naming
 from gateway.sandboxes.model import Sandbox
 from gateway.uids import UidRange
@@ -51,6 +53,12 @@ class Containers:
         self.uids = uids
         self._tools_path = tools_path
         self._skills_path = skills_path
+        #: Sandboxes of egress profiles: their network, addresses and proxy (None: refused).
+        self.egress: EgressService | None = None
+
+    @property
+    def egress_network(self) -> EgressNetwork | None:
+        return self.egress.network if self.egress is not None else None
 
     def name_for(self, key: str) -> str:
         return naming.sandbox_name(self.gateway_id, key)
@@ -104,17 +112,27 @@ class Containers:
         }
         container_id: str | None = None
         try:
-            container_id, uid = await self._create(
-                principal, grant, name, image_id=image_id, taken_uids=taken_uids, attrs=attrs
-            )
+            for attempt in range(_UID_ATTEMPTS):
+                container_id, uid = await self._create(
+                    principal, grant, name, image_id=image_id, taken_uids=taken_uids, attrs=attrs
+                )
+                try:
+                    await self.ops.acall(
+                        "start", self.backend.start, container_id, container_id=container_id, **attrs
+                    )
+                except AddressInUse:  # another gateway's sandbox holds the egress address: again
+                    await self.discard(container_id, "start-failed")
+                    container_id = None
+                    if attempt == _UID_ATTEMPTS - 1:
+                        raise
+                    continue
+                started: str = container_id
+                break
             user = f"{uid}:{uid}"
-            await self.ops.acall(
-                "start", self.backend.start, container_id, container_id=container_id, **attrs
-            )
-            executor = await self.executor(grant, container_id, user, principal=attrs["principal"])
+            executor = await self.executor(grant, started, user, principal=attrs["principal"])
             self.audit.emit(
                 "sandbox.create",
-                container_id=container_id,
+                container_id=started,
                 image=grant.image,
                 image_digest=image_id,
                 profile=grant.profile,
@@ -131,7 +149,7 @@ class Containers:
             raise
         now = time.time()
         return Sandbox(
-            container_id=container_id,
+            container_id=started,
             name=name,
             principal_key=key,
             profile=grant.profile,
@@ -155,24 +173,48 @@ class Containers:
         taken_uids: set[int],
         attrs: dict[str, str | None],
     ) -> tuple[str, int]:
-        """Create the container as a uid of its own: (its id, the uid)."""
+        """Create the container as a uid of its own (and, for egress, at an address of its own,
+        recorded for the egress proxy before the container exists): (its id, the uid)."""
+        egress = self.egress if grant.spec.network == "egress" else None
+        if grant.spec.network == "egress":
+            if egress is None:
+                raise EgressUnavailable("this gateway has no egress network: run `sandbox-gateway setup`")
+            await egress.ensure_running()
         for attempt in range(_UID_ATTEMPTS):
             uid = self.uids.pick(taken_uids)
+            labels = self._labels(principal, grant)
+            address = None
+            if egress is not None:
+                address = egress.hold(
+                    principal.id if principal else None,
+                    principal.tenant if principal else None,
+                    grant.profile,
+                )
+                labels[naming.EGRESS_ADDRESS] = address
             body = create_body(
                 grant.spec,
                 uid=uid,
                 image=grant.image,
                 image_id=image_id,
-                labels=self._labels(principal, grant),
+                labels=labels,
                 tools_path=self._tools_path,
                 skills_path=self._skills_path,
+                egress=(egress.network, address) if egress is not None and address is not None else None,
             )
             try:
-                return await self.ops.acall("create", self.backend.create, name, body, uid=uid, **attrs), uid
-            except UidInUse:
-                # Another gateway's sandbox has this uid (the proxy refuses a second one): pick again.
-                if attempt == _UID_ATTEMPTS - 1:
-                    raise
+                container_id = await self.ops.acall(
+                    "create", self.backend.create, name, body, uid=uid, **attrs
+                )
+            except BaseException as exc:
+                if egress is not None:
+                    egress.release(address=address)
+                # Another gateway's sandbox has this uid or address: pick again.
+                if isinstance(exc, UidInUse | AddressInUse) and attempt < _UID_ATTEMPTS - 1:
+                    continue
+                raise
+            if egress is not None and address is not None:
+                egress.attached(address, container_id)
+            return container_id, uid
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _undo(self, name: str, container_id: str | None, *, cancelled: bool) -> None:
@@ -210,6 +252,8 @@ class Containers:
             container_id=sandbox.container_id,
             principal=principal.id,
         )
+        if self.egress is not None:
+            self.egress.reassign(sandbox.container_id, principal.id, principal.tenant, grant.profile)
         sandbox.name, sandbox.principal_key = name, key
         sandbox.profile, sandbox.policy_digest = grant.profile, grant.policy_digest
         sandbox.last_used = time.time()
@@ -230,6 +274,8 @@ class Containers:
         await self.ops.acall(
             "remove", self.backend.remove, container_id, container_id=container_id, reason=reason, **attrs
         )
+        if self.egress is not None:  # its address is free once the container is gone, not before
+            self.egress.release(container_id=container_id)
         self.audit.emit(
             "sandbox.remove", container_id=container_id, reason=reason, principal_key=principal_key
         )
@@ -240,6 +286,8 @@ class Containers:
         rows = self.ops.call("list", self.backend.list, naming.managed_by(self.gateway_id))
         for row in rows:
             self.ops.call("remove", self.backend.remove, row.id, container_id=row.id, reason=reason)
+            if self.egress is not None:
+                self.egress.release(container_id=row.id)
             self.audit.emit("sandbox.remove", container_id=row.id, reason=reason)
         return len(rows)
 

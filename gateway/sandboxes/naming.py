@@ -13,6 +13,7 @@ import hashlib
 from gateway.backend.create_body import LABEL_PREFIX, USER_LABEL
 
 __all__ = [
+    "EGRESS_ADDRESS",
     "GATEWAY",
     "IMAGE",
     "MANAGED",
@@ -38,6 +39,8 @@ PROFILE = f"{LABEL_PREFIX}.profile"
 POLICY_DIGEST = f"{LABEL_PREFIX}.policy-digest"
 IMAGE = f"{LABEL_PREFIX}.image"
 SPEC = f"{LABEL_PREFIX}.spec-digest"
+#: An egress sandbox's address on the egress network (held again when it is adopted).
+EGRESS_ADDRESS = f"{LABEL_PREFIX}.egress-address"
 POOL = f"{LABEL_PREFIX}.pool"
 POOL_PREFIX = "sgw-pool-"
 

@@ -29,8 +29,11 @@ __all__ = [
     "rootfs_digest",
 ]
 
-#: On top of debootstrap's minbase: full python3 (python3-minimal lacks json), also as `python`.
-IMAGE_PACKAGES = ("python3", "python-is-python3", "bash", "coreutils", "procps")
+#: On top of debootstrap's minbase: full python3 (python3-minimal lacks json), also as `python`; pip
+#: and curl (with the CA bundle) for profiles with egress.
+IMAGE_PACKAGES = (
+    "python3", "python-is-python3", "bash", "coreutils", "procps", "python3-pip", "curl", "ca-certificates",
+)  # fmt: skip
 _RECIPE_VERSION = "2"
 DOCKERFILE = REPO_ROOT / "compose" / "Dockerfile.sandbox"
 IMAGE_ENV = (

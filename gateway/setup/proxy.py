@@ -18,9 +18,10 @@ from gateway.config import (
     ENV_PROXY_IMAGES,
     ENV_SANDBOX_UIDS,
 )
+from gateway.egress.network import EgressNetwork
 from gateway.errors import SetupError
 from gateway.setup.probe import unix_http_status
-from gateway.setup.state import REPO_ROOT, SetupPaths, pid_alive, say
+from gateway.setup.state import REPO_ROOT, SetupPaths, is_root, pid_alive, say
 from gateway.uids import DEFAULT_UID_RANGE
 from policy import load_policy
 
@@ -31,6 +32,7 @@ __all__ = ["ensure_proxy", "proxy_argv", "proxy_is_filtering"]
 _SOURCES = (
     REPO_ROOT / "gateway" / "sockproxy",
     REPO_ROOT / "gateway" / "backend",
+    REPO_ROOT / "gateway" / "egress",
     REPO_ROOT / "policy" / "profiles",
 )
 _SUFFIXES = (".py", ".json", ".yaml")
@@ -61,6 +63,9 @@ def proxy_argv(paths: SetupPaths) -> list[str]:
         "--mount-root",
         str(paths.mount_root),
     ]
+    if is_root():  # setup made the egress network (setup/egress.py)
+        egress = EgressNetwork.from_env()
+        argv += ["--egress-network", egress.name, "--egress-subnet", str(egress.subnet)]
     for source in sources:
         argv += ["--mount-source", source]
     for image in _policy_images():

@@ -22,6 +22,7 @@ from gateway.backend.create_body import (
     USER_LABEL,
     environment,
 )
+from gateway.egress.network import EgressNetwork
 from gateway.sockproxy.binds import binds_of
 from gateway.sockproxy.errors import Refused
 from gateway.sockproxy.fields import NAME, caps, plain_path, sandbox_user, security_opt
@@ -97,6 +98,38 @@ def _labels(value: Any, where: str, user: str) -> dict[str, str]:
     return dict(value)
 
 
+def _egress_address(network: EgressNetwork) -> Any:
+    def check(value: Any, where: str) -> str:
+        if not network.holds(text(value, where)):
+            raise Refused(
+                "egress-network", f"{where}: {str(value)[:40]!r} is not a sandbox address of {network.subnet}"
+            )
+        return str(value)
+
+    return check
+
+
+def _network(
+    body: dict[str, Any], host: dict[str, Any], top: dict[str, Any], env: list[str], rules: ProxyRules
+) -> None:
+    """Network none; or, for the egress network (exactly as configured), that network only, at an
+    address of its subnet, with the proxy environment and the unroutable DNS address."""
+    host_in = body.get("HostConfig")
+    mode = host_in.get("NetworkMode") if isinstance(host_in, dict) else None
+    network = rules.egress
+    if network is None or mode != network.name:
+        host["NetworkMode"] = const("none")
+        top |= {"Env": const(env), "NetworkDisabled": const(True)}
+        return
+    host |= {key: const(value) for key, value in network.host_config().items()}
+    endpoint = obj({"IPAMConfig": obj({"IPv4Address": _egress_address(network)})})
+    top |= {
+        "Env": const([*env, *network.environment()]),
+        "NetworkDisabled": const(False),
+        "NetworkingConfig": obj({"EndpointsConfig": obj({network.name: endpoint})}),
+    }
+
+
 def validate_create(name: str, body: Any, rules: ProxyRules) -> dict[str, Any]:
     """The create body to forward, or Refused naming the rule it broke."""
     if not NAME.fullmatch(name):
@@ -113,7 +146,6 @@ def validate_create(name: str, body: Any, rules: ProxyRules) -> dict[str, Any]:
     host_in = body.get("HostConfig")
     runtime = host_in.get("Runtime") if isinstance(host_in, dict) else None
     host = {
-        "NetworkMode": const("none"),
         "ReadonlyRootfs": boolean,
         "CapDrop": const(["ALL"]),
         "CapAdd": caps,
@@ -138,20 +170,19 @@ def validate_create(name: str, body: Any, rules: ProxyRules) -> dict[str, Any]:
         "Entrypoint": const([]),
         "User": const(code_user if agent else KEEPER_USER),
         "WorkingDir": const(workdir),
-        "Env": const(environment(workdir)),
         "Labels": lambda v, w: _labels(v, w, code_user),
         "Hostname": const("sandbox"),
         "StopSignal": const("SIGKILL"),
-        "NetworkDisabled": const(True),
         "AttachStdin": const(agent),
         "AttachStdout": const(agent),
         "AttachStderr": const(agent),
         "Tty": const(False),
         "OpenStdin": const(agent),
-        "HostConfig": obj(host),
     }
     if agent:
         top["StdinOnce"] = const(False)
+    _network(body, host, top, environment(workdir), rules)
+    top["HostConfig"] = obj(host)
     checked: dict[str, Any] = obj(top)(body, "body")
     host_config = checked["HostConfig"]
     if host_config["MemorySwap"] < host_config["Memory"]:

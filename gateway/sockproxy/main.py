@@ -19,6 +19,7 @@ import structlog
 
 from gateway.backend.create_body import SECCOMP_DIR, seccomp_options
 from gateway.config import DEFAULT_DOCKER_SOCKET, DEFAULT_PROXY_SOCKET, ENV_SANDBOX_UIDS
+from gateway.egress.network import DEFAULT_EGRESS_SUBNET, EgressNetwork
 from gateway.errors import ConfigError
 from gateway.fdlimit import raise_open_file_limit
 from gateway.sockproxy.rules import ProxyRules
@@ -58,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="an image (name:tag) sandboxes may be made from; repeatable; none given: any image",
     )
     parser.add_argument(
+        "--egress-network",
+        help="the egress network (made by setup) that sandboxes of egress profiles may join; "
+        "default: none may (every sandbox has network none)",
+    )
+    parser.add_argument(
+        "--egress-subnet", default=DEFAULT_EGRESS_SUBNET, help="its subnet (default %(default)s)"
+    )
+    parser.add_argument(
         "--max-connections", type=int, default=4096, help="connections open at once (each sandbox holds one)"
     )
     parser.add_argument(
@@ -88,6 +97,7 @@ def rules_from_args(args: argparse.Namespace) -> ProxyRules:
         mount_sources=frozenset(args.mount_source),
         mount_roots=tuple(args.mount_root),
         images=frozenset(_tagged(image) for image in args.image),
+        egress=EgressNetwork.parse(args.egress_network, args.egress_subnet) if args.egress_network else None,
     )
 
 

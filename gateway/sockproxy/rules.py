@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway.egress.network import EgressNetwork
+
 __all__ = ["ContainerFacts", "ProxyRules"]
 
 
@@ -30,6 +32,9 @@ class ProxyRules:
     mount_roots: tuple[str, ...] = ()
     #: Image names (`name:tag`) sandboxes may be made from; empty means any image on the engine.
     images: frozenset[str] = frozenset()
+    #: The egress network sandboxes of egress profiles join (at an address of its subnet); None:
+    #: every sandbox has network none.
+    egress: EgressNetwork | None = None
 
     def uid_in_range(self, uid: int) -> bool:
         return self.uid_low <= uid <= self.uid_high

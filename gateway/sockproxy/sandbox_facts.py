@@ -86,7 +86,7 @@ class Sandboxes:
             and NAME.fullmatch(name)
             and labels.get(MANAGED) == "true"
             and config.get("User") in (user, KEEPER_USER)
-            and host.get("NetworkMode") == "none"
+            and self._network_shaped(doc)
             and host.get("Privileged") is False
             and host.get("CapDrop") == ["ALL"]
             and not any(host.get(key) for key in _NEVER_SET)
@@ -95,6 +95,25 @@ class Sandboxes:
         if not shaped:
             return None
         return ContainerFacts(str(doc["Id"]), name, user, tuple(config.get("Env") or ()), tuple(binds))
+
+    def _network_mode_ok(self, mode: object) -> bool:
+        return mode == "none" or (self.rules.egress is not None and mode == self.rules.egress.name)
+
+    def _network_shaped(self, doc: dict[str, Any]) -> bool:
+        """Network none; or the egress network alone, at a sandbox address, with no DNS of its own."""
+        host = doc.get("HostConfig") or {}
+        network = self.rules.egress
+        if host.get("NetworkMode") == "none" or network is None:
+            return host.get("NetworkMode") == "none"
+        endpoints = (doc.get("NetworkSettings") or {}).get("Networks") or {}
+        address = ((endpoints.get(network.name) or {}).get("IPAMConfig") or {}).get("IPv4Address")
+        return (
+            host.get("NetworkMode") == network.name
+            and set(endpoints) == {network.name}
+            and isinstance(address, str)
+            and network.holds(address)
+            and host.get("Dns") == [str(network.dns)]
+        )
 
     async def exec_owner(self, exec_id: str) -> ContainerFacts:
         """The sandbox exec instance `exec_id` runs in; Refused (404) when there is none."""
@@ -128,7 +147,7 @@ class Sandboxes:
             labels.get(MANAGED) == "true"
             and len(names) == 1
             and NAME.fullmatch(str(names[0]).lstrip("/")) is not None
-            and (row.get("HostConfig") or {}).get("NetworkMode") == "none"
+            and self._network_mode_ok((row.get("HostConfig") or {}).get("NetworkMode"))
         )
 
 

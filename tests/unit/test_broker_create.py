@@ -41,7 +41,7 @@ async def test_a_sandbox_is_made_from_the_inspected_image_with_its_owners_labels
     assert container.labels[TENANT] == "acme" and container.labels[PROFILE] == "default"
     assert container.labels[SPEC] == engine.policy.profiles["default"].sandbox.digest()
     uids = {c.uid for c in fake.containers()}
-    assert len(uids) == 2 and all(uid in broker.uids for uid in uids), "each sandbox has a uid of its own"
+    assert len(uids) == 2 and all(uid in broker.containers.uids for uid in uids), "a uid of its own each"
     sandbox = broker.sandbox_of(ALICE)
     assert (
         sandbox is not None

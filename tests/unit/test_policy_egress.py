@@ -200,7 +200,7 @@ ALLOWED = [
 
 @pytest.mark.parametrize(("host", "port", "rule"), ALLOWED)
 def test_allowed_targets_name_their_rule(host: str, port: int, rule: str) -> None:
-    assert egress_decision(POLICY, host, port) == (True, rule, f"allowed by {rule}")
+    assert egress_decision(POLICY.rules(), host, port) == (True, rule, f"allowed by {rule}")
 
 
 BYPASSES = [
@@ -222,7 +222,7 @@ WRONG_PORTS = [("pypi.org", 4430), ("pypi.org", 80), ("api.github.com.", 80), ("
 
 @pytest.mark.parametrize(("host", "port"), [(host, 443) for host in BYPASSES] + WRONG_PORTS)
 def test_bypass_corpus_never_matches(host: str, port: int) -> None:
-    allowed, rule, reason = egress_decision(POLICY, host, port)
+    allowed, rule, reason = egress_decision(POLICY.rules(), host, port)
     assert (allowed, rule) == (False, None) and reason.startswith("egress refused:"), reason
 
 
@@ -232,11 +232,11 @@ def test_the_corpus_is_large_enough() -> None:
 
 @pytest.mark.parametrize("port", [0, -1, 65536, True, "443", 443.0])
 def test_bad_ports_are_refused(port: Any) -> None:
-    assert egress_decision(POLICY, "pypi.org", port)[0] is False
+    assert egress_decision(POLICY.rules(), "pypi.org", port)[0] is False
 
 
 def test_non_string_host_is_refused() -> None:
-    assert egress_decision(POLICY, b"pypi.org", 443)[0] is False  # type: ignore[arg-type]
+    assert egress_decision(POLICY.rules(), b"pypi.org", 443)[0] is False  # type: ignore[arg-type]
 
 
 def test_off_means_no_network() -> None:
@@ -244,15 +244,15 @@ def test_off_means_no_network() -> None:
 
 
 def test_ip_literals_match_only_an_explicit_ip_rule() -> None:
-    assert "has no IP rule" in egress_decision(POLICY, "93.184.216.34", 443)[2]
+    assert "has no IP rule" in egress_decision(POLICY.rules(), "93.184.216.34", 443)[2]
     mixed = rules("93.184.216.34:443", "[2606:4700::1]:443", "*.example.com:443", allow_ip_literals=True)
-    assert egress_decision(mixed, "93.184.216.34", 443) == (
+    assert egress_decision(mixed.rules(), "93.184.216.34", 443) == (
         True,
         "93.184.216.34:443",
         "allowed by 93.184.216.34:443",
     )
-    assert egress_decision(mixed, "[2606:4700::1]", 443)[:2] == (True, "[2606:4700::1]:443")
-    assert egress_decision(mixed, "[2606:4700::1]", 80)[0] is False
+    assert egress_decision(mixed.rules(), "[2606:4700::1]", 443)[:2] == (True, "[2606:4700::1]:443")
+    assert egress_decision(mixed.rules(), "[2606:4700::1]", 80)[0] is False
     for host in (
         "93.184.216.35",
         "1572395042",
@@ -260,12 +260,12 @@ def test_ip_literals_match_only_an_explicit_ip_rule() -> None:
         "0x5d.0xb8.0xd8.0x22",
         "[::ffff:93.184.216.34]",
     ):
-        assert egress_decision(mixed, host, 443)[0] is False, host
-    assert "never reachable" in egress_decision(mixed, "127.0.0.1", 443)[2]
+        assert egress_decision(mixed.rules(), host, 443)[0] is False, host
+    assert "never reachable" in egress_decision(mixed.rules(), "127.0.0.1", 443)[2]
 
 
 def test_the_most_specific_rule_is_named() -> None:
     nested = rules("*.github.com:443", "*.api.github.com:443", "x.api.github.com:443")
-    assert egress_decision(nested, "x.api.github.com", 443)[1] == "x.api.github.com:443"
-    assert egress_decision(nested, "y.api.github.com", 443)[1] == "*.api.github.com:443"
-    assert egress_decision(nested, "api.github.com", 443)[1] == "*.github.com:443"
+    assert egress_decision(nested.rules(), "x.api.github.com", 443)[1] == "x.api.github.com:443"
+    assert egress_decision(nested.rules(), "y.api.github.com", 443)[1] == "*.api.github.com:443"
+    assert egress_decision(nested.rules(), "api.github.com", 443)[1] == "*.github.com:443"

@@ -1,0 +1,137 @@
+"""Squid's external ACL helper: the egress decision for one connection, by the sandbox's address.
+
+Runs under the system's python3 as `acl_helper.py connect|sni POLICY_JSON`, next to a copy of
+policy/egress.py and policy/egress_names.py (files.py puts them there): standard library only.
+Squid's concurrent protocol: each line is `CHANNEL FIELD...` (URL-encoded, `-` for none), each answer
+`CHANNEL OK|ERR key="value"...`. The answer's keys become the connection's notes (principal, tenant,
+profile, rule: the audit event's fields) and `message` the 403 page's text.
+
+- connect (front): `%>a %>rm %>rd %>rP`: source address, method, host, port.
+- sni (tls stage): `%>a %>rd %>rP %ssl::>sni`: the SNI must be the CONNECT host, exactly.
+
+POLICY_JSON (the gateway rewrites it with rename(), and it is re-read when it changes):
+`{"sources": {ADDRESS: {"principal", "tenant", "profile"}}, "profiles": {NAME: [RULE, ...]}}`.
+Anything unexpected, a policy that cannot be read included, is a refusal (`helper-error`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.parse
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from policy.egress import egress_decision
+from policy.egress_names import HostRule, host_problem, ip_literal, parse_rule
+
+Answer = tuple[bool, dict[str, str]]
+
+
+class Policy:
+    """policy.json, parsed once per change of the file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.stamp: tuple[int, int] | None = None
+        self.sources: dict[str, dict[str, str]] = {}
+        self.rules: dict[str, list[HostRule]] = {}
+
+    def load(self) -> None:
+        status = os.stat(self.path)
+        stamp = (status.st_mtime_ns, status.st_ino)
+        if stamp == self.stamp:
+            return
+        with open(self.path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        self.sources = {
+            str(k): {f: str(v[f]) for f in ("principal", "tenant", "profile")}
+            for k, v in data["sources"].items()
+        }
+        self.rules = {
+            str(name): [parse_rule(rule) for rule in rules] for name, rules in data["profiles"].items()
+        }
+        self.stamp = stamp
+
+
+def _refusal_rule(host: str) -> str:
+    try:
+        literal = ip_literal(host.lower().rstrip(".") if not host.startswith("[") else host)
+    except ValueError:
+        return "ip-literal"
+    if literal is not None:
+        return "ip-literal"
+    return "invalid-target" if host_problem(host.lower().rstrip(".")) else "not-allowed"
+
+
+def decide(policy: Policy, phase: str, fields: list[str]) -> Answer:
+    policy.load()
+    source = fields[0]
+    who = policy.sources.get(source)
+    if who is None:
+        return False, {
+            "rule": "unknown-source",
+            "message": f"egress refused: {source} is not a sandbox of this gateway",
+        }
+    notes = dict(who)
+    if phase == "connect":
+        _, method, host, port_text = fields[:4]
+        if method == "-":
+            return False, {**notes, "rule": "invalid-target", "message": "egress refused: no method"}
+    else:
+        _, host, port_text, sni = fields[:4]
+    port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else -1
+    rules = policy.rules.get(who["profile"])
+    allowed, rule, why = egress_decision(rules, host, port)
+    if not allowed:
+        code = "egress-off" if rules is None else _refusal_rule(host)
+        return False, {**notes, "rule": code, "message": f"{why} (profile {who['profile']}, rule: {code})"}
+    notes["rule"] = str(rule)
+    if phase == "sni":
+        name = host.lower().rstrip(".")
+        if sni in ("", "-"):
+            return False, {**notes, "rule": "no-sni", "message": f"egress refused: no TLS SNI for {name}"}
+        if sni.lower().rstrip(".") != name:
+            return False, {
+                **notes,
+                "rule": "sni-mismatch",
+                "message": f"egress refused: TLS SNI {sni} is not {name}",
+            }
+        notes["clt_conn_tag"] = "sni-verified"  # lets Squid's own re-check after the splice through
+    return True, {**notes, "message": why}
+
+
+def _quote(value: Any) -> str:
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(value))[:500]
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def answer(policy: Policy, phase: str, line: str) -> str:
+    parts = line.split()
+    if not parts:
+        return ""
+    channel, fields = parts[0], [urllib.parse.unquote(part) for part in parts[1:]]
+    try:
+        allowed, notes = decide(policy, phase, fields)
+    except Exception as exc:  # noqa: BLE001 - fail closed: any error is a refusal
+        allowed, notes = (
+            False,
+            {"rule": "helper-error", "message": f"egress refused: policy error ({type(exc).__name__})"},
+        )
+    return f"{channel} {'OK' if allowed else 'ERR'} " + " ".join(f"{k}={_quote(v)}" for k, v in notes.items())
+
+
+def main() -> None:
+    phase, path = sys.argv[1], sys.argv[2]
+    policy = Policy(path)
+    for line in sys.stdin:
+        reply = answer(policy, phase, line)
+        if reply:
+            sys.stdout.write(reply + "\n")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The gateway's egress: the proxy it runs, the addresses its sandboxes hold, and the audit events
+of their connections. Started when the first egress sandbox is made (or at start, when the policy
+has egress profiles); the policy in force is read at every change, so a reload takes effect on the
+next connection (allow-lists) or at once (limits: front is reconfigured)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from audit import AuditLog, AuditWriteError
+from gateway.egress.addresses import Addresses, Holder
+from gateway.egress.files import write_json
+from gateway.egress.log_lines import Connection, Joiner, parse_line
+from gateway.egress.network import EgressNetwork
+from gateway.egress.squid import SquidPair, layout_for
+from gateway.errors import EgressUnavailable
+from policy import Policy
+from policy.egress_model import Egress
+
+__all__ = ["EGRESS_STATE_ROOT", "EgressService"]
+
+#: Where each gateway's egress proxy keeps its files by default (a directory per gateway id).
+EGRESS_STATE_ROOT = Path("/run/sandbox-gateway/egress")
+
+_log = logging.getLogger("sandbox_gateway.egress")
+_POLL_S = 0.25
+
+
+class _Tail:
+    """New whole lines of a file that only grows."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.rest = path, 0, b""
+
+    def lines(self) -> list[str]:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read(4 * 1024 * 1024)
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        *whole, self.rest = (self.rest + data).split(b"\n")
+        return [line.decode(errors="replace") for line in whole]
+
+
+class EgressService:
+    def __init__(
+        self,
+        network: EgressNetwork,
+        state_dir: Path,
+        policy: Callable[[], Policy],
+        audit: AuditLog,
+        *,
+        hosts_file: Path | None = None,
+        dns: tuple[str, ...] = (),
+    ) -> None:
+        self.network = network
+        self.addresses = Addresses(network)
+        self._policy, self._audit = policy, audit
+        self._layout_args = (state_dir, hosts_file, dns)
+        self._pair: SquidPair | None = None
+        self._lock = anyio.Lock()
+        self._joiner = Joiner()
+        self._tails: dict[str, _Tail] = {}
+
+    def profiles(self) -> dict[str, Egress]:
+        return {name: p.egress for name, p in self._policy().profiles.items() if p.egress is not None}
+
+    def _document(self) -> dict[str, object]:
+        rules = {name: list(egress.allow) for name, egress in self.profiles().items()}
+        return {"sources": self.addresses.sources(), "profiles": rules}
+
+    @property
+    def running(self) -> bool:
+        return self._pair is not None and self._pair.running()
+
+    async def ensure_running(self) -> None:
+        """Start the proxy if it does not run (again, if it died)."""
+        async with self._lock:
+            if self.running:
+                return
+            if self._pair is not None:
+                await anyio.to_thread.run_sync(self._pair.stop)
+            state_dir, hosts_file, dns = self._layout_args
+            layout = layout_for(self.network, state_dir, hosts_file=hosts_file, dns=dns)
+            pair = SquidPair(layout)
+            await anyio.to_thread.run_sync(pair.start, self.profiles(), self._document())
+            self._pair = pair
+            self._tails = {stage: _Tail(layout.log(stage)) for stage in ("tls", "front")}
+            self._audit.emit(
+                "egress.start", proxy_url=self.network.proxy_url, profiles=sorted(self.profiles())
+            )
+
+    def publish(self) -> None:
+        """Rewrite policy.json (who holds which address, what each profile allows), and front's
+        limits if they changed."""
+        if self._pair is None:
+            return
+        write_json(self._pair.layout.policy_file, self._document())
+        self._pair.reconfigure(self.profiles())
+
+    def hold(self, principal: str | None, tenant: str | None, profile: str) -> str:
+        """An address for a sandbox about to be made, recorded before it exists."""
+        if self._pair is None:
+            raise EgressUnavailable("the egress proxy is not running")
+        address = self.addresses.pick(Holder(principal or "(pool)", tenant or "", profile))
+        self.publish()
+        return address
+
+    def claim(self, address: str, principal: str, tenant: str, profile: str, container_id: str) -> bool:
+        if not self.addresses.claim(address, Holder(principal, tenant, profile, container_id)):
+            return False
+        self.publish()
+        return True
+
+    def attached(self, address: str, container_id: str) -> None:
+        self.addresses.attach(address, container_id)
+
+    def reassign(self, container_id: str, principal: str, tenant: str, profile: str) -> None:
+        self.addresses.reassign(container_id, principal, tenant, profile)
+        self.publish()
+
+    def release(self, *, address: str | None = None, container_id: str | None = None) -> None:
+        if self.addresses.release(address=address, container_id=container_id):
+            self.publish()
+
+    def poll(self, *, everything: bool = False) -> list[Connection]:
+        """Read new log lines; the connections that ended, joined."""
+        now = time.monotonic()
+        done = []
+        for line in self._tails.get("tls", _Tail(Path("/nonexistent"))).lines():
+            self._joiner.tls(parse_line(line))
+        for line in self._tails.get("front", _Tail(Path("/nonexistent"))).lines():
+            conn = self._joiner.front(parse_line(line), now)
+            if conn is not None:
+                done.append(conn)
+        return done + self._joiner.ready(now, everything=everything)
+
+    def record(self, conn: Connection) -> None:
+        self._audit.emit(
+            "egress.connection",
+            principal=conn.principal or None,
+            tenant=conn.tenant or None,
+            profile=conn.profile or None,
+            decision="allow" if conn.allowed else "deny",
+            reasons=[conn.message] if conn.message else None,
+            outcome="ok" if conn.allowed else "rejected",
+            duration_ms=float(conn.duration_ms),
+            sandbox_ip=conn.sandbox_ip,
+            method=conn.method,
+            dest_host=conn.host,
+            dest_port=conn.port,
+            egress_rule=conn.rule or None,
+            sni=conn.sni or None,
+            server_address=conn.server or None,
+            bytes_up=conn.bytes_up,
+            bytes_down=conn.bytes_down,
+        )
+
+    async def tail_forever(self) -> None:
+        while True:
+            await anyio.sleep(_POLL_S)
+            for conn in self.poll():
+                with contextlib.suppress(AuditWriteError):
+                    self.record(conn)
+
+    async def stop(self) -> None:
+        if self._pair is None:
+            return
+        await anyio.to_thread.run_sync(self._pair.stop)
+        for conn in self.poll(everything=True):
+            with contextlib.suppress(AuditWriteError):
+                self.record(conn)
+        self._pair = None
+        with contextlib.suppress(AuditWriteError):
+            self._audit.emit("egress.stop")
