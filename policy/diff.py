@@ -62,7 +62,8 @@ _NUMERIC = (
 _BOOLEAN = ("sandbox.read_only_rootfs", "sandbox.no_new_privileges", "sandbox.init")
 _SETS = ("tools", "sandbox.images", "sandbox.cap_add")
 _RATES = ("rate_limits.requests", "rate_limits.tenant_requests", "rate_limits.sandbox_creations")
-_UNORDERED = ("sandbox.seccomp", "sandbox.workdir", "sandbox.network")
+#: `sandbox.network` follows `egress` (policy/egress_model.py), whose own changes are listed instead.
+_UNORDERED = ("sandbox.seccomp", "sandbox.workdir")
 
 
 def _get(profile: Profile, dotted: str) -> Any:

@@ -82,7 +82,8 @@ def decide(policy: Policy, phase: str, fields: list[str]) -> Answer:
             return False, {**notes, "rule": "invalid-target", "message": "egress refused: no method"}
     else:
         _, host, port_text, sni = fields[:4]
-    port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else -1
+    decimal = port_text.isdigit() and port_text.isascii() and not port_text.startswith("0")
+    port = int(port_text) if decimal and len(port_text) <= 5 else -1  # one spelling: no sign, no 0443
     rules = policy.rules.get(who["profile"])
     allowed, rule, why = egress_decision(rules, host, port)
     if not allowed:

@@ -20,7 +20,7 @@ from gateway.egress.log_lines import Connection, Joiner, parse_line
 from gateway.egress.network import EgressNetwork
 from gateway.egress.squid import SquidPair, layout_for
 from gateway.errors import EgressUnavailable
-from policy import Policy
+from policy import Policy, Principal
 from policy.egress_model import Egress
 
 __all__ = ["EGRESS_STATE_ROOT", "EgressService"]
@@ -106,13 +106,15 @@ class EgressService:
         write_json(self._pair.layout.policy_file, self._document())
         self._pair.reconfigure(self.profiles())
 
-    def hold(self, principal: str | None, tenant: str | None, profile: str) -> str:
-        """An address for a sandbox about to be made, recorded before it exists."""
+    def hold(self, principal: Principal | None, profile: str) -> tuple[EgressNetwork, str]:
+        """(the network, an address on it) for a sandbox about to be made (for a warm pool when
+        `principal` is None), recorded before it exists."""
         if self._pair is None:
             raise EgressUnavailable("the egress proxy is not running")
-        address = self.addresses.pick(Holder(principal or "(pool)", tenant or "", profile))
+        who = (principal.id, principal.tenant) if principal is not None else ("(pool)", "")
+        address = self.addresses.pick(Holder(*who, profile))
         self.publish()
-        return address
+        return self.network, address
 
     def claim(self, address: str, principal: str, tenant: str, profile: str, container_id: str) -> bool:
         if not self.addresses.claim(address, Holder(principal, tenant, profile, container_id)):

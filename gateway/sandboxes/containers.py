@@ -173,24 +173,17 @@ class Containers:
         taken_uids: set[int],
         attrs: dict[str, str | None],
     ) -> tuple[str, int]:
-        """Create the container as a uid of its own (and, for egress, at an address of its own,
-        recorded for the egress proxy before the container exists): (its id, the uid)."""
+        """Create the container as a uid of its own (egress: at an address held first): (id, uid)."""
         egress = self.egress if grant.spec.network == "egress" else None
-        if grant.spec.network == "egress":
-            if egress is None:
-                raise EgressUnavailable("this gateway has no egress network: run `sandbox-gateway setup`")
-            await egress.ensure_running()
+        if grant.spec.network == "egress" and egress is None:
+            raise EgressUnavailable("this gateway has no egress network: run `sandbox-gateway setup`")
+        await egress.ensure_running() if egress is not None else None
         for attempt in range(_UID_ATTEMPTS):
             uid = self.uids.pick(taken_uids)
             labels = self._labels(principal, grant)
-            address = None
-            if egress is not None:
-                address = egress.hold(
-                    principal.id if principal else None,
-                    principal.tenant if principal else None,
-                    grant.profile,
-                )
-                labels[naming.EGRESS_ADDRESS] = address
+            attachment = egress.hold(principal, grant.profile) if egress is not None else None
+            if attachment is not None:
+                labels[naming.EGRESS_ADDRESS] = attachment[1]
             body = create_body(
                 grant.spec,
                 uid=uid,
@@ -199,21 +192,20 @@ class Containers:
                 labels=labels,
                 tools_path=self._tools_path,
                 skills_path=self._skills_path,
-                egress=(egress.network, address) if egress is not None and address is not None else None,
+                egress=attachment,
             )
             try:
                 container_id = await self.ops.acall(
                     "create", self.backend.create, name, body, uid=uid, **attrs
                 )
             except BaseException as exc:
-                if egress is not None:
-                    egress.release(address=address)
-                # Another gateway's sandbox has this uid or address: pick again.
+                if egress is not None and attachment is not None:
+                    egress.release(address=attachment[1])
                 if isinstance(exc, UidInUse | AddressInUse) and attempt < _UID_ATTEMPTS - 1:
                     continue
                 raise
-            if egress is not None and address is not None:
-                egress.attached(address, container_id)
+            if egress is not None and attachment is not None:
+                egress.attached(attachment[1], container_id)
             return container_id, uid
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 

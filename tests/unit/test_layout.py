@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
         "gateway.fdlimit",
         "gateway.ratelimit",
         "gateway.agent",
+        "gateway.egress",
     },
     {"gateway.backend", "gateway.auth", "gateway.upstream"},
     {"gateway.sandboxes", "gateway.setup", "gateway.sockproxy"},
