@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -24,7 +25,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -145,6 +146,9 @@ def _make_pki(directory: Path) -> str:
     return ca_pem
 
 
+_LOCK = "/run/lock/sandbox-gateway-egress-world.lock"
+
+
 class World:
     """The world's network, PKI and servers; its files live in `workdir` (made if missing)."""
 
@@ -163,7 +167,11 @@ class World:
 
     def start(self) -> None:
         """Make the network, the PKI and the wheel, start the servers and wait until HTTPS answers on
-        every address (RuntimeError naming the servers' output if not within 30 s)."""
+        every address (RuntimeError naming the servers' output if not within 30 s). There is one
+        world per host: a world started by another test process is waited for (a lock held until stop)."""
+        lock = open(_LOCK, "w")  # noqa: SIM115 - held until stop()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        self._lock: TextIO | None = lock
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ca_pem = _make_pki(self.workdir)
         wheel = build_wheel()
@@ -227,6 +235,9 @@ class World:
             end(self._process, grace_s=5)
             self._process = None
         _remove_network()
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.close()  # releases the lock
 
     def hosts_file(self) -> Path:
         """Write the names (one line an address) in hosts format; the file's path."""
