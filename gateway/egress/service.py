@@ -43,7 +43,7 @@ class _Tail:
             with self.path.open("rb") as handle:
                 handle.seek(self.offset)
                 data = handle.read(4 * 1024 * 1024)
-        except FileNotFoundError:
+        except OSError:  # not written yet (or gone with a stopped proxy)
             return []
         self.offset += len(data)
         *whole, self.rest = (self.rest + data).split(b"\n")
@@ -137,12 +137,14 @@ class EgressService:
         """Read new log lines; the connections that ended, joined."""
         now = time.monotonic()
         done = []
-        for line in self._tails.get("tls", _Tail(Path("/nonexistent"))).lines():
-            self._joiner.tls(parse_line(line))
-        for line in self._tails.get("front", _Tail(Path("/nonexistent"))).lines():
-            conn = self._joiner.front(parse_line(line), now)
-            if conn is not None:
-                done.append(conn)
+        if "tls" in self._tails:
+            for line in self._tails["tls"].lines():
+                self._joiner.tls(parse_line(line))
+        if "front" in self._tails:
+            for line in self._tails["front"].lines():
+                conn = self._joiner.front(parse_line(line), now)
+                if conn is not None:
+                    done.append(conn)
         return done + self._joiner.ready(now, everything=everything)
 
     def record(self, conn: Connection) -> None:
@@ -167,11 +169,16 @@ class EgressService:
         )
 
     async def tail_forever(self) -> None:
+        """Turn the proxy's log lines into audit events while the gateway serves; a failure here is
+        logged and tried again, never the gateway's end."""
         while True:
             await anyio.sleep(_POLL_S)
-            for conn in self.poll():
-                with contextlib.suppress(AuditWriteError):
-                    self.record(conn)
+            try:
+                for conn in self.poll():
+                    with contextlib.suppress(AuditWriteError):
+                        self.record(conn)
+            except Exception:  # noqa: BLE001 - the gateway outlives a broken log reader
+                _log.exception("reading the egress proxy's logs failed")
 
     async def stop(self) -> None:
         if self._pair is None:

@@ -268,3 +268,13 @@ def test_a_none_network_body_cannot_smuggle_the_egress_endpoint() -> None:
     body["NetworkingConfig"] = NET.networking_config("10.213.0.9")
     with pytest.raises(Refused):
         validate_create(NAME, body, RULES)
+
+
+def test_a_gateway_whose_proxy_never_started_reads_no_logs_and_survives(tmp_path: Path) -> None:
+    """The log reader runs in every gateway: without a proxy (no egress profile) it has nothing to read."""
+    from audit import AuditLog, MemorySink
+    from gateway.egress.service import EgressService
+
+    service = EgressService(NET, tmp_path / "egress", load_policy, AuditLog([MemorySink()]))
+    assert service.profiles() == {} and service.poll() == [] and service.poll(everything=True) == []
+    assert not service.running
