@@ -43,6 +43,11 @@ class ExecResult(BaseModel):
         description="Your previous sandbox was lost (stopped or removed outside the gateway, or ended by "
         "its own command); this call ran in a new one, so files from earlier calls are gone",
     )
+    egress_refused: list[str] = Field(
+        default_factory=list,
+        description="Connections the egress proxy refused during this call, each with the rule that "
+        "refused it (the command itself saw a 403 or a closed connection)",
+    )
 
 
 class SandboxState(BaseModel):

@@ -68,6 +68,10 @@ class ExecutionService(FileCalls):
         async with self._request(principal, tool, source_ip):
             return await self._execute(principal, tool, code, timeout_s, on_progress)
 
+    def _egress_refused(self, principal: Principal, since: float) -> list[str]:
+        egress = self.broker.containers.egress
+        return egress.refused_since(principal.tenant, principal.id, since) if egress is not None else []
+
     async def _run_with_progress(
         self,
         principal: Principal,
@@ -123,6 +127,7 @@ class ExecutionService(FileCalls):
             image=decision.image,
             code=text,  # the audit pipeline keeps an HMAC, the text, or nothing, as the policy says
         )
+        started = time.time()
         try:
             outcome = await self._run_with_progress(principal, decision, argv, on_progress, tools)
         except anyio.get_cancelled_exc_class():
@@ -159,6 +164,7 @@ class ExecutionService(FileCalls):
             truncated=outcome.truncated,
             oom_killed=outcome.oom_killed,
             sandbox_replaced=outcome.sandbox_replaced,
+            egress_refused=self._egress_refused(principal, started),
         )
         outcome_label = "timeout" if timed_out else ("oom" if result.oom_killed else "ok")
         self.metrics.tool_calls.add(1, {"tool": tool, "outcome": outcome_label})

@@ -100,12 +100,8 @@ class Joiner:
         for item in self._pending:
             port = item.front.get("up_port", "")
             tls = self._tls.get(port, {})
-            if (
-                "server" in tls
-                or ("rule" in tls and now - item.seen >= 0.5)
-                or everything
-                or now - item.seen >= self.wait_s
-            ):
+            refused_there = bool(tls.get("rule")) and ":" not in tls["rule"]  # a rule code, not host:port
+            if "server" in tls or refused_there or everything or now - item.seen >= self.wait_s:
                 done.append(self._connection(item.front))
             else:
                 keep.append(item)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ EGRESS_STATE_ROOT = Path("/run/sandbox-gateway/egress")
 
 _log = logging.getLogger("sandbox_gateway.egress")
 _POLL_S = 0.25
+_RECENT_REFUSALS, _RECENT_PRINCIPALS = 32, 4096
 
 
 class _Tail:
@@ -69,6 +71,8 @@ class EgressService:
         self._lock = anyio.Lock()
         self._joiner = Joiner()
         self._tails: dict[str, _Tail] = {}
+        #: Recent refusals per `tenant/principal` (ts, message), for the result of the call they hit.
+        self._refused: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()
 
     def profiles(self) -> dict[str, Egress]:
         return {name: p.egress for name, p in self._policy().profiles.items() if p.egress is not None}
@@ -147,7 +151,30 @@ class EgressService:
                     done.append(conn)
         return done + self._joiner.ready(now, everything=everything)
 
+    def _remember_refusal(self, conn: Connection) -> None:
+        key = f"{conn.tenant}/{conn.principal}"
+        recent = self._refused.pop(key, None) or deque(maxlen=_RECENT_REFUSALS)
+        target = f"[{conn.host}]:{conn.port}" if ":" in conn.host else f"{conn.host}:{conn.port}"
+        recent.append((conn.ts, f"{target}: {conn.message or 'egress refused'} (rule: {conn.rule})"))
+        self._refused[key] = recent
+        while len(self._refused) > _RECENT_PRINCIPALS:
+            self._refused.popitem(last=False)
+
+    def refused_since(self, tenant: str, principal: str, since: float) -> list[str]:
+        """The refusals of `tenant/principal`'s sandbox that ended at or after `since` (epoch)."""
+        self.catch_up()
+        recent = self._refused.get(f"{tenant}/{principal}", ())
+        return [message for ts, message in recent if ts >= since - 1.0]
+
+    def catch_up(self) -> None:
+        """Record the connections whose log lines are in."""
+        for conn in self.poll():
+            with contextlib.suppress(AuditWriteError):
+                self.record(conn)
+
     def record(self, conn: Connection) -> None:
+        if not conn.allowed and conn.principal:
+            self._remember_refusal(conn)
         self._audit.emit(
             "egress.connection",
             principal=conn.principal or None,
@@ -174,9 +201,7 @@ class EgressService:
         while True:
             await anyio.sleep(_POLL_S)
             try:
-                for conn in self.poll():
-                    with contextlib.suppress(AuditWriteError):
-                        self.record(conn)
+                self.catch_up()
             except Exception:  # noqa: BLE001 - the gateway outlives a broken log reader
                 _log.exception("reading the egress proxy's logs failed")
 

@@ -103,6 +103,7 @@ async def test_an_allowed_name_works_with_curl_python_and_pip(gateway: Gateway, 
     assert "host=good.test sni=- path=/plain" in stdout
     assert "host=a.good.test sni=a.good.test path=/py" in stdout
     assert "hello from the test index" in stdout
+    assert out["egress_refused"] == []
     event = one_connection(gateway, principal="alice", dest_host="good.test", dest_port=443)
     assert event["decision"]["result"] == "allow" and event["egress"]["rule"] == "good.test:443"
     assert event["egress"]["sni"] == "good.test" and event["egress"]["server_address"] == PUBLIC_IP
@@ -142,6 +143,7 @@ async def test_a_refused_connection_fails_reaches_nothing_and_is_audited(
     out = await with_ca(gateway, "alice", world, command)
     assert out["exit_code"] != 0 or "403" in out["stdout"], out
     assert printed in out["stdout"] + out["stderr"], out
+    assert any(f"(rule: {rule})" in line for line in out["egress_refused"]), out
     eventually(lambda: len(connections(gateway, principal="alice", egress_rule=rule)) > before, timeout_s=15)
     event = connections(gateway, principal="alice", egress_rule=rule)[-1]
     assert event["decision"]["result"] == "deny" and event["outcome"]["status"] == "rejected"
