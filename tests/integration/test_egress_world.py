@@ -1,6 +1,7 @@
 """The egress tests' outside world (`tests.support.egress_world`), seen from the host's namespace,
 where the egress proxy runs: its servers answer over the veth pair with the test CA's certificate,
-log every handshake and request, serve a package index pip accepts, and leave nothing behind."""
+log every handshake and request, serve a package index pip accepts, answer DNS (rebind.test
+alternating between a public and a private address), and leave nothing behind."""
 
 from __future__ import annotations
 
@@ -15,7 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.egress_world import NETNS, PRIVATE_IP, PUBLIC_IP, PUBLIC_IP_2, World, world
+from tests.support.egress_world import (
+    DNS_IP,
+    HOST_IP,
+    NETNS,
+    PRIVATE_IP,
+    PUBLIC_IP,
+    PUBLIC_IP_2,
+    World,
+    world,
+)
+from tests.support.egress_world_dns import AAAA, NOERROR, NXDOMAIN, exchange, query
 from tests.support.waiting import eventually
 
 #: Runs pip with the world's names resolved in-process (the host's /etc/hosts stays as it is).
@@ -137,6 +148,52 @@ def test_hosts_file(the_world: World) -> None:
     assert f"{PUBLIC_IP} deep.a.good.test" in lines
     assert {f"{PUBLIC_IP} mixed.test", f"{PRIVATE_IP} mixed.test"} <= set(lines)
     assert the_world.names["meta.test"] == ["169.254.169.254"]
+
+
+def test_dns_rebind_alternates_with_ttl_0_and_resets(the_world: World) -> None:
+    the_world.reset_dns()
+    the_world.clear_dns_queries()
+    answers = [query("rebind.test", ident=n) for n in range(4)]
+    assert [q["answer"] for q in the_world.dns_queries()] == [PUBLIC_IP, PRIVATE_IP] * 2
+    assert [a.answers for a in answers] == [[(1, 0, PUBLIC_IP)], [(1, 0, PRIVATE_IP)]] * 2
+    assert [a.ident for a in answers] == [0, 1, 2, 3]
+    assert all(a.flags == 0x8000 | 0x0400 | 0x0100 | NOERROR for a in answers)  # QR AA RD
+    assert query("rebind.test", AAAA).answers == []  # not an A query: the alternation stays
+    assert query("REBIND.test", rd=False, edns=True).flags == 0x8000 | 0x0400
+    assert query("rebind.test").addresses == [PRIVATE_IP]
+    the_world.reset_dns()
+    assert [query("rebind.test").addresses for _ in range(3)] == [[PUBLIC_IP], [PRIVATE_IP], [PUBLIC_IP]]
+
+
+def test_dns_good_empty_types_nxdomain_and_the_query_log(the_world: World) -> None:
+    the_world.clear_dns_queries()
+    for _ in range(2):
+        assert query("dns-good.test", edns=True).answers == [(1, 0, PUBLIC_IP)]
+    empty = query("dns-good.test", AAAA)
+    assert (empty.rcode, empty.answers) == (NOERROR, [])
+    assert (query("dns-good.test", 16).rcode, query("rebind.test", 65).answers) == (NOERROR, [])
+    for name in ("nothing.test", "good.test", "x.rebind.test"):
+        missing = query(name)
+        assert (missing.rcode, missing.answers, missing.flags & 0x8400) == (NXDOMAIN, [], 0x8400)
+    assert exchange(b"\x12\x34 garbage", timeout_s=0.5) is None
+    as_reply = query("dns-good.test").question
+    assert exchange(b"\x00\x01\x81\x00\x00\x01\x00\x00\x00\x00\x00\x00" + as_reply, timeout_s=0.5) is None
+    assert query("dns-good.test").addresses == [PUBLIC_IP]
+    queries = the_world.dns_queries()
+    good = {"name": "dns-good.test", "qtype": "A", "answer": PUBLIC_IP, "rcode": "NOERROR", "client": HOST_IP}
+    assert queries[:3] == [good, good, {**good, "qtype": "AAAA", "answer": None}]
+    assert [(q["name"], q["qtype"], q["rcode"]) for q in queries[3:]] == [
+        ("dns-good.test", "TXT", "NOERROR"), ("rebind.test", "HTTPS", "NOERROR"),
+        ("nothing.test", "A", "NXDOMAIN"), ("good.test", "A", "NXDOMAIN"), ("x.rebind.test", "A", "NXDOMAIN"),
+        ("dns-good.test", "A", "NOERROR"), ("dns-good.test", "A", "NOERROR"),
+    ]  # fmt: skip
+
+
+def test_https_verifies_for_the_dns_names(the_world: World) -> None:
+    for name in ("rebind.test", "dns-good.test"):
+        body = curl(the_world, f"https://{name}/", resolve=f"{name}:443:{PUBLIC_IP}")
+        assert body == f"world: host={name} sni={name} path=/ local={PUBLIC_IP}\n"
+    assert f"inet {DNS_IP}/24" in ip("-n", NETNS, "addr", "show", "sgwww0").stdout
 
 
 def ip(*args: str) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,9 @@ Namespace `sgw-world`, joined to the host's by a veth pair: `sgwwh0` (198.51.100
 `sgwww0` in the world with 198.51.100.10 and .11 (public servers) and 10.1.2.3/32 (a private one,
 routed from the host so that only policy keeps a proxy from it). In the world, HTTP on :80 and HTTPS
 on :443 of each address (`egress_world_server`), with one certificate from a test CA for every name
-of `NAMES`. `World.hosts_file()` writes those names in the format of Squid's `hosts_file`.
+of `NAMES`. `World.hosts_file()` writes those names in the format of Squid's `hosts_file`. DNS on
+198.51.100.53:53 (`egress_world_dns`) knows only rebind.test (alternately .10 and 10.1.2.3, for DNS
+rebinding) and dns-good.test (.10); it logs every query (`World.dns_queries()`).
 
 Needs root (`ip netns`). Creating the world removes what a killed earlier run left behind.
 """
@@ -32,11 +34,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.egress_world_dns import DNS_GOOD_NAME, DNS_IP, REBIND_NAME, reset_dns
 from tests.support.egress_world_server import PROJECT, WHEEL_NAME, build_wheel
 from tests.support.processes import end
 from tests.support.waiting import EventuallyFailed, eventually
 
-__all__ = ["HOST_IP", "NAMES", "NETNS", "PRIVATE_IP", "PUBLIC_IP", "PUBLIC_IP_2", "World", "world"]
+__all__ = ["DNS_IP", "HOST_IP", "NAMES", "NETNS", "PRIVATE_IP", "PUBLIC_IP", "PUBLIC_IP_2", "World", "world"]
 
 NETNS = "sgw-world"
 HOST_LINK, WORLD_LINK = "sgwwh0", "sgwww0"
@@ -54,7 +57,7 @@ NAMES: dict[str, list[str]] = {
 #: deep.a.good.test as well: a wildcard covers one label only.
 _CERT_NAMES = (
     *("pypi.test", "files.test", "good.test", "*.good.test", "deep.a.good.test", "other.test"),
-    *("evil.test", "private.test", "localhost.test", "meta.test", "mixed.test"),
+    *("evil.test", "private.test", "localhost.test", "meta.test", "mixed.test", REBIND_NAME, DNS_GOOD_NAME),
 )
 _START_TIMEOUT_S = 30.0
 
@@ -83,7 +86,7 @@ def _make_network() -> None:
     _ip("link", "add", HOST_LINK, "type", "veth", "peer", "name", WORLD_LINK, "netns", NETNS)
     _ip("addr", "add", f"{HOST_IP}/24", "dev", HOST_LINK)
     _ip("link", "set", HOST_LINK, "up")
-    for address in (f"{PUBLIC_IP}/24", f"{PUBLIC_IP_2}/24", f"{PRIVATE_IP}/32"):
+    for address in (f"{PUBLIC_IP}/24", f"{PUBLIC_IP_2}/24", f"{DNS_IP}/24", f"{PRIVATE_IP}/32"):
         _ip("-n", NETNS, "addr", "add", address, "dev", WORLD_LINK)
     _ip("-n", NETNS, "link", "set", WORLD_LINK, "up")
     _ip("-n", NETNS, "link", "set", "lo", "up")
@@ -159,6 +162,7 @@ class World:
         self.ca_path = workdir / "ca.pem"
         self.hosts_path = workdir / "hosts"
         self.log_path = workdir / "hits.jsonl"
+        self.dns_log_path, self._dns_reset = workdir / "dns.jsonl", workdir / "dns-reset"
         self.wheel_path = workdir / WHEEL_NAME
         self.names = {name: list(addresses) for name, addresses in NAMES.items()}
         self.ca_pem = ""
@@ -184,9 +188,13 @@ class World:
                 "cert": str(self.workdir / "server.pem"), "key": str(self.workdir / "server-key.pem"),
                 "log": str(self.log_path), "wheel": str(self.wheel_path),
                 "ports": {"http": 80, "https": 443},
+                "dns": {"address": DNS_IP, "port": 53, "log": str(self.dns_log_path),
+                        "reset": str(self._dns_reset)},
             })
         )  # fmt: skip
         self.log_path.write_text("")
+        self.dns_log_path.write_text("")
+        self._dns_reset.unlink(missing_ok=True)
         _make_network()
         output = self.workdir / "server.log"
         with output.open("wb") as out:
@@ -248,9 +256,7 @@ class World:
     def hits(self) -> list[dict[str, Any]]:
         """Every request and TLS handshake the servers saw since start (or `clear_hits`), in order:
         `kind` ("tls" or "request"), `addr`, `port`, `sni`, `host`, `method`, `path`, `error`."""
-        if not self.log_path.exists():
-            return []
-        return [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        return _json_lines(self.log_path)
 
     def hits_for(self, **match: Any) -> list[dict[str, Any]]:
         """The hits whose fields equal every one given, e.g. `hits_for(addr=PRIVATE_IP)`."""
@@ -258,6 +264,25 @@ class World:
 
     def clear_hits(self) -> None:
         self.log_path.write_text("")
+
+    def dns_queries(self) -> list[dict[str, Any]]:
+        """Every query the DNS server answered since start (or `clear_dns_queries`), in order: `name`
+        (lower case), `qtype` ("A", "AAAA", ...), `answer` (an address or None), `rcode` ("NOERROR" or
+        "NXDOMAIN"), `client` (the asker's address)."""
+        return _json_lines(self.dns_log_path)
+
+    def clear_dns_queries(self) -> None:
+        self.dns_log_path.write_text("")
+
+    def reset_dns(self) -> None:
+        """Start rebind.test over: its next A answer is PUBLIC_IP (then PRIVATE_IP, and so on)."""
+        reset_dns(self._dns_reset)
+
+
+def _json_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @contextlib.contextmanager

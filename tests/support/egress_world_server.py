@@ -7,8 +7,9 @@ counts the body it read; `GET /bytes/<n>` sends n bytes; `/simple/` and `/packag
 index of one project, whose wheel `build_wheel` makes. Every request, and every TLS handshake (one
 that fails too), is a JSON line in the log named by the config.
 
-The config holds `cert`, `key` (PEM files), `log` and `wheel` (paths), and `ports` (`{"http": 80,
-"https": 443}`). Stdlib only: it runs in the namespace with nothing but the interpreter.
+The config holds `cert`, `key` (PEM files), `log` and `wheel` (paths), `ports` (`{"http": 80,
+"https": 443}`) and, optionally, `dns` (`{"address", "port", "log", "reset"}`: the `egress_world_dns`
+server, in a thread). Stdlib only: it runs in the namespace with nothing but the interpreter.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from tests.support.egress_world_dns import DnsServer
 
 __all__ = ["MAX_BODY", "PROJECT", "WHEEL_NAME", "build_wheel", "main"]
 
@@ -235,6 +238,9 @@ def main(argv: list[str]) -> None:
     config = json.loads(Path(argv[0]).read_text())
     log = _Log(Path(config["log"]))
     index = _Index(Path(config["wheel"]).read_bytes())
+    if (dns := config.get("dns")) is not None:
+        dns_server = DnsServer(dns["address"], dns["port"], Path(dns["log"]), Path(dns["reset"]))
+        threading.Thread(target=dns_server.serve_forever, daemon=True).start()
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(config["cert"], config["key"])
     servers = [
