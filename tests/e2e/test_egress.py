@@ -20,7 +20,7 @@ import yaml
 from policy.loader import default_policy_path
 from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
 from tests.support import audit_events
-from tests.support.egress_world import PRIVATE_IP, PUBLIC_IP, PUBLIC_IP_2, World
+from tests.support.egress_world import DNS_IP, PRIVATE_IP, PUBLIC_IP, PUBLIC_IP_2, World
 from tests.support.gateway_process import Gateway
 from tests.support.waiting import eventually
 
@@ -28,8 +28,10 @@ pytestmark = pytest.mark.anyio
 
 ALLOW = [
     "good.test:443", "*.good.test:443", "good.test:80", "pypi.test:443", "localhost.test:443",
-    "private.test:443", "meta.test:80", "mixed.test:443",
+    "private.test:443", "meta.test:80", "mixed.test:443", "rebind.test:443", "dns-good.test:443",
 ]  # fmt: skip
+#: Per sandbox, shaped by the proxy (SECURITY.md guarantee 65).
+RATE = 256 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +50,14 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, world: World, backend: Any
     policy = yaml.safe_load(default_policy_path().read_text())
     policy["profiles"]["web"] = {
         "extends": "default",
-        "egress": {"allow": ALLOW, "max_connections": 3, "download_bytes_per_s": "2m"},
+        "egress": {"allow": ALLOW, "max_connections": 3, "download_bytes_per_s": RATE},
     }
     (work / "policy.yaml").write_text(yaml.safe_dump(policy))
     gw = start_gateway(
         work,
         "--policy", str(work / "policy.yaml"),
         "--egress-hosts-file", str(world.hosts_path),
-        "--egress-dns", "198.51.100.53",
+        "--egress-dns", DNS_IP,
         principals={"alice": "web", "bob": "web", "carol": "default"},
     )  # fmt: skip
     try:
@@ -253,3 +255,40 @@ def test_the_proxy_runs_unprivileged(gateway: Gateway) -> None:
         capeff = next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1]
         assert "0" not in uid and int(capeff, 16) == 0, status
     assert shutil.which("squid") or Path("/usr/sbin/squid").exists()
+
+
+async def test_a_name_the_proxy_resolves_by_dns_works_and_a_rebinding_one_is_cut(
+    gateway: Gateway, world: World
+) -> None:
+    """rebind.test answers a public address to the first query and a private one to the next (TTL 0):
+    front checks the first and lets the CONNECT through; the tls stage, which connects, resolves
+    again, gets the private one and closes. The private server never sees a byte."""
+    world.reset_dns()
+    world.clear_hits()
+    good = await with_ca(gateway, "alice", world, "curl -sS --cacert ca.pem https://dns-good.test/dns")
+    assert "host=dns-good.test sni=dns-good.test" in good["stdout"], good
+    out = await with_ca(gateway, "alice", world, "curl -sS --cacert ca.pem https://rebind.test/")
+    assert out["exit_code"] != 0 and "curl: (35)" in out["stderr"], out
+    assert [q["answer"] for q in world.dns_queries() if q["name"] == "rebind.test" and q["qtype"] == "A"][
+        :2
+    ] == [
+        PUBLIC_IP,
+        PRIVATE_IP,
+    ], "front and the tls stage each asked once, and got different answers"
+    assert world.hits_for(sni="rebind.test") == [] and world.hits_for(addr=PRIVATE_IP) == []
+    event = one_connection(gateway, principal="alice", dest_host="rebind.test")
+    assert event["decision"]["result"] == "deny" and event["egress"]["rule"] == "blocked-address"
+
+
+async def test_downloads_are_shaped_to_the_profiles_rate(gateway: Gateway, world: World) -> None:
+    """2 MiB at 256 KiB/s: the transfer completes, no faster than the rate allows (plus its one
+    bucket of burst)."""
+    size = 2 * 1024 * 1024
+    out = await with_ca(
+        gateway, "alice", world,
+        f"curl -sS --cacert ca.pem -o /dev/null -w '%{{size_download}} %{{speed_download}}' https://good.test/bytes/{size}",
+    )  # fmt: skip
+    assert out["exit_code"] == 0, out
+    downloaded, speed = out["stdout"].split()
+    assert int(downloaded) == size
+    assert float(speed) <= RATE * 1.5, f"{float(speed):.0f} B/s is above the profile's {RATE} B/s"
