@@ -20,6 +20,7 @@ import yaml
 from policy.loader import default_policy_path
 from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
 from tests.support import audit_events
+from tests.support.egress_lock import egress_port
 from tests.support.egress_world import DNS_IP, PRIVATE_IP, PUBLIC_IP, PUBLIC_IP_2, World
 from tests.support.gateway_process import Gateway
 from tests.support.waiting import eventually
@@ -53,17 +54,18 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, world: World, backend: Any
         "egress": {"allow": ALLOW, "max_connections": 3, "download_bytes_per_s": RATE},
     }
     (work / "policy.yaml").write_text(yaml.safe_dump(policy))
-    gw = start_gateway(
-        work,
-        "--policy", str(work / "policy.yaml"),
-        "--egress-hosts-file", str(world.hosts_path),
-        "--egress-dns", DNS_IP,
-        principals={"alice": "web", "bob": "web", "carol": "default"},
-    )  # fmt: skip
-    try:
-        yield gw
-    finally:
-        stop_gateway(gw)
+    with egress_port():
+        gw = start_gateway(
+            work,
+            "--policy", str(work / "policy.yaml"),
+            "--egress-hosts-file", str(world.hosts_path),
+            "--egress-dns", DNS_IP,
+            principals={"alice": "web", "bob": "web", "carol": "default"},
+        )  # fmt: skip
+        try:
+            yield gw
+        finally:
+            stop_gateway(gw)
     assert backend.list({"sandbox-gateway.gateway": gw.gateway_id}) == [], "no sandbox is left"
 
 

@@ -14,7 +14,10 @@ import anyio
 import pytest
 
 from gateway.backend.docker_engine import DockerBackend
+from gateway.egress.network import EGRESS_PORT, EgressNetwork
+from policy import load_policy
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
+from tests.support.egress_lock import egress_port
 
 PROBE = Path(__file__).parents[1] / "probe" / "isolation_probe.py"
 CHECKS = [
@@ -64,7 +67,17 @@ CHECKS = [
     "no_secrets_in_environment",
     "no_setuid_binaries",
 ]
-RUNTIMES = {"runc": "alice", "runsc": "sam"}  # sam is mapped to the strict (gVisor) profile
+#: Checks only an egress sandbox makes: its one door (the egress proxy) opens, nothing else on that
+#: network does.
+EGRESS_CHECKS = [
+    "egress_proxy_is_the_one_door",
+    "no_route_to_bridge_gateway_other_port",
+    "no_route_to_bridge_gateway_ssh",
+    "no_route_to_bridge_dns",
+    "no_route_to_outside_direct",
+]
+#: sam is mapped to the strict (gVisor) profile, eve to `default` with an egress allow-list (runc).
+RUNTIMES = {"runc": "alice", "runsc": "sam", "egress": "eve"}
 #: Under runsc a command runs in gVisor's user-space kernel: these calls are served (or refused) by
 #: gVisor itself and never reach the host kernel. The OCI seccomp profile (--oci-seccomp) covers the
 #: container's init tree, not `docker exec`'d processes, so inside gVisor the safe outcome is containment.
@@ -83,24 +96,43 @@ def probed(tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend) -> 
     from tests.e2e.test_policy_over_mcp import write_policy
 
     tmp = tmp_path_factory.mktemp("probe")
-    policy = write_policy(tmp / "policy.yaml")
-    gateway = start_gateway(tmp, "--policy", str(policy), principals={"alice": "default", "sam": "default"})
-    expected = {
-        "nofile": 1024,
-        "fsize": 1073741824,
-        "proxy_port": 2375,
-        "gateway_port": gateway_port(gateway),
+    egress_profile = {
+        **load_policy().profiles["default"].model_dump(mode="json"),
+        "egress": {"allow": ["good.test:443"]},
     }
-    code = f"EXPECTED = {json.dumps(expected)}\n" + PROBE.read_text()
-    try:
-        reports = {
-            runtime: anyio.run(_probe, gateway, gateway.tokens[who], code)
-            for runtime, who in RUNTIMES.items()
+    policy = write_policy(
+        tmp / "policy.yaml", {"profiles.egress-probe": egress_profile, "principals.eve": "egress-probe"}
+    )
+    with egress_port():
+        gateway = start_gateway(
+            tmp, "--policy", str(policy), principals={"alice": "default", "sam": "default", "eve": "default"}
+        )
+        expected = {
+            "nofile": 1024,
+            "fsize": 1073741824,
+            "proxy_port": 2375,
+            "gateway_port": gateway_port(gateway),
         }
-    finally:
-        stop_gateway(gateway)
+        network = EgressNetwork.from_env()
+        door = {"proxy_host": str(network.gateway), "proxy_port": EGRESS_PORT, "dns": str(network.dns)}
+        try:
+            reports = {
+                runtime: anyio.run(
+                    _probe,
+                    gateway,
+                    gateway.tokens[who],
+                    _code({**expected, "egress": door} if runtime == "egress" else expected),
+                )
+                for runtime, who in RUNTIMES.items()
+            }
+        finally:
+            stop_gateway(gateway)
     assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == []
     return reports
+
+
+def _code(expected: dict[str, Any]) -> str:
+    return f"EXPECTED = {json.dumps(expected)}\n" + PROBE.read_text()
 
 
 def gateway_port(gateway: Gateway) -> int:
@@ -130,7 +162,14 @@ async def _probe(gateway: Gateway, token: str, code: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("runtime", sorted(RUNTIMES))
 def test_the_probe_reports_every_property(probed: dict[str, dict[str, Any]], runtime: str) -> None:
-    assert sorted(probed[runtime]) == sorted([*CHECKS, "kernel"])
+    extra = EGRESS_CHECKS if runtime == "egress" else []
+    assert sorted(probed[runtime]) == sorted([*CHECKS, *extra, "kernel"])
+
+
+@pytest.mark.parametrize("check", EGRESS_CHECKS)
+def test_an_egress_sandbox_reaches_only_its_proxy(probed: dict[str, dict[str, Any]], check: str) -> None:
+    outcome = probed["egress"][check]
+    assert outcome["ok"], f"{check} under egress: observed {outcome['observed']}"
 
 
 def test_strict_sandboxes_run_on_gvisor_and_default_ones_do_not(probed: dict[str, dict[str, Any]]) -> None:

@@ -2,7 +2,7 @@
 
 Prints one JSON object: {check: {"ok": bool, "observed": str}}. The runner may define EXPECTED
 (a dict) before this code, e.g. {"nofile": 1024, "fsize": 1073741824, "proxy_port": 2375,
-"gateway_port": 8000}.
+"gateway_port": 8000}, and for an egress sandbox "egress": {"proxy_host", "proxy_port", "dns"}.
 """
 
 import ctypes
@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Any
 
-EXPECTED: dict[str, int] = globals().get("EXPECTED", {})
+EXPECTED: dict[str, Any] = globals().get("EXPECTED", {})
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 results: dict[str, dict[str, Any]] = {}
@@ -133,7 +133,8 @@ check("no_engine_sockets", not sockets, sockets or "none")
 
 # network: loopback only, nowhere to connect to
 interfaces = sorted(os.listdir("/sys/class/net"))
-check("only_loopback_interface", interfaces == ["lo"], interfaces)
+EGRESS = EXPECTED.get("egress")  # an egress profile: one interface more, and one door on it
+check("only_loopback_interface", interfaces == (["eth0", "lo"] if EGRESS else ["lo"]), interfaces)
 
 
 def unreachable(host: str, port: int) -> tuple[bool, object]:
@@ -152,6 +153,16 @@ targets = [("internet", "1.1.1.1", 443), ("metadata", "169.254.169.254", 80)]
 for role, default in (("proxy", 2375), ("gateway", 8000)):
     port = EXPECTED.get(f"{role}_port", default)
     targets += [(f"host_{role}_port", "172.17.0.1", port), (f"loopback_{role}_port", "127.0.0.1", port)]
+if EGRESS:
+    door, door_port = EGRESS["proxy_host"], EGRESS["proxy_port"]
+    targets += [
+        ("bridge_gateway_other_port", door, EXPECTED.get("gateway_port", 8000)),
+        ("bridge_gateway_ssh", door, 22),
+        ("bridge_dns", EGRESS["dns"], 53),
+        ("outside_direct", "198.51.100.10", 443),
+    ]
+    shut, how = unreachable(door, door_port)
+    check("egress_proxy_is_the_one_door", not shut, how)
 for label, host, port in targets:
     ok, observed = unreachable(host, port)
     check(f"no_route_to_{label}", ok, observed)
