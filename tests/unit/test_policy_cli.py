@@ -102,6 +102,22 @@ def test_render_shows_the_host_config_of_each_profile(capsys: pytest.CaptureFixt
     assert rendered["strict"]["HostConfig"]["Runtime"] == "runsc"
     assert rendered["default"]["HostConfig"]["ReadonlyRootfs"] is True
     assert rendered["data-science"]["HostConfig"]["Memory"] == 4 * 1024**3
+    assert rendered["default"]["HostConfig"]["NetworkMode"] == "none" and "Egress" not in rendered["default"]
+
+
+def test_render_shows_the_network_side_of_an_egress_profile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = yaml.safe_load(default_policy_path().read_text())
+    doc["profiles"]["web"] = {"extends": "default", "egress": {"allow": ["pypi.org:443"]}}
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(doc))
+    assert main(["policy", "render", str(tmp_path / "policy.yaml")]) == 0
+    web = json.loads(capsys.readouterr().out)["web"]
+    assert web["HostConfig"]["NetworkMode"] == "sandbox-gateway-egress"
+    assert web["HostConfig"]["Dns"] == ["10.213.0.254"]
+    assert list(web["NetworkingConfig"]["EndpointsConfig"]) == ["sandbox-gateway-egress"]
+    assert "HTTPS_PROXY=http://10.213.0.1:3128" in web["Env"]
+    assert web["Egress"]["allow"] == ["pypi.org:443"] and web["Egress"]["proxy"] == "http://10.213.0.1:3128"
 
 
 def test_reload_switches_to_a_valid_policy_and_refuses_a_bad_one(tmp_path: Path) -> None:
