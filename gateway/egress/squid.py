@@ -74,6 +74,32 @@ def _accepting(host: str, port: int) -> bool:
         return False
 
 
+def _alive(pid_file: Path, *, needle: bytes) -> int | None:
+    """The pid in `pid_file` if that process runs and its command line holds `needle`."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if needle in cmdline else None
+
+
+def stop_orphans(root: Path) -> list[int]:
+    """Stop Squids whose gateway is gone (it was killed and could not stop them): they would hold
+    the egress port, and their policy no longer has an owner. Returns the pids stopped."""
+    stopped = []
+    for state in root.glob("*/"):
+        if _alive(state / "gateway.pid", needle=b"") is not None:
+            continue
+        for stage in ("front", "tls"):
+            pid = _alive(state / "run" / f"{stage}.pid", needle=str(state / f"{stage}.conf").encode())
+            if pid is not None:
+                _log.warning("stopping an egress proxy left by a gateway that is gone (pid %d)", pid)
+                os.kill(pid, signal.SIGKILL)
+                stopped.append(pid)
+    return stopped
+
+
 class SquidPair:
     """front and tls for one gateway."""
 
@@ -128,7 +154,9 @@ class SquidPair:
             raise EgressUnavailable(
                 "Squid is not installed: run `sandbox-gateway setup` (it installs squid-openssl)"
             )
+        stop_orphans(self.layout.state_dir.parent)
         cert, key = prepare(self.layout)
+        (self.layout.state_dir / "gateway.pid").write_text(str(os.getpid()))
         write_json(self.layout.policy_file, policy_doc)
         write_file(self.layout.conf("tls"), tls_conf(self.layout, cert, key))
         self._front_text = front_conf(self.layout, profiles)

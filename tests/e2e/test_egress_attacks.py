@@ -69,7 +69,8 @@ def tunnel(target, payload, extra=""):
     return status
 def peer(extra):
     try:
-        tls = ssl._create_unverified_context().wrap_socket(connect("good.test:443", extra)[0], server_hostname="good.test")
+        sock = connect("good.test:443", extra)[0]
+        tls = ssl._create_unverified_context().wrap_socket(sock, server_hostname="good.test")
         tls.sendall(b"GET /xff HTTP/1.1\r\nHost: good.test\r\nConnection: close\r\n\r\n")
         return [hashlib.sha256(tls.getpeercert(True)).hexdigest(), drain(tls)[-300:]]
     except OSError as exc:
@@ -114,7 +115,6 @@ def not_forbidden(answers: dict[str, str]) -> dict[str, str]:
 
 
 def foreign_hits(world: World) -> list[dict[str, Any]]:
-    """What reached the world anywhere but good.test's own address."""
     return [h for h in world.hits() if h.get("addr") != PUBLIC_IP or h.get("host") not in (None, "good.test")]
 
 
@@ -285,17 +285,13 @@ async def test_odd_bytes_leave_a_readable_and_truthful_audit_trail(gateway: Gate
         lambda: connections(gateway, method="PRI") and connections(gateway, method="OPTIONS"), timeout_s=15
     )
     events = read_events(gateway.audit_log)  # every line parses
-    wrong = [
-        e["egress"] | {"who": (e.get("actor") or {}).get("principal"), "result": e["decision"]["result"]}
-        for e in events
-        if e["event"] == "egress.connection"
-    ]
+    wrong = [e["egress"] | {"who": (e.get("actor") or {}).get("principal"), "result": e["decision"]["result"]}
+             for e in events if e["event"] == "egress.connection"]  # fmt: skip
     wrong = [e for e in wrong if not e["who"] or (e["result"] == "allow" and not e.get("server_address"))]
     assert wrong == [], "each connection names its principal, and an `allow` names the server it reached"
 
 
 async def test_a_hostile_sni_cannot_take_the_proxy_down_for_everyone(gateway: Gateway, world: World) -> None:
-    """Runs last: if the tls stage dies, every later HTTPS connection of this gateway fails."""
     before = await with_ca(gateway, "bob", world, "curl -sS --cacert ca.pem https://good.test/before")
     assert before["exit_code"] == 0, before
     hostile = ["good.test\nx", 'good.test x=1\n{"a', "good.test\n0 10.213.0.9 good.test 443 good.test"]

@@ -4,21 +4,16 @@ egress sandbox gets (which the socket proxy accepts, and nothing wider)."""
 
 from __future__ import annotations
 
-import copy
 import json
+import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from gateway.backend.create_body import create_body, seccomp_options
 from gateway.egress import acl_helper
 from gateway.egress.log_lines import Joiner, parse_line
 from gateway.egress.network import EgressNetwork
 from gateway.egress.squid_conf import ProxyLayout, front_conf, tls_conf
-from gateway.sockproxy.create_rules import validate_create
-from gateway.sockproxy.errors import Refused
-from gateway.sockproxy.rules import ProxyRules
 from policy import load_policy
 from policy.egress_model import Egress
 
@@ -195,83 +190,6 @@ def test_the_tls_stage_never_refuses_at_http_access_and_trusts_only_front(tmp_pa
     )
 
 
-def _egress_body() -> dict[str, Any]:
-    spec = load_policy().profiles["default"].sandbox.model_copy(update={"network": "egress"})
-    return create_body(
-        spec,
-        uid=2000000001,
-        image="mcp-code-executor:latest",
-        labels={"sandbox-gateway.managed": "true"},
-        egress=(NET, "10.213.0.9"),
-    )
-
-
-RULES = ProxyRules(uid_low=2000000000, uid_high=2000999999, seccomp_options=seccomp_options(), egress=NET)
-
-
-def test_the_socket_proxy_accepts_the_egress_body_the_broker_sends() -> None:
-    body = _egress_body()
-    assert validate_create(NAME, body, RULES) == body
-    with pytest.raises(Refused):  # a proxy not told of the egress network refuses it
-        validate_create(NAME, body, ProxyRules(2000000000, 2000999999, seccomp_options()))
-
-
-def _set(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    changed = copy.deepcopy(body)
-    *parents, last = path.split(".")
-    node = changed
-    for key in parents:
-        node = node[key]
-    if value is KeyError:
-        del node[last]
-    else:
-        node[last] = value
-    return changed
-
-
-@pytest.mark.parametrize(
-    ("path", "value"),
-    [
-        ("HostConfig.NetworkMode", "bridge"),
-        ("HostConfig.NetworkMode", "host"),
-        ("HostConfig.NetworkMode", "container:abc"),
-        ("HostConfig.NetworkMode", "SANDBOX-GATEWAY-EGRESS"),
-        ("HostConfig.Dns", ["8.8.8.8"]),
-        ("HostConfig.Dns", ["127.0.0.11"]),
-        ("HostConfig.DnsSearch", ["evil.test"]),
-        ("HostConfig.ExtraHosts", ["good.test:10.1.2.3"]),
-        ("NetworkDisabled", True),
-        ("NetworkingConfig.EndpointsConfig.sandbox-gateway-egress.IPAMConfig.IPv4Address", "10.213.0.1"),
-        ("NetworkingConfig.EndpointsConfig.sandbox-gateway-egress.IPAMConfig.IPv4Address", "10.213.0.254"),
-        ("NetworkingConfig.EndpointsConfig.sandbox-gateway-egress.IPAMConfig.IPv4Address", "10.213.0.255"),
-        ("NetworkingConfig.EndpointsConfig.sandbox-gateway-egress.IPAMConfig.IPv4Address", "10.213.1.9"),
-        ("NetworkingConfig.EndpointsConfig.sandbox-gateway-egress.IPAMConfig.IPv4Address", "10.213.0.09"),
-        ("NetworkingConfig.EndpointsConfig.sandbox-gateway-egress.IPAMConfig.IPv6Address", "fd00::1"),
-        ("NetworkingConfig.EndpointsConfig.sandbox-gateway-egress.Aliases", ["good.test"]),
-        ("NetworkingConfig.EndpointsConfig.sandbox-gateway-egress.MacAddress", "02:42:ac:11:00:02"),
-        ("NetworkingConfig.EndpointsConfig.bridge", {}),
-        ("NetworkingConfig.EndpointsConfig.sandbox-gateway-egress", {}),
-        ("Env", ["HTTPS_PROXY=http://10.1.2.3:3128"]),
-        ("NetworkingConfig", KeyError),
-        ("HostConfig.Dns", KeyError),
-    ],
-)
-def test_the_socket_proxy_refuses_anything_wider(path: str, value: Any) -> None:
-    with pytest.raises(Refused):
-        validate_create(NAME, _set(_egress_body(), path, value), RULES)
-
-
-def test_a_none_network_body_cannot_smuggle_the_egress_endpoint() -> None:
-    spec = load_policy().profiles["default"].sandbox
-    body = create_body(
-        spec, uid=2000000001, image="mcp-code-executor:latest", labels={"sandbox-gateway.managed": "true"}
-    )
-    assert validate_create(NAME, body, RULES) == body
-    body["NetworkingConfig"] = NET.networking_config("10.213.0.9")
-    with pytest.raises(Refused):
-        validate_create(NAME, body, RULES)
-
-
 def test_a_gateway_whose_proxy_never_started_reads_no_logs_and_survives(tmp_path: Path) -> None:
     """The log reader runs in every gateway: without a proxy (no egress profile) it has nothing to read."""
     from audit import AuditLog, MemorySink
@@ -280,3 +198,28 @@ def test_a_gateway_whose_proxy_never_started_reads_no_logs_and_survives(tmp_path
     service = EgressService(NET, tmp_path / "egress", load_policy, AuditLog([MemorySink()]))
     assert service.profiles() == {} and service.poll() == [] and service.poll(everything=True) == []
     assert not service.running
+
+
+def test_a_proxy_left_by_a_gateway_that_is_gone_is_stopped_and_a_live_ones_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from gateway.egress.squid import stop_orphans
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    procs = {}
+    for state, owner in (("orphan", gone.stdout.strip()), ("owned", str(os.getpid()))):
+        (tmp_path / state / "run").mkdir(parents=True)
+        (tmp_path / state / "gateway.pid").write_text(owner)
+        conf = str(tmp_path / state / "front.conf")
+        procs[state] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", conf])
+        (tmp_path / state / "run" / "front.pid").write_text(str(procs[state].pid))
+    try:
+        assert stop_orphans(tmp_path) == [procs["orphan"].pid]
+        assert procs["orphan"].wait(timeout=10) != 0 and procs["owned"].poll() is None
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
