@@ -2,12 +2,14 @@
 
 Runs under the system's python3 as `acl_helper.py connect|sni POLICY_JSON`, next to a copy of
 policy/egress.py and policy/egress_names.py (files.py puts them there): standard library only.
-Squid's concurrent protocol: each line is `CHANNEL FIELD...` (URL-encoded, `-` for none), each answer
+Squid's concurrent protocol: each line is `CHANNEL FIELD... DATA` (as sent, `-` for none; DATA, the
+acl line's arguments, is always `-` here), each answer
 `CHANNEL OK|ERR key="value"...`. The answer's keys become the connection's notes (principal, tenant,
 profile, rule: the audit event's fields) and `message` the 403 page's text.
 
 - connect (front): `%>a %>rm %>rd %>rP`: source address, method, host, port.
-- sni (tls stage): `%>a %>rd %>rP %ssl::>sni`: the SNI must be the CONNECT host, exactly.
+- sni (tls stage): `%>a %>rd %>rP %ssl::>sni`: the SNI must be the CONNECT host, exactly (Squid
+  passes only a plain name: tls.conf closes any other hello first).
 
 POLICY_JSON (the gateway rewrites it with rename(), and it is re-read when it changes):
 `{"sources": {ADDRESS: {"principal", "tenant", "profile"}}, "profiles": {NAME: [RULE, ...]}}`.
@@ -19,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import urllib.parse
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -66,22 +67,32 @@ def _refusal_rule(host: str) -> str:
     return "invalid-target" if host_problem(host.lower().rstrip(".")) else "not-allowed"
 
 
+def _sni_refusal(notes: dict[str, str], host: str, sni: str) -> Answer | None:
+    """Why a ClientHello's SNI does not name the CONNECT host, exactly; None when it does."""
+    name = host.lower().rstrip(".")
+    if sni in ("", "-"):
+        return False, {**notes, "rule": "no-sni", "message": f"egress refused: no TLS SNI for {name}"}
+    if sni.lower().rstrip(".") != name:
+        message = f"egress refused: TLS SNI {sni!r} is not {name}"
+        return False, {**notes, "rule": "sni-mismatch", "message": message}
+    return None
+
+
 def decide(policy: Policy, phase: str, fields: list[str]) -> Answer:
     policy.load()
-    source = fields[0]
-    who = policy.sources.get(source)
+    who = policy.sources.get(fields[0]) if len(fields) == 4 else None
     if who is None:
+        why = f"{fields[0]} is not a sandbox of this gateway" if len(fields) == 4 else "a malformed question"
         return False, {
-            "rule": "unknown-source",
-            "message": f"egress refused: {source} is not a sandbox of this gateway",
+            "rule": "unknown-source" if len(fields) == 4 else "helper-error",
+            "message": f"egress refused: {why}",
         }
     notes = dict(who)
     if phase == "connect":
-        _, method, host, port_text = fields[:4]
-        if method == "-":
-            return False, {**notes, "rule": "invalid-target", "message": "egress refused: no method"}
+        _, _method, host, port_text = fields
+        sni = ""
     else:
-        _, host, port_text, sni = fields[:4]
+        _, host, port_text, sni = fields
     decimal = port_text.isdigit() and port_text.isascii() and not port_text.startswith("0")
     port = int(port_text) if decimal and len(port_text) <= 5 else -1  # one spelling: no sign, no 0443
     rules = policy.rules.get(who["profile"])
@@ -91,15 +102,9 @@ def decide(policy: Policy, phase: str, fields: list[str]) -> Answer:
         return False, {**notes, "rule": code, "message": f"{why} (profile {who['profile']}, rule: {code})"}
     notes["rule"] = str(rule)
     if phase == "sni":
-        name = host.lower().rstrip(".")
-        if sni in ("", "-"):
-            return False, {**notes, "rule": "no-sni", "message": f"egress refused: no TLS SNI for {name}"}
-        if sni.lower().rstrip(".") != name:
-            return False, {
-                **notes,
-                "rule": "sni-mismatch",
-                "message": f"egress refused: TLS SNI {sni} is not {name}",
-            }
+        refusal = _sni_refusal(notes, host, sni)
+        if refusal is not None:
+            return refusal
         notes["clt_conn_tag"] = "sni-verified"  # lets Squid's own re-check after the splice through
     return True, {**notes, "message": why}
 
@@ -113,7 +118,14 @@ def answer(policy: Policy, phase: str, line: str) -> str:
     parts = line.split()
     if not parts:
         return ""
-    channel, fields = parts[0], [urllib.parse.unquote(part) for part in parts[1:]]
+    # Fields come as the client sent them (Squid does not encode them): nothing is decoded, and a
+    # field that is not plain printable ASCII without `%`, or a line with a field more or less than
+    # the phase sends, is refused whole.
+    channel, fields = parts[0], parts[1:]
+    if fields[-1:] == ["-"] and len(fields) == 5:
+        fields = fields[:4]  # the acl line's own arguments, which ours have none of (%DATA)
+    if not all(field.isascii() and field.isprintable() and "%" not in field for field in fields):
+        fields = []
     try:
         allowed, notes = decide(policy, phase, fields)
     except Exception as exc:  # noqa: BLE001 - fail closed: any error is a refusal

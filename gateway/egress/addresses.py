@@ -52,6 +52,9 @@ class Addresses:
     def attach(self, address: str, container_id: str) -> None:
         self._held[address].container_id = container_id
 
+    def holder(self, address: str) -> Holder | None:
+        return self._held.get(address)
+
     def address_of(self, container_id: str) -> str | None:
         return next((a for a, h in self._held.items() if h.container_id == container_id), None)
 

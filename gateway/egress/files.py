@@ -97,8 +97,10 @@ def _directory(path: Path, mode: int = 0o750, *, squid_owns: bool = False) -> Pa
 
 def prepare(layout: ProxyLayout) -> tuple[Path, Path]:
     """Make the state directory from scratch; (certificate, key) of the tls stage."""
-    if layout.state_dir.exists():
-        shutil.rmtree(layout.state_dir)
+    if layout.state_dir.exists():  # the last run's, kept once (its logs may hold unread lines)
+        previous = layout.state_dir.with_name(layout.state_dir.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        layout.state_dir.rename(previous)
     _directory(layout.state_dir.parent, 0o755)
     _directory(layout.state_dir)
     _directory(layout.run_dir, squid_owns=True)

@@ -132,6 +132,11 @@ class Joiner:
                 conn.message if conn.error == "ERR_EGRESS" else f"egress refused (rule: {conn.rule})"
             )
             return conn
+        if not conn.principal or _int(fields.get("status", "")) >= 400:
+            # The helper never answered (a request Squid refused as malformed), or it failed.
+            conn.rule = conn.rule if conn.principal else "invalid-request"
+            conn.message = conn.message or f"egress refused: {conn.error or 'not a valid proxy request'}"
+            return conn
         if not self._via_tls(fields):
             conn.allowed = not conn.error or conn.error == "-"
             return conn
@@ -143,8 +148,8 @@ class Joiner:
             conn.rule, conn.message = tls["rule"], tls.get("msg", "")
         elif tls.get("err") == "ERR_PROTOCOL_UNKNOWN":
             conn.rule, conn.message = "not-tls", "egress refused: a tunnel carries TLS only (rule: not-tls)"
-        else:
-            conn.rule = "blocked-address" if tls else "closed"
+        else:  # cut before it connected: a blocked address after the hello, or no hello at all
+            conn.rule = "blocked-address" if tls.get("sni") else "closed"
             conn.message = (
                 f"egress refused: the connection was closed before it reached {conn.host} (rule: {conn.rule})"
             )

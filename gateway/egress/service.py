@@ -6,6 +6,7 @@ next connection (allow-lists) or at once (limits: front is reconfigured)."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import time
 from collections import OrderedDict, deque
@@ -162,7 +163,8 @@ class EgressService:
 
     def refused_since(self, tenant: str, principal: str, since: float) -> list[str]:
         """The refusals of `tenant/principal`'s sandbox that ended at or after `since` (epoch)."""
-        self.catch_up()
+        # Off the calling request's context: the events read now may be other principals'.
+        contextvars.Context().run(self.catch_up)
         recent = self._refused.get(f"{tenant}/{principal}", ())
         return [message for ts, message in recent if ts >= since - 1.0]
 
@@ -173,6 +175,8 @@ class EgressService:
                 self.record(conn)
 
     def record(self, conn: Connection) -> None:
+        if not conn.principal and (holder := self.addresses.holder(conn.sandbox_ip)) is not None:
+            conn.principal, conn.tenant, conn.profile = holder.principal, holder.tenant, holder.profile
         if not conn.allowed and conn.principal:
             self._remember_refusal(conn)
         self._audit.emit(

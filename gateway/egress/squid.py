@@ -88,7 +88,7 @@ def stop_orphans(root: Path) -> list[int]:
     """Stop Squids whose gateway is gone (it was killed and could not stop them): they would hold
     the egress port, and their policy no longer has an owner. Returns the pids stopped."""
     stopped = []
-    for state in root.glob("*/"):
+    for state in (path for path in root.glob("*/") if not path.name.endswith(".previous")):
         if _alive(state / "gateway.pid", needle=b"") is not None:
             continue
         for stage in ("front", "tls"):

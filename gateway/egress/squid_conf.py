@@ -100,6 +100,8 @@ def _common(layout: ProxyLayout, stage: str) -> list[str]:
         "shutdown_lifetime 1 seconds",
         "pinger_enable off",
         "client_db on",
+        "request_start_timeout 15 seconds",  # a connection that sends no request is not held
+        "log_fqdn off",
         f"hosts_file {layout.state_dir / 'hosts' if layout.hosts_file else 'none'}",  # files.py copies it
         f"acl sandbox_net src {layout.network.subnet}",
         "acl CONNECT method CONNECT",
@@ -126,8 +128,11 @@ def front_conf(layout: ProxyLayout, profiles: Mapping[str, Egress]) -> str:
         "cache_peer_access tlsstage allow CONNECT",
         "cache_peer_access tlsstage deny all",
         "never_direct allow CONNECT",
-        "forwarded_for on",
+        # Only front's own word reaches the tls stage: the sandbox's address alone (never a chain a
+        # client sent) and a token no client can send (its own copy is dropped).
+        "forwarded_for truncate",
         "request_header_access X-Forwarded-For deny !CONNECT",
+        "request_header_access X-Egress-Stage-Token deny all",
         f'request_header_add X-Egress-Stage-Token "{layout.stage_token}" CONNECT',
         "acl methods_ok method GET HEAD POST PUT PATCH DELETE OPTIONS",
         "external_acl_type egress_connect ttl=0 negative_ttl=0 children-max=8 children-startup=1 "
@@ -189,7 +194,11 @@ def tls_conf(layout: ProxyLayout, cert: Path, key: Path) -> str:
                 "http_access deny all",
                 "acl step1 at_step SslBump1",
                 "acl step2 at_step SslBump2",
+                # Squid hands the SNI to the helper as sent: only a plain name may get that far (a
+                # space or a newline in it would split the helper's line).
+                "acl sni_plain ssl::server_name_regex ^[A-Za-z0-9.-]{1,253}$",
                 "ssl_bump peek step1",
+                "ssl_bump terminate step2 !sni_plain",
                 "ssl_bump terminate step2 blocked_addr",
                 "ssl_bump splice step2 sni_ok",
                 "ssl_bump terminate all",

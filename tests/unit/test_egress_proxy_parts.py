@@ -41,19 +41,26 @@ def policy(tmp_path: Path) -> acl_helper.Policy:
         ("connect", "10.213.0.7 CONNECT evil.test 443", "ERR", "not-allowed"),
         ("connect", "10.213.0.7 CONNECT 198.51.100.10 443", "ERR", "ip-literal"),
         ("connect", "10.213.0.7 CONNECT 2130706433 443", "ERR", "ip-literal"),
-        ("connect", "10.213.0.7 CONNECT good.test%00.evil 443", "ERR", "invalid-target"),
+        ("connect", "10.213.0.7 CONNECT good.test%00.evil 443", "ERR", "helper-error"),
+        ("connect", "10.213.0.7 CONNECT good_test 443", "ERR", "invalid-target"),
         ("connect", "10.213.0.8 CONNECT good.test 443", "ERR", "unknown-source"),
         ("connect", "10.213.0.7 CONNECT good.test 0443", "ERR", "not-allowed"),
         ("sni", "10.213.0.7 good.test 443 good.test", "OK", "good.test:443"),
         ("sni", "10.213.0.7 good.test 443 evil.test", "ERR", "sni-mismatch"),
         ("sni", "10.213.0.7 good.test 443 -", "ERR", "no-sni"),
         ("sni", "10.213.0.7 good.test", "ERR", "helper-error"),
+        # Fields come as sent and are never decoded: `%` is refused, not read as an escape.
+        ("connect", "10.213.0.7 CONNECT good%2etest 443", "ERR", "helper-error"),
+        ("connect", "10.213.0.7 CONNECT x.good%2Etest 443", "ERR", "helper-error"),
+        ("sni", "10.213.0.7 good.test 443 good.test%20evil.test", "ERR", "helper-error"),
+        ("sni", "10.213.0.7 good.test 443 good.test x=1", "ERR", "helper-error"),
+        ("sni", "10.213.0.7 good.test 443 good.test\x7f", "ERR", "helper-error"),
     ],
 )
 def test_the_helper_answers_squid(
     policy: acl_helper.Policy, phase: str, fields: str, verdict: str, rule: str
 ) -> None:
-    reply = acl_helper.answer(policy, phase, f"3 {fields}\n")
+    reply = acl_helper.answer(policy, phase, f"3 {fields} -\n")  # Squid ends each line with %DATA
     assert reply.startswith(f"3 {verdict} ")
     assert f'rule="{rule}"' in reply
     if verdict == "OK" and phase == "sni":
@@ -134,6 +141,7 @@ def test_an_sni_mismatch_and_a_late_block_are_refusals() -> None:
                 host="good.test",
                 status="200",
                 rule="good.test:443",
+                principal="alice",
             ),
             0.0,
         )
@@ -156,9 +164,15 @@ def test_front_refusals_name_their_rule_and_probes_are_not_connections() -> None
     assert addr is not None and addr.rule == "blocked-address"
     assert joiner.front(_line(src="10.213.0.1", method="-", status="0"), 0) is None
     plain = joiner.front(
-        _line(src="10.213.0.7", method="GET", host="a", status="200", server="198.51.100.10"), 0
+        _line(
+            src="10.213.0.7", method="GET", host="a", status="200", server="198.51.100.10", principal="alice"
+        ),
+        0,
     )
     assert plain is not None and plain.allowed
+    # Squid refused it as malformed before asking the helper: never an allowed connection.
+    odd = joiner.front(_line(src="10.213.0.7", method="PRI", host="", status="200"), 0)
+    assert odd is not None and not odd.allowed and odd.rule == "invalid-request"
 
 
 def _layout(tmp_path: Path) -> ProxyLayout:
