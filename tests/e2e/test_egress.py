@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from policy.loader import default_policy_path
-from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
+from tests.e2e.conftest import mcp_client
+from tests.e2e.egress_gateways import bash, egress_gateway, outside_world, with_ca
 from tests.support import audit_events
-from tests.support.egress_lock import egress_port
-from tests.support.egress_world import DNS_IP, PRIVATE_IP, PUBLIC_IP, PUBLIC_IP_2, World
+from tests.support.egress_world import PRIVATE_IP, PUBLIC_IP, PUBLIC_IP_2, World
 from tests.support.gateway_process import Gateway
 from tests.support.waiting import eventually
 
@@ -37,48 +35,16 @@ RATE = 256 * 1024
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    outside = World(tmp_path_factory.mktemp("world"))
-    outside.start()
-    try:
+    with outside_world(tmp_path_factory.mktemp("world")) as outside:
         yield outside
-    finally:
-        outside.stop()
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, world: World, backend: Any) -> Iterator[Gateway]:
-    work = tmp_path_factory.mktemp("egress")
-    policy = yaml.safe_load(default_policy_path().read_text())
-    policy["profiles"]["web"] = {
-        "extends": "default",
-        "egress": {"allow": ALLOW, "max_connections": 3, "download_bytes_per_s": RATE},
-    }
-    (work / "policy.yaml").write_text(yaml.safe_dump(policy))
-    with egress_port():
-        gw = start_gateway(
-            work,
-            "--policy", str(work / "policy.yaml"),
-            "--egress-hosts-file", str(world.hosts_path),
-            "--egress-dns", DNS_IP,
-            principals={"alice": "web", "bob": "web", "carol": "default"},
-        )  # fmt: skip
-        try:
-            yield gw
-        finally:
-            stop_gateway(gw)
-    assert backend.list({"sandbox-gateway.gateway": gw.gateway_id}) == [], "no sandbox is left"
-
-
-async def bash(gateway: Gateway, who: str, command: str, timeout_s: float = 30) -> dict[str, Any]:
-    async with mcp_client(gateway.url, gateway.tokens[who]) as client:
-        result = await client.call_tool("execute_bash", {"command": command, "timeout_s": timeout_s})
-    assert result.structured_content is not None, result
-    return dict(result.structured_content)
-
-
-async def with_ca(gateway: Gateway, who: str, world: World, command: str) -> dict[str, Any]:
-    """`command` in `who`'s sandbox, with the world's CA at ./ca.pem."""
-    return await bash(gateway, who, f"cat > ca.pem <<'EOF'\n{world.ca_pem}EOF\n{command}")
+    egress = {"allow": ALLOW, "max_connections": 3, "download_bytes_per_s": RATE}
+    principals = {"alice": "web", "bob": "web", "carol": "default"}
+    with egress_gateway(tmp_path_factory.mktemp("egress"), world, egress, principals, backend) as gw:
+        yield gw
 
 
 def connections(gateway: Gateway, **match: Any) -> list[dict[str, Any]]:

@@ -13,15 +13,12 @@ from typing import Any
 
 import anyio
 import pytest
-import yaml
 
-from policy.loader import default_policy_path
 from tests.e2e import test_egress
-from tests.e2e.conftest import start_gateway, stop_gateway
-from tests.e2e.test_egress import OWN_ADDRESS, bash, connections, with_ca
+from tests.e2e.egress_gateways import bash, egress_gateway, with_ca
+from tests.e2e.test_egress import OWN_ADDRESS, connections
 from tests.support import read_events
-from tests.support.egress_lock import egress_port
-from tests.support.egress_world import DNS_IP, PUBLIC_IP, World
+from tests.support.egress_world import PUBLIC_IP, World
 from tests.support.gateway_process import Gateway
 from tests.support.waiting import eventually, eventually_async
 
@@ -83,23 +80,10 @@ def get(url, host=None):
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, world: World, backend: Any) -> Iterator[Gateway]:
-    work = tmp_path_factory.mktemp("egress-attacks")
-    policy = yaml.safe_load(default_policy_path().read_text())
-    policy["profiles"]["web"] = {"extends": "default", "egress": {"allow": ALLOW, "max_connections": 3}}
-    (work / "policy.yaml").write_text(yaml.safe_dump(policy))
-    with egress_port():
-        gw = start_gateway(
-            work,
-            "--policy", str(work / "policy.yaml"),
-            "--egress-hosts-file", str(world.hosts_path),
-            "--egress-dns", DNS_IP,
-            principals={"alice": "web", "bob": "web"},
-        )  # fmt: skip
-        try:
-            yield gw
-        finally:
-            stop_gateway(gw)
-    assert backend.list({"sandbox-gateway.gateway": gw.gateway_id}) == [], "no sandbox is left"
+    egress = {"allow": ALLOW, "max_connections": 3}
+    principals = {"alice": "web", "bob": "web"}
+    with egress_gateway(tmp_path_factory.mktemp("egress-attacks"), world, egress, principals, backend) as gw:
+        yield gw
 
 
 async def attack(gateway: Gateway, who: str, code: str) -> Any:

@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gateway.backend.docker_engine import DockerBackend
-from policy.loader import default_policy_path
 from tests.e2e.conftest import mcp_client, start_gateway, stop_gateway
+from tests.e2e.egress_gateways import egress_arguments, egress_policy, outside_world
 from tests.support import audit_events
 from tests.support.egress_lock import egress_port
-from tests.support.egress_world import DNS_IP, World
+from tests.support.egress_world import World
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.anyio
@@ -27,12 +26,8 @@ GATEWAY_ID = "egress-restart-test"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    outside = World(tmp_path_factory.mktemp("world"))
-    outside.start()
-    try:
+    with outside_world(tmp_path_factory.mktemp("world")) as outside:
         yield outside
-    finally:
-        outside.stop()
 
 
 async def fetch(url: str, token: str, world: World) -> dict[str, object]:
@@ -67,11 +62,8 @@ def squids(gateway_id: str) -> list[int]:
 async def test_after_a_sigkill_the_next_gateway_takes_egress_over(
     tmp_path: Path, world: World, backend: DockerBackend
 ) -> None:
-    doc = yaml.safe_load(default_policy_path().read_text())
-    doc["profiles"]["web"] = {"extends": "default", "egress": {"allow": ["good.test:443"]}}
-    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(doc))
-    common = ["--policy", str(tmp_path / "policy.yaml"), "--gateway-id", GATEWAY_ID]
-    common += ["--egress-hosts-file", str(world.hosts_path), "--egress-dns", DNS_IP]
+    common = egress_policy(tmp_path / "policy.yaml", {"allow": ["good.test:443"]})
+    common += ["--gateway-id", GATEWAY_ID, *egress_arguments(world)]
     with egress_port():
         first = start_gateway(tmp_path, *common, principals={"alice": "web"})
         assert "host=good.test" in str((await fetch(first.url, first.tokens["alice"], world))["stdout"])

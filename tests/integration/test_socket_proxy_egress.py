@@ -5,7 +5,6 @@ try, is refused by its rule and leaves nothing behind; addresses are fuzzed agai
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import json
 import uuid
@@ -22,6 +21,7 @@ from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import load_policy
 from tests.conftest import IMAGE
 from tests.integration.test_socket_proxy import call, engine_call, refused_by
+from tests.support.bodies import edited
 
 NET = EgressNetwork.from_env()
 UIDS = UidRange.parse(DEFAULT_UID_RANGE)
@@ -65,19 +65,6 @@ def remove_what_the_test_made() -> Iterator[None]:
     )
     for row in rows.json():
         engine_call("DELETE", f"/v1.41/containers/{row['Id']}?force=1")
-
-
-def _edit(body: dict[str, Any], path: str, value: Any = KeyError) -> dict[str, Any]:
-    changed = copy.deepcopy(body)
-    *parents, last = path.split("/")
-    node = changed
-    for key in parents:
-        node = node[key]
-    if value is KeyError:
-        del node[last]
-    else:
-        node[last] = value
-    return changed
 
 
 def test_the_egress_body_is_created_exactly_as_sent() -> None:
@@ -134,7 +121,7 @@ def _refused_cases() -> list[Any]:
 @pytest.mark.parametrize(("path", "value"), _refused_cases())
 def test_a_wider_egress_body_is_refused_and_nothing_is_made(path: str, value: Any) -> None:
     sandbox = name()
-    body = _edit(egress_body(free_address()), path, value)
+    body = edited(egress_body(free_address()), path, value)
     response = call("POST", f"/v1.41/containers/create?name={sandbox}", body)
     assert response.status_code == 403, response.text
     assert refused_by(response) in ("body-shape", "egress-network")

@@ -4,7 +4,6 @@ bodies go to the real proxy and engine in tests/integration/test_socket_proxy_eg
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from gateway.sockproxy.create_rules import validate_create
 from gateway.sockproxy.errors import Refused
 from gateway.sockproxy.rules import ProxyRules
 from policy import load_policy
+from tests.support.bodies import edited
 
 NET = EgressNetwork()
 NAME = "sgw-0123456789abcdef"
@@ -39,19 +39,6 @@ def test_the_socket_proxy_accepts_the_egress_body_the_broker_sends() -> None:
     assert validate_create(NAME, body, RULES) == body
     with pytest.raises(Refused):  # a proxy not told of the egress network refuses it
         validate_create(NAME, body, ProxyRules(2000000000, 2000999999, seccomp_options()))
-
-
-def _set(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    changed = copy.deepcopy(body)
-    *parents, last = path.split(".")
-    node = changed
-    for key in parents:
-        node = node[key]
-    if value is KeyError:
-        del node[last]
-    else:
-        node[last] = value
-    return changed
 
 
 @pytest.mark.parametrize(
@@ -83,7 +70,7 @@ def _set(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 )
 def test_the_socket_proxy_refuses_anything_wider(path: str, value: Any) -> None:
     with pytest.raises(Refused):
-        validate_create(NAME, _set(_egress_body(), path, value), RULES)
+        validate_create(NAME, edited(_egress_body(), path, value, sep="."), RULES)
 
 
 def test_a_none_network_body_cannot_smuggle_the_egress_endpoint() -> None:
