@@ -22,10 +22,10 @@ from gateway.egress.log_lines import Connection, Joiner, parse_line
 from gateway.egress.network import EgressNetwork
 from gateway.egress.squid import SquidPair, layout_for
 from gateway.errors import EgressUnavailable
-from policy import Policy, Principal
+from policy import Policy, Principal, SandboxSpec
 from policy.egress_model import Egress
 
-__all__ = ["EGRESS_STATE_ROOT", "EgressService"]
+__all__ = ["EGRESS_STATE_ROOT", "EgressService", "running_for"]
 
 #: Where each gateway's egress proxy keeps its files by default (a directory per gateway id).
 EGRESS_STATE_ROOT = Path("/run/sandbox-gateway/egress")
@@ -219,3 +219,14 @@ class EgressService:
         self._pair = None
         with contextlib.suppress(AuditWriteError):
             self._audit.emit("egress.stop")
+
+
+async def running_for(service: EgressService | None, spec: SandboxSpec) -> EgressService | None:
+    """The egress service, its proxy running, for a sandbox with network egress; None for network
+    none. EgressUnavailable when the gateway has none (or its proxy cannot start)."""
+    if spec.network != "egress":
+        return None
+    if service is None:
+        raise EgressUnavailable("this gateway has no egress network: run `sandbox-gateway setup`")
+    await service.ensure_running()
+    return service

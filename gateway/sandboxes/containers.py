@@ -18,8 +18,8 @@ from gateway.backend.create_body import create_body
 from gateway.backend.docker_exec import DockerExec
 from gateway.backend.ops import DockerOps
 from gateway.egress.network import EgressNetwork
-from gateway.egress.service import EgressService
-from gateway.errors import AddressInUse, EgressUnavailable, GatewayError, SandboxError, UidInUse
+from gateway.egress.service import EgressService, running_for
+from gateway.errors import AddressInUse, GatewayError, SandboxError, UidInUse
 from gateway.sandboxes import naming
 from gateway.sandboxes.model import Sandbox
 from gateway.uids import UidRange
@@ -174,10 +174,7 @@ class Containers:
         attrs: dict[str, str | None],
     ) -> tuple[str, int]:
         """Create the container as a uid of its own (egress: at an address held first): (id, uid)."""
-        egress = self.egress if grant.spec.network == "egress" else None
-        if grant.spec.network == "egress" and egress is None:
-            raise EgressUnavailable("this gateway has no egress network: run `sandbox-gateway setup`")
-        await egress.ensure_running() if egress is not None else None
+        egress = await running_for(self.egress, grant.spec)
         for attempt in range(_UID_ATTEMPTS):
             uid = self.uids.pick(taken_uids)
             labels = self._labels(principal, grant)
