@@ -79,14 +79,19 @@ def engine_call(method: str, path: str, body: object | None = None) -> httpx.Res
     return call(method, path, body, through=ENGINE)
 
 
-@pytest.fixture(autouse=True)
-def remove_what_the_test_made() -> Iterator[None]:
-    yield
+def remove_labelled(run: str) -> None:
+    """Remove every container a test run labelled `sandbox-gateway.gateway=run` (on the raw engine)."""
     rows = engine_call(
-        "GET", '/v1.41/containers/json?all=1&filters={"label":["sandbox-gateway.gateway=' + RUN + '"]}'
+        "GET", '/v1.41/containers/json?all=1&filters={"label":["sandbox-gateway.gateway=' + run + '"]}'
     )
     for row in rows.json():
         engine_call("DELETE", f"/v1.41/containers/{row['Id']}?force=1")
+
+
+@pytest.fixture(autouse=True)
+def remove_what_the_test_made() -> Iterator[None]:
+    yield
+    remove_labelled(RUN)
 
 
 # -- routes -------------------------------------------------------------------------------------

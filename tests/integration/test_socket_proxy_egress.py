@@ -20,7 +20,7 @@ from gateway.egress.network import EgressNetwork
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import load_policy
 from tests.conftest import IMAGE
-from tests.integration.test_socket_proxy import call, engine_call, refused_by
+from tests.integration.test_socket_proxy import call, engine_call, refused_by, remove_labelled
 from tests.support.bodies import edited
 
 NET = EgressNetwork.from_env()
@@ -60,11 +60,7 @@ def free_address() -> str:
 @pytest.fixture(autouse=True)
 def remove_what_the_test_made() -> Iterator[None]:
     yield
-    rows = engine_call(
-        "GET", '/v1.41/containers/json?all=1&filters={"label":["sandbox-gateway.gateway=' + RUN + '"]}'
-    )
-    for row in rows.json():
-        engine_call("DELETE", f"/v1.41/containers/{row['Id']}?force=1")
+    remove_labelled(RUN)
 
 
 def test_the_egress_body_is_created_exactly_as_sent() -> None:
