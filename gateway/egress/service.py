@@ -104,12 +104,17 @@ class EgressService:
             )
 
     def publish(self) -> None:
-        """Rewrite policy.json (who holds which address, what each profile allows), and front's
-        limits if they changed."""
+        """After a policy change: rewrite policy.json (what each profile allows) and front's limits
+        if they changed."""
         if self._pair is None:
             return
-        write_json(self._pair.layout.policy_file, self._document())
+        self._write_policy()
         self._pair.reconfigure(self.profiles())
+
+    def _write_policy(self) -> None:
+        """Rewrite policy.json: who holds which address (the helper re-reads it on change)."""
+        if self._pair is not None:
+            write_json(self._pair.layout.policy_file, self._document())
 
     def hold(self, principal: Principal | None, profile: str) -> tuple[EgressNetwork, str]:
         """(the network, an address on it) for a sandbox about to be made (for a warm pool when
@@ -118,13 +123,13 @@ class EgressService:
             raise EgressUnavailable("the egress proxy is not running")
         who = (principal.id, principal.tenant) if principal is not None else ("(pool)", "")
         address = self.addresses.pick(Holder(*who, profile))
-        self.publish()
+        self._write_policy()
         return self.network, address
 
     def claim(self, address: str, principal: str, tenant: str, profile: str, container_id: str) -> bool:
         if not self.addresses.claim(address, Holder(principal, tenant, profile, container_id)):
             return False
-        self.publish()
+        self._write_policy()
         return True
 
     def attached(self, address: str, container_id: str) -> None:
@@ -132,11 +137,11 @@ class EgressService:
 
     def reassign(self, container_id: str, principal: str, tenant: str, profile: str) -> None:
         self.addresses.reassign(container_id, principal, tenant, profile)
-        self.publish()
+        self._write_policy()
 
     def release(self, *, address: str | None = None, container_id: str | None = None) -> None:
         if self.addresses.release(address=address, container_id=container_id):
-            self.publish()
+            self._write_policy()
 
     def poll(self, *, everything: bool = False) -> list[Connection]:
         """Read new log lines; the connections that ended, joined."""
