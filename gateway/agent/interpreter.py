@@ -1,0 +1,292 @@
+"""run_python's long-lived interpreter: one per sandbox, a child of the sandbox agent (standard library only).
+
+The image holds it read-only as /opt/sandbox-gateway/sgw_agent/interpreter.py; the agent starts it as
+`python3 interpreter.py CWD` with the sandbox's uid, environment and limits, and:
+  fd 0 /dev/null; fd 1, 2 pipes the agent reads during a call (so output of C code and of
+  subprocesses counts too); fd 3 requests in; fd 4 answers out.
+Each message on fd 3 and fd 4 is a 4-byte big-endian length and that much UTF-8 JSON:
+  request {"id": int, "code": str, "caps": {"value", "text", "images", "image_bytes", "rows"}}
+  answer  {"id", "value": str|None, "rich": [{"mime", "data"[, "note"]}], "error": {"type",
+           "message", "traceback"}|None, "interrupted": bool, "duration_ms", "rss_kb", "threads"}
+Calls are strictly one after another. SIGINT interrupts the running call only (KeyboardInterrupt in
+the code); between calls it is ignored. Anything else that ends this process ends the state: the
+agent sees it and the next call says so.
+
+Everything here runs as the code it runs does: the agent checks each answer's framing and the
+gateway checks each answer's content. Nothing in here is trusted by either.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import builtins
+import contextlib
+import io
+import json
+import linecache
+import os
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+REQUESTS, ANSWERS = 3, 4
+LENGTH = struct.Struct(">I")
+#: Default caps; each request brings the profile's own.
+CAPS = {"value": 64 * 1024, "text": 256 * 1024, "images": 8, "image_bytes": 4 * 1024 * 1024, "rows": 50}
+#: Largest request read (the gateway sends far less: code is capped at its input limit).
+MAX_REQUEST = 16 * 1024 * 1024
+_HERE = os.path.abspath(__file__)
+_OWNER = os.getpid()
+_TEXT_REPRS = (("_repr_svg_", "image/svg+xml"), ("_repr_markdown_", "text/markdown"), ("_repr_html_", "text/html"))
+
+
+class _Cell:
+    """What the current call has shown: rich outputs within the caps."""
+
+    def __init__(self, caps: dict[str, int]) -> None:
+        self.caps = caps
+        self.rich: list[dict[str, Any]] = []
+        self.images = 0
+        self.image_bytes = 0
+
+    def note(self, text: str) -> None:
+        self.rich.append({"mime": "text/plain", "data": text[: self.caps["text"]], "note": True})
+
+    def image(self, data: bytes, what: str) -> None:
+        if self.images >= self.caps["images"] or self.image_bytes + len(data) > self.caps["image_bytes"]:
+            self.note(f"{what} not shown: above this call's image cap")
+            return
+        self.images += 1
+        self.image_bytes += len(data)
+        self.rich.append({"mime": "image/png", "data": base64.b64encode(data).decode()})
+
+    def text(self, mime: str, data: str) -> None:
+        limit = self.caps["text"]
+        if len(data) > limit:
+            data = data[:limit] + f"\n… (cut at {limit} characters)"
+        self.rich.append({"mime": mime, "data": data})
+
+    def show(self, value: object) -> None:
+        """`value` as the richest representations it offers."""
+        kind = type(value)
+        if (kind.__module__ or "").startswith("pandas") and kind.__name__ in ("DataFrame", "Series"):
+            self._table(value)
+            return
+        png = getattr(kind, "_repr_png_", None)
+        if png is not None:
+            data = _first(_call(png, value))
+            if isinstance(data, str):
+                data = data.encode("latin-1", errors="replace")
+            if isinstance(data, bytes):
+                self.image(data, f"the PNG of a {kind.__name__}")
+        for method, mime in _TEXT_REPRS:
+            found = getattr(kind, method, None)
+            if found is not None:
+                data = _first(_call(found, value))
+                if isinstance(data, str):
+                    self.text(mime, data)
+                    return  # the richest text form is enough
+
+    def _table(self, frame: Any) -> None:
+        rows = self.caps["rows"]
+        head = frame.head(rows)
+        try:
+            table = head.to_markdown()
+        except ImportError:  # no tabulate: fixed-width text in a code block
+            table = "```\n" + head.to_string() + "\n```"
+        if len(frame) > rows:
+            table += f"\n\n({len(frame)} rows; the first {rows} shown)"
+        self.text("text/markdown", table)
+
+    def figures(self) -> None:
+        """Every open matplotlib figure as a PNG, then closed (closed ones are not shown twice)."""
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is None:
+            return
+        for number in plt.get_fignums():
+            figure = plt.figure(number)
+            try:
+                buffer = io.BytesIO()
+                figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+                self.image(buffer.getvalue(), f"figure {number}")
+            except Exception as exc:  # noqa: BLE001 - a figure that cannot render is reported, not fatal
+                self.note(f"figure {number} could not be rendered: {exc!r}")
+            finally:
+                plt.close(figure)
+
+
+def _call(method: Any, value: object) -> object:
+    try:
+        return method(value)
+    except Exception:  # noqa: BLE001 - a broken _repr_ costs that representation only
+        return None
+
+
+def _first(data: object) -> object:
+    return data[0] if isinstance(data, tuple) and data else data
+
+
+_busy = False
+_cell: _Cell | None = None
+
+
+def _on_sigint(_signum: int, _frame: object) -> None:
+    if _busy:
+        raise KeyboardInterrupt
+
+
+def display(*values: object) -> None:
+    """Show each value in this call's result as run_python shows a final expression."""
+    for value in values:
+        if _cell is not None and value is not None:
+            _cell.show(value)
+
+
+def _traceback(exc: BaseException) -> str:
+    """The traceback of the code's own frames (and the libraries it called), not this file's."""
+    summary = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    seen: list[traceback.TracebackException] = []
+    part: traceback.TracebackException | None = summary
+    while part is not None and part not in seen:
+        seen.append(part)
+        part.stack = traceback.StackSummary.from_list(
+            [frame for frame in part.stack if os.path.abspath(frame.filename) != _HERE]
+        )
+        part = part.__cause__ or (None if part.__suppress_context__ else part.__context__)
+    return "".join(summary.format())
+
+
+def _run(namespace: dict[str, Any], number: int, code: str, caps: dict[str, int]) -> dict[str, Any]:
+    """Run one cell: all statements, and the value of a final expression (kept as `_`)."""
+    global _busy, _cell
+    name = f"<cell-{number}>"
+    linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+    answer: dict[str, Any] = {"value": None, "error": None, "interrupted": False}
+    cell = _cell = _Cell(caps)
+    started = time.perf_counter()
+    try:
+        tree = ast.parse(code, name, "exec")
+        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        body = compile(tree, name, "exec")
+        tail = compile(ast.Expression(last.value), name, "eval") if last is not None else None
+        _busy = True
+        try:
+            exec(body, namespace)  # noqa: S102 - running the caller's code is this process's purpose
+            value = eval(tail, namespace) if tail is not None else None  # noqa: S307
+        finally:
+            _busy = False
+        if value is not None:
+            namespace["_"] = value
+            text = repr(value)
+            if len(text) > caps["value"]:
+                text = text[: caps["value"]] + f"… (cut at {caps['value']} characters)"
+            answer["value"] = text
+            cell.show(value)
+    except KeyboardInterrupt as exc:
+        answer["interrupted"] = True
+        answer["error"] = {"type": "KeyboardInterrupt", "message": "", "traceback": _traceback(exc)}
+    except SyntaxError as exc:
+        text = "".join(traceback.format_exception_only(type(exc), exc))
+        answer["error"] = {"type": "SyntaxError", "message": str(exc), "traceback": text}
+    except BaseException as exc:  # noqa: BLE001 - SystemExit too: the interpreter and its state stay
+        answer["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": _traceback(exc)}
+    try:
+        cell.figures()
+    except Exception as exc:  # noqa: BLE001
+        cell.note(f"figures could not be captured: {exc!r}")
+    _cell = None
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    answer["rich"] = cell.rich
+    answer["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return answer
+
+
+def _read_exactly(count: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < count:
+        try:
+            piece = os.read(REQUESTS, count - len(data))
+        except InterruptedError:
+            continue
+        if not piece:
+            return None
+        data += piece
+    return bytes(data)
+
+
+def _send(answer: dict[str, Any]) -> None:
+    data = json.dumps(answer, separators=(",", ":"), default=str).encode()
+    view = memoryview(LENGTH.pack(len(data)) + data)
+    while view:
+        try:
+            view = view[os.write(ANSWERS, view) :]
+        except InterruptedError:
+            continue
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _caps(asked: object) -> dict[str, int]:
+    caps = dict(CAPS)
+    if isinstance(asked, dict):
+        for key in caps:
+            if isinstance(asked.get(key), int) and asked[key] >= 0:
+                caps[key] = asked[key]
+    return caps
+
+
+def _forked() -> None:
+    """The code forked: the copy must never speak for this interpreter."""
+    for fd in (REQUESTS, ANSWERS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def serve() -> None:
+    """Answer requests until fd 3 closes."""
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "display": display}
+    while True:
+        head = _read_exactly(LENGTH.size)
+        size = LENGTH.unpack(head)[0] if head is not None else 0
+        raw = _read_exactly(size) if head is not None and size <= MAX_REQUEST else None
+        if raw is None:
+            return
+        request = json.loads(raw)
+        number, code = int(request["id"]), str(request["code"])
+        try:
+            answer = _run(namespace, number, code, _caps(request.get("caps")))
+        except KeyboardInterrupt:  # the interrupt came as the call was ending: it ends interrupted
+            error = {"type": "KeyboardInterrupt", "message": "", "traceback": ""}
+            answer = {"value": None, "rich": [], "error": error, "interrupted": True, "duration_ms": 0}
+        if os.getpid() != _OWNER:  # a fork of the code came back up to here: it leaves silently
+            os._exit(0)
+        answer.update(id=number, rss_kb=_rss_kb(), threads=threading.active_count())
+        _send(answer)
+
+
+def main() -> None:
+    if len(sys.argv) > 1:
+        os.chdir(sys.argv[1])
+    sys.argv = [""]
+    sys.path[0] = ""  # as an interactive interpreter: the working directory, not this file's
+    os.environ.setdefault("MPLBACKEND", "Agg")  # no display in a sandbox
+    os.environ.setdefault("MPLCONFIGDIR", "/tmp/.matplotlib")  # noqa: S108 - keeps /workspace clean
+    signal.signal(signal.SIGINT, _on_sigint)
+    os.register_at_fork(after_in_child=_forked)
+    for fd in (REQUESTS, ANSWERS):
+        os.set_inheritable(fd, False)  # subprocesses of the code get neither
+    serve()
+
+
+if __name__ == "__main__":
+    main()
