@@ -42,7 +42,11 @@ CAPS = {"value": 64 * 1024, "text": 256 * 1024, "images": 8, "image_bytes": 4 * 
 MAX_REQUEST = 16 * 1024 * 1024
 _HERE = os.path.abspath(__file__)
 _OWNER = os.getpid()
-_TEXT_REPRS = (("_repr_svg_", "image/svg+xml"), ("_repr_markdown_", "text/markdown"), ("_repr_html_", "text/html"))
+_TEXT_REPRS = (
+    ("_repr_svg_", "image/svg+xml"),
+    ("_repr_markdown_", "text/markdown"),
+    ("_repr_html_", "text/html"),
+)
 
 
 class _Cell:
@@ -131,20 +135,23 @@ def _first(data: object) -> object:
     return data[0] if isinstance(data, tuple) and data else data
 
 
-_busy = False
-_cell: _Cell | None = None
+class _Now:
+    """Whether the code is running (SIGINT interrupts it only then) and the call it belongs to."""
+
+    busy = False
+    cell: _Cell | None = None
 
 
 def _on_sigint(_signum: int, _frame: object) -> None:
-    if _busy:
+    if _Now.busy:
         raise KeyboardInterrupt
 
 
 def display(*values: object) -> None:
     """Show each value in this call's result as run_python shows a final expression."""
     for value in values:
-        if _cell is not None and value is not None:
-            _cell.show(value)
+        if _Now.cell is not None and value is not None:
+            _Now.cell.show(value)
 
 
 def _traceback(exc: BaseException) -> str:
@@ -163,23 +170,25 @@ def _traceback(exc: BaseException) -> str:
 
 def _run(namespace: dict[str, Any], number: int, code: str, caps: dict[str, int]) -> dict[str, Any]:
     """Run one cell: all statements, and the value of a final expression (kept as `_`)."""
-    global _busy, _cell
     name = f"<cell-{number}>"
     linecache.cache[name] = (len(code), None, code.splitlines(True), name)
     answer: dict[str, Any] = {"value": None, "error": None, "interrupted": False}
-    cell = _cell = _Cell(caps)
+    cell = _Now.cell = _Cell(caps)
     started = time.perf_counter()
     try:
         tree = ast.parse(code, name, "exec")
-        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+        last = tree.body[-1] if tree.body else None
+        tail = None
+        if isinstance(last, ast.Expr):
+            tree.body.pop()
+            tail = compile(ast.Expression(last.value), name, "eval")
         body = compile(tree, name, "exec")
-        tail = compile(ast.Expression(last.value), name, "eval") if last is not None else None
-        _busy = True
+        _Now.busy = True
         try:
             exec(body, namespace)  # noqa: S102 - running the caller's code is this process's purpose
             value = eval(tail, namespace) if tail is not None else None  # noqa: S307
         finally:
-            _busy = False
+            _Now.busy = False
         if value is not None:
             namespace["_"] = value
             text = repr(value)
@@ -199,7 +208,7 @@ def _run(namespace: dict[str, Any], number: int, code: str, caps: dict[str, int]
         cell.figures()
     except Exception as exc:  # noqa: BLE001
         cell.note(f"figures could not be captured: {exc!r}")
-    _cell = None
+    _Now.cell = None
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

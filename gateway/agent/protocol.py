@@ -5,6 +5,9 @@
   {"op": "hello", "nonce": str} | {"op": "run", "id": int, "argv": [str], "env": [str], "cwd": str,
   "deadline_s": float, "max_output": int[, "timeout_s": float, "kill_after_s": float]} |
   {"op": "kill", "id": int} | {"op": "reap", "id": int} |
+  {"op": "py", "id": int, "code": str, "env": [str], "cwd": str, "timeout_s": float, "kill_after_s":
+  float, "deadline_s": float, "max_output": int, "idle_s": float | null, "caps": {...}} (run_python,
+  see interpreter_host.py) |
   {"op": "tool_result", "id": int, "conn": int, "line": str} (the answer to a tool call, see below)
 - agent -> gateway, on stdout: frames of a 9-byte header (kind, request id, payload length; big
   endian) and the payload: output chunks (OUT, ERR), the end of a run (EXIT, JSON), a refusal
@@ -12,6 +15,8 @@
   answer to hello (HELLO, "<nonce> <protocol>"), and the tool calls of a run started with
   `"tools": true` (TOOL: "<connection> <line>", as the run's code wrote it; a call longer than one
   frame comes as TOOL_PART frames followed by its last piece in a TOOL frame). See tool_ports.py.
+  The end of a py call is RESULT (RESULT_PART pieces first when it is long): a JSON summary line,
+  then the interpreter's answer as it sent it (nothing when it gave none).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from typing import Any
 
 PROTOCOL = 2
 HEADER = struct.Struct(">BII")
-OUT, ERR, EXIT, HELLO, FAIL, TOOL, TOOL_PART = 1, 2, 3, 4, 5, 6, 7
+OUT, ERR, EXIT, HELLO, FAIL, TOOL, TOOL_PART, RESULT, RESULT_PART = 1, 2, 3, 4, 5, 6, 7, 8, 9
+#: Every kind of frame the agent sends.
+KINDS = frozenset({OUT, ERR, EXIT, HELLO, FAIL, TOOL, TOOL_PART, RESULT, RESULT_PART})
 #: Largest payload of one frame; the gateway refuses anything bigger.
 MAX_PAYLOAD = 64 * 1024
 #: Longest request line (code travels in argv, capped well below this by the gateway).
@@ -44,13 +51,16 @@ class Writer:
             self.pending += HEADER.pack(kind, request_id, len(piece)) + piece
         self.flush()
 
-    def send_message(self, request_id: int, payload: bytes) -> None:
-        """One tool call, in as many frames as it takes: TOOL_PART pieces, then the last in a TOOL."""
+    def send_message(
+        self, request_id: int, payload: bytes, *, last: int = TOOL, part: int = TOOL_PART
+    ) -> None:
+        """One message (a tool call, a run_python result) in as many frames as it takes: `part`
+        pieces, then the last in a `last` frame."""
         pieces = [
             payload[start : start + MAX_PAYLOAD] for start in range(0, max(len(payload), 1), MAX_PAYLOAD)
         ]
         for index, piece in enumerate(pieces):
-            kind = TOOL if index == len(pieces) - 1 else TOOL_PART
+            kind = last if index == len(pieces) - 1 else part
             self.pending += HEADER.pack(kind, request_id, len(piece)) + piece
         self.flush()
 

@@ -30,40 +30,12 @@ import sys
 import time
 from typing import Any
 
+from .interpreter_host import InterpreterHost
 from .processes import NO_RESOURCES, Run, ignore_signals, killpg, parse_run, start
-from .protocol import (
-    ERR,
-    EXIT,
-    FAIL,
-    HEADER,
-    HELLO,
-    MAX_PAYLOAD,
-    MAX_REQUEST,
-    OUT,
-    PROTOCOL,
-    TOOL,
-    TOOL_PART,
-    Requests,
-    Writer,
-)
+from .protocol import ERR, EXIT, FAIL, HELLO, MAX_PAYLOAD, MAX_REQUEST, OUT, PROTOCOL, Requests, Writer
 from .tool_ports import ENV_NAME, Port
 
-__all__ = [
-    "ERR",
-    "EXIT",
-    "FAIL",
-    "HEADER",
-    "HELLO",
-    "MAX_PAYLOAD",
-    "MAX_REQUEST",
-    "OUT",
-    "PROTOCOL",
-    "TOOL",
-    "TOOL_PART",
-    "Agent",
-    "Writer",
-    "main",
-]
+__all__ = ["Agent", "main"]
 
 _PR_SET_DUMPABLE = 4
 #: Output queued for the gateway beyond which the agent stops reading commands' pipes until it drains.
@@ -90,13 +62,15 @@ class Agent:
         self.ports: dict[int, Port] = {}
         self.requests = Requests(MAX_REQUEST)
         self.reading = True
+        #: run_python's interpreter (interpreter_host.py), started by the first py request.
+        self.python = InterpreterHost(writer, self.defaults)
 
     # -- the loop --------------------------------------------------------------------------------
 
     def serve(self) -> None:
         while True:
+            timeout = self._tick()  # first: what it ends or sends changes what to wait for
             self._watch()
-            timeout = self._tick()
             for fd, events in self.poller.poll(None if timeout is None else timeout * 1000):
                 if fd == self.stdin:
                     self._read_requests()
@@ -106,6 +80,8 @@ class Agent:
                     self.writer.flush()
                 elif fd in self.by_pipe:
                     self._pump(fd)
+                elif self.python.owns(fd):
+                    self.python.ready(fd)
                 else:
                     self._tool_event(fd, events)
 
@@ -120,6 +96,7 @@ class Agent:
             wanted.update(dict.fromkeys(self.by_pipe, select.POLLIN))
             for port in self.ports.values():
                 wanted.update(port.wanted())
+        wanted.update(self.python.wanted(len(self.writer.pending) < _BACKLOG))
         for fd in [fd for fd in self.watched if fd not in wanted]:
             self.poller.unregister(fd)
             del self.watched[fd]
@@ -140,6 +117,9 @@ class Agent:
                 self._report(run)
             else:
                 waits.append(wait)
+        python = self.python.tick(now)
+        if python is not None:
+            waits.append(python)
         return min(waits) if waits else None
 
     # -- requests --------------------------------------------------------------------------------
@@ -164,10 +144,13 @@ class Agent:
             self.writer.send(HELLO, 0, f"{nonce} {PROTOCOL}".encode())
         elif op == "run":
             self._start(request_id, request)
+        elif op == "py":
+            self._python(request_id, request)
         elif op == "kill":
             run = self.runs.get(request_id)
             if run is not None:
                 killpg(run.pid)
+            self.python.cancel(request_id)
         elif op == "reap":
             self._reap_all(request_id)
         elif op == "tool_result":
@@ -182,6 +165,7 @@ class Agent:
 
     def _reap_all(self, request_id: int) -> None:
         """Kill every process the sandbox's uid can signal, except PID 1 (this agent)."""
+        self.python.reaping()
         try:
             os.kill(-1, signal.SIGKILL)
             code = 0
@@ -221,6 +205,19 @@ class Agent:
         self.by_pid[run.pid] = run
         for fd in run.pipes:
             self.by_pipe[fd] = run
+
+    def _python(self, request_id: int, request: dict[str, Any]) -> None:
+        try:
+            refused = self.python.begin(request_id, request)
+        except OSError as exc:
+            error = "no-resources" if exc.errno in NO_RESOURCES else "spawn-failed"
+            self._fail(request_id, error, f"the sandbox could not start the interpreter: {exc.strerror}")
+            return
+        except (TypeError, ValueError, KeyError) as exc:
+            self._fail(request_id, "bad-request", f"malformed py request: {exc}")
+            return
+        if refused is not None:
+            self._fail(request_id, "busy", refused)
 
     def _forward_tool_call(self, run_id: int, conn_id: int, line: bytes) -> None:
         self.writer.send_message(run_id, f"{conn_id} ".encode() + line)
@@ -270,6 +267,8 @@ class Agent:
             run = self.by_pid.get(pid)
             if run is not None:
                 run.status = status
+            else:
+                self.python.exited(pid, status)
 
     def _report(self, run: Run) -> None:
         self._close_pipes(run)

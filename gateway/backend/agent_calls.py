@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from gateway.agent.sandbox_agent import (
+from gateway.agent.protocol import (
     ERR,
     EXIT,
     FAIL,

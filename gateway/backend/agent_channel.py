@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from gateway.agent.sandbox_agent import EXIT
+from gateway.agent.protocol import EXIT
 from gateway.backend.agent_calls import (
     GONE,
     AgentDecoder,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import anyio
 import pytest
 
-from gateway.agent.sandbox_agent import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
+from gateway.agent.protocol import ERR, EXIT, FAIL, HEADER, HELLO, MAX_PAYLOAD, OUT, PROTOCOL
 from gateway.backend.agent_channel import AgentChannel
 from gateway.backend.base import ExecOutcome, ExecRequest
 from gateway.errors import AgentBroken, AgentCannotStart, AgentFailure

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.agent.protocol import ERR, EXIT, OUT, TOOL, TOOL_PART
 from gateway.agent.tool_ports import MAX_IN_FLIGHT
-from tests.unit.test_sandbox_agent import LiveAgent, interpreter, launcher, live  # noqa: F401 - fixtures
+from tests.support.live_agent import LiveAgent, interpreter, launcher, live  # noqa: F401 - fixtures
 
 
 def _start(agent: LiveAgent, code: str, python: str, pylib: Path, *, tools: bool = True) -> int:

@@ -33,7 +33,7 @@ from gateway.upstream import UpstreamResult, UpstreamTool, generate
 from policy import Action, Allowed, Denied, Principal
 from policy.engine import PolicyEngine
 from policy.loader import default_policy_path, load_policy_text
-from tests.unit.test_sandbox_agent import LiveAgent, interpreter, launcher, live  # noqa: F401 - fixtures
+from tests.support.live_agent import LiveAgent, interpreter, launcher, live  # noqa: F401 - fixtures
 
 CODER = Principal("alice", "acme", "coder", "token", frozenset({"sandbox:exec"}))
 KEY = "AKIA" + "QWERTYUIOPASDFGH"

@@ -14,16 +14,10 @@ none runs in the test process:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
-import shutil
 import signal
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,11 +48,10 @@ from gateway.agent.protocol import (
     Requests,
     Writer,
 )
-from gateway.setup.image_recipe import add_shipped
+from tests.support.live_agent import LiveAgent, dead, interpreter, launcher, live
 
-#: The uid (and gid) the agents of this test process run as: one per test process, far above any
-#: account or sandbox range, so `reap` can only ever reach this module's own processes.
-DEDICATED_UID = 2_100_000_000 + os.getpid()
+__all__ = ["interpreter", "launcher", "live"]  # module fixtures, used by name
+
 
 # -- pure parts: framing and requests ------------------------------------------------------------
 
@@ -389,223 +382,6 @@ def test_requests_are_answered_refused_or_ignored(quiet_agent: tuple[Any, int], 
 # -- whole agents, as the image runs them, under a dedicated uid ---------------------------------
 
 
-@pytest.fixture(scope="module")
-def launcher() -> Iterator[Path]:
-    """The files the image recipe installs, in a temporary root readable by any uid: the agent's
-    launcher there (root-owned and read-only, as in the image)."""
-    if os.geteuid() != 0:
-        pytest.skip("whole agents run under a dedicated uid, and only root can drop to one")
-    root = Path(tempfile.mkdtemp(prefix="sgw-agent-image-"))
-    try:
-        root.chmod(0o755)
-        archive = root / "shipped.tar"
-        with tarfile.open(archive, "w") as tar:
-            add_shipped(tar)
-        with tarfile.open(archive) as tar:
-            tar.extractall(root / "image", filter="tar")
-        for directory in (root / "image", root / "image" / "opt"):
-            directory.chmod(0o755)
-        yield root / "image" / "opt" / "sandbox-gateway" / "agent.py"
-    finally:
-        shutil.rmtree(root)
-
-
-@pytest.fixture(scope="module")
-def interpreter(launcher: Path) -> str:
-    """A python3 the dedicated uid can run (a virtual environment's may live in root's home)."""
-    for candidate in ("/usr/bin/python3", shutil.which("python3"), sys.executable):
-        if candidate is None:
-            continue
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            probe = subprocess.run(
-                [candidate, "-I", "-S", "-c", "import ctypes, select"],
-                user=DEDICATED_UID,
-                group=DEDICATED_UID,
-                extra_groups=[],
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-            if probe.returncode == 0:
-                return candidate
-    pytest.skip("no python3 that an unprivileged uid can run")
-
-
-#: Runs in the child after Popen dropped it to the dedicated uid: checks that it did, sets the
-#: limits a test asks for, then runs the launcher as the container would.
-_AS_SANDBOX_UID = """
-import os, resource, runpy, sys
-launcher, uid, nproc, nofile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-with open("/proc/self/status") as status:
-    capabilities = [line.split()[1] for line in status if line.startswith(("CapEff", "CapPrm"))]
-if os.getresuid() != (uid,) * 3 or os.getresgid() != (uid,) * 3 or os.getgroups() or any(
-    int(c, 16) for c in capabilities
-):
-    sys.exit("not confined to the dedicated uid: the agent does not start")
-if nproc:
-    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-if nofile:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-sys.argv = [launcher]
-runpy.run_path(launcher, run_name="__main__")
-"""
-
-
-@dataclass
-class Ended:
-    """A request's frames up to its end (EXIT or FAIL)."""
-
-    kind: int
-    body: dict[str, Any]
-    out: bytes
-    err: bytes
-    frames: list[tuple[int, int, bytes]]
-    seconds: float
-
-
-class LiveAgent:
-    """An agent process under the dedicated uid, spoken to over its stdin and stdout."""
-
-    def __init__(self, interpreter: str, launcher: Path, *, nproc: int = 0, nofile: int = 0) -> None:
-        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        self.proc = subprocess.Popen(
-            [
-                interpreter,
-                "-I",
-                "-S",
-                "-c",
-                _AS_SANDBOX_UID,
-                str(launcher),
-                str(DEDICATED_UID),
-                str(nproc),
-                str(nofile),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.errors,
-            user=DEDICATED_UID,
-            group=DEDICATED_UID,
-            extra_groups=[],
-            start_new_session=True,
-            cwd="/",
-            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
-        )
-        self.data = b""
-        self.next_id = 1
-
-    def write(self, data: bytes) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def send(self, request: dict[str, Any]) -> None:
-        self.write(json.dumps(request).encode() + b"\n")
-
-    def frame(self, timeout: float = 20.0) -> tuple[int, int, bytes]:
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        while True:
-            if len(self.data) >= HEADER.size:
-                kind, request_id, length = HEADER.unpack_from(self.data)
-                if len(self.data) >= HEADER.size + length:
-                    body = self.data[HEADER.size : HEADER.size + length]
-                    self.data = self.data[HEADER.size + length :]
-                    return kind, request_id, body
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError(f"no frame from the agent; its stderr: {self.stderr()!r}")
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                raise EOFError(f"the agent ended; its stderr: {self.stderr()!r}")
-            self.data += chunk
-
-    def stderr(self) -> bytes:
-        self.errors.seek(0)
-        return self.errors.read()
-
-    def hello(self, nonce: str = "n") -> bytes:
-        self.send({"op": "hello", "nonce": nonce})
-        kind, request_id, body = self.frame()
-        assert (kind, request_id) == (HELLO, 0)
-        return body
-
-    def request(self, op: str, timeout: float = 20.0, **fields: Any) -> Ended:
-        """Send one request and collect its frames until it ends."""
-        request_id, self.next_id = self.next_id, self.next_id + 1
-        started = time.monotonic()
-        self.send({"op": op, "id": request_id, **fields})
-        frames = []
-        while True:
-            kind, rid, body = self.frame(timeout)
-            assert rid == request_id, "frames of one request at a time"
-            frames.append((kind, rid, body))
-            if kind in (EXIT, FAIL):
-                streams = {OUT: b"", ERR: b""}
-                for k, _, payload in frames[:-1]:
-                    streams[k] += payload
-                return Ended(
-                    kind, json.loads(body), streams[OUT], streams[ERR], frames, time.monotonic() - started
-                )
-
-    def run(
-        self, argv: list[str], *, deadline_s: float = 20, max_output: int = 1 << 20, **fields: Any
-    ) -> Ended:
-        return self.request("run", argv=argv, deadline_s=deadline_s, max_output=max_output, **fields)
-
-    def close(self) -> None:
-        """Reap (every process of the dedicated uid but the agent), end the agent, then end whatever
-        of that uid is left (only this module's processes have it)."""
-        with contextlib.suppress(OSError, TimeoutError, EOFError, AssertionError):
-            if self.proc.poll() is None:
-                self.request("reap", timeout=5)
-        self.proc.kill()
-        self.proc.wait(10)
-        for stream in (self.proc.stdin, self.proc.stdout, self.errors):
-            if stream is not None:
-                stream.close()
-        for pid in _pids_of(DEDICATED_UID):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _pids_of(uid: int) -> list[int]:
-    """Processes whose real, effective or saved uid is `uid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            status = Path(f"/proc/{entry}/status").read_text()
-            uids = next(line.split()[1:4] for line in status.splitlines() if line.startswith("Uid:"))
-            if str(uid) in uids:
-                found.append(int(entry))
-    return found
-
-
-def _dead(pid: int, timeout: float = 10.0) -> bool:
-    """Whether `pid` is gone (or only a zombie waiting for its new parent) within `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if state in ("Z", "X"):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-@pytest.fixture
-def live(interpreter: str, launcher: Path) -> Iterator[LiveAgent]:
-    agent = LiveAgent(interpreter, launcher)
-    try:
-        yield agent
-    finally:
-        agent.close()
-
-
 def test_the_agent_installed_by_the_recipe_starts_and_answers_hello(live: LiveAgent) -> None:
     assert live.hello("x" * 100) == f"{'x' * 64} {PROTOCOL}".encode()
     assert live.proc.poll() is None
@@ -666,7 +442,7 @@ def test_a_timeout_sends_term_then_kill_to_the_whole_process_group(live: LiveAge
     assert ended.body["exit_code"] == 128 + signal.SIGKILL and not ended.body["deadline_hit"]
     assert 1.4 <= ended.seconds < 10, ended.seconds
     child = int(next(line for line in lines if line.startswith("child=")).partition("=")[2])
-    assert _dead(child), "KILL reached the subshell too"
+    assert dead(child), "KILL reached the subshell too"
 
 
 def test_a_command_that_ends_on_term_reports_a_timeout(live: LiveAgent) -> None:
@@ -728,8 +504,8 @@ def test_malformed_requests_are_refused_and_the_agent_keeps_serving(live: LiveAg
 def test_reap_kills_what_escaped_its_group_and_spares_the_agent(live: LiveAgent) -> None:
     started = live.run(["/bin/sh", "-c", "setsid sleep 60 >/dev/null 2>&1 & echo $!"])
     stray = int(started.out)
-    assert not _dead(stray, timeout=0.2), "the stray outlives its call"
+    assert not dead(stray, timeout=0.2), "the stray outlives its call"
     reaped = live.request("reap")
     assert reaped.body == {"exit_code": 0, "deadline_hit": False}
-    assert _dead(stray)
+    assert dead(stray)
     assert live.hello("alive") == f"alive {PROTOCOL}".encode()
