@@ -17,6 +17,8 @@ __all__ = [
     "EngineError",
     "FileError",
     "GatewayError",
+    "InterpreterBusy",
+    "InterpreterUnavailable",
     "InvalidArgument",
     "PolicyDenied",
     "QuotaExceeded",
@@ -200,3 +202,17 @@ class ToolGenerationError(UpstreamError):
     """`tools generate` refused to write: the output holds a directory it did not generate."""
 
     code = "tools-generate-refused"
+
+
+class InterpreterUnavailable(SandboxError):
+    """run_python cannot run in this sandbox: its image's agent has no interpreter (an image older
+    than the gateway), or the sandbox runs commands with `docker exec`."""
+
+    code = "interpreter-unavailable"
+
+
+class InterpreterBusy(QuotaExceeded):
+    """Another run_python call of the principal held the interpreter for the whole of this call's
+    timeout (calls run one at a time, in order)."""
+
+    code = "interpreter-busy"

@@ -16,6 +16,7 @@ from limits import parse
 
 from policy.code_mode_diff import Verdict, code_mode_changes
 from policy.egress_diff import egress_changes
+from policy.interpreter_model import InterpreterLimits
 from policy.model import Policy, Profile
 
 __all__ = ["Change", "diff_policies", "render_diff"]
@@ -58,6 +59,7 @@ _NUMERIC = (
     "lifecycle.idle_ttl_s",
     "lifecycle.max_age_s",
     "lifecycle.max_sandboxes_per_tenant",
+    *(f"interpreter.{name}" for name in InterpreterLimits.model_fields),
 )
 _BOOLEAN = ("sandbox.read_only_rootfs", "sandbox.no_new_privileges", "sandbox.init")
 _SETS = ("tools", "sandbox.images", "sandbox.cap_add")

@@ -148,6 +148,7 @@ def allow(
         timeout_s=profile.exec.default_timeout_s if timeout_s is None else timeout_s,
         lifecycle=profile.lifecycle,
         rate_limits=profile.rate_limits,
+        interpreter=profile.interpreter,
     )
 
 

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from policy.code_mode_model import CodeMode
 from policy.egress_model import Egress, network_follows_egress
+from policy.interpreter_model import InterpreterLimits
 from policy.model_base import Strict as _Strict
 from policy.units import Mode, Size
 
@@ -38,22 +39,11 @@ CAP_ADD_ALLOW_LIST = frozenset(
 )
 
 #: Every tool the gateway serves; a profile names the ones it may call.
-TOOL_NAMES = frozenset(
-    {
-        "execute_bash",
-        "execute_python",
-        "write_file",
-        "read_file",
-        "list_files",
-        "list_skills",
-        "list_tools",
-        "sandbox_info",
-        "reset_sandbox",
-        "admin_list_sandboxes",
-        "admin_remove_sandbox",
-        "admin_policy",
-    }
-)
+TOOL_NAMES = frozenset({
+    "execute_bash", "execute_python", "run_python", "write_file", "read_file", "list_files",
+    "list_skills", "list_tools", "sandbox_info", "reset_sandbox",
+    "admin_list_sandboxes", "admin_remove_sandbox", "admin_policy",
+})  # fmt: skip
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _RATE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.IGNORECASE)
@@ -239,6 +229,7 @@ class Profile(_Strict):
     code_mode: CodeMode | None = None
     #: `host:port` its sandboxes may reach through the egress proxy; None (absent): no network at all.
     egress: Egress | None = None
+    interpreter: InterpreterLimits = InterpreterLimits()
 
     @field_validator("tools")
     @classmethod
@@ -251,9 +242,13 @@ class Profile(_Strict):
     _network_follows_egress = model_validator(mode="before")(network_follows_egress)
 
     @model_validator(mode="after")
-    def _code_mode_needs_the_agent(self) -> Profile:
-        if self.code_mode is not None and self.sandbox.exec_path != "agent":
+    def _agent_features_need_the_agent(self) -> Profile:
+        if self.sandbox.exec_path == "agent":
+            return self
+        if self.code_mode is not None:
             raise ValueError("code mode needs exec_path: agent (its calls travel over the agent's channel)")
+        if "run_python" in self.tools:
+            raise ValueError("run_python needs exec_path: agent (the agent keeps its interpreter)")
         return self
 
 

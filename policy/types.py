@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+from policy.interpreter_model import InterpreterLimits
 from policy.model import ExecLimits, Lifecycle, RateLimits, SandboxSpec
+
+_DEFAULT_INTERPRETER = InterpreterLimits()
 
 __all__ = ["Action", "Allowed", "Decision", "Denied", "Principal", "UpstreamAllowed", "UpstreamDecision"]
 
@@ -47,6 +50,8 @@ class Allowed:
     timeout_s: float
     lifecycle: Lifecycle
     rate_limits: RateLimits
+    #: run_python's interpreter bounds (the profile's `interpreter` key).
+    interpreter: InterpreterLimits = _DEFAULT_INTERPRETER
     reasons: tuple[str, ...] = ("allowed",)
     rule_ids: tuple[str, ...] = ()
     allowed: ClassVar[Literal[True]] = True

@@ -12,8 +12,7 @@ Calls are strictly one after another. SIGINT interrupts the running call only (K
 the code); between calls it is ignored. Anything else that ends this process ends the state: the
 agent sees it and the next call says so.
 
-Everything here runs as the code it runs does: the agent checks each answer's framing and the
-gateway checks each answer's content. Nothing in here is trusted by either.
+It runs as the code does: the agent checks each answer's framing, the gateway its content.
 """
 
 from __future__ import annotations

@@ -16,16 +16,15 @@ OOM killer was the cause is the gateway's to tell (the sandbox cgroup's counter)
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import select
 import signal
 import struct
-import sys
 import time
 from typing import Any
 
+from .interpreter_process import PROGRAM, PyCall, spawn
 from .processes import (
     AFTER_DEADLINE_S,
     OOM_RETRY_EVERY_S,
@@ -38,40 +37,15 @@ from .protocol import ERR, MAX_PAYLOAD, OUT, RESULT, RESULT_PART, Writer
 
 __all__ = ["MAX_ANSWER", "InterpreterHost"]
 
-PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interpreter.py")
 LENGTH = struct.Struct(">I")
 #: Largest answer taken from the interpreter; a bigger one ends it (it broke the protocol).
 MAX_ANSWER = 24 * 1024 * 1024
-#: The interpreter's descriptors for requests and answers (interpreter.py).
-_REQUESTS_FD, _ANSWERS_FD = 3, 4
+
 #: At a call's end, reads of what is left in an output pipe at most (a thread still writing could
 #: otherwise keep the agent draining forever).
 _DRAIN_READS = 64
 #: An interpreter whose answers closed has this long to exit by itself before it is ended.
 _EXIT_GRACE_S = 0.5
-
-
-class PyCall:
-    """One run_python call: its clock and what it has produced so far."""
-
-    def __init__(self, request_id: int, request: dict[str, Any], now: float) -> None:
-        self.request_id = request_id
-        self.cap = int(request["max_output"])
-        timeout = float(request["timeout_s"])
-        self.interrupt_at = now + timeout
-        self.kill_at = self.interrupt_at + float(request.get("kill_after_s") or 0)
-        self.deadline = now + float(request["deadline_s"])
-        self.report_at: float | None = None
-        self.totals = {OUT: 0, ERR: 0}
-        self.interrupted = self.killed = self.deadline_hit = False
-        self.answer: bytes | None = None
-        self.ended: dict[str, Any] | None = None
-        self.summary: dict[str, Any] = {}
-
-    def keep(self, kind: int, data: bytes) -> bytes:
-        room = self.cap - self.totals[kind]
-        self.totals[kind] += len(data)
-        return data[: max(room, 0)]
 
 
 class InterpreterHost:
@@ -206,39 +180,12 @@ class InterpreterHost:
     # -- the interpreter -----------------------------------------------------------------------------
 
     def _spawn(self, env: dict[str, str], cwd: str) -> None:
-        """Start interpreter.py in a session of its own (OSError if it cannot be started)."""
-        pipes = [_high_pipe() for _ in range(4)]
-        (req_r, req_w), (ans_r, ans_w), (out_r, out_w), (err_r, err_w) = pipes
-        null = os.open(os.devnull, os.O_RDONLY)
-        try:
-            pid = os.posix_spawn(
-                sys.executable or "/usr/bin/python3",
-                [sys.executable or "python3", self.program, cwd],
-                env,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, null, 0),
-                    (os.POSIX_SPAWN_DUP2, out_w, 1),
-                    (os.POSIX_SPAWN_DUP2, err_w, 2),
-                    (os.POSIX_SPAWN_DUP2, req_r, _REQUESTS_FD),
-                    (os.POSIX_SPAWN_DUP2, ans_w, _ANSWERS_FD),
-                ],
-                setsid=True,
-                setsigdef=self.defaults,
-            )
-        except BaseException:
-            for fd in (req_w, ans_r, out_r, err_r):
-                os.close(fd)
-            raise
-        finally:
-            for fd in (null, req_r, ans_w, out_w, err_w):
-                os.close(fd)
-        for fd in (req_w, ans_r, out_r, err_r):
-            os.set_blocking(fd, False)
-        self.pid, self.status, self.ending = pid, None, ""
-        self.fds = {"requests": req_w, "answers": ans_r, "out": out_r, "err": err_r}
+        """Start interpreter.py (OSError if it cannot be started)."""
+        self.pid, self.fds = spawn(self.program, env, cwd, self.defaults)
+        self.status, self.ending = None, ""
         self.outgoing.clear()
         self.incoming.clear()
-        if not prefer_for_oom_kill(pid):
+        if not prefer_for_oom_kill(self.pid):
             self.oom_until = time.monotonic() + OOM_RETRY_S
 
     def _kill(self, why: str) -> None:
@@ -343,16 +290,3 @@ class InterpreterHost:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _high_pipe() -> tuple[int, int]:
-    """A pipe whose ends are above the interpreter's own descriptors 0-4, so no dup2 of the spawn
-    overwrites one before it is copied."""
-    ends = []
-    for end in os.pipe():
-        if end > _ANSWERS_FD:
-            ends.append(end)
-            continue
-        ends.append(fcntl.fcntl(end, fcntl.F_DUPFD_CLOEXEC, _ANSWERS_FD + 1))
-        os.close(end)
-    return ends[0], ends[1]

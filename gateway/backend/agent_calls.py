@@ -18,13 +18,14 @@ import anyio
 
 from gateway.agent.protocol import (
     ERR,
-    EXIT,
-    FAIL,
     HEADER,
     HELLO,
+    KINDS,
     MAX_PAYLOAD,
     OUT,
     PROTOCOL,
+    RESULT,
+    RESULT_PART,
     TOOL,
     TOOL_PART,
 )
@@ -54,6 +55,8 @@ HELLO_TIMEOUT_S = 15.0
 GONE = object()
 #: Largest tool call accepted from a run (the agent's own limit is 1 MiB, plus the connection id).
 MAX_TOOL_MESSAGE = (1 << 20) + 64
+#: Largest run_python RESULT accepted (the agent takes at most 24 MiB from the interpreter).
+MAX_RESULT = 25 * 1024 * 1024
 #: Tool calls of one run waiting to be served at most; beyond, they are dropped (the agent lets no
 #: more than 8 wait, so only a broken agent gets here).
 MAX_TOOL_BACKLOG = 64
@@ -70,7 +73,7 @@ class AgentDecoder:
         frames = []
         while len(self._buffer) >= HEADER.size:
             kind, request_id, length = HEADER.unpack_from(self._buffer)
-            if kind not in (OUT, ERR, EXIT, HELLO, FAIL, TOOL, TOOL_PART) or length > MAX_PAYLOAD:
+            if kind not in KINDS or length > MAX_PAYLOAD:
                 raise FrameError(f"agent frame kind {kind} length {length}")
             end = HEADER.size + length
             if len(self._buffer) < end:
@@ -94,6 +97,8 @@ class Call:
         self.tool_calls: asyncio.Queue[bytes] | None = None
         self._tool_message = bytearray()
         self._tool_overflow = False
+        #: run_python: the RESULT's pieces so far (None: more than MAX_RESULT came, it is refused).
+        self._result: bytearray | None = bytearray()
 
     def accept_tools(self) -> None:
         self.tool_calls = asyncio.Queue(MAX_TOOL_BACKLOG)
@@ -126,6 +131,15 @@ class Call:
             return
         if kind in (TOOL, TOOL_PART):
             self._tool_frame(kind, payload)
+            return
+        if kind in (RESULT_PART, RESULT) and self._result is not None:
+            self._result += payload
+            if len(self._result) > MAX_RESULT:
+                self._result = None  # the call still ends at its RESULT, as a breach
+            if kind == RESULT_PART:
+                return
+            payload = bytes(self._result) if self._result is not None else b""
+        elif kind == RESULT_PART:
             return
         if kind in (OUT, ERR):
             (self.out if kind == OUT else self.err).write(payload)

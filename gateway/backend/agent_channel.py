@@ -8,7 +8,6 @@ gateway keeps its own deadline. A dead, silent or lying agent costs its sandbox,
 from __future__ import annotations
 
 import contextlib
-import logging
 import secrets
 import select
 import socket
@@ -33,21 +32,19 @@ from gateway.backend.agent_calls import (
     line,
     output_count,
 )
+from gateway.backend.agent_python import SLACK_S, run_python
 from gateway.backend.agent_tools import serve_tool_calls
 from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, close_stream
 from gateway.backend.frames import STDERR, STDOUT, FrameDecoder, FrameError
+from gateway.backend.interpreter_results import PythonOutcome, PythonRequest
 from gateway.errors import AgentBroken, AgentCannotStart, AgentFailure
 
 __all__ = ["AgentChannel", "Connector"]
-
-_log = logging.getLogger("sandbox_gateway.agent_channel")
 
 #: Opens the container's attach stream (a short Docker API call, made on the shared pool): the socket,
 #: any bytes already read with the headers, and an object to keep referenced (and close) with it.
 Connector = Callable[[], Awaitable[tuple[socket.socket, bytes, Any]]]
 
-#: Beyond the agent's own deadline, how long the gateway waits before it gives up on the call.
-_SLACK_S = 2.0
 #: How long an agent may leave a request unread before the channel counts as broken (it reads its
 #: stdin at all times; a full pipe for this long means it is stuck or not the agent).
 _SEND_TIMEOUT_S = 10.0
@@ -171,7 +168,7 @@ class AgentChannel:
         with self._send_lock, self._tls_lock if isinstance(sock, ssl.SSLSocket) else _NO_LOCK:
             sock.sendall(data)
 
-    async def _send(self, body: dict[str, Any], timeout_s: float | None = None) -> None:
+    async def send(self, body: dict[str, Any], timeout_s: float | None = None) -> None:
         """Write one request on this sandbox's own thread. An agent that does not take it within
         `timeout_s` (it stopped reading its stdin) has broken the channel."""
         sock = self._sock
@@ -196,7 +193,7 @@ class AgentChannel:
             return self._next_id
 
     @contextlib.asynccontextmanager
-    async def _call(
+    async def calling(
         self, cap: int, on_output: OutputCallback | None = None
     ) -> AsyncIterator[tuple[int, Call]]:
         """A connected channel, a fresh call id and the call its frames are routed to while open."""
@@ -212,7 +209,7 @@ class AgentChannel:
     async def run(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecOutcome:
         """Run one command; returns when it ends, its deadline passes, or the stream breaks.
         `on_output` sees the output as it arrives, on the sandbox's reader thread."""
-        async with self._call(request.max_output_bytes, on_output) as (call_id, call):
+        async with self.calling(request.max_output_bytes, on_output) as (call_id, call):
             started = time.monotonic()
             summary = await self._run(call_id, call, request)
         out, err = call.out, call.err
@@ -249,15 +246,15 @@ class AgentChannel:
         if request.tool_calls is not None:
             body["tools"] = True
             call.accept_tools()
-        await self._send(body)
+        await self.send(body)
         try:
-            end = await self._await_end(call_id, call, request, started + deadline_s + _SLACK_S)
+            end = await self._await_end(call_id, call, request, started + deadline_s + SLACK_S)
         except BaseException:  # cancelled (the client went away): the command goes too
             with anyio.CancelScope(shield=True):
-                await self._kill(call_id)
+                await self.kill(call_id)
             raise
         if end is None:
-            await self._kill(call_id)
+            await self.kill(call_id)
             return {"exit_code": None, "deadline_hit": True}
         kind, payload = end
         if kind is GONE:
@@ -277,18 +274,24 @@ class AgentChannel:
 
         async def answer(conn: int, line: str) -> None:
             with contextlib.suppress(AgentBroken):
-                await self._send({"op": "tool_result", "id": call_id, "conn": conn, "line": line})
+                await self.send({"op": "tool_result", "id": call_id, "conn": conn, "line": line})
 
         return await serve_tool_calls(call, request.tool_calls, answer, deadline)
 
-    async def _kill(self, call_id: int) -> None:
+    async def kill(self, call_id: int) -> None:
         with contextlib.suppress(AgentBroken):
-            await self._send({"op": "kill", "id": call_id}, timeout_s=_KILL_SEND_S)
+            await self.send({"op": "kill", "id": call_id}, timeout_s=_KILL_SEND_S)
+
+    async def run_python(
+        self, request: PythonRequest, on_output: OutputCallback | None = None
+    ) -> PythonOutcome:
+        """One run_python call in the sandbox's interpreter (agent_python.py)."""
+        return await run_python(self, request, on_output)
 
     async def reap(self, timeout_s: float = 5.0) -> int | None:
         """Kill every process of the sandbox's uid except the agent; 0 killed some, 1 found none."""
-        async with self._call(0) as (call_id, call):
-            await self._send({"op": "reap", "id": call_id})
+        async with self.calling(0) as (call_id, call):
+            await self.send({"op": "reap", "id": call_id})
             end = await call.ended(timeout_s)
         if end is None or end[0] != EXIT:
             return None

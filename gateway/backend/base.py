@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.backend.interpreter_results import PythonOutcome, PythonRequest
+
 __all__ = [
     "KILL_AFTER_S",
     "Backend",
@@ -125,6 +127,12 @@ class Executor(Protocol):
         ...
 
     async def run(self, request: ExecRequest, on_output: OutputCallback | None = None) -> ExecOutcome: ...
+
+    async def run_python(
+        self, request: PythonRequest, on_output: OutputCallback | None = None
+    ) -> PythonOutcome:
+        """run_python in the sandbox's interpreter (InterpreterUnavailable where there is none)."""
+        ...
 
     async def reap(self) -> int | None:
         """Kill every process of the sandbox's uid but PID 1: 0 if one was killed, 1 if none was

@@ -21,8 +21,9 @@ from gateway.backend.base import (
     internal_request,
 )
 from gateway.backend.commands import timed_argv
+from gateway.backend.interpreter_results import PythonOutcome, PythonRequest
 from gateway.backend.ops import DockerOps
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InterpreterUnavailable
 
 __all__ = ["STREAM_THREADS", "DockerExec"]
 
@@ -62,6 +63,11 @@ class DockerExec:
             close_stream(stream.sock, stream.raw)
             raise
         return await self._ops.run(self._backend.exec_result, stream, pumped)
+
+    async def run_python(
+        self, request: PythonRequest, on_output: OutputCallback | None = None
+    ) -> PythonOutcome:
+        raise InterpreterUnavailable("run_python needs the sandbox agent; this profile uses exec_path: exec")
 
     async def reap(self) -> int | None:
         """`kill -KILL -1` as the sandbox's uid; PID 1 runs as another, so it stays. Not under

@@ -6,19 +6,20 @@ when its spec changes or it outlives its lifecycle, and once when lost before a 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from audit import AuditLog
-from gateway.backend.base import Backend, ExecOutcome, ExecRequest, OutputCallback, ToolCallHandler
+from gateway.backend.base import Backend, ExecOutcome, OutputCallback, ToolCallHandler
 from gateway.backend.create_body import sandbox_env
+from gateway.backend.interpreter_results import PythonOutcome
 from gateway.backend.ops import DockerOps, acting_for
-from gateway.errors import GatewayError, PolicyDenied, QuotaExceeded, SandboxUnusable
+from gateway.errors import GatewayError, QuotaExceeded, SandboxUnusable
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.adoption import Adoption
 from gateway.sandboxes.containers import Containers
-from gateway.sandboxes.execution import Execution, connection_broke
+from gateway.sandboxes.execution import Execution, Outcome, Request, allowed, connection_broke
 from gateway.sandboxes.model import Sandbox, principal_key
 from gateway.sandboxes.pool import WarmPool
 from gateway.sandboxes.pool_keeper import PoolKeeper
@@ -28,14 +29,9 @@ from policy import Allowed, Decision, Principal
 
 __all__ = ["Broker", "Sandbox", "principal_key"]
 
-_log = logging.getLogger("sandbox_gateway.broker")
 
-
-def _allowed(decision: Decision) -> Allowed:
-    """Nothing reaches Docker without an allowed Decision (checked here too, not only by type)."""
-    if not isinstance(decision, Allowed):
-        raise PolicyDenied("no allowed decision for this call", code="not-allowed")
-    return decision
+def _never(outcome: object) -> NoReturn:
+    raise TypeError(f"a request got an outcome of another kind: {type(outcome).__name__}")
 
 
 class Broker:
@@ -110,7 +106,7 @@ class Broker:
     async def ensure_sandbox(self, principal: Principal, decision: Decision) -> Sandbox:
         """The principal's running sandbox: the known one, one found by its name, or a new one."""
         with acting_for(principal.tenant, principal.id):
-            return await self._ensure(principal, _allowed(decision))
+            return await self._ensure(principal, allowed(decision))
 
     async def execute(
         self,
@@ -123,20 +119,20 @@ class Broker:
     ) -> ExecOutcome:
         """Run argv in the principal's sandbox under the Decision's limits; `on_output` sees output as
         it arrives (on a thread of the sandbox's own), `tool_calls` serves its code-mode calls."""
-        grant = _allowed(decision)
-        request = ExecRequest(
-            argv=argv,
-            workdir=grant.spec.workdir,
-            env=sandbox_env(grant.spec, self._containers.egress_network),
-            timeout_s=grant.timeout_s,
-            max_output_bytes=grant.limits.max_output_bytes,
-            tool_calls=tool_calls,
-        )
-        with (
-            self._registry.calling(principal_key(principal), grant.limits.max_concurrent),
-            acting_for(principal.tenant, principal.id),
-        ):
-            return await self._execute(principal, grant, request, on_output)
+        grant = allowed(decision)
+        env = sandbox_env(grant.spec, self._containers.egress_network)
+        request = Execution.command(grant, argv, env, tool_calls)
+        outcome = await self._execute(principal, grant, request, on_output)
+        return outcome if isinstance(outcome, ExecOutcome) else _never(outcome)
+
+    async def run_python(
+        self, principal: Principal, decision: Decision, code: str, on_output: OutputCallback | None = None
+    ) -> PythonOutcome:
+        """Run `code` in the interpreter of the principal's sandbox (one call at a time per sandbox)."""
+        grant = allowed(decision)
+        request = Execution.python(grant, code, sandbox_env(grant.spec, self._containers.egress_network))
+        outcome = await self._execute(principal, grant, request, on_output)
+        return outcome if isinstance(outcome, PythonOutcome) else _never(outcome)
 
     async def reset(self, principal: Principal) -> bool:
         """Remove the principal's sandbox; the next call gets a fresh one. False if there was none."""
@@ -252,30 +248,34 @@ class Broker:
     # -- execution --------------------------------------------------------------------------------
 
     async def _execute(
-        self, principal: Principal, grant: Allowed, request: ExecRequest, on_output: OutputCallback | None
-    ) -> ExecOutcome:
+        self, principal: Principal, grant: Allowed, request: Request, on_output: OutputCallback | None
+    ) -> Outcome:
         key = principal_key(principal)
         attrs = {"principal": principal.id, "policy_digest": grant.policy_digest}
-        sandbox = await self._ensure(principal, grant)
-        try:
-            outcome = await self._execution.run(sandbox, request, on_output, **attrs)
-        except SandboxUnusable:
-            # Gone before the command started (container, agent or resources): replace it, once.
-            await self._forget(sandbox, "lost")
+        with (
+            self._registry.calling(key, grant.limits.max_concurrent),
+            acting_for(principal.tenant, principal.id),
+        ):
             sandbox = await self._ensure(principal, grant)
-            outcome = await self._execution.run(sandbox, request, on_output, **attrs)
-        sandbox.last_used = time.time()
-        if outcome.sandbox_lost:
-            if await self._containers.running(sandbox):
-                raise connection_broke()
-            await self._forget(sandbox, "died-during-exec")
+            try:
+                outcome = await self._execution.run(sandbox, request, on_output, **attrs)
+            except SandboxUnusable:
+                # Gone before the command started (container, agent or resources): replace it, once.
+                await self._forget(sandbox, "lost")
+                sandbox = await self._ensure(principal, grant)
+                outcome = await self._execution.run(sandbox, request, on_output, **attrs)
+            sandbox.last_used = time.time()
+            if outcome.sandbox_lost:
+                if await self._containers.running(sandbox):
+                    raise connection_broke()
+                await self._forget(sandbox, "died-during-exec")
+                return outcome
+            if self._registry.was_lost(key):
+                outcome = dataclasses.replace(outcome, sandbox_replaced=True)  # it runs in a new one
+            outcome, unusable = await self._execution.verdict(sandbox, request, outcome)
+            if unusable:
+                await self._forget(sandbox, "unrecoverable-after-timeout")
             return outcome
-        if self._registry.was_lost(key):
-            outcome = dataclasses.replace(outcome, sandbox_replaced=True)  # it runs in a new one
-        outcome, unusable = await self._execution.verdict(sandbox, request, outcome)
-        if unusable:
-            await self._forget(sandbox, "unrecoverable-after-timeout")
-        return outcome
 
     async def maintain_pool(self) -> None:
         """Keep the warm pools filled (runs for the gateway's lifetime)."""

@@ -9,15 +9,27 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import TypeVar
 
-from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, internal_request
+import anyio
+
+from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, ToolCallHandler, internal_request
+from gateway.backend.interpreter_results import PythonOutcome, PythonRequest
 from gateway.backend.ops import DockerOps
-from gateway.errors import AgentBroken, GatewayError
+from gateway.errors import AgentBroken, GatewayError, InterpreterBusy, PolicyDenied
 from gateway.sandboxes.model import Sandbox
+from policy import Allowed, Decision
 
-__all__ = ["SIGKILLED", "Execution"]
+__all__ = ["SIGKILLED", "Execution", "Outcome", "Request", "allowed"]
+
+#: What runs in a sandbox: a command, or run_python code in its interpreter; and what comes back.
+Request = ExecRequest | PythonRequest
+Outcome = ExecOutcome | PythonOutcome
+#: How an interpreter that the agent itself ended (at the call's end) leaves strays to kill.
+_KILLED_BY_AGENT = frozenset({"killed-after-timeout", "deadline"})
 
 SIGKILLED = 128 + 9
+_O = TypeVar("_O", ExecOutcome, PythonOutcome)
 _OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 _OOM_FILES = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
 
@@ -28,30 +40,82 @@ class Execution:
     def __init__(self, ops: DockerOps) -> None:
         self._ops = ops
 
-    async def run(
-        self, sandbox: Sandbox, request: ExecRequest, on_output: OutputCallback | None = None, **attrs: str
-    ) -> ExecOutcome:
-        """One command through the sandbox's executor, as the sandbox's own uid."""
-        request = dataclasses.replace(request, user=sandbox.user)
-        executor = sandbox.executor
-        return await self._ops.timed(
-            "exec",
-            executor.run,
-            request,
-            on_output,
-            container_id=sandbox.container_id,
-            exec_path=executor.path,
-            **attrs,
+    @staticmethod
+    def command(
+        grant: Allowed, argv: list[str], env: list[str], tool_calls: ToolCallHandler | None
+    ) -> ExecRequest:
+        """A command under the grant's exec limits; `tool_calls` serves its code-mode calls."""
+        return ExecRequest(
+            argv=argv,
+            workdir=grant.spec.workdir,
+            env=env,
+            timeout_s=grant.timeout_s,
+            max_output_bytes=grant.limits.max_output_bytes,
+            tool_calls=tool_calls,
         )
 
-    async def verdict(
-        self, sandbox: Sandbox, request: ExecRequest, outcome: ExecOutcome
-    ) -> tuple[ExecOutcome, bool]:
+    @staticmethod
+    def python(grant: Allowed, code: str, env: list[str]) -> PythonRequest:
+        """run_python `code` under the grant's exec limits and its profile's interpreter bounds."""
+        bounds = grant.interpreter
+        return PythonRequest(
+            code=code,
+            workdir=grant.spec.workdir,
+            env=env,
+            timeout_s=grant.timeout_s,
+            max_output_bytes=grant.limits.max_output_bytes,
+            interrupt_grace_s=bounds.interrupt_grace_s,
+            idle_timeout_s=bounds.idle_timeout_s,
+            caps=bounds.caps(),
+        )
+
+    async def run(
+        self, sandbox: Sandbox, request: Request, on_output: OutputCallback | None = None, **attrs: str
+    ) -> Outcome:
+        """One command through the sandbox's executor, as the sandbox's own uid; or one run_python
+        call in its interpreter, after the calls before it (InterpreterBusy if they hold it longer
+        than this call's timeout)."""
+        executor = sandbox.executor
+        where = {"container_id": sandbox.container_id, "exec_path": executor.path, **attrs}
+        if isinstance(request, ExecRequest):
+            request = dataclasses.replace(request, user=sandbox.user)
+            return await self._ops.timed("exec", executor.run, request, on_output, **where)
+        got = False
+        with anyio.move_on_after(request.timeout_s):
+            await sandbox.interpreter_lock.acquire()
+            got = True
+        if not got:
+            raise InterpreterBusy(
+                f"your earlier run_python call still runs after this call's {request.timeout_s:g} s timeout"
+            )
+        try:
+            outcome = await self._ops.timed("python", executor.run_python, request, on_output, **where)
+        finally:
+            sandbox.interpreter_lock.release()
+        return dataclasses.replace(outcome, container_id=sandbox.container_id)
+
+    async def verdict(self, sandbox: Sandbox, request: Request, outcome: Outcome) -> tuple[Outcome, bool]:
         """What the call did to its sandbox: (the outcome, marked OOM-killed where the kernel did it;
         whether the sandbox is unusable now and must be replaced)."""
+        if isinstance(outcome, PythonOutcome):
+            return await self._python_verdict(sandbox, outcome)
         if outcome.exit_code == SIGKILLED:
             outcome = await self._with_oom_verdict(sandbox, outcome)
         if outcome.deadline_hit or outcome.duration_ms >= request.timeout_s * 1000:
+            return outcome, not await self._reap_strays(sandbox)
+        return outcome, False
+
+    async def _python_verdict(self, sandbox: Sandbox, outcome: PythonOutcome) -> tuple[Outcome, bool]:
+        """An interpreter that died of SIGKILL it was not sent (before this call, or in it) is
+        checked against the OOM counter; one the agent killed may have left strays to kill."""
+        previous = outcome.previous_end
+        if previous is not None and previous.reason == "died" and previous.exit_code == SIGKILLED:
+            checked = await self._with_oom_verdict(sandbox, dataclasses.replace(outcome, oom_killed=False))
+            outcome = dataclasses.replace(outcome, previous_oom=checked.oom_killed)
+        end = outcome.end
+        if end is not None and end.reason == "died" and end.exit_code == SIGKILLED:
+            outcome = await self._with_oom_verdict(sandbox, outcome)
+        if outcome.deadline_hit or (end is not None and end.reason in _KILLED_BY_AGENT):
             return outcome, not await self._reap_strays(sandbox)
         return outcome, False
 
@@ -73,7 +137,7 @@ class Execution:
         # kill -1 exits 1 when it found nothing to kill, 0 when it killed something.
         return code in (0, 1)
 
-    async def _with_oom_verdict(self, sandbox: Sandbox, outcome: ExecOutcome) -> ExecOutcome:
+    async def _with_oom_verdict(self, sandbox: Sandbox, outcome: _O) -> _O:
         """A SIGKILLed call: ask the sandbox's cgroup whether the OOM killer did it."""
         try:
             count = await self.oom_count(sandbox)
@@ -96,6 +160,13 @@ class Execution:
             sandbox.oom_kills = await self.oom_count(sandbox) or 0
         except GatewayError:
             return
+
+
+def allowed(decision: Decision) -> Allowed:
+    """Nothing reaches Docker without an allowed Decision (checked here too, not only by type)."""
+    if not isinstance(decision, Allowed):
+        raise PolicyDenied("no allowed decision for this call", code="not-allowed")
+    return decision
 
 
 def connection_broke() -> AgentBroken:

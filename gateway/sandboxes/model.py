@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import anyio
 
 from gateway.backend.base import Executor
 from gateway.sandboxes.naming import uid_of_user
@@ -33,6 +35,8 @@ class Sandbox:
     executor: Executor
     #: OOM kills counted so far in this sandbox's cgroup, to tell whether a call was OOM-killed.
     oom_kills: int = 0
+    #: run_python calls take the sandbox's interpreter one at a time, in order.
+    interpreter_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     def expired(self, now: float) -> str | None:
         """Why this sandbox must go now ('idle' or 'max-age'), or None."""

@@ -56,6 +56,7 @@ SHIPPED: dict[str, str] = {
     "opt/sandbox-gateway/sgw_agent/tool_ports.py": "gateway/agent/tool_ports.py",
     "opt/sandbox-gateway/sgw_agent/interpreter.py": "gateway/agent/interpreter.py",
     "opt/sandbox-gateway/sgw_agent/interpreter_host.py": "gateway/agent/interpreter_host.py",
+    "opt/sandbox-gateway/sgw_agent/interpreter_process.py": "gateway/agent/interpreter_process.py",
     "opt/sandbox-gateway/pylib/sgw_tools.py": "gateway/agent/sgw_tools.py",
 }
 #: Links in the image: `import tools.<server>` finds the generated modules of /tools (code mode).

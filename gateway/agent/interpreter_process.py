@@ -1,0 +1,87 @@
+"""run_python's interpreter as a process: starting it, and one call's clock and output (standard
+library only; interpreter_host.py supervises both)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from typing import Any
+
+from .protocol import ERR, OUT
+
+__all__ = ["ANSWERS_FD", "PROGRAM", "REQUESTS_FD", "PyCall", "spawn"]
+
+PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interpreter.py")
+#: The interpreter's descriptors for requests and answers (interpreter.py).
+REQUESTS_FD, ANSWERS_FD = 3, 4
+
+
+class PyCall:
+    """One run_python call: its clock and what it has produced so far."""
+
+    def __init__(self, request_id: int, request: dict[str, Any], now: float) -> None:
+        self.request_id = request_id
+        self.cap = int(request["max_output"])
+        timeout = float(request["timeout_s"])
+        self.interrupt_at = now + timeout
+        self.kill_at = self.interrupt_at + float(request.get("kill_after_s") or 0)
+        self.deadline = now + float(request["deadline_s"])
+        self.report_at: float | None = None
+        self.totals = {OUT: 0, ERR: 0}
+        self.interrupted = self.killed = self.deadline_hit = False
+        self.answer: bytes | None = None
+        self.ended: dict[str, Any] | None = None
+        self.summary: dict[str, Any] = {}
+
+    def keep(self, kind: int, data: bytes) -> bytes:
+        room = self.cap - self.totals[kind]
+        self.totals[kind] += len(data)
+        return data[: max(room, 0)]
+
+
+def spawn(program: str, env: dict[str, str], cwd: str, defaults: list[int]) -> tuple[int, dict[str, int]]:
+    """Start `program` (interpreter.py) in a session of its own with stdin from /dev/null, stdout
+    and stderr, requests and answers on new pipes, and every signal in `defaults` back to default.
+    Its pid and the agent's ends of the pipes (non-blocking); OSError if it cannot be started."""
+    pipes = [_high_pipe() for _ in range(4)]
+    (req_r, req_w), (ans_r, ans_w), (out_r, out_w), (err_r, err_w) = pipes
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        pid = os.posix_spawn(
+            sys.executable or "/usr/bin/python3",
+            [sys.executable or "python3", program, cwd],
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, null, 0),
+                (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_DUP2, err_w, 2),
+                (os.POSIX_SPAWN_DUP2, req_r, REQUESTS_FD),
+                (os.POSIX_SPAWN_DUP2, ans_w, ANSWERS_FD),
+            ],
+            setsid=True,
+            setsigdef=defaults,
+        )
+    except BaseException:
+        for fd in (req_w, ans_r, out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (null, req_r, ans_w, out_w, err_w):
+            os.close(fd)
+    for fd in (req_w, ans_r, out_r, err_r):
+        os.set_blocking(fd, False)
+    return pid, {"requests": req_w, "answers": ans_r, "out": out_r, "err": err_r}
+
+
+def _high_pipe() -> tuple[int, int]:
+    """A pipe whose ends are above the interpreter's own descriptors 0-4, so no dup2 of the spawn
+    overwrites one before it is copied."""
+    ends = []
+    for end in os.pipe():
+        if end > ANSWERS_FD:
+            ends.append(end)
+            continue
+        ends.append(fcntl.fcntl(end, fcntl.F_DUPFD_CLOEXEC, ANSWERS_FD + 1))
+        os.close(end)
+    return ends[0], ends[1]
