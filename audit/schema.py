@@ -15,6 +15,9 @@ Top level: `ts`, `event_id`, `event`, `request_id`, `trace_id`, `span_id`, `tool
 - `egress`: a sandbox's connection through the egress proxy — `sandbox_ip`, `method`, `host`, `port`,
   `rule` (the allow-list entry, or the rule that refused it), `sni`, `server_address` (the address the
   proxy connected to), `bytes_up`, `bytes_down`
+- `interpreter`: run_python on `exec.finish` — `new` (a fresh interpreter ran it), `state_lost_reason`
+  (why earlier variables are gone), `interrupted` (the timeout's KeyboardInterrupt), `ended` (how the
+  interpreter ended during the call), `error_type`, `images`, `rich_bytes`, `memory_kb`
 - `code`: the submitted code, per the policy's `audit.code`: `{"hmac_sha256": ...}` (default),
   `{"text": ...}` (full) or absent (none)
 - `detail`: anything else an event carries (e.g. `reason` of a removal)
@@ -87,6 +90,7 @@ EVENTS: dict[str, str] = {
     "docker.create": "Docker API: create a container",
     "docker.start": "Docker API: start a container",
     "docker.exec": "one command in a sandbox (detail.exec_path: through its agent, or docker exec)",
+    "docker.python": "one run_python call in a sandbox's interpreter (through its agent)",
     "docker.attach": "Docker API: attach to a sandbox's agent (and the agent's handshake)",
     "docker.rename": "Docker API: rename a warm-pool sandbox to its principal's sandbox name",
     "docker.inspect": "Docker API: inspect a sandbox (is it still running after a broken stream)",
@@ -157,6 +161,14 @@ GROUPS: dict[str, tuple[str, str]] = {
     "server_address": ("egress", "server_address"),
     "bytes_up": ("egress", "bytes_up"),
     "bytes_down": ("egress", "bytes_down"),
+    "interpreter_new": ("interpreter", "new"),
+    "state_lost_reason": ("interpreter", "state_lost_reason"),
+    "interrupted": ("interpreter", "interrupted"),
+    "interpreter_ended": ("interpreter", "ended"),
+    "error_type": ("interpreter", "error_type"),
+    "images": ("interpreter", "images"),
+    "rich_bytes": ("interpreter", "rich_bytes"),
+    "memory_kb": ("interpreter", "memory_kb"),
 }
 
 
@@ -230,6 +242,17 @@ class EgressPart(_Group):
     bytes_down: int | None = None
 
 
+class InterpreterPart(_Group):
+    new: bool | None = None
+    state_lost_reason: str | None = None
+    interrupted: bool | None = None
+    ended: str | None = None
+    error_type: str | None = None
+    images: int | None = None
+    rich_bytes: int | None = None
+    memory_kb: int | None = None
+
+
 class AuditEvent(BaseModel):
     """One audit line, validated: the contract a SIEM parser can rely on."""
 
@@ -250,6 +273,7 @@ class AuditEvent(BaseModel):
     limits: Limits | None = None
     upstream: Upstream | None = None
     egress: EgressPart | None = None
+    interpreter: InterpreterPart | None = None
     code: dict[str, str] | None = None
     detail: dict[str, Any] | None = None
     prev_hash: str = Field(min_length=64, max_length=64)

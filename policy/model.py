@@ -229,6 +229,7 @@ class Profile(_Strict):
     code_mode: CodeMode | None = None
     #: `host:port` its sandboxes may reach through the egress proxy; None (absent): no network at all.
     egress: Egress | None = None
+    #: run_python's interpreter (it needs exec_path: agent; with exec, the call is refused).
     interpreter: InterpreterLimits = InterpreterLimits()
 
     @field_validator("tools")
@@ -242,13 +243,9 @@ class Profile(_Strict):
     _network_follows_egress = model_validator(mode="before")(network_follows_egress)
 
     @model_validator(mode="after")
-    def _agent_features_need_the_agent(self) -> Profile:
-        if self.sandbox.exec_path == "agent":
-            return self
-        if self.code_mode is not None:
+    def _code_mode_needs_the_agent(self) -> Profile:
+        if self.code_mode is not None and self.sandbox.exec_path != "agent":
             raise ValueError("code mode needs exec_path: agent (its calls travel over the agent's channel)")
-        if "run_python" in self.tools:
-            raise ValueError("run_python needs exec_path: agent (the agent keeps its interpreter)")
         return self
 
 

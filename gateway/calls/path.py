@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -24,6 +24,8 @@ from policy import Action, Allowed, Principal
 from policy.engine import PolicyEngine
 
 __all__ = ["CallPath"]
+
+T = TypeVar("T")
 
 
 class CallPath:
@@ -144,6 +146,14 @@ class CallPath:
         tool_calls: ToolCallHandler | None = None,
     ) -> ExecOutcome:
         """broker.execute, counted against the tenant's concurrency cap (refused at once when full)."""
+        return await self._budgeted(
+            principal,
+            decision,
+            lambda: self.broker.execute(principal, decision, argv, on_output, tool_calls=tool_calls),
+        )
+
+    async def _budgeted(self, principal: Principal, decision: Allowed, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, counted against the tenant's concurrency cap (refused at once when full)."""
         tenant, cap = principal.tenant, decision.limits.max_concurrent_per_tenant
         if not self.tenant_slots.acquire(tenant, cap):
             self.budget_refused("tenant-concurrency", {"tenant": tenant}, principal=principal.id, cap=cap)
@@ -153,7 +163,7 @@ class CallPath:
             )
         self.budget_metrics.tenant_running.add(1, {"tenant": tenant})
         try:
-            return await self.broker.execute(principal, decision, argv, on_output, tool_calls=tool_calls)
+            return await call()
         finally:
             self.tenant_slots.release(tenant)
             self.budget_metrics.tenant_running.add(-1, {"tenant": tenant})

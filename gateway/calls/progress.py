@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 
-__all__ = ["PROGRESS_INTERVAL_S", "OutputTail", "ProgressReport", "relay_progress"]
+from gateway.backend.base import OutputCallback
+
+__all__ = ["PROGRESS_INTERVAL_S", "OutputTail", "ProgressReport", "relay_progress", "with_progress"]
+
+T = TypeVar("T")
 
 #: How often a long-running command reports progress (only when it printed something new).
 PROGRESS_INTERVAL_S = 1.0
@@ -56,3 +61,24 @@ async def relay_progress(
             await report(float(total), text)
         except Exception:  # noqa: BLE001 - progress is best effort; the call's result is what counts
             return
+
+
+async def with_progress(
+    on_progress: ProgressReport | None, run: Callable[[OutputCallback | None], Awaitable[T]]
+) -> T:
+    """`run(on_output)`, with its output relayed to `on_progress` while it runs (when there is one)."""
+    if on_progress is None:
+        return await run(None)
+    tail = OutputTail()
+    failure: Exception | None = None
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(relay_progress, tail, on_progress)
+        try:
+            outcome = await run(tail)
+        except Exception as exc:  # noqa: BLE001 - re-raised as itself below, not in an exception group
+            failure = exc
+        finally:
+            tasks.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return outcome

@@ -12,14 +12,15 @@ from typing import Any
 
 import anyio
 
-from gateway.backend.base import KILL_AFTER_S, ExecOutcome
+from gateway.backend.base import KILL_AFTER_S, ExecOutcome, OutputCallback
 from gateway.backend.commands import MAX_ARGV_BYTES, bash_argv, python_argv
 from gateway.calls.code_mode import CodeModeCalls, ExecutionTools
 from gateway.calls.explain import action_for, explain, profile_limits
 from gateway.calls.file_tools import FileCalls
 from gateway.calls.inputs import check_code, check_explain_target
 from gateway.calls.library import Library, LibraryListing
-from gateway.calls.progress import OutputTail, ProgressReport, relay_progress
+from gateway.calls.progress import ProgressReport, with_progress
+from gateway.calls.python_calls import PythonCalls
 from gateway.calls.results import (
     AdminPolicy,
     AdminSandbox,
@@ -47,7 +48,7 @@ def _upstream(tools: ExecutionTools | None) -> dict[str, Any]:
     return tools.summary() if tools is not None else {}
 
 
-class ExecutionService(FileCalls):
+class ExecutionService(FileCalls, PythonCalls):
     """Decides, records and runs tool calls for principals: code, files, and the sandbox itself."""
 
     #: Code mode: serves the upstream tool calls of executions whose profile allows them.
@@ -80,21 +81,10 @@ class ExecutionService(FileCalls):
         on_progress: ProgressReport | None,
         tools: ExecutionTools | None = None,
     ) -> ExecOutcome:
-        if on_progress is None:
-            return await self._in_tenant_budget(principal, decision, argv, tool_calls=tools)
-        tail = OutputTail()
-        failure: Exception | None = None
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(relay_progress, tail, on_progress)
-            try:
-                outcome = await self._in_tenant_budget(principal, decision, argv, tail, tool_calls=tools)
-            except Exception as exc:  # noqa: BLE001 - re-raised as itself below, not in an exception group
-                failure = exc
-            finally:
-                tasks.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        return outcome
+        async def run(on_output: OutputCallback | None) -> ExecOutcome:
+            return await self._in_tenant_budget(principal, decision, argv, on_output, tool_calls=tools)
+
+        return await with_progress(on_progress, run)
 
     async def _execute(
         self,

@@ -26,6 +26,7 @@ from gateway.calls.results import (
 from gateway.calls.service import ExecutionService
 from gateway.errors import GatewayError
 from gateway.http.caller import principal_of, source_ip
+from gateway.http.python_tool import register_run_python
 from policy import Principal
 
 __all__ = ["register_tools"]
@@ -120,6 +121,8 @@ def register_tools(
         timeout_s: Timeout = None,
     ) -> ExecResult:
         return await _run(service, ctx, "execute_python", code, timeout_s)
+
+    register_run_python(mcp, service, _principal, _guarded)
 
     @mcp.tool(
         name="sandbox_info",
