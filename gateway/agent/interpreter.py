@@ -4,7 +4,8 @@ The image holds it read-only as /opt/sandbox-gateway/sgw_agent/interpreter.py; t
 `python3 interpreter.py CWD` with the sandbox's uid, environment and limits, and:
   fd 0 /dev/null; fd 1, 2 pipes the agent reads during a call (so output of C code and of
   subprocesses counts too); fd 3 requests in; fd 4 answers out.
-Each message on fd 3 and fd 4 is a 4-byte big-endian length and that much UTF-8 JSON:
+A request on fd 3 is a 4-byte big-endian length and that much UTF-8 JSON; an answer on fd 4 has
+the id of the call it answers (4 bytes) between its length and its JSON:
   request {"id": int, "code": str, "caps": {"value", "text", "images", "image_bytes", "rows"}}
   answer  {"id", "value": str|None, "rich": [{"mime", "data"[, "note"]}], "error": {"type",
            "message", "traceback"}|None, "interrupted": bool, "duration_ms", "rss_kb", "threads"}
@@ -34,7 +35,8 @@ import traceback
 from typing import Any
 
 REQUESTS, ANSWERS = 3, 4
-LENGTH = struct.Struct(">I")
+#: An answer's header: its length and the id of the call it answers.
+HEADER = struct.Struct(">II")
 #: Default caps; each request brings the profile's own.
 CAPS = {"value": 64 * 1024, "text": 256 * 1024, "images": 8, "image_bytes": 4 * 1024 * 1024, "rows": 50}
 #: Largest request read (the gateway sends far less: code is capped at its input limit).
@@ -115,7 +117,7 @@ class _Cell:
             figure = plt.figure(number)
             try:
                 buffer = io.BytesIO()
-                figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+                figure.savefig(buffer, format="png")  # at its own size and dpi
                 self.image(buffer.getvalue(), f"figure {number}")
             except Exception as exc:  # noqa: BLE001 - a figure that cannot render is reported, not fatal
                 self.note(f"figure {number} could not be rendered: {exc!r}")
@@ -231,7 +233,7 @@ def _read_exactly(count: int) -> bytes | None:
 
 def _send(answer: dict[str, Any]) -> None:
     data = json.dumps(answer, separators=(",", ":"), default=str).encode()
-    view = memoryview(LENGTH.pack(len(data)) + data)
+    view = memoryview(HEADER.pack(len(data), answer["id"]) + data)
     while view:
         try:
             view = view[os.write(ANSWERS, view) :]
@@ -264,8 +266,8 @@ def serve() -> None:
     """Answer requests until fd 3 closes."""
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "display": display}
     while True:
-        head = _read_exactly(LENGTH.size)
-        size = LENGTH.unpack(head)[0] if head is not None else 0
+        head = _read_exactly(4)
+        size = struct.unpack(">I", head)[0] if head is not None else 0
         raw = _read_exactly(size) if head is not None and size <= MAX_REQUEST else None
         if raw is None:
             return

@@ -38,6 +38,8 @@ from .protocol import ERR, MAX_PAYLOAD, OUT, RESULT, RESULT_PART, Writer
 __all__ = ["MAX_ANSWER", "InterpreterHost"]
 
 LENGTH = struct.Struct(">I")
+#: An answer's header: its length, and the id of the call it answers (interpreter.py).
+ANSWER = struct.Struct(">II")
 #: Largest answer taken from the interpreter; a bigger one ends it (it broke the protocol).
 MAX_ANSWER = 24 * 1024 * 1024
 
@@ -216,18 +218,19 @@ class InterpreterHost:
             self.silent_at = time.monotonic() + _EXIT_GRACE_S
             return
         self.incoming += data
-        while len(self.incoming) >= LENGTH.size:
-            size = LENGTH.unpack_from(self.incoming)[0]
+        while len(self.incoming) >= ANSWER.size:
+            size, answers = ANSWER.unpack_from(self.incoming)
             if size > MAX_ANSWER:
                 self.incoming.clear()
                 self._kill("broke-the-protocol")
                 return
-            if len(self.incoming) < LENGTH.size + size:
+            if len(self.incoming) < ANSWER.size + size:
                 return
-            answer = bytes(self.incoming[LENGTH.size : LENGTH.size + size])
-            del self.incoming[: LENGTH.size + size]
-            if self.call is not None and self.call.answer is None:
-                self.call.answer = answer
+            answer = bytes(self.incoming[ANSWER.size : ANSWER.size + size])
+            del self.incoming[: ANSWER.size + size]
+            call = self.call  # an answer to another call (a late or a forged one) is dropped
+            if call is not None and call.answer is None and answers == call.request_id:
+                call.answer = answer
 
     def _pump(self, fd: int, *, once: bool) -> None:
         """Forward what the interpreter wrote on stdout or stderr to the call (all that is there,

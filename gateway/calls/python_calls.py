@@ -35,9 +35,10 @@ _REMEMBERED = 100_000
 class PythonCalls(CallPath):
     """The run_python tool, on top of the call path."""
 
-    _homes: OrderedDict[str, str] | None = None
+    #: principal -> (the sandbox its interpreter lives or lived in, how it ended if a call saw it end)
+    _homes: OrderedDict[str, tuple[str, str | None]] | None = None
 
-    def _home_of(self) -> OrderedDict[str, str]:
+    def _home_of(self) -> OrderedDict[str, tuple[str, str | None]]:
         if self._homes is None:
             self._homes = OrderedDict()
         return self._homes
@@ -101,16 +102,18 @@ class PythonCalls(CallPath):
     def _lost(self, key: str, outcome: PythonOutcome) -> str | None:
         """Why the variables of earlier calls are gone, or None when they are not (or there were none)."""
         homes = self._home_of()
-        home = homes.pop(key, None)
-        if outcome.end is None:
-            homes[key] = outcome.container_id
-            while len(homes) > _REMEMBERED:
-                homes.popitem(last=False)
+        home, ended = homes.pop(key, (None, None))
+        here = outcome.container_id
+        homes[key] = (here, lost_reason(outcome.end, outcome.oom_killed) if outcome.end is not None else None)
+        while len(homes) > _REMEMBERED:
+            homes.popitem(last=False)
         if not outcome.new_interpreter:
             return None
-        if outcome.previous_end is not None:
-            return lost_reason(outcome.previous_end, outcome.previous_oom)
-        if home is not None and home != outcome.container_id:
+        if outcome.previous_end is not None:  # as the call it ended in said, when the gateway saw that
+            return (
+                ended if home == here and ended else lost_reason(outcome.previous_end, outcome.previous_oom)
+            )
+        if home is not None and home != here:
             return "sandbox-replaced" if outcome.sandbox_replaced else "sandbox-removed"
         return None
 

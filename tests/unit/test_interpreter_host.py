@@ -167,7 +167,9 @@ def test_a_fork_of_the_code_never_answers_for_the_interpreter(live: LiveAgent) -
 
 
 def test_an_answer_beyond_the_protocols_limit_ends_the_interpreter(live: LiveAgent) -> None:
-    ended = py(live, "import os, struct\nos.write(4, struct.pack('>I', 2**31))\nimport time\ntime.sleep(5)")
+    ended = py(
+        live, "import os, struct\nos.write(4, struct.pack('>II', 2**31, 0))\nimport time\ntime.sleep(5)"
+    )
     assert ended.body["ended"]["reason"] == "broke-the-protocol" and ended.answer is None
 
 
