@@ -33,6 +33,8 @@ END_REASONS = frozenset(
 )
 _TEXT_MIMES = frozenset({"text/markdown", "text/html", "image/svg+xml", "text/plain"})
 _PNG = b"\x89PNG\r\n\x1a\n"
+#: A whole PNG ends with its IEND chunk (empty, so always these bytes with their CRC).
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _IHDR = struct.Struct(">4sII")
 #: Rich outputs looked at per answer beyond the image cap (notes, tables, HTML).
 _MORE_ENTRIES = 32
@@ -143,7 +145,7 @@ def _png(data: object, budget: list[int]) -> RichOutput | str:
         raw = base64.b64decode(data if isinstance(data, str) else "", validate=True)
     except (binascii.Error, ValueError):
         return "an image that is not valid base64 was refused"
-    if not raw.startswith(_PNG) or len(raw) < len(_PNG) + 4 + _IHDR.size:
+    if not raw.startswith(_PNG) or not raw.endswith(_IEND) or len(raw) < len(_PNG) + 4 + _IHDR.size:
         return "an image that is not a PNG was refused"
     chunk, width, height = _IHDR.unpack_from(raw, len(_PNG) + 4)
     if chunk != b"IHDR":
