@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from bench.calls import WORKLOADS
+from bench.stateful import KEPT, NEW_PROCESS, STATEFUL
 from bench.stats import Series
 
 __all__ = ["FALLBACK", "FAST", "LEGEND", "RAW_PROXY", "RAW_UNIX", "expected_rows", "render", "targets"]
@@ -36,6 +37,7 @@ def expected_rows(levels: tuple[int, ...]) -> list[tuple[str, str]]:
     rows += [(FIRST, RAW_FIRST)]
     rows += [(FIRST, first_variant(path, pool)) for path in (FAST, FALLBACK) for pool in (True, False)]
     rows += [(INFO, FAST), (INFO, FALLBACK)]
+    rows += [(STATEFUL, KEPT), (STATEFUL, NEW_PROCESS)]
     rows += [(throughput_workload(level), path) for level in levels for path in (FAST, FALLBACK)]
     rows += [
         (workload, path) for path in (FAST, FALLBACK) for workload in (BYSTANDER_ALONE, BYSTANDER_LOADED)
@@ -122,6 +124,12 @@ def targets(
             f"the neighbours idle, {_ms(loaded['p50_ms'])}/{_ms(loaded['p99_ms'])} ms with them at full load "
             f"({loaded['note']})"
         )
+    kept, fresh = p50(STATEFUL, KEPT), p50(STATEFUL, NEW_PROCESS)
+    out["stateful_p50_ms"] = {"run_python": kept, "execute_python": fresh}
+    lines.append(
+        f"`x += 1`: run_python (kept interpreter) p50 {kept:.1f} ms, execute_python (a new process each "
+        f"call) p50 {fresh:.1f} ms"
+    )
     info, inner = p50(INFO, FAST), _find(series, "true", FAST)
     inner_p50 = float(inner["inner_exec_p50_ms"]) if inner else math.nan
     out["fast_true_breakdown_ms"] = {

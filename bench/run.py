@@ -40,6 +40,7 @@ from bench.gateways import (
 )
 from bench.machine import describe, machine_line
 from bench.raw import RawEngine
+from bench.stateful import stateful_calls
 from bench.stats import Series
 from gateway.backend.create_body import LABEL_PREFIX
 from gateway.config import DEFAULT_DOCKER_HOST
@@ -191,6 +192,8 @@ async def _gateway_phase(
     out.append(await calls.info_calls(gateway, gateway.tokens["info"], path, settings.samples))
     if gateway.exec_path == "agent":
         extras["spawn_ms"] = await calls.spawn_cost(gateway, gateway.tokens["info"])
+        _progress(f"{path}: stateful calls, run_python against execute_python")
+        out += await stateful_calls(gateway, tail, gateway.tokens["stateful"], settings.samples)
     for pool in (True, False):
         _progress(f"{path}: first calls, {f'warm pool of {gateway.warm_pool}' if pool else 'no pool'}")
         kind = "pool" if pool else "nopool"
@@ -235,7 +238,10 @@ class Run:
 
     def gateway(self, path: str, exec_path: str) -> BenchGateway:
         settings = self.settings
-        principals = {f"warm-{i}": PROFILE for i in range(len(WORKLOADS))} | {"info": PROFILE}
+        principals = {f"warm-{i}": PROFILE for i in range(len(WORKLOADS))} | {
+            "info": PROFILE,
+            "stateful": PROFILE,
+        }
         for i in range(settings.first_calls):
             principals |= {f"first-pool-{i}": PROFILE, f"first-nopool-{i}": NOPOOL}
         principals |= {f"tp-{i}": PROFILE for i in range(max(settings.levels))}
