@@ -16,6 +16,7 @@ from pathlib import Path
 from audit import AuditLog, StreamSink
 from audit.sinks import AuditSink
 from gateway.auth.tokens import validate_principal_id
+from gateway.calls.python_results import PythonResult
 from gateway.calls.results import ExecResult
 from gateway.config import DEFAULT_DOCKER_HOST, DEFAULT_IMAGE, ENV_DOCKER_HOST, Settings, check_docker_host
 from gateway.errors import ConfigError
@@ -97,6 +98,19 @@ class DockerExecutionClient:
         """Run Python code in `user_id`'s sandbox: (exit_code, stdout, stderr); -1 if no status."""
         result = await self.run(user_id, "execute_python", code, timeout_s)
         return (-1 if result.exit_code is None else result.exit_code), result.stdout, result.stderr
+
+    async def run_python(self, user_id: str, code: str, timeout_s: float | None = None) -> PythonResult:
+        """Run `code` in `user_id`'s long-lived interpreter (variables live across calls); the result
+        describes each image in `outputs`; `run_python_images` also returns their bytes."""
+        result, _ = await self.service.run_python(self._principal(user_id), code, timeout_s)
+        return result
+
+    async def run_python_images(
+        self, user_id: str, code: str, timeout_s: float | None = None
+    ) -> tuple[PythonResult, list[bytes]]:
+        """As run_python, with the PNG bytes of each image output, in order."""
+        result, outcome = await self.service.run_python(self._principal(user_id), code, timeout_s)
+        return result, [rich.data for rich in outcome.rich if isinstance(rich.data, bytes)]
 
     async def acleanup_all(self) -> int:
         """Remove every sandbox this client created, off the event loop. Returns how many."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,11 @@ from gateway.errors import ConfigError, PolicyDenied
 from tests.conftest import PROXY_URL
 
 pytestmark = pytest.mark.anyio
+
+#: A 1x1 PNG.
+_ONE_PIXEL = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
 
 
 @pytest.fixture
@@ -41,6 +47,20 @@ async def test_python_and_timeouts_through_the_embedding_api(client: DockerExecu
     assert await client.execute_python("u1", "print(6 * 7)") == (0, "42\n", "")
     result = await client.run("u1", "execute_bash", "sleep 30", timeout_s=1)
     assert result.timed_out
+
+
+async def test_run_python_keeps_state_and_returns_images_through_the_embedding_api(
+    client: DockerExecutionClient,
+) -> None:
+    first = await client.run_python("u3", "total = 40")
+    second = await client.run_python("u3", "total += 2\ntotal")
+    assert first.new_interpreter and not second.new_interpreter and second.value == "42"
+    drawing = (
+        "import base64\nclass Dot:\n    def _repr_png_(self):\n        return base64.b64decode("
+        f"{base64.b64encode(_ONE_PIXEL).decode()!r})\nDot()"
+    )
+    result, images = await client.run_python_images("u3", drawing)
+    assert images == [_ONE_PIXEL] and result.outputs[0].width == 1
 
 
 async def test_the_policy_applies_to_embedded_calls(client: DockerExecutionClient) -> None:
