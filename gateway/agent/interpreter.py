@@ -10,10 +10,8 @@ the id of the call it answers (4 bytes) between its length and its JSON:
   answer  {"id", "value": str|None, "rich": [{"mime", "data"[, "note"]}], "error": {"type",
            "message", "traceback"}|None, "interrupted": bool, "duration_ms", "rss_kb", "threads"}
 Calls are strictly one after another. SIGINT interrupts the running call only (KeyboardInterrupt in
-the code); between calls it is ignored. Anything else that ends this process ends the state: the
-agent sees it and the next call says so.
-
-It runs as the code does: the agent checks each answer's framing, the gateway its content.
+the code); between calls it is ignored. It runs as the code does: the agent checks each answer's
+framing, the gateway its content.
 """
 
 from __future__ import annotations
