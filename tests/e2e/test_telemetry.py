@@ -51,6 +51,28 @@ async def test_a_tool_call_continues_the_clients_trace_down_to_each_docker_call(
     assert finish["trace_id"] == trace_id, "the audit event names the same trace"
 
 
+async def test_a_run_python_call_is_a_span_with_its_interpreter_call_below_and_in_the_audit(
+    inproc_gateway: InProcessGateway, span_exporter: InMemorySpanExporter
+) -> None:
+    async with mcp_client(inproc_gateway.url, inproc_gateway.tokens["alice"]) as client:
+        await client.call_tool("run_python", {"code": "warm = 1"})
+        span_exporter.clear()
+        result = await client.call_tool("run_python", {"code": "warm + 1"})
+    assert not result.is_error
+    spans = list(span_exporter.get_finished_spans())
+    server = next(s for s in spans if s.name == "tools/call run_python" and s.kind == SpanKind.SERVER)
+    python = [s for s in descendants(spans, server) if s.name == "docker.python"]
+    assert len(python) == 1 and python[0].attributes is not None
+    assert python[0].attributes["sandbox_gateway.exec_path"] == "agent"
+    assert python[0].attributes["sandbox_gateway.principal"] == "alice"
+    finish = [e for e in audit_events(inproc_gateway.sink, "exec.finish") if e.get("tool") == "run_python"][
+        -1
+    ]
+    assert finish["trace_id"] == format(server.context.trace_id, "032x")
+    assert finish["interpreter"]["new"] is False and finish["outcome"]["status"] == "ok"
+    AuditEvent.model_validate(finish)
+
+
 async def test_audit_events_for_allow_deny_timeout_oom_and_auth_failure(
     inproc_gateway: InProcessGateway,
 ) -> None:
