@@ -108,7 +108,7 @@ DATA_SCIENCE = ImageVariant(
     purge=_DATA_SCIENCE_PURGE,
     imports=("numpy", "pandas", "scipy", "matplotlib.pyplot", "tabulate"),
     extends=BASE,
-    about="numpy, pandas, matplotlib and tabulate; about 2 minutes the first time, then cached",
+    about="numpy, pandas, matplotlib and tabulate; 2 to 3 minutes the first time, then cached",
 )
 #: Every image setup builds, the base first.
 VARIANTS = (BASE, DATA_SCIENCE)
