@@ -29,8 +29,8 @@ def _cmd_setup(args: argparse.Namespace) -> int:
 
     image = args.image or os.environ.get(ENV_EXECUTOR_IMAGE) or DEFAULT_IMAGE
     paths = SetupPaths.from_env()
-    run_setup(paths, image)
-    print(f"ready: engine {paths.docker_socket}, socket proxy {paths.proxy_url}, image {image}")
+    images = run_setup(paths, image)
+    print(f"ready: engine {paths.docker_socket}, socket proxy {paths.proxy_url}, images {', '.join(images)}")
     return 0
 
 

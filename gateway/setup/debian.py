@@ -180,9 +180,9 @@ def debootstrap_argv(source: DebianSource, packages: tuple[str, ...], target: Pa
 
 
 def debootstrap(source: DebianSource, packages: tuple[str, ...], target: Path) -> None:
-    """A minbase tree of `source`'s suite with `packages` in `target` (about a minute)."""
+    """A minbase tree of `source`'s suite with `packages` in `target` (a minute or two)."""
     say(
         f"debootstrap {source.suite} from {source.mirror} (from {source.origin}) "
-        f"with {', '.join(packages)} (about a minute)"
+        f"with {', '.join(packages)} (a minute or two)"
     )
     run(debootstrap_argv(source, packages, target), timeout=1200)

@@ -1,8 +1,9 @@
-"""Build the sandbox image if it is missing: `docker build` when a registry answers, else offline.
+"""Build a sandbox image if it is missing: `docker build` when a registry answers, else offline.
 
-Offline, the same contents (gateway/setup/image_recipe.py) come from a debootstrap root filesystem
-(gateway/setup/debian.py) imported with `docker import`. The root filesystem tarball is cached, so a
-rebuild after `docker rmi` or a change to the gateway's files in the image takes seconds.
+Offline, the same contents (gateway/setup/image_recipe.py, and image_variants.py for the images on
+top of the base one) come from a debootstrap root filesystem (gateway/setup/debian.py) imported with
+`docker import`. Each image's root filesystem tarball is cached, so a rebuild after `docker rmi` or a
+change to the gateway's files in the image takes seconds.
 """
 
 from __future__ import annotations
@@ -19,15 +20,8 @@ from gateway.setup.debian import (
     debian_source,
     debootstrap,
 )
-from gateway.setup.image_recipe import (
-    DOCKERFILE,
-    IMAGE_ENV,
-    IMAGE_PACKAGES,
-    add_shipped,
-    customise,
-    recipe_digest,
-    rootfs_digest,
-)
+from gateway.setup.image_recipe import add_shipped
+from gateway.setup.image_variants import BASE, ImageVariant, finish_rootfs
 from gateway.setup.state import REPO_ROOT, SetupPaths, apt_install, run, say
 
 __all__ = ["ensure_image", "image_tarball"]
@@ -68,9 +62,9 @@ def _registry_answers(timeout: float = 3.0) -> bool:
         return False
 
 
-def _rootfs_tarball(paths: SetupPaths) -> Path:
-    """The customised debootstrap tree as a tarball, cached by its packages and recipe version."""
-    cache = paths.state_dir / "cache" / f"sandbox-rootfs-{rootfs_digest()}.tar"
+def _rootfs_tarball(paths: SetupPaths, variant: ImageVariant) -> Path:
+    """The finished debootstrap tree as a tarball, cached by what shapes it (rootfs_digest)."""
+    cache = paths.state_dir / "cache" / variant.rootfs_name
     if cache.exists():
         say(f"using the cached root filesystem {cache}")
         return cache
@@ -79,8 +73,8 @@ def _rootfs_tarball(paths: SetupPaths) -> Path:
     source = debian_source()
     build = Path(tempfile.mkdtemp(prefix="rootfs-", dir=paths.state_dir / "cache"))
     try:
-        debootstrap(source, IMAGE_PACKAGES, build)
-        customise(build)
+        debootstrap(source, variant.all_packages, build)
+        finish_rootfs(build, variant)
         partial = cache.with_suffix(".partial")
         run(["tar", "-C", str(build), "--numeric-owner", "-cf", str(partial), "."], timeout=600)
         partial.rename(cache)
@@ -99,14 +93,14 @@ def image_tarball(rootfs: Path, target: Path) -> Path:
     return target
 
 
-def _import(paths: SetupPaths, image: str, tarball: Path, digest: str) -> None:
+def _import(paths: SetupPaths, image: str, tarball: Path, digest: str, env: tuple[str, ...]) -> None:
     changes = [
         f"LABEL {_LABEL}={digest}",
         "USER 1000:1000",
         "WORKDIR /workspace",
         'CMD ["sleep", "infinity"]',
     ]
-    changes += [f"ENV {item}" for item in IMAGE_ENV]
+    changes += [f"ENV {item}" for item in env]
     argv = ["import"]
     for change in changes:
         argv += ["--change", change]
@@ -114,38 +108,38 @@ def _import(paths: SetupPaths, image: str, tarball: Path, digest: str) -> None:
     _docker(paths, *argv, str(tarball), image, timeout=900)
 
 
-def ensure_image(paths: SetupPaths, image: str) -> None:
-    """Make sure `image` exists and was built from the current recipe."""
-    digest = recipe_digest()
+def _docker_build(paths: SetupPaths, image: str, variant: ImageVariant, digest: str, base_image: str) -> bool:
+    argv = ["build", "-f", str(variant.dockerfile), "--label", f"{_LABEL}={digest}", "-t", image]
+    if variant.extends is not None:
+        argv += ["--build-arg", f"BASE_IMAGE={base_image}"]
+    proc = _docker(paths, *argv, str(REPO_ROOT), timeout=1800, check=False)
+    return proc.returncode == 0
+
+
+def ensure_image(
+    paths: SetupPaths, image: str, variant: ImageVariant = BASE, *, base_image: str = BASE.image
+) -> None:
+    """Make sure `image` exists and was built from `variant`'s current recipe. A variant on top of
+    the base image is built FROM `base_image` with a registry (ensure that one first)."""
+    digest = variant.recipe_digest()
     found = _image_recipe(paths, image)
+    what = "sandbox image" if variant.extends is None else f"{variant.name} sandbox image"
     if found == digest:
-        say(f"sandbox image {image} is present (recipe {digest})")
+        say(f"{what} {image} is present (recipe {digest})")
         return
-    say(f"building sandbox image {image} (recipe {digest}; found {found or 'none'})")
+    about = f": {variant.about}" if variant.about else ""
+    say(f"building {what} {image} (recipe {digest}; found {found or 'none'}){about}")
     if _registry_answers():
-        proc = _docker(
-            paths,
-            "build",
-            "-f",
-            str(DOCKERFILE),
-            "--label",
-            f"{_LABEL}={digest}",
-            "-t",
-            image,
-            str(REPO_ROOT),
-            timeout=1800,
-            check=False,
-        )
-        if proc.returncode == 0:
+        if _docker_build(paths, image, variant, digest, base_image):
             say(f"built {image} with docker build")
             return
         say("docker build failed; building offline instead")
     target = paths.state_dir / "cache" / f"sandbox-image-{digest}.tar"
-    image_tar = image_tarball(_rootfs_tarball(paths), target)
+    image_tar = image_tarball(_rootfs_tarball(paths, variant), target)
     try:
-        _import(paths, image, image_tar, digest)
+        _import(paths, image, image_tar, digest, variant.all_env)
     finally:
         image_tar.unlink(missing_ok=True)
     if _image_recipe(paths, image) != digest:
         raise SetupError(f"the image {image} was imported but does not carry the recipe label")
-    say(f"sandbox image {image} is ready")
+    say(f"{what} {image} is ready")

@@ -224,6 +224,7 @@ def test_the_proxy_is_alone_on_an_internal_network_and_refuses_build(stack: Stac
     assert [*proxy["Config"]["Entrypoint"], *proxy["Config"]["Cmd"]][2:] == [
         "--listen", "tcp:0.0.0.0:2375", "--engine", "/var/run/docker.sock",
         f"--mount-source={REPO_ROOT / 'skills'}", "--image=mcp-code-executor:latest",
+        "--image=mcp-code-executor:data-science",
     ]  # fmt: skip
     gateway = _inspect("container", stack.container("gateway"))
     assert _env(proxy)["SGW_SANDBOX_UIDS"] == _env(gateway)["SGW_SANDBOX_UIDS"] == str(SANDBOX_UIDS)
@@ -428,7 +429,8 @@ def test_the_other_variants_are_valid_compose_files_that_keep_the_proxy_in_front
     mounts = [f"--mount-source={tmp / 'skills'}"]
     if "--tools-dir" in " ".join(gateway["command"]):
         mounts.append(f"--mount-source={tmp / 'tools'}")
-    assert proxy["command"] == [*mounts, "--image=mcp-code-executor:latest"]
+    images = ["--image=mcp-code-executor:latest", "--image=mcp-code-executor:data-science"]
+    assert proxy["command"] == [*mounts, *images], "every image the shipped policy names"
     assert proxy["environment"]["SGW_SANDBOX_UIDS"] == gateway["environment"]["SGW_SANDBOX_UIDS"]
     if "frontend" in config["services"]:
         frontend = config["services"]["frontend"]

@@ -1,6 +1,8 @@
 """The sandbox image's recipe: Dockerfile.sandbox and the offline build install the same files, in
 the places the gateway runs them from, root-owned and read-only; what ships into the image needs
-nothing but the standard library; and the recipe digest changes with every file that goes in."""
+nothing but the standard library; and the recipe digest changes with every file that goes in. The
+data-science variant's Dockerfile builds on the sandbox image and installs what its offline recipe
+does."""
 
 from __future__ import annotations
 
@@ -26,16 +28,17 @@ from gateway.setup.image_recipe import (
     recipe_digest,
     rootfs_digest,
 )
+from gateway.setup.image_variants import BASE, DATA_SCIENCE
 from gateway.setup.state import REPO_ROOT
 
 AGENT_DIR = REPO_ROOT / "gateway" / "agent"
 
 
-def _dockerfile_instructions() -> list[list[str]]:
-    """Dockerfile.sandbox's instructions as words, continuation lines joined, comments dropped."""
+def _dockerfile_instructions(dockerfile: Path = DOCKERFILE) -> list[list[str]]:
+    """A Dockerfile's instructions as words, continuation lines joined, comments dropped."""
     lines: list[str] = []
     pending = ""
-    for line in DOCKERFILE.read_text().splitlines():
+    for line in dockerfile.read_text().splitlines():
         if line.lstrip().startswith("#"):
             continue
         if line.endswith("\\"):
@@ -155,3 +158,23 @@ def test_the_offline_image_adds_the_shipped_files_root_owned_and_read_only(tmp_p
             assert (member.isfile(), member.mode, member.uid, member.gid) == (True, 0o444, 0, 0)
             extracted = tar.extractfile(member)
             assert extracted is not None and extracted.read() == (REPO_ROOT / source).read_bytes()
+
+
+def test_the_data_science_dockerfile_builds_on_the_sandbox_image_and_copies_nothing() -> None:
+    """The gateway's files come with the base image, as offline (image_tarball adds SHIPPED)."""
+    words = _dockerfile_instructions(DATA_SCIENCE.dockerfile)
+    assert words[0] == ["ARG", f"BASE_IMAGE={BASE.image}"] and words[1] == ["FROM", "${BASE_IMAGE}"]
+    assert not [w for w in words if w[0] in ("COPY", "ADD")]
+    assert words[-1] == ["USER", "1000:1000"], "the sandbox runs as the sandbox user, as the base"
+
+
+def test_the_data_science_dockerfile_installs_and_sets_what_the_offline_recipe_does() -> None:
+    words = _dockerfile_instructions(DATA_SCIENCE.dockerfile)
+    run = " ".join(" ".join(w[1:]) for w in words if w[0] == "RUN")
+    installed = run.partition("pip install ")[2].partition("&&")[0].split()
+    pinned = {word.partition("==")[0] for word in installed if not word.startswith("--")}
+    assert pinned == {package.removeprefix("python3-") for package in DATA_SCIENCE.packages}
+    assert all("==" in word for word in installed if not word.startswith("--")), "pinned releases"
+    assert "find / -xdev -perm /6000 -type f -exec chmod ug-s {} +" in run
+    env = [item for w in words if w[0] == "ENV" for item in w[1:]]
+    assert env == list(DATA_SCIENCE.env)
