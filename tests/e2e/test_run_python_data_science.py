@@ -85,7 +85,8 @@ async def test_numpy_state_lives_across_calls_and_survives_an_interrupted_loop(g
 
 
 async def test_figures_beyond_the_image_cap_are_dropped_with_a_note(gateway: Gateway) -> None:
-    code = "import matplotlib.pyplot as plt\nfor i in range(10):\n    plt.figure(figsize=(1, 1))\n    plt.plot([i])"
+    code = "import matplotlib.pyplot as plt\nfor i in range(10):\n"
+    code += "    plt.figure(figsize=(1, 1))\n    plt.plot([i])"
     async with mcp_client(gateway.url, gateway.tokens["dana"]) as client:
         result, images = await run(client, code, timeout_s=120)
     assert len(images) == 8, "the profile's max_images"
