@@ -184,3 +184,17 @@ async def test_every_call_is_audited_with_its_interpreter_facts(gateway: Gateway
     assert any(e.get("tool") == "run_python" for e in audit_events(gateway.audit_log, "docker.python"))
     starts = [e for e in audit_events(gateway.audit_log, "exec.start") if e.get("tool") == "run_python"]
     assert "hmac_sha256" in starts[-1]["code"], "the code is in the log as the policy says (an HMAC)"
+
+
+async def test_a_client_asking_for_progress_gets_the_output_so_far(gateway: Gateway) -> None:
+    notes: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        notes.append((progress, message))
+
+    code = "import time\nfor i in (1, 2, 3):\n    print('step', i)\n    time.sleep(1.3)"
+    async with mcp_client(gateway.url, gateway.tokens["alice"]) as client:
+        answer = await client.call_tool("run_python", {"code": code}, progress_callback=on_progress)
+    assert answer.structured_content is not None
+    assert answer.structured_content["stdout"] == "step 1\nstep 2\nstep 3\n"
+    assert len(notes) >= 2 and notes[0] == (len("step 1\n"), "step 1\n")
