@@ -8,7 +8,7 @@ A request on fd 3 is a 4-byte big-endian length and that much UTF-8 JSON; an ans
 the id of the call it answers (4 bytes) between its length and its JSON:
   request {"id": int, "code": str, "caps": {"value", "text", "images", "image_bytes", "rows"}}
   answer  {"id", "value": str|None, "rich": [{"mime", "data"[, "note"]}], "error": {"type",
-           "message", "traceback"}|None, "interrupted": bool, "duration_ms", "rss_kb", "threads"}
+           "message", "traceback"}|None, "interrupted": bool, "duration_ms"}
 Calls are strictly one after another. SIGINT interrupts the running call only (KeyboardInterrupt in
 the code); between calls it is ignored. It runs as the code does: the agent checks each answer's
 framing, the gateway its content.
@@ -27,7 +27,6 @@ import os
 import signal
 import struct
 import sys
-import threading
 import time
 import traceback
 from typing import Any
@@ -35,17 +34,14 @@ from typing import Any
 REQUESTS, ANSWERS = 3, 4
 #: An answer's header: its length and the id of the call it answers.
 HEADER = struct.Struct(">II")
-#: Default caps; each request brings the profile's own.
+#: Default caps (each request brings the profile's own), and the largest request read.
 CAPS = {"value": 64 * 1024, "text": 256 * 1024, "images": 8, "image_bytes": 4 * 1024 * 1024, "rows": 50}
-#: Largest request read (the gateway sends far less: code is capped at its input limit).
 MAX_REQUEST = 16 * 1024 * 1024
 _HERE = os.path.abspath(__file__)
 _OWNER = os.getpid()
 _TEXT_REPRS = (
-    ("_repr_svg_", "image/svg+xml"),
-    ("_repr_markdown_", "text/markdown"),
-    ("_repr_html_", "text/html"),
-)
+    ("_repr_svg_", "image/svg+xml"), ("_repr_markdown_", "text/markdown"), ("_repr_html_", "text/html")
+)  # fmt: skip
 
 
 class _Cell:
@@ -82,7 +78,7 @@ class _Cell:
             return
         png = getattr(kind, "_repr_png_", None)
         if png is not None:
-            data = _first(_call(png, value))
+            data = _call(png, value)
             if isinstance(data, str):
                 data = data.encode("latin-1", errors="replace")
             if isinstance(data, bytes):
@@ -90,7 +86,7 @@ class _Cell:
         for method, mime in _TEXT_REPRS:
             found = getattr(kind, method, None)
             if found is not None:
-                data = _first(_call(found, value))
+                data = _call(found, value)
                 if isinstance(data, str):
                     self.text(mime, data)
                     return  # the richest text form is enough
@@ -124,13 +120,11 @@ class _Cell:
 
 
 def _call(method: Any, value: object) -> object:
+    """`method(value)`, its first item if it is a tuple (data, metadata); None if it fails."""
     try:
-        return method(value)
+        data = method(value)
     except Exception:  # noqa: BLE001 - a broken _repr_ costs that representation only
         return None
-
-
-def _first(data: object) -> object:
     return data[0] if isinstance(data, tuple) and data else data
 
 
@@ -156,10 +150,10 @@ def display(*values: object) -> None:
 def _traceback(exc: BaseException) -> str:
     """The traceback of the code's own frames (and the libraries it called), not this file's."""
     summary = traceback.TracebackException(type(exc), exc, exc.__traceback__)
-    seen: list[traceback.TracebackException] = []
+    seen: set[int] = set()
     part: traceback.TracebackException | None = summary
-    while part is not None and part not in seen:
-        seen.append(part)
+    while part is not None and id(part) not in seen:
+        seen.add(id(part))
         part.stack = traceback.StackSummary.from_list(
             [frame for frame in part.stack if os.path.abspath(frame.filename) != _HERE]
         )
@@ -167,46 +161,55 @@ def _traceback(exc: BaseException) -> str:
     return "".join(summary.format())
 
 
+def _failure(exc: BaseException) -> dict[str, str]:
+    """An exception of the code as the answer shows it (its own __str__ may fail: that is said)."""
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001
+        message = f"<str() of this {type(exc).__name__} failed>"
+    syntax = isinstance(exc, SyntaxError)
+    shown = "".join(traceback.format_exception_only(exc)) if syntax else _traceback(exc)
+    return {"type": type(exc).__name__, "message": message, "traceback": shown}
+
+
+def _execute(namespace: dict[str, Any], name: str, code: str, answer: dict[str, Any], cell: _Cell) -> None:
+    """All statements, then the value of a final expression (kept as `_`) and its representations."""
+    tree = ast.parse(code, name, "exec")
+    last = tree.body[-1] if tree.body else None
+    tail = None
+    if isinstance(last, ast.Expr):
+        tree.body.pop()
+        tail = compile(ast.Expression(last.value), name, "eval")
+    exec(compile(tree, name, "exec"), namespace)  # noqa: S102 - running the caller's code is the point
+    value = eval(tail, namespace) if tail is not None else None  # noqa: S307
+    if value is not None:
+        namespace["_"] = value
+        text, limit = repr(value), cell.caps["value"]
+        answer["value"] = text if len(text) <= limit else text[:limit] + f"… (cut at {limit} characters)"
+        cell.show(value)
+
+
 def _run(namespace: dict[str, Any], number: int, code: str, caps: dict[str, int]) -> dict[str, Any]:
-    """Run one cell: all statements, and the value of a final expression (kept as `_`)."""
+    """Run one cell. SIGINT interrupts all of it: the code, its value's repr, its figures."""
     name = f"<cell-{number}>"
     linecache.cache[name] = (len(code), None, code.splitlines(True), name)
     answer: dict[str, Any] = {"value": None, "error": None, "interrupted": False}
     cell = _Now.cell = _Cell(caps)
     started = time.perf_counter()
+    _Now.busy = True
     try:
-        tree = ast.parse(code, name, "exec")
-        last = tree.body[-1] if tree.body else None
-        tail = None
-        if isinstance(last, ast.Expr):
-            tree.body.pop()
-            tail = compile(ast.Expression(last.value), name, "eval")
-        body = compile(tree, name, "exec")
-        _Now.busy = True
         try:
-            exec(body, namespace)  # noqa: S102 - running the caller's code is this process's purpose
-            value = eval(tail, namespace) if tail is not None else None  # noqa: S307
-        finally:
-            _Now.busy = False
-        if value is not None:
-            namespace["_"] = value
-            text = repr(value)
-            if len(text) > caps["value"]:
-                text = text[: caps["value"]] + f"… (cut at {caps['value']} characters)"
-            answer["value"] = text
-            cell.show(value)
+            _execute(namespace, name, code, answer, cell)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: the interpreter and its state stay
+            answer["error"] = _failure(exc)
+        cell.figures()
     except KeyboardInterrupt as exc:
         answer["interrupted"] = True
         answer["error"] = {"type": "KeyboardInterrupt", "message": "", "traceback": _traceback(exc)}
-    except SyntaxError as exc:
-        text = "".join(traceback.format_exception_only(type(exc), exc))
-        answer["error"] = {"type": "SyntaxError", "message": str(exc), "traceback": text}
-    except BaseException as exc:  # noqa: BLE001 - SystemExit too: the interpreter and its state stay
-        answer["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": _traceback(exc)}
-    try:
-        cell.figures()
-    except Exception as exc:  # noqa: BLE001
-        cell.note(f"figures could not be captured: {exc!r}")
+    finally:
+        _Now.busy = False
     _Now.cell = None
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
@@ -219,10 +222,7 @@ def _run(namespace: dict[str, Any], number: int, code: str, caps: dict[str, int]
 def _read_exactly(count: int) -> bytes | None:
     data = bytearray()
     while len(data) < count:
-        try:
-            piece = os.read(REQUESTS, count - len(data))
-        except InterruptedError:
-            continue
+        piece = os.read(REQUESTS, count - len(data))  # a signal handler that returns: retried (PEP 475)
         if not piece:
             return None
         data += piece
@@ -233,15 +233,7 @@ def _send(answer: dict[str, Any]) -> None:
     data = json.dumps(answer, separators=(",", ":"), default=str).encode()
     view = memoryview(HEADER.pack(len(data), answer["id"]) + data)
     while view:
-        try:
-            view = view[os.write(ANSWERS, view) :]
-        except InterruptedError:
-            continue
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+        view = view[os.write(ANSWERS, view) :]
 
 
 def _caps(asked: object) -> dict[str, int]:
@@ -273,12 +265,14 @@ def serve() -> None:
         number, code = int(request["id"]), str(request["code"])
         try:
             answer = _run(namespace, number, code, _caps(request.get("caps")))
-        except KeyboardInterrupt:  # the interrupt came as the call was ending: it ends interrupted
-            error = {"type": "KeyboardInterrupt", "message": "", "traceback": ""}
-            answer = {"value": None, "rich": [], "error": error, "interrupted": True, "duration_ms": 0}
+        except BaseException as exc:  # noqa: BLE001 - an interrupt as the call ended; a failure of ours
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            kind = "KeyboardInterrupt" if interrupted else "InterpreterError"
+            error = {"type": kind, "message": "" if interrupted else f"{type(exc).__name__}", "traceback": ""}
+            answer = {"value": None, "rich": [], "error": error, "interrupted": interrupted, "duration_ms": 0}
         if os.getpid() != _OWNER:  # a fork of the code came back up to here: it leaves silently
             os._exit(0)
-        answer.update(id=number, rss_kb=_rss_kb(), threads=threading.active_count())
+        answer.update(id=number)
         _send(answer)
 
 

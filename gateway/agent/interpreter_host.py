@@ -8,9 +8,8 @@ state survives when the code stops); `kill_after_s` later, or at the call's dead
 group gets SIGKILL (the state is gone). Between calls its output pipes are not read, so what a
 thread prints late arrives with the next call.
 
-How an interpreter ended is a fact the agent knows (it sent the signal, or it did not) and reports:
-with the call it ended in, and again with the call that starts the next one. Whether the kernel's
-OOM killer was the cause is the gateway's to tell (the sandbox cgroup's counter).
+How an interpreter ended is a fact the agent knows (it sent the signal or not; the OOM killer's
+count went up or not) and reports with the call it ended in, and again with the next call.
 """
 
 from __future__ import annotations
@@ -24,12 +23,11 @@ import struct
 import time
 from typing import Any
 
-from .interpreter_process import PROGRAM, PyCall, spawn
+from .interpreter_process import PROGRAM, PyCall, end_of, oom_kills, rss_kb, spawn
 from .processes import (
     AFTER_DEADLINE_S,
     OOM_RETRY_EVERY_S,
     OOM_RETRY_S,
-    exit_code,
     killpg,
     prefer_for_oom_kill,
 )
@@ -72,6 +70,9 @@ class InterpreterHost:
         self.oom_until = 0.0
         #: When an interpreter that closed its answers is ended if it has not exited by itself.
         self.silent_at: float | None = None
+        #: The sandbox's OOM-kill count when last read (a call's start and end): an interpreter that
+        #: dies of SIGKILL the agent did not send, with the count up since, was the OOM killer's.
+        self.oom_seen: int | None = None
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -83,6 +84,7 @@ class InterpreterHost:
             self._forget()
         code, caps, idle = str(request["code"]), request.get("caps") or {}, request.get("idle_s")
         call = PyCall(request_id, request, time.monotonic())
+        self.oom_seen = oom_kills()
         call.summary["new"] = self.pid == 0
         if self.pid == 0:
             env = dict(str(item).partition("=")[::2] for item in request.get("env", []))
@@ -263,6 +265,9 @@ class InterpreterHost:
         if call.answer is None or self.status is not None:
             summary["ended"] = self._ending()
             call.answer = None
+        elif self.pid:
+            summary["rss_kb"] = rss_kb(self.pid)
+        summary["oom_kills"] = self.oom_seen = oom_kills()
         self.call = None
         if self.pid and self.status is None and not self.ending:
             self.idle_at = time.monotonic() + self.idle_s if self.idle_s is not None else None
@@ -275,7 +280,7 @@ class InterpreterHost:
         """How the interpreter ended (or is being ended, when the call's deadline passed first)."""
         if self.status is None:
             self._kill(self.ending or "deadline")
-        return {"reason": self.ending or "died", "exit_code": exit_code(self.status)}
+        return end_of(self.status, self.ending, self.oom_seen)
 
     def _forget(self) -> None:
         """The interpreter is gone: remember how, close its descriptors."""

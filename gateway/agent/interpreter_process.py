@@ -5,16 +5,54 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import sys
 from typing import Any
 
+from .processes import exit_code
 from .protocol import ERR, OUT
 
-__all__ = ["ANSWERS_FD", "PROGRAM", "REQUESTS_FD", "PyCall", "spawn"]
+__all__ = ["ANSWERS_FD", "PROGRAM", "REQUESTS_FD", "PyCall", "oom_kills", "rss_kb", "spawn"]
 
 PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interpreter.py")
 #: The interpreter's descriptors for requests and answers (interpreter.py).
 REQUESTS_FD, ANSWERS_FD = 3, 4
+#: The sandbox cgroup's count of OOM kills: cgroup v2, then v1 (read-only in the sandbox).
+_OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has ended in this sandbox so far (None: unknown)."""
+    for path in _OOM_FILES:
+        try:
+            with open(path) as counters:
+                for line in counters:
+                    name, _, count = line.partition(" ")
+                    if name == "oom_kill":
+                        return int(count)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def end_of(status: int | None, ending: str, oom_seen: int | None) -> dict[str, Any]:
+    """How an interpreter ended: the agent's reason for ending it (else "died"), its exit status as
+    a shell shows it, the signal that ended it, and whether that was the OOM killer (a SIGKILL the
+    agent did not send, with the sandbox's OOM-kill count up since `oom_seen`)."""
+    number = os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
+    now = oom_kills()
+    counted = oom_seen is not None and now is not None and now > oom_seen
+    oom = number == signal.SIGKILL and not ending and counted
+    return {"reason": ending or "died", "exit_code": exit_code(status), "signal": number, "oom": oom}
+
+
+def rss_kb(pid: int) -> int | None:
+    """The resident memory of process `pid`, as the kernel counts it (not as the process says)."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class PyCall:

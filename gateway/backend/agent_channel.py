@@ -69,6 +69,7 @@ class AgentChannel:
         self._tls_lock = threading.Lock()
         #: This sandbox's own threads for blocking writes and the handshake (never the shared pool).
         self._io = anyio.CapacityLimiter(1)
+        self.decoding = anyio.CapacityLimiter(1)  # and one for decoding big run_python answers
         self._sock: socket.socket | None = None
         self._keep: Any = None
         self._pending: dict[int, Call] = {}

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 
 from gateway.agent.protocol import RESULT
 from gateway.backend.agent_calls import GONE, failure
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SLACK_S", "run_python"]
 
+#: RESULTs up to this size are decoded on the event loop; bigger ones on the sandbox's own thread.
+_DECODE_INLINE = 256 * 1024
 #: Beyond the agent's own deadline, how long the gateway waits before it gives up on the call.
 SLACK_S = 2.0
 
@@ -72,8 +75,14 @@ async def run_python(
         fields.update(stdout_bytes=out.total, stderr_bytes=err.total)
         return _outcome(common, fields, {}, request)
     kind, payload = end
-    if kind == RESULT:
-        fields, answer = decode_result(payload, call_id, request.caps)
+    if kind == RESULT:  # a big answer is decoded on this sandbox's own thread, off the event loop
+        if len(payload) > _DECODE_INLINE:
+            decoded = await anyio.to_thread.run_sync(
+                decode_result, payload, call_id, request.caps, limiter=channel.decoding
+            )
+        else:
+            decoded = decode_result(payload, call_id, request.caps)
+        fields, answer = decoded
         fields["stdout_bytes"] = max(out.total, fields["stdout_bytes"])
         fields["stderr_bytes"] = max(err.total, fields["stderr_bytes"])
         return _outcome(common, fields, answer, request)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.backend.png import png_size
 from gateway.errors import AgentBroken
 
 __all__ = [
@@ -32,12 +32,10 @@ END_REASONS = frozenset(
     {"idle", "reaped", "killed-after-timeout", "deadline", "closed-its-answers", "broke-the-protocol", "died"}
 )
 _TEXT_MIMES = frozenset({"text/markdown", "text/html", "image/svg+xml", "text/plain"})
-_PNG = b"\x89PNG\r\n\x1a\n"
-#: A whole PNG ends with its IEND chunk (empty, so always these bytes with their CRC).
-_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-_IHDR = struct.Struct(">4sII")
 #: Rich outputs looked at per answer beyond the image cap (notes, tables, HTML).
 _MORE_ENTRIES = 32
+#: Characters of text outputs one answer may carry together (at least one whole output's cap).
+_TEXT_TOTAL = 1024 * 1024
 _MAX_ERROR_TYPE, _MAX_MESSAGE, _MAX_TRACEBACK = 200, 4096, 64 * 1024
 
 
@@ -59,10 +57,12 @@ class PythonRequest:
 
 @dataclass(frozen=True, slots=True)
 class InterpreterEnd:
-    """How an interpreter ended: `reason` (END_REASONS) and its exit status as a shell shows it."""
+    """How an interpreter ended: `reason` (END_REASONS), its exit status as a shell shows it, and
+    whether the kernel's OOM killer ended it (the agent's reading of the sandbox cgroup's count)."""
 
     reason: str
     exit_code: int | None
+    oom: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +107,10 @@ class PythonOutcome:
     previous_end: InterpreterEnd | None = None
     #: The interpreter ended during this call (its state is lost).
     end: InterpreterEnd | None = None
+    #: The interpreter's resident memory after the call, as the agent read it from /proc.
     memory_kb: int | None = None
-    threads: int | None = None
+    #: The sandbox cgroup's OOM-kill count at the call's end (the gateway's baseline for commands).
+    oom_kills: int | None = None
     #: Outputs the gateway refused (wrong type, above the caps), said in words.
     refused: tuple[str, ...] = ()
     #: As ExecOutcome: the status of the process that ended (the interpreter), for the OOM check.
@@ -131,12 +133,15 @@ def _end(value: object) -> InterpreterEnd | None:
     return InterpreterEnd(
         reason if isinstance(reason, str) and reason in END_REASONS else "died",
         _int(value.get("exit_code"), 0, 256),
+        value.get("oom") is True,
     )
 
 
 def _text(value: object, limit: int) -> str:
+    """A string of the answer, cut at `limit`, with what UTF-8 cannot carry (lone surrogates) replaced."""
     text = value if isinstance(value, str) else ""
-    return text if len(text) <= limit else text[:limit] + "…"
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.encode("utf-8", "replace").decode()
 
 
 def _png(data: object, budget: list[int]) -> RichOutput | str:
@@ -145,16 +150,14 @@ def _png(data: object, budget: list[int]) -> RichOutput | str:
         raw = base64.b64decode(data if isinstance(data, str) else "", validate=True)
     except (binascii.Error, ValueError):
         return "an image that is not valid base64 was refused"
-    if not raw.startswith(_PNG) or not raw.endswith(_IEND) or len(raw) < len(_PNG) + 4 + _IHDR.size:
-        return "an image that is not a PNG was refused"
-    chunk, width, height = _IHDR.unpack_from(raw, len(_PNG) + 4)
-    if chunk != b"IHDR":
+    size = png_size(raw)
+    if size is None:
         return "an image that is not a PNG was refused"
     if budget[0] <= 0 or len(raw) > budget[1]:
         return "an image above this call's image cap was refused"
     budget[0] -= 1
     budget[1] -= len(raw)
-    return RichOutput("image/png", raw, width, height)
+    return RichOutput("image/png", raw, *size)
 
 
 def _rich(entries: object, caps: dict[str, int]) -> tuple[list[RichOutput], list[str]]:
@@ -162,7 +165,7 @@ def _rich(entries: object, caps: dict[str, int]) -> tuple[list[RichOutput], list
     refused: list[str] = []
     if not isinstance(entries, list):
         return kept, refused
-    budget = [caps["images"], caps["image_bytes"]]
+    budget, text_left = [caps["images"], caps["image_bytes"]], max(_TEXT_TOTAL, caps["text"])
     for entry in entries[: caps["images"] + _MORE_ENTRIES]:
         mime = entry.get("mime") if isinstance(entry, dict) else None
         if not isinstance(mime, str) or not isinstance(entry, dict):
@@ -171,8 +174,12 @@ def _rich(entries: object, caps: dict[str, int]) -> tuple[list[RichOutput], list
             found = _png(entry.get("data"), budget)
             (kept.append(found) if isinstance(found, RichOutput) else refused.append(found))
         elif mime in _TEXT_MIMES and isinstance(entry.get("data"), str):
-            note = entry.get("note") is True and mime == "text/plain"
-            kept.append(RichOutput(mime, _text(entry["data"], caps["text"] + 64), note=note))
+            text = _text(entry["data"], caps["text"] + 64)
+            if len(text) > text_left:
+                refused.append("a text output beyond this call's total for text was refused")
+                continue
+            text_left -= len(text)
+            kept.append(RichOutput(mime, text, note=entry.get("note") is True and mime == "text/plain"))
         else:
             refused.append(f"an output of type {mime[:60]!r} was refused")
     if len(entries) > caps["images"] + _MORE_ENTRIES:
@@ -198,7 +205,7 @@ def decode_result(
     line, _, raw = payload.partition(b"\n")
     try:
         summary = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         summary = None
     if not isinstance(summary, dict):
         raise AgentBroken("the sandbox agent sent a malformed result")
@@ -210,6 +217,8 @@ def decode_result(
         "end": _end(summary.get("ended")),
         "stdout_bytes": _int(summary.get("stdout_bytes")) or 0,
         "stderr_bytes": _int(summary.get("stderr_bytes")) or 0,
+        "memory_kb": _int(summary.get("rss_kb")),
+        "oom_kills": _int(summary.get("oom_kills")),
     }
     if fields["end"] is not None:
         fields["exit_code"] = fields["end"].exit_code
@@ -221,7 +230,7 @@ def decode_result(
 def _answer(raw: bytes, call_id: int, caps: dict[str, int]) -> dict[str, Any]:
     try:
         answer = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting is no answer either
         answer = None
     if not isinstance(answer, dict) or answer.get("id") != call_id:
         broken = PythonError("InterpreterError", "the interpreter's answer was malformed", "")
@@ -233,6 +242,4 @@ def _answer(raw: bytes, call_id: int, caps: dict[str, int]) -> dict[str, Any]:
         "error": _error(answer.get("error")),
         "rich": tuple(rich),
         "refused": tuple(refused),
-        "memory_kb": _int(answer.get("rss_kb")),
-        "threads": _int(answer.get("threads")),
     }

@@ -73,9 +73,17 @@ class PythonCalls(CallPath):
             )
             started = time.time()
             outcome = await self._run_recorded(principal, decision, text, on_progress)
-            result = self._result(principal, outcome, started)
+            try:
+                result = self._result(principal, outcome, started)
+            except Exception:  # whatever went wrong, the execution is recorded as ended
+                self._ended_in_error(decision, "internal-error")
+                raise
             self._finished(decision, outcome, result)
             return result, outcome
+
+    def _ended_in_error(self, decision: Allowed, code: str) -> None:
+        self.audit.emit("exec.finish", outcome="error", error=code, policy_digest=decision.policy_digest)
+        self.metrics.tool_calls.add(1, {"tool": "run_python", "outcome": "error"})
 
     async def _run_recorded(
         self, principal: Principal, decision: Allowed, text: str, on_progress: ProgressReport | None
@@ -94,9 +102,7 @@ class PythonCalls(CallPath):
             )
             raise
         except Exception as exc:
-            code = exc.code if isinstance(exc, GatewayError) else "internal-error"
-            self.audit.emit("exec.finish", outcome="error", error=code, policy_digest=decision.policy_digest)
-            self.metrics.tool_calls.add(1, {"tool": "run_python", "outcome": "error"})
+            self._ended_in_error(decision, exc.code if isinstance(exc, GatewayError) else "internal-error")
             raise
 
     def _lost(self, key: str, outcome: PythonOutcome) -> str | None:

@@ -246,7 +246,6 @@ class Broker:
                 await self._discard(sandbox, reason)
 
     # -- execution --------------------------------------------------------------------------------
-
     async def _execute(
         self, principal: Principal, grant: Allowed, request: Request, on_output: OutputCallback | None
     ) -> Outcome:
@@ -265,11 +264,12 @@ class Broker:
                 sandbox = await self._ensure(principal, grant)
                 outcome = await self._execution.run(sandbox, request, on_output, **attrs)
             sandbox.last_used = time.time()
-            if outcome.sandbox_lost:
-                if await self._containers.running(sandbox):
+            if outcome.sandbox_lost:  # when its OOM kill ended the agent too, the engine says so
+                state = await self._containers.state(sandbox)
+                if state is not None and state.running:
                     raise connection_broke()
                 await self._forget(sandbox, "died-during-exec")
-                return outcome
+                return dataclasses.replace(outcome, oom_killed=state is not None and state.oom_killed)
             if self._registry.was_lost(key):
                 outcome = dataclasses.replace(outcome, sandbox_replaced=True)  # it runs in a new one
             outcome, unusable = await self._execution.verdict(sandbox, request, outcome)

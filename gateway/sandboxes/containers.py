@@ -247,14 +247,14 @@ class Containers:
         sandbox.profile, sandbox.policy_digest = grant.profile, grant.policy_digest
         sandbox.last_used = time.time()
 
-    async def running(self, sandbox: Sandbox) -> bool:
+    async def state(self, sandbox: Sandbox) -> ContainerInfo | None:
+        """The sandbox as the engine sees it now (None: it is gone)."""
         try:
-            info = await self.ops.acall(
+            return await self.ops.acall(
                 "inspect", self.backend.inspect, sandbox.container_id, container_id=sandbox.container_id
             )
         except SandboxError:
-            return False
-        return info.running
+            return None
 
     async def discard(
         self, container_id: str, reason: str, *, principal_key: str | None = None, **attrs: str | None

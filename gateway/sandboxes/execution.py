@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from typing import TypeVar
 
 import anyio
@@ -27,6 +28,8 @@ Request = ExecRequest | PythonRequest
 Outcome = ExecOutcome | PythonOutcome
 #: How an interpreter that the agent itself ended (at the call's end) leaves strays to kill.
 _KILLED_BY_AGENT = frozenset({"killed-after-timeout", "deadline"})
+#: The least time a run_python call gets after waiting for the one before it; less is refused.
+_LEAST_S = 0.5
 
 SIGKILLED = 128 + 9
 _O = TypeVar("_O", ExecOutcome, PythonOutcome)
@@ -80,15 +83,22 @@ class Execution:
         if isinstance(request, ExecRequest):
             request = dataclasses.replace(request, user=sandbox.user)
             return await self._ops.timed("exec", executor.run, request, on_output, **where)
-        got = False
-        with anyio.move_on_after(request.timeout_s):
-            await sandbox.interpreter_lock.acquire()
-            got = True
+        got, started = True, time.monotonic()
+        try:
+            sandbox.interpreter_lock.acquire_nowait()
+        except anyio.WouldBlock:
+            got = False
+            with anyio.move_on_after(max(0.0, request.timeout_s - _LEAST_S)):
+                await sandbox.interpreter_lock.acquire()
+                got = True
+        waited = time.monotonic() - started if got else 0.0
         if not got:
             raise InterpreterBusy(
                 f"your earlier run_python call still runs after this call's {request.timeout_s:g} s timeout"
             )
-        try:
+        try:  # the wait is part of the call's own timeout
+            left = min(request.timeout_s, max(request.timeout_s - waited, _LEAST_S))
+            request = dataclasses.replace(request, timeout_s=left)
             outcome = await self._ops.timed("python", executor.run_python, request, on_output, **where)
         finally:
             sandbox.interpreter_lock.release()
@@ -106,15 +116,16 @@ class Execution:
         return outcome, False
 
     async def _python_verdict(self, sandbox: Sandbox, outcome: PythonOutcome) -> tuple[Outcome, bool]:
-        """An interpreter that died of SIGKILL it was not sent (before this call, or in it) is
-        checked against the OOM counter; one the agent killed may have left strays to kill."""
-        previous = outcome.previous_end
-        if previous is not None and previous.reason == "died" and previous.exit_code == SIGKILLED:
-            checked = await self._with_oom_verdict(sandbox, dataclasses.replace(outcome, oom_killed=False))
-            outcome = dataclasses.replace(outcome, previous_oom=checked.oom_killed)
-        end = outcome.end
-        if end is not None and end.reason == "died" and end.exit_code == SIGKILLED:
-            outcome = await self._with_oom_verdict(sandbox, outcome)
+        """The agent tells whether the OOM killer ended the interpreter (and the sandbox's count,
+        the baseline of the commands' own check); one the agent killed may have left strays."""
+        if outcome.oom_kills is not None:
+            sandbox.oom_kills = outcome.oom_kills
+        end, previous = outcome.end, outcome.previous_end
+        outcome = dataclasses.replace(
+            outcome,
+            oom_killed=end is not None and end.oom,
+            previous_oom=previous is not None and previous.oom,
+        )
         if outcome.deadline_hit or (end is not None and end.reason in _KILLED_BY_AGENT):
             return outcome, not await self._reap_strays(sandbox)
         return outcome, False

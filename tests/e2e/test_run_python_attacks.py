@@ -222,17 +222,25 @@ async def test_an_interpreter_that_kills_itself_is_not_reported_as_oom_killed(ga
     assert after["state_lost_reason"] == "exited"
 
 
-async def test_memory_in_no_processs_rss_does_not_get_the_agent_oom_killed(gateway: Gateway) -> None:
-    """The interpreter lowers its OOM score back to the agent's, then fills a memfd (shared memory
-    counted in no process's RSS) through a 1 MB `cat`: the agent must not be the OOM killer's pick."""
+async def test_memory_in_no_processs_rss_is_reported_truthfully_whoever_the_kernel_kills(
+    gateway: Gateway,
+) -> None:
+    """The interpreter lowers its OOM score back to the agent's (no privilege stops that), then fills a
+    memfd (memory in no process's RSS) through a 1 MB `cat`: the kernel may then pick the agent, and
+    the sandbox is lost (SECURITY.md, known limits). Whatever it picks, nothing goes unsaid: the call
+    is answered, an OOM kill is reported, and the next call says whether the sandbox was replaced."""
     attack = "import os, subprocess, time\nopen('/proc/self/oom_score_adj', 'w').write('0')\n"
     attack += "fd = os.memfd_create('fill')\nfill = ['sh', '-c', f'exec cat /dev/zero >&{fd}']\n"
     attack += "subprocess.Popen(fill, pass_fds=[fd])\ntime.sleep(8)"
     async with mcp_client(gateway.url, gateway.tokens["p22"]) as client:
         await bash(client, "echo kept > /workspace/marker")
-        await call(client, attack, timeout_s=15)
-        survived = await bash(client, "cat /workspace/marker 2>&1")
-    assert survived == "kept\n", "the agent (PID 1) died with its sandbox"
+        result, _ = await call(client, attack, timeout_s=15)
+        await anyio.sleep(2)  # the filler may still be at work: let the kernel finish choosing
+        answer = await client.call_tool("execute_bash", {"command": "cat /workspace/marker 2>&1; true"})
+    after = answer.structured_content or {}
+    assert result["oom_killed"] is True and result["interpreter_killed"] is True
+    kept = after.get("stdout") == "kept\n"
+    assert kept != bool(after.get("sandbox_replaced")), "either the sandbox lived, or the next call says so"
 
 
 async def test_one_principals_attack_neither_delays_nor_reaches_another(gateway: Gateway) -> None:

@@ -76,10 +76,10 @@ def test_code_that_swallows_the_interrupt_is_killed_and_the_next_call_says_so(li
     code += "    except KeyboardInterrupt:\n        pass"
     ended = py(live, "x = 0\n" + code, timeout_s=0.5)
     assert ended.body["interrupted"] is True and ended.answer is None
-    assert ended.body["ended"] == {"reason": "killed-after-timeout", "exit_code": 137}
+    assert ended.body["ended"] == {"reason": "killed-after-timeout", "exit_code": 137, "signal": 9, "oom": False}
     after = py(live, "'kept' in globals()")
     assert after.body["new"] is True
-    assert after.body["previous"] == {"reason": "killed-after-timeout", "exit_code": 137}
+    assert after.body["previous"] == {"reason": "killed-after-timeout", "exit_code": 137, "signal": 9, "oom": False}
     assert after.answer is not None and after.answer["value"] == "False"
     again = py(live, "1")
     assert again.body["new"] is False and "previous" not in again.body
@@ -87,9 +87,22 @@ def test_code_that_swallows_the_interrupt_is_killed_and_the_next_call_says_so(li
 
 def test_an_interpreter_that_exits_is_reported_with_its_status(live: LiveAgent) -> None:
     ended = py(live, "import os\nos._exit(7)")
-    assert ended.body["ended"] == {"reason": "died", "exit_code": 7} and ended.answer is None
+    assert ended.body["ended"] == {"reason": "died", "exit_code": 7, "signal": None, "oom": False} and ended.answer is None
     after = py(live, "2")
-    assert after.body["previous"] == {"reason": "died", "exit_code": 7}
+    assert after.body["previous"] == {"reason": "died", "exit_code": 7, "signal": None, "oom": False}
+
+
+def test_a_kill_the_agent_did_not_send_is_told_apart_from_an_exit_status(live: LiveAgent) -> None:
+    killed = py(live, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    exited = py(live, "import os\nos._exit(137)")
+    assert killed.body["ended"] == {"reason": "died", "exit_code": 137, "signal": 9, "oom": False}
+    assert exited.body["ended"] == {"reason": "died", "exit_code": 137, "signal": None, "oom": False}
+
+
+def test_the_memory_reported_is_the_kernels_count_not_the_interpreters_word(live: LiveAgent) -> None:
+    small = py(live, "1")
+    big = py(live, "keep = bytearray(64 * 2**20)\nfor i in range(0, len(keep), 4096):\n    keep[i] = 1")
+    assert 0 < small.body["rss_kb"] < big.body["rss_kb"] and big.body["rss_kb"] >= 64 * 1024
 
 
 def test_sys_exit_is_an_exception_not_an_end(live: LiveAgent) -> None:

@@ -149,3 +149,36 @@ def test_only_plain_text_can_be_a_note() -> None:
     ]
     _, got = decode_result(result({}, answer(rich=rich)), 7, CAPS)
     assert [r.note for r in got["rich"]] == [False, True]
+
+
+def test_memory_and_oom_come_from_the_agents_summary_never_from_the_answer() -> None:
+    summary = {"rss_kb": 2048, "oom_kills": 3, "ended": {"reason": "died", "exit_code": 137, "oom": True}}
+    fields, _ = decode_result(result(summary), 7, CAPS)
+    assert (fields["memory_kb"], fields["oom_kills"], fields["end"].oom) == (2048, 3, True)
+    lying = answer(rss_kb=1, threads=999, oom=True, memory_kb=5)
+    fields, got = decode_result(result({"rss_kb": 4096}, lying), 7, CAPS)
+    assert fields["memory_kb"] == 4096 and {"memory_kb", "oom_kills", "threads"}.isdisjoint(got)
+
+
+def test_a_lone_surrogate_is_replaced_so_the_result_can_be_sent() -> None:
+    error = {"type": "ValueError", "message": "\udcff", "traceback": "x\ud800"}
+    rich = [{"mime": "text/markdown", "data": "| \ud800 |"}]
+    _, got = decode_result(result({}, answer(value="'\udcff'", error=error, rich=rich)), 7, CAPS)
+    json.dumps([got["value"], got["error"].message, got["error"].traceback, got["rich"][0].data]).encode()
+    assert got["error"].message == "?" and got["rich"][0].data == "| ? |"
+
+
+def test_nesting_deep_enough_to_exhaust_the_parser_is_a_malformed_answer() -> None:
+    deep = b'{"id": 7, "value": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    _, got = decode_result(result({}, deep), 7, CAPS)
+    assert got["error"].type == "InterpreterError"
+    with pytest.raises(AgentBroken):
+        decode_result(b"[" * 200_000 + b"\n", 7, CAPS)
+
+
+def test_text_outputs_together_stay_within_a_total() -> None:
+    caps = InterpreterLimits(max_text_chars=400_000).caps()
+    rich = [{"mime": "text/html", "data": "h" * 400_000}] * 5
+    _, got = decode_result(result({}, answer(rich=rich)), 7, caps)
+    assert sum(len(r.data) for r in got["rich"]) <= 1024 * 1024 and len(got["rich"]) == 2
+    assert got["refused"] == ("a text output beyond this call's total for text was refused",) * 3
