@@ -76,10 +76,11 @@ def test_code_that_swallows_the_interrupt_is_killed_and_the_next_call_says_so(li
     code += "    except KeyboardInterrupt:\n        pass"
     ended = py(live, "x = 0\n" + code, timeout_s=0.5)
     assert ended.body["interrupted"] is True and ended.answer is None
-    assert ended.body["ended"] == {"reason": "killed-after-timeout", "exit_code": 137, "signal": 9, "oom": False}
+    killed = {"reason": "killed-after-timeout", "exit_code": 137, "signal": 9, "oom": False}
+    assert ended.body["ended"] == killed
     after = py(live, "'kept' in globals()")
     assert after.body["new"] is True
-    assert after.body["previous"] == {"reason": "killed-after-timeout", "exit_code": 137, "signal": 9, "oom": False}
+    assert after.body["previous"] == killed
     assert after.answer is not None and after.answer["value"] == "False"
     again = py(live, "1")
     assert again.body["new"] is False and "previous" not in again.body
@@ -87,7 +88,8 @@ def test_code_that_swallows_the_interrupt_is_killed_and_the_next_call_says_so(li
 
 def test_an_interpreter_that_exits_is_reported_with_its_status(live: LiveAgent) -> None:
     ended = py(live, "import os\nos._exit(7)")
-    assert ended.body["ended"] == {"reason": "died", "exit_code": 7, "signal": None, "oom": False} and ended.answer is None
+    assert ended.body["ended"] == {"reason": "died", "exit_code": 7, "signal": None, "oom": False}
+    assert ended.answer is None
     after = py(live, "2")
     assert after.body["previous"] == {"reason": "died", "exit_code": 7, "signal": None, "oom": False}
 
