@@ -71,7 +71,8 @@ def canonical(exec_path: str = "agent", profile: str = "default", uid: int | Non
     """The body the broker sends for a profile of the shipped policy."""
     spec = load_policy().profiles[profile].sandbox.model_copy(update={"exec_path": exec_path})
     labels = {"sandbox-gateway.managed": "true", TEST_LABEL: RUN}
-    return create_body(spec, uid=uid or UIDS.pick(), image=IMAGE, labels=labels)
+    image = IMAGE if IMAGE in spec.image_names() else spec.image_names()[0]  # data-science has its own
+    return create_body(spec, uid=uid or UIDS.pick(), image=image, labels=labels)
 
 
 def engine_call(method: str, path: str, body: object | None = None) -> httpx.Response:
