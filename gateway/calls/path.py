@@ -152,6 +152,22 @@ class CallPath:
             lambda: self.broker.execute(principal, decision, argv, on_output, tool_calls=tool_calls),
         )
 
+    def _finished(self, decision: Allowed, outcome: Any, **fields: Any) -> None:
+        """`exec.finish` of an execution that ran to its end (an ExecOutcome or a PythonOutcome),
+        with `fields` (exit code, timeout, truncation, duration, ...) on top of what every one has."""
+        self.audit.emit(
+            "exec.finish",
+            outcome="ok",
+            stdout_bytes=outcome.stdout_bytes,
+            stderr_bytes=outcome.stderr_bytes,
+            sandbox_lost=outcome.sandbox_lost,
+            sandbox_replaced=outcome.sandbox_replaced,
+            oom_killed=outcome.oom_killed,
+            policy_digest=decision.policy_digest,
+            max_output_bytes=decision.limits.max_output_bytes,
+            **fields,
+        )
+
     async def _budgeted(self, principal: Principal, decision: Allowed, call: Callable[[], Awaitable[T]]) -> T:
         """`call()`, counted against the tenant's concurrency cap (refused at once when full)."""
         tenant, cap = principal.tenant, decision.limits.max_concurrent_per_tenant

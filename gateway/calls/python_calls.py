@@ -78,7 +78,7 @@ class PythonCalls(CallPath):
             except Exception:  # whatever went wrong, the execution is recorded as ended
                 self._ended_in_error(decision, "internal-error")
                 raise
-            self._finished(decision, outcome, result)
+            self._python_finished(decision, outcome, result)
             return result, outcome
 
     def _ended_in_error(self, decision: Allowed, code: str) -> None:
@@ -154,7 +154,7 @@ class PythonCalls(CallPath):
         egress = self.broker.containers.egress
         return egress.refused_since(principal.tenant, principal.id, since) if egress is not None else []
 
-    def _finished(self, decision: Allowed, outcome: PythonOutcome, result: PythonResult) -> None:
+    def _python_finished(self, decision: Allowed, outcome: PythonOutcome, result: PythonResult) -> None:
         label = "timeout" if result.timed_out else ("oom" if result.oom_killed else "ok")
         self.metrics.tool_calls.add(1, {"tool": "run_python", "outcome": label})
         self.metrics.exec_duration.record(result.duration_ms, {"tool": "run_python"})
@@ -168,20 +168,13 @@ class PythonCalls(CallPath):
             "rich_bytes": sum(item.bytes for item in result.outputs),
             "memory_kb": result.memory_kb,
         }
-        self.audit.emit(
-            "exec.finish",
-            outcome="ok",
+        self._finished(
+            decision,
+            outcome,
             exit_code=outcome.exit_code,
             timed_out=result.timed_out,
             truncated=result.truncated,
             duration_ms=result.duration_ms,
-            stdout_bytes=outcome.stdout_bytes,
-            stderr_bytes=outcome.stderr_bytes,
-            sandbox_lost=outcome.sandbox_lost,
-            sandbox_replaced=outcome.sandbox_replaced,
-            oom_killed=outcome.oom_killed,
-            policy_digest=decision.policy_digest,
-            max_output_bytes=decision.limits.max_output_bytes,
             error_type=result.error.type if result.error is not None else None,
             **interpreter,
         )

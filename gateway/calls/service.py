@@ -159,20 +159,13 @@ class ExecutionService(FileCalls, PythonCalls):
         outcome_label = "timeout" if timed_out else ("oom" if result.oom_killed else "ok")
         self.metrics.tool_calls.add(1, {"tool": tool, "outcome": outcome_label})
         self.metrics.exec_duration.record(result.duration_ms, {"tool": tool})
-        self.audit.emit(
-            "exec.finish",
-            outcome="ok",
+        self._finished(
+            decision,
+            outcome,
             exit_code=result.exit_code,
             timed_out=timed_out,
             truncated=result.truncated,
             duration_ms=result.duration_ms,
-            stdout_bytes=outcome.stdout_bytes,
-            stderr_bytes=outcome.stderr_bytes,
-            sandbox_lost=outcome.sandbox_lost,
-            sandbox_replaced=outcome.sandbox_replaced,
-            oom_killed=outcome.oom_killed,
-            policy_digest=decision.policy_digest,
-            max_output_bytes=decision.limits.max_output_bytes,
             **_upstream(tools),
         )
         return result

@@ -115,14 +115,19 @@ def test_what_ships_needs_only_the_standard_library(source: str) -> None:
             assert module.partition(".")[0] in sys.stdlib_module_names, (source, module)
 
 
-def test_the_digest_covers_every_shipped_file_and_the_dockerfile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def copy_of_the_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped files and the Dockerfile copied under `tmp_path`, and the recipe reading them there."""
     for relative in [*SHIPPED.values(), "compose/Dockerfile.sandbox"]:
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO_ROOT / relative, tmp_path / relative)
     monkeypatch.setattr(image_recipe, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(image_recipe, "DOCKERFILE", tmp_path / "compose/Dockerfile.sandbox")
+
+
+def test_the_digest_covers_every_shipped_file_and_the_dockerfile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy_of_the_recipe(tmp_path, monkeypatch)
     base, rootfs = recipe_digest(), rootfs_digest()
     seen = {base}
     for relative in [*SHIPPED.values(), "compose/Dockerfile.sandbox"]:

@@ -15,10 +15,11 @@ from gateway import setup
 from gateway.config import ENV_EXECUTOR_IMAGE, ENV_PROXY_IMAGES
 from gateway.errors import SetupError
 from gateway.setup import image, image_recipe, image_variants, proxy
-from gateway.setup.image_recipe import DOCKERFILE, IMAGE_ENV, IMAGE_PACKAGES, SHIPPED
+from gateway.setup.image_recipe import DOCKERFILE, IMAGE_ENV, IMAGE_PACKAGES
 from gateway.setup.image_variants import BASE, DATA_SCIENCE, VARIANTS, finish_rootfs, installed_of
 from gateway.setup.state import REPO_ROOT, SetupPaths
 from policy import load_policy
+from tests.unit.test_image_recipe import copy_of_the_recipe
 
 
 def test_the_base_variant_is_the_sandbox_image_of_before() -> None:
@@ -50,11 +51,7 @@ def test_each_variant_has_its_own_digests_and_cache_file() -> None:
 def test_the_variant_recipe_changes_with_the_base_recipe(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for relative in [*SHIPPED.values(), "compose/Dockerfile.sandbox"]:
-        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(REPO_ROOT / relative, tmp_path / relative)
-    monkeypatch.setattr(image_recipe, "REPO_ROOT", tmp_path)
-    monkeypatch.setattr(image_recipe, "DOCKERFILE", tmp_path / "compose/Dockerfile.sandbox")
+    copy_of_the_recipe(tmp_path, monkeypatch)
     recipe, rootfs = DATA_SCIENCE.recipe_digest(), DATA_SCIENCE.rootfs_digest()
     for relative in ("gateway/agent/sandbox_agent.py", "compose/Dockerfile.sandbox"):
         original = (tmp_path / relative).read_text()
