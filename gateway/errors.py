@@ -212,7 +212,7 @@ class InterpreterUnavailable(SandboxError):
 
 
 class InterpreterBusy(QuotaExceeded):
-    """Another run_python call of the principal held the interpreter for the whole of this call's
-    timeout (calls run one at a time, in order)."""
+    """Another run_python call of the principal held the interpreter for (nearly) the whole of this
+    call's timeout, or is still being ended (calls run one at a time, in order)."""
 
     code = "interpreter-busy"

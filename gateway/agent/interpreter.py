@@ -1,16 +1,12 @@
 """run_python's long-lived interpreter: one per sandbox, a child of the sandbox agent (standard library only).
 
-The image holds it read-only as /opt/sandbox-gateway/sgw_agent/interpreter.py; the agent starts it as
-`python3 interpreter.py CWD` with the sandbox's uid, environment and limits, and:
-  fd 0 /dev/null; fd 1, 2 pipes the agent reads during a call (so output of C code and of
-  subprocesses counts too); fd 3 requests in; fd 4 answers out.
-A request on fd 3 is a 4-byte big-endian length and that much UTF-8 JSON; an answer on fd 4 has
-the id of the call it answers (4 bytes) between its length and its JSON:
-  request {"id": int, "code": str, "caps": {"value", "text", "images", "image_bytes", "rows"}}
-  answer  {"id", "value": str|None, "rich": [{"mime", "data"[, "note"]}], "error": {"type",
-           "message", "traceback"}|None, "interrupted": bool, "duration_ms"}
-Calls are strictly one after another. SIGINT interrupts the running call only (KeyboardInterrupt in
-the code); between calls it is ignored. It runs as the code does: the agent checks each answer's
+The agent starts it (read-only in the image as /opt/sandbox-gateway/sgw_agent/interpreter.py) as
+`python3 interpreter.py CWD` with the sandbox's uid, environment and limits; fd 0 /dev/null, fd 1 and
+2 pipes the agent reads during a call, fd 3 requests in, fd 4 answers out. A request is a 4-byte
+big-endian length and JSON {"id", "code", "caps"}; an answer is its length, the id of the call it
+answers (4 bytes) and JSON {"id", "value", "rich": [{"mime", "data"[, "note"]}], "error": {"type",
+"message", "traceback"}, "interrupted", "duration_ms"}. Calls run one after another; SIGINT
+interrupts the running call only. It runs as the code does: the agent checks each answer's
 framing, the gateway its content.
 """
 
@@ -29,14 +25,15 @@ import struct
 import sys
 import time
 import traceback
+import types
 from typing import Any
 
 REQUESTS, ANSWERS = 3, 4
-#: An answer's header: its length and the id of the call it answers.
-HEADER = struct.Struct(">II")
-#: Default caps (each request brings the profile's own), and the largest request read.
-CAPS = {"value": 64 * 1024, "text": 256 * 1024, "images": 8, "image_bytes": 4 * 1024 * 1024, "rows": 50}
-MAX_REQUEST = 16 * 1024 * 1024
+HEADER = struct.Struct(">II")  # an answer's: its length, and the id of the call it answers
+MAX_REQUEST = 16 * 1024 * 1024  # the largest request read
+#: What the gateway takes of one answer at most (interpreter_results.py): outputs beyond the images,
+#: and characters of text outputs together. Nothing beyond is sent.
+_MORE_ENTRIES, _TEXT_TOTAL = 32, 1024 * 1024
 _HERE = os.path.abspath(__file__)
 _OWNER = os.getpid()
 _TEXT_REPRS = (
@@ -50,11 +47,16 @@ class _Cell:
     def __init__(self, caps: dict[str, int]) -> None:
         self.caps = caps
         self.rich: list[dict[str, Any]] = []
-        self.images = 0
-        self.image_bytes = 0
+        self.images, self.image_bytes, self.text_left = 0, 0, _TEXT_TOTAL
 
     def note(self, text: str) -> None:
-        self.rich.append({"mime": "text/plain", "data": text[: self.caps["text"]], "note": True})
+        self._add({"mime": "text/plain", "data": text[:1000], "note": True}, 1000)
+
+    def _add(self, entry: dict[str, Any], size: int) -> None:
+        """Keep an output while the call's entries and text stay within what the gateway takes."""
+        if len(self.rich) < self.caps["images"] + _MORE_ENTRIES and size <= self.text_left:
+            self.text_left -= size
+            self.rich.append(entry)
 
     def image(self, data: bytes, what: str) -> None:
         if self.images >= self.caps["images"] or self.image_bytes + len(data) > self.caps["image_bytes"]:
@@ -62,13 +64,16 @@ class _Cell:
             return
         self.images += 1
         self.image_bytes += len(data)
-        self.rich.append({"mime": "image/png", "data": base64.b64encode(data).decode()})
+        self._add({"mime": "image/png", "data": base64.b64encode(data).decode()}, 0)
 
     def text(self, mime: str, data: str) -> None:
         limit = self.caps["text"]
         if len(data) > limit:
             data = data[:limit] + f"\n… (cut at {limit} characters)"
-        self.rich.append({"mime": mime, "data": data})
+        if len(data) > self.text_left:
+            self.note(f"a {mime} output not shown: above this call's total for text")
+            return
+        self._add({"mime": mime, "data": data}, len(data))
 
     def show(self, value: object) -> None:
         """`value` as the richest representations it offers."""
@@ -92,8 +97,7 @@ class _Cell:
                     return  # the richest text form is enough
 
     def _table(self, frame: Any) -> None:
-        rows = self.caps["rows"]
-        head = frame.head(rows)
+        rows, head = self.caps["rows"], frame.head(self.caps["rows"])
         try:
             table = head.to_markdown()
         except ImportError:  # no tabulate: fixed-width text in a code block
@@ -169,7 +173,7 @@ def _failure(exc: BaseException) -> dict[str, str]:
         message = f"<str() of this {type(exc).__name__} failed>"
     syntax = isinstance(exc, SyntaxError)
     shown = "".join(traceback.format_exception_only(exc)) if syntax else _traceback(exc)
-    return {"type": type(exc).__name__, "message": message, "traceback": shown}
+    return {"type": type(exc).__name__[:200], "message": message[:4096], "traceback": shown[-65536:]}
 
 
 def _execute(namespace: dict[str, Any], name: str, code: str, answer: dict[str, Any], cell: _Cell) -> None:
@@ -230,19 +234,18 @@ def _read_exactly(count: int) -> bytes | None:
 
 
 def _send(answer: dict[str, Any]) -> None:
-    data = json.dumps(answer, separators=(",", ":"), default=str).encode()
+    text = json.dumps(answer, separators=(",", ":"), default=str, ensure_ascii=False)
+    data = text.encode("utf-8", "replace")  # a lone surrogate of the code's becomes "?"
     view = memoryview(HEADER.pack(len(data), answer["id"]) + data)
     while view:
         view = view[os.write(ANSWERS, view) :]
 
 
-def _caps(asked: object) -> dict[str, int]:
-    caps = dict(CAPS)
-    if isinstance(asked, dict):
-        for key in caps:
-            if isinstance(asked.get(key), int) and asked[key] >= 0:
-                caps[key] = asked[key]
-    return caps
+def _caps(asked: dict[str, Any]) -> dict[str, int]:
+    """The request's caps (the profile's `interpreter` key); one it lacks allows nothing."""
+    return {
+        name: max(0, int(asked.get(name, 0))) for name in ("value", "text", "images", "image_bytes", "rows")
+    }
 
 
 def _forked() -> None:
@@ -254,7 +257,10 @@ def _forked() -> None:
 
 def serve() -> None:
     """Answer requests until fd 3 closes."""
-    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, "display": display}
+    main = types.ModuleType("__main__")  # a real module: what cells define can be pickled, imported
+    main.__dict__.update(__builtins__=builtins, display=display)
+    sys.modules["__main__"] = main
+    namespace = main.__dict__
     while True:
         head = _read_exactly(4)
         size = struct.unpack(">I", head)[0] if head is not None else 0
@@ -264,7 +270,7 @@ def serve() -> None:
         request = json.loads(raw)
         number, code = int(request["id"]), str(request["code"])
         try:
-            answer = _run(namespace, number, code, _caps(request.get("caps")))
+            answer = _run(namespace, number, code, _caps(request.get("caps") or {}))
         except BaseException as exc:  # noqa: BLE001 - an interrupt as the call ended; a failure of ours
             interrupted = isinstance(exc, KeyboardInterrupt)
             kind = "KeyboardInterrupt" if interrupted else "InterpreterError"

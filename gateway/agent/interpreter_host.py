@@ -19,10 +19,10 @@ import json
 import os
 import select
 import signal
-import struct
 import time
 from typing import Any
 
+from . import interpreter_process as process
 from .interpreter_process import PROGRAM, PyCall, end_of, oom_kills, rss_kb, spawn
 from .processes import (
     AFTER_DEADLINE_S,
@@ -33,19 +33,7 @@ from .processes import (
 )
 from .protocol import ERR, MAX_PAYLOAD, OUT, RESULT, RESULT_PART, Writer
 
-__all__ = ["MAX_ANSWER", "InterpreterHost"]
-
-LENGTH = struct.Struct(">I")
-#: An answer's header: its length, and the id of the call it answers (interpreter.py).
-ANSWER = struct.Struct(">II")
-#: Largest answer taken from the interpreter; a bigger one ends it (it broke the protocol).
-MAX_ANSWER = 24 * 1024 * 1024
-
-#: At a call's end, reads of what is left in an output pipe at most (a thread still writing could
-#: otherwise keep the agent draining forever).
-_DRAIN_READS = 64
-#: An interpreter whose answers closed has this long to exit by itself before it is ended.
-_EXIT_GRACE_S = 0.5
+__all__ = ["InterpreterHost"]
 
 
 class InterpreterHost:
@@ -83,17 +71,18 @@ class InterpreterHost:
         if self.pid and (self.status is not None or self.ending):  # it is gone, or on its way out
             self._forget()
         code, caps, idle = str(request["code"]), request.get("caps") or {}, request.get("idle_s")
+        idle_s = float(idle) if idle is not None else None  # every field is checked before anything changes
+        env = dict(str(item).partition("=")[::2] for item in request.get("env", []))
+        cwd = str(request.get("cwd") or "/")
+        body = json.dumps({"id": request_id, "code": code, "caps": caps}, separators=(",", ":")).encode()
         call = PyCall(request_id, request, time.monotonic())
         self.oom_seen = oom_kills()
         call.summary["new"] = self.pid == 0
         if self.pid == 0:
-            env = dict(str(item).partition("=")[::2] for item in request.get("env", []))
-            self._spawn(env, str(request.get("cwd") or "/"))
+            self._spawn(env, cwd)
             call.summary["previous"], self.previous = self.previous, None
-        body = json.dumps({"id": request_id, "code": code, "caps": caps}, separators=(",", ":")).encode()
-        self.outgoing += LENGTH.pack(len(body)) + body
-        self.call, self.idle_at = call, None
-        self.idle_s = float(idle) if idle is not None else None
+        self.outgoing += process.LENGTH.pack(len(body)) + body
+        self.call, self.idle_at, self.idle_s = call, None, idle_s
         self._flush()
         return None
 
@@ -107,14 +96,12 @@ class InterpreterHost:
 
     def reaping(self) -> None:
         """Every process of the sandbox's uid is about to be killed: this one with them."""
-        if self.pid and not self.ending:
+        if self.pid and self.status is None and not self.ending:
             self.ending = "reaped"
 
-    def exited(self, pid: int, status: int) -> bool:
-        if pid != self.pid or pid == 0:
-            return False
-        self.status = status
-        return True
+    def exited(self, pid: int, status: int) -> None:
+        if pid == self.pid and pid:
+            self.status = status
 
     # -- the loop's side ---------------------------------------------------------------------------
 
@@ -150,7 +137,8 @@ class InterpreterHost:
             self._kill("closed-its-answers")
         waits = self._tick_call(call, now) if call is not None else []
         if self.call is None:
-            if self.pid and self.idle_at is not None and now >= self.idle_at and not self.ending:
+            alive = self.pid and self.status is None and not self.ending
+            if alive and self.idle_at is not None and now >= self.idle_at:
                 self._kill("idle")
             if self.pid and self.status is not None:
                 self._forget()
@@ -163,6 +151,9 @@ class InterpreterHost:
         return max(0.0, min(waits)) if waits else None
 
     def _tick_call(self, call: PyCall, now: float) -> list[float]:
+        if call.answer is not None:  # answered: nothing is sent to it any more
+            self._finish(call)
+            return []
         if not call.interrupted and now >= call.interrupt_at:
             call.interrupted = True
             with contextlib.suppress(OSError):
@@ -174,11 +165,14 @@ class InterpreterHost:
             call.deadline_hit = True
             call.report_at = now + AFTER_DEADLINE_S
             self._kill("deadline")
-        if call.answer is not None or self.status is not None or (call.report_at and now >= call.report_at):
+        if self.status is not None or (call.report_at and now >= call.report_at):
             self._finish(call)
             return []
         upcoming = [call.report_at or call.deadline]
-        upcoming.append(call.kill_at if call.interrupted else call.interrupt_at)
+        if not call.interrupted:
+            upcoming.append(call.interrupt_at)
+        elif not call.killed:
+            upcoming.append(call.kill_at)
         return [moment - now for moment in upcoming]
 
     # -- the interpreter -----------------------------------------------------------------------------
@@ -217,19 +211,19 @@ class InterpreterHost:
             return
         if not data:  # it is ending, or the code closed fd 4: either way it cannot answer any more
             self._close("answers")
-            self.silent_at = time.monotonic() + _EXIT_GRACE_S
+            self.silent_at = time.monotonic() + process.EXIT_GRACE_S
             return
         self.incoming += data
-        while len(self.incoming) >= ANSWER.size:
-            size, answers = ANSWER.unpack_from(self.incoming)
-            if size > MAX_ANSWER:
+        while len(self.incoming) >= process.ANSWER.size:
+            size, answers = process.ANSWER.unpack_from(self.incoming)
+            if size > process.MAX_ANSWER:
                 self.incoming.clear()
                 self._kill("broke-the-protocol")
                 return
-            if len(self.incoming) < ANSWER.size + size:
+            if len(self.incoming) < process.ANSWER.size + size:
                 return
-            answer = bytes(self.incoming[ANSWER.size : ANSWER.size + size])
-            del self.incoming[: ANSWER.size + size]
+            answer = bytes(self.incoming[process.ANSWER.size : process.ANSWER.size + size])
+            del self.incoming[: process.ANSWER.size + size]
             call = self.call  # an answer to another call (a late or a forged one) is dropped
             if call is not None and call.answer is None and answers == call.request_id:
                 call.answer = answer
@@ -238,7 +232,7 @@ class InterpreterHost:
         """Forward what the interpreter wrote on stdout or stderr to the call (all that is there,
         unless `once`)."""
         kind = OUT if fd == self.fds.get("out") else ERR
-        for _ in range(1 if once else _DRAIN_READS):
+        for _ in range(1 if once else process.DRAIN_READS):
             try:
                 data = os.read(fd, MAX_PAYLOAD)
             except (BlockingIOError, InterruptedError):

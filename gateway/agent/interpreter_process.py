@@ -6,17 +6,44 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import struct
 import sys
 from typing import Any
 
 from .processes import exit_code
 from .protocol import ERR, OUT
 
-__all__ = ["ANSWERS_FD", "PROGRAM", "REQUESTS_FD", "PyCall", "oom_kills", "rss_kb", "spawn"]
+__all__ = [
+    "ANSWER",
+    "ANSWERS_FD",
+    "DRAIN_READS",
+    "EXIT_GRACE_S",
+    "LENGTH",
+    "MAX_ANSWER",
+    "PROGRAM",
+    "REQUESTS_FD",
+    "PyCall",
+    "end_of",
+    "oom_kills",
+    "rss_kb",
+    "spawn",
+]
 
 PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interpreter.py")
 #: The interpreter's descriptors for requests and answers (interpreter.py).
 REQUESTS_FD, ANSWERS_FD = 3, 4
+#: A request's header (its length); an answer's (its length, and the id of the call it answers).
+LENGTH = struct.Struct(">I")
+#: An answer's header: its length, and the id of the call it answers (interpreter.py).
+ANSWER = struct.Struct(">II")
+#: Largest answer taken from the interpreter; a bigger one ends it (it broke the protocol).
+MAX_ANSWER = 24 * 1024 * 1024
+
+#: At a call's end, reads of what is left in an output pipe at most (a thread still writing could
+#: otherwise keep the agent draining forever).
+DRAIN_READS = 64
+#: An interpreter whose answers closed has this long to exit by itself before it is ended.
+EXIT_GRACE_S = 0.5
 #: The sandbox cgroup's count of OOM kills: cgroup v2, then v1 (read-only in the sandbox).
 _OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 
@@ -69,7 +96,6 @@ class PyCall:
         self.totals = {OUT: 0, ERR: 0}
         self.interrupted = self.killed = self.deadline_hit = False
         self.answer: bytes | None = None
-        self.ended: dict[str, Any] | None = None
         self.summary: dict[str, Any] = {}
 
     def keep(self, kind: int, data: bytes) -> bytes:
@@ -82,9 +108,16 @@ def spawn(program: str, env: dict[str, str], cwd: str, defaults: list[int]) -> t
     """Start `program` (interpreter.py) in a session of its own with stdin from /dev/null, stdout
     and stderr, requests and answers on new pipes, and every signal in `defaults` back to default.
     Its pid and the agent's ends of the pipes (non-blocking); OSError if it cannot be started."""
-    pipes = [_high_pipe() for _ in range(4)]
-    (req_r, req_w), (ans_r, ans_w), (out_r, out_w), (err_r, err_w) = pipes
-    null = os.open(os.devnull, os.O_RDONLY)
+    opened: list[int] = []
+    try:
+        for _ in range(4):
+            opened += _high_pipe()
+        opened.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        for fd in opened:
+            os.close(fd)
+        raise
+    req_r, req_w, ans_r, ans_w, out_r, out_w, err_r, err_w, null = opened
     try:
         pid = os.posix_spawn(
             sys.executable or "/usr/bin/python3",

@@ -152,6 +152,8 @@ def start(run: Run, argv: list[str], env: dict[str, str], cwd: str, *, defaults:
         os.close(out_w)
         os.close(err_w)
     run.pipes = {out_r: OUT, err_r: ERR}
+    for fd in run.pipes:  # a stale poll event for a reused descriptor number must never block PID 1
+        os.set_blocking(fd, False)
     if not prefer_for_oom_kill(run.pid):
         run.oom_until = time.monotonic() + OOM_RETRY_S
 

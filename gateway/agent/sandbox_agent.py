@@ -233,7 +233,7 @@ class Agent:
         run = self.by_pipe[fd]
         try:
             data = os.read(fd, MAX_PAYLOAD)
-        except InterruptedError:
+        except (BlockingIOError, InterruptedError):
             return
         kind = run.pipes[fd]
         if not data:

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["SLACK_S", "run_python"]
 
-#: RESULTs up to this size are decoded on the event loop; bigger ones on the sandbox's own thread.
-_DECODE_INLINE = 256 * 1024
+#: RESULTs up to this size are decoded on the event loop (a typical answer is a few hundred bytes);
+#: bigger ones, which may hold images to check, on the sandbox's own thread.
+_DECODE_INLINE = 4 * 1024
 #: Beyond the agent's own deadline, how long the gateway waits before it gives up on the call.
 SLACK_S = 2.0
 
@@ -58,12 +59,14 @@ async def run_python(
         await channel.send(body)
         try:
             end = await call.ended(deadline_s + SLACK_S)
-        except BaseException:  # cancelled (the client went away): the code is interrupted, then ended
-            with anyio.CancelScope(shield=True):
+        except BaseException:  # cancelled (the client went away): the code is interrupted, then ended,
+            with anyio.CancelScope(shield=True):  # and the interpreter is free before the next call
                 await channel.kill(call_id)
+                await call.ended(request.interrupt_grace_s + SLACK_S)
             raise
-        if end is None:
+        if end is None:  # the agent missed its deadline: it is told to end the call, and has its grace
             await channel.kill(call_id)
+            end = await call.ended(request.interrupt_grace_s + SLACK_S)
     out, err = call.out, call.err
     common: dict[str, Any] = {
         "stdout": out.getvalue(),
@@ -88,7 +91,7 @@ async def run_python(
         return _outcome(common, fields, answer, request)
     error, message = failure(payload)  # FAIL
     if error == "busy":
-        raise InterpreterBusy(message)
+        raise InterpreterBusy("the sandbox's interpreter is still ending an earlier call of yours; retry")
     if error == "bad-request" and "unknown op" in message:
         raise InterpreterUnavailable(
             "this sandbox's image predates run_python; rebuild it (`sandbox-gateway setup`) and reset_sandbox"

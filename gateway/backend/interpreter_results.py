@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.backend.png import png_size
-from gateway.errors import AgentBroken
+from gateway.errors import AgentFailure
 
 __all__ = [
     "END_REASONS",
@@ -119,6 +119,8 @@ class PythonOutcome:
     oom_killed: bool = False
     previous_oom: bool = False
     sandbox_replaced: bool = False
+    #: Its clean-up could not run (after a kill): the sandbox must be replaced.
+    sandbox_unusable: bool = False
     container_id: str = field(default="", compare=False)
 
 
@@ -150,11 +152,11 @@ def _png(data: object, budget: list[int]) -> RichOutput | str:
         raw = base64.b64decode(data if isinstance(data, str) else "", validate=True)
     except (binascii.Error, ValueError):
         return "an image that is not valid base64 was refused"
+    if budget[0] <= 0 or len(raw) > budget[1]:  # before any work on it
+        return "an image above this call's image cap was refused"
     size = png_size(raw)
     if size is None:
         return "an image that is not a PNG was refused"
-    if budget[0] <= 0 or len(raw) > budget[1]:
-        return "an image above this call's image cap was refused"
     budget[0] -= 1
     budget[1] -= len(raw)
     return RichOutput("image/png", raw, *size)
@@ -200,15 +202,15 @@ def _error(value: object) -> PythonError | None:
 def decode_result(
     payload: bytes, call_id: int, caps: dict[str, int]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The agent's summary (type-checked; AgentBroken if it is not one) and the outcome fields
+    """The agent's summary (type-checked; AgentFailure if it is not one) and the outcome fields
     the interpreter's answer gives (empty when there is none)."""
     line, _, raw = payload.partition(b"\n")
     try:
         summary = json.loads(line)
     except (ValueError, RecursionError):
         summary = None
-    if not isinstance(summary, dict):
-        raise AgentBroken("the sandbox agent sent a malformed result")
+    if not isinstance(summary, dict):  # the code ran: a failure, never a reason to run it again
+        raise AgentFailure("the sandbox agent sent a malformed result")
     fields: dict[str, Any] = {
         "interrupted": summary.get("interrupted") is True,
         "deadline_hit": summary.get("deadline_hit") is True,

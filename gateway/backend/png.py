@@ -12,8 +12,10 @@ __all__ = ["MAX_PIXELS", "MAX_SIDE", "png_size"]
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: The largest image passed on: each side, and width times height (a 6.4 x 4.8 in figure at 100 dpi
-#: is 0.3 megapixels; 300 dpi, 2.8).
-MAX_SIDE, MAX_PIXELS = 16_384, 40_000_000
+#: is 0.3 megapixels; at 300 dpi, 2.8). At most 128 MB of pixel data are inflated (and counted).
+MAX_SIDE, MAX_PIXELS = 8_192, 16_000_000
+#: Bytes inflated at a time while the image data is counted.
+_PIECE = 64 * 1024
 _CHUNK = struct.Struct(">I4s")
 _IHDR = struct.Struct(">IIBBBBB")
 #: Bit depths each colour type allows (PNG specification, 11.2.2).
@@ -34,15 +36,17 @@ def png_size(data: bytes) -> tuple[int, int] | None:
 
 def _inflates(header: tuple[int, int, int], compressed: bytes) -> bool:
     """The image data inflates to exactly the bytes its header implies (a filter byte and the pixels of
-    each row), so no more than that is ever inflated."""
+    each row), counted piece by piece: nothing is kept, and no more than that is ever inflated."""
     width, height, bits = header
-    expected = height * (1 + (width * bits + 7) // 8)
-    inflater = zlib.decompressobj()
+    left = height * (1 + (width * bits + 7) // 8)
+    inflater, pending = zlib.decompressobj(), compressed
     try:
-        inflated = inflater.decompress(compressed, expected + 1)
+        while pending and left >= 0:
+            left -= len(inflater.decompress(pending, min(left + 1, _PIECE)))
+            pending = inflater.unconsumed_tail
     except zlib.error:
         return False
-    return len(inflated) == expected and inflater.eof and not inflater.unconsumed_tail
+    return left == 0 and inflater.eof and not inflater.unused_data
 
 
 def _chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:

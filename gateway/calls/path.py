@@ -152,6 +152,11 @@ class CallPath:
             lambda: self.broker.execute(principal, decision, argv, on_output, tool_calls=tool_calls),
         )
 
+    def _egress_refused(self, principal: Principal, since: float) -> list[str]:
+        """The principal's connections the egress proxy refused since `since` (none without egress)."""
+        egress = self.broker.containers.egress
+        return egress.refused_since(principal.tenant, principal.id, since) if egress is not None else []
+
     def _finished(self, decision: Allowed, outcome: Any, **fields: Any) -> None:
         """`exec.finish` of an execution that ran to its end (an ExecOutcome or a PythonOutcome),
         with `fields` (exit code, timeout, truncation, duration, ...) on top of what every one has."""

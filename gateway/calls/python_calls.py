@@ -146,13 +146,9 @@ class PythonCalls(CallPath):
             state_lost_reason=reason,
             memory_kb=outcome.memory_kb,
             sandbox_replaced=outcome.sandbox_replaced,
-            egress_refused=self._refused_egress(principal, started),
+            egress_refused=self._egress_refused(principal, started),
             notes=list(outcome.refused),
         )
-
-    def _refused_egress(self, principal: Principal, since: float) -> list[str]:
-        egress = self.broker.containers.egress
-        return egress.refused_since(principal.tenant, principal.id, since) if egress is not None else []
 
     def _python_finished(self, decision: Allowed, outcome: PythonOutcome, result: PythonResult) -> None:
         label = "timeout" if result.timed_out else ("oom" if result.oom_killed else "ok")

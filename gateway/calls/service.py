@@ -69,10 +69,6 @@ class ExecutionService(FileCalls, PythonCalls):
         async with self._request(principal, tool, source_ip):
             return await self._execute(principal, tool, code, timeout_s, on_progress)
 
-    def _egress_refused(self, principal: Principal, since: float) -> list[str]:
-        egress = self.broker.containers.egress
-        return egress.refused_since(principal.tenant, principal.id, since) if egress is not None else []
-
     async def _run_with_progress(
         self,
         principal: Principal,

@@ -100,22 +100,25 @@ class Execution:
             left = min(request.timeout_s, max(request.timeout_s - waited, _LEAST_S))
             request = dataclasses.replace(request, timeout_s=left)
             outcome = await self._ops.timed("python", executor.run_python, request, on_output, **where)
+            outcome = dataclasses.replace(outcome, container_id=sandbox.container_id)
+            if not outcome.sandbox_lost:  # its clean-up, before the next call may start an interpreter
+                outcome = await self._python_verdict(sandbox, outcome)
         finally:
             sandbox.interpreter_lock.release()
-        return dataclasses.replace(outcome, container_id=sandbox.container_id)
+        return outcome
 
     async def verdict(self, sandbox: Sandbox, request: Request, outcome: Outcome) -> tuple[Outcome, bool]:
         """What the call did to its sandbox: (the outcome, marked OOM-killed where the kernel did it;
         whether the sandbox is unusable now and must be replaced)."""
-        if isinstance(outcome, PythonOutcome):
-            return await self._python_verdict(sandbox, outcome)
+        if isinstance(outcome, PythonOutcome):  # judged in `run`, under the interpreter's lock
+            return outcome, outcome.sandbox_unusable
         if outcome.exit_code == SIGKILLED:
             outcome = await self._with_oom_verdict(sandbox, outcome)
         if outcome.deadline_hit or outcome.duration_ms >= request.timeout_s * 1000:
             return outcome, not await self._reap_strays(sandbox)
         return outcome, False
 
-    async def _python_verdict(self, sandbox: Sandbox, outcome: PythonOutcome) -> tuple[Outcome, bool]:
+    async def _python_verdict(self, sandbox: Sandbox, outcome: PythonOutcome) -> PythonOutcome:
         """The agent tells whether the OOM killer ended the interpreter (and the sandbox's count,
         the baseline of the commands' own check); one the agent killed may have left strays."""
         if outcome.oom_kills is not None:
@@ -127,8 +130,8 @@ class Execution:
             previous_oom=previous is not None and previous.oom,
         )
         if outcome.deadline_hit or (end is not None and end.reason in _KILLED_BY_AGENT):
-            return outcome, not await self._reap_strays(sandbox)
-        return outcome, False
+            return dataclasses.replace(outcome, sandbox_unusable=not await self._reap_strays(sandbox))
+        return outcome
 
     async def _reap_strays(self, sandbox: Sandbox) -> bool:
         """After a timeout, kill what escaped the command's process group (a fork bomb's stragglers,

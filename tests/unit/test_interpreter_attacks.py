@@ -16,12 +16,13 @@ from typing import Any
 
 from gateway.agent.protocol import ERR, EXIT, FAIL, OUT, RESULT
 from tests.support.live_agent import LiveAgent, interpreter, launcher, live
-from tests.unit.test_interpreter_host import py
+from tests.unit.test_interpreter_host import CAPS, py
 
 __all__ = ["interpreter", "launcher", "live"]  # module fixtures, used by name
 
 #: The `py` fields of a call that is not awaited by `py()` (sent, then read with `until_ended`).
 BASE: dict[str, Any] = {"env": ["PATH=/usr/bin:/bin", "LANG=C.UTF-8"], "cwd": "/", "max_output": 1 << 20}
+BASE["caps"] = CAPS
 #: A thread that writes answers for no call (id 0) to fd 4 without end, `size` bytes each.
 FLOOD_ANSWERS = (
     "import os, struct, threading, time\n"

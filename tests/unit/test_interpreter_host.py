@@ -9,9 +9,13 @@ import time
 from typing import Any
 
 from gateway.agent.protocol import FAIL, RESULT, RESULT_PART
+from policy.interpreter_model import InterpreterLimits
 from tests.support.live_agent import Ended, LiveAgent, dead, interpreter, launcher, live
 
 __all__ = ["interpreter", "launcher", "live"]  # module fixtures, used by name
+
+#: The shipped profiles' caps, as the gateway sends them.
+CAPS = InterpreterLimits().caps()
 
 
 def py(agent: LiveAgent, code: str, *, timeout_s: float = 10, **fields: Any) -> Ended:
@@ -23,6 +27,7 @@ def py(agent: LiveAgent, code: str, *, timeout_s: float = 10, **fields: Any) -> 
         "kill_after_s": 1,
         "deadline_s": timeout_s + 5,
         "max_output": 1 << 20,
+        "caps": CAPS,
         **fields,
     }
     return agent.request("py", timeout=timeout_s + 10, **body)
@@ -189,7 +194,7 @@ def test_an_answer_beyond_the_protocols_limit_ends_the_interpreter(live: LiveAge
 
 
 def test_a_long_answer_comes_in_parts(live: LiveAgent) -> None:
-    ended = py(live, "'y' * 200000", caps={"value": 300000})
+    ended = py(live, "'y' * 200000", caps={**CAPS, "value": 300000})
     assert ended.answer is not None and len(ended.answer["value"]) == 200002
     assert any(kind == RESULT_PART for kind, _, _ in ended.frames)
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.backend.interpreter_results import RichOutput, decode_result
-from gateway.errors import AgentBroken
+from gateway.errors import AgentFailure
 from policy.interpreter_model import InterpreterLimits
 
 CAPS = InterpreterLimits(max_images=2, max_image_bytes=400, max_text_chars=50, max_value_chars=20).caps()
@@ -49,8 +49,8 @@ def test_a_plain_answer_is_taken_as_sent() -> None:
 
 
 @pytest.mark.parametrize("line", [b"", b"[]", b"not json", b'"x"', b"\xff\xfe"])
-def test_a_summary_that_is_not_an_object_breaks_the_agent(line: bytes) -> None:
-    with pytest.raises(AgentBroken):
+def test_a_summary_that_is_not_an_object_fails_the_call_without_running_it_again(line: bytes) -> None:
+    with pytest.raises(AgentFailure):
         decode_result(line + b"\n{}", 7, CAPS)
 
 
@@ -172,7 +172,7 @@ def test_nesting_deep_enough_to_exhaust_the_parser_is_a_malformed_answer() -> No
     deep = b'{"id": 7, "value": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
     _, got = decode_result(result({}, deep), 7, CAPS)
     assert got["error"].type == "InterpreterError"
-    with pytest.raises(AgentBroken):
+    with pytest.raises(AgentFailure):
         decode_result(b"[" * 200_000 + b"\n", 7, CAPS)
 
 

@@ -95,3 +95,13 @@ def test_an_image_whose_data_inflates_beyond_its_header_is_refused() -> None:
         b"\x89PNG\r\n\x1a\n" + ihdr(3, 2) + chunk(b"IDAT", zlib.compress(b"\x00" * 5)) + chunk(b"IEND", b"")
     )
     assert png_size(short) is None
+
+
+def test_a_small_file_claiming_a_huge_image_is_refused_without_inflating_it() -> None:
+    bomb = zlib.compress(b"\x00" * (1 + 8192 * 3) * 4000)  # 98 MB of pixels in about 100 kB
+    data = b"\x89PNG\r\n\x1a\n" + ihdr(8192, 4000) + chunk(b"IDAT", bomb) + chunk(b"IEND", b"")
+    assert len(data) < 200_000 and png_size(data) is None  # 32.8 megapixels: above the bound
+    within = (
+        b"\x89PNG\r\n\x1a\n" + ihdr(4000, 4000) + chunk(b"IDAT", zlib.compress(b"\x00" * (1 + 12000) * 4000))
+    )
+    assert png_size(within + chunk(b"IEND", b"")) == (4000, 4000)
