@@ -26,8 +26,9 @@ class InterpreterLimits(Strict):
     interrupt_grace_s: float = Field(default=2.0, ge=0.1, le=60)
     #: A final expression's repr is cut at this many characters.
     max_value_chars: int = Field(default=64 * 1024, gt=0, le=1024 * 1024)
-    #: Each rich text output (a Markdown table, HTML, SVG) is cut at this many characters.
-    max_text_chars: int = Field(default=256 * 1024, gt=0, le=4 * 1024 * 1024)
+    #: Each rich text output (a Markdown table, HTML, SVG) is cut at this many characters (and one
+    #: call's text outputs together at 1 MiB).
+    max_text_chars: int = Field(default=256 * 1024, gt=0, le=1024 * 1024)
     #: Images (PNG) one call may return, and their bytes together.
     max_images: int = Field(default=8, ge=0, le=64)
     max_image_bytes: Size = 4 * 1024**2
@@ -36,8 +37,8 @@ class InterpreterLimits(Strict):
 
     @model_validator(mode="after")
     def _image_bytes_bounded(self) -> InterpreterLimits:
-        if not 0 <= self.max_image_bytes <= 32 * 1024**2:
-            raise ValueError("max_image_bytes must be between 0 and 32 MiB")
+        if not 0 <= self.max_image_bytes <= 8 * 1024**2:  # with the text, within one answer's 24 MiB
+            raise ValueError("max_image_bytes must be between 0 and 8 MiB")
         return self
 
     def caps(self) -> dict[str, int]:

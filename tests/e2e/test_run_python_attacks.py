@@ -280,7 +280,7 @@ async def test_one_principals_attack_neither_delays_nor_reaches_another(gateway:
 
 
 async def test_a_call_queued_behind_another_still_ends_within_its_own_timeout(gateway: Gateway) -> None:
-    """The wait for the interpreter (up to the timeout) is not counted in the call's own timeout."""
+    """The wait for the interpreter counts in the queued call's own timeout: it never runs longer."""
     seconds: dict[str, float] = {}
 
     async def timed(client: Client, name: str, code: str) -> None:
