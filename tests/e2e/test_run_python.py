@@ -12,6 +12,7 @@ import base64
 import struct
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.types import ImageContent
@@ -198,3 +199,23 @@ async def test_a_client_asking_for_progress_gets_the_output_so_far(gateway: Gate
     assert answer.structured_content is not None
     assert answer.structured_content["stdout"] == "step 1\nstep 2\nstep 3\n"
     assert len(notes) >= 2 and notes[0] == (len("step 1\n"), "step 1\n")
+
+
+async def test_a_call_queued_behind_a_killed_one_runs_in_a_fresh_interpreter_that_is_not_reaped(
+    gateway: Gateway,
+) -> None:
+    stubborn = "while True:\n    try:\n        while True:\n            pass\n"
+    stubborn += "    except KeyboardInterrupt:\n        pass"
+    results: dict[str, dict[str, Any]] = {}
+
+    async def call(client: Client, name: str, code: str, timeout_s: float) -> None:
+        results[name], _ = await run(client, code, timeout_s=timeout_s)
+
+    async with mcp_client(gateway.url, gateway.tokens["bob"]) as client, anyio.create_task_group() as group:
+        group.start_soon(call, client, "stubborn", stubborn, 1)
+        await anyio.sleep(0.3)
+        group.start_soon(call, client, "queued", "import time\ntime.sleep(1)\n'done'", 20)
+    assert results["stubborn"]["interpreter_killed"] is True
+    queued = results["queued"]
+    assert queued["value"] == "'done'" and queued["interpreter_killed"] is False
+    assert queued["new_interpreter"] is True and queued["state_lost_reason"] == "timeout"

@@ -203,3 +203,19 @@ def test_a_malformed_request_is_refused(live: LiveAgent) -> None:
     refused = live.request("py", code="1")
     assert refused.kind == FAIL and refused.body["error"] == "bad-request"
     assert py(live, "1").kind == RESULT
+
+
+def test_a_request_with_a_bad_field_is_refused_whole_and_never_runs(live: LiveAgent) -> None:
+    refused = py(live, "open('/tmp/ran', 'w').write('yes')", idle_s="soon")
+    assert refused.kind == FAIL and refused.body["error"] == "bad-request"
+    after = py(live, "import os\nos.path.exists('/tmp/ran')")
+    assert after.kind == RESULT and after.answer is not None and after.answer["value"] == "False"
+
+
+def test_what_a_cell_defines_can_be_pickled_as_in_a_script(live: LiveAgent) -> None:
+    py(
+        live,
+        "class Point:\n    def __init__(self, x):\n        self.x = x\ndef double(p):\n    return p.x * 2",
+    )
+    ended = py(live, "import pickle\nsaved = pickle.dumps(Point(21))\ndouble(pickle.loads(saved))")
+    assert ended.answer is not None and ended.answer["value"] == "42", ended.answer
