@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import anyio
 import structlog
 
 from audit import AuditLog, AuditWriteError
 from gateway.backend.base import ExecOutcome, OutputCallback, ToolCallHandler
 from gateway.calls.budgets import TenantSlots, budget_instruments
 from gateway.calls.explain import PrincipalDirectory
-from gateway.errors import InvalidArgument, PolicyDenied, QuotaExceeded
+from gateway.errors import GatewayError, InvalidArgument, PolicyDenied, QuotaExceeded
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
 from gateway.sandboxes.pool import pool_targets
@@ -151,6 +152,31 @@ class CallPath:
             decision,
             lambda: self.broker.execute(principal, decision, argv, on_output, tool_calls=tool_calls),
         )
+
+    @contextlib.contextmanager
+    def _end_recorded(
+        self, tool: str, decision: Allowed, extra: Callable[[], dict[str, Any]] = dict
+    ) -> Iterator[None]:
+        """However the execution inside fails (cancelled: the client went away or the gateway stops;
+        an error), its `exec.finish` is written, with `extra()`: no execution goes unrecorded."""
+        try:
+            yield
+        except anyio.get_cancelled_exc_class():
+            self.audit.emit(
+                "exec.finish",
+                outcome="error",
+                error="cancelled",
+                policy_digest=decision.policy_digest,
+                **extra(),
+            )
+            raise
+        except Exception as exc:
+            code = exc.code if isinstance(exc, GatewayError) else "internal-error"
+            self.audit.emit(
+                "exec.finish", outcome="error", error=code, policy_digest=decision.policy_digest, **extra()
+            )
+            self.metrics.tool_calls.add(1, {"tool": tool, "outcome": "error"})
+            raise
 
     def _egress_refused(self, principal: Principal, since: float) -> list[str]:
         """The principal's connections the egress proxy refused since `since` (none without egress)."""

@@ -12,8 +12,6 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-import anyio
-
 from gateway.backend.base import OutputCallback
 from gateway.backend.commands import MAX_ARGV_BYTES
 from gateway.backend.interpreter_results import PythonOutcome
@@ -21,7 +19,7 @@ from gateway.calls.inputs import check_code
 from gateway.calls.path import CallPath
 from gateway.calls.progress import ProgressReport, with_progress
 from gateway.calls.python_results import PythonFailure, PythonResult, describe, lost_reason
-from gateway.errors import GatewayError, InvalidArgument
+from gateway.errors import InvalidArgument
 from gateway.sandboxes.model import principal_key
 from policy import Action, Allowed, Principal
 
@@ -73,17 +71,10 @@ class PythonCalls(CallPath):
             )
             started = time.time()
             outcome = await self._run_recorded(principal, decision, text, on_progress)
-            try:
+            with self._end_recorded("run_python", decision):  # the result could not be made
                 result = self._result(principal, outcome, started)
-            except Exception:  # whatever went wrong, the execution is recorded as ended
-                self._ended_in_error(decision, "internal-error")
-                raise
             self._python_finished(decision, outcome, result)
             return result, outcome
-
-    def _ended_in_error(self, decision: Allowed, code: str) -> None:
-        self.audit.emit("exec.finish", outcome="error", error=code, policy_digest=decision.policy_digest)
-        self.metrics.tool_calls.add(1, {"tool": "run_python", "outcome": "error"})
 
     async def _run_recorded(
         self, principal: Principal, decision: Allowed, text: str, on_progress: ProgressReport | None
@@ -94,16 +85,8 @@ class PythonCalls(CallPath):
             call = lambda: self.broker.run_python(principal, decision, text, on_output)  # noqa: E731
             return await self._budgeted(principal, decision, call)
 
-        try:
+        with self._end_recorded("run_python", decision):
             return await with_progress(on_progress, run)
-        except anyio.get_cancelled_exc_class():
-            self.audit.emit(
-                "exec.finish", outcome="error", error="cancelled", policy_digest=decision.policy_digest
-            )
-            raise
-        except Exception as exc:
-            self._ended_in_error(decision, exc.code if isinstance(exc, GatewayError) else "internal-error")
-            raise
 
     def _lost(self, key: str, outcome: PythonOutcome) -> str | None:
         """Why the variables of earlier calls are gone, or None when they are not (or there were none)."""

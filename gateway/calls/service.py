@@ -10,8 +10,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import anyio
-
 from gateway.backend.base import KILL_AFTER_S, ExecOutcome, OutputCallback
 from gateway.backend.commands import MAX_ARGV_BYTES, bash_argv, python_argv
 from gateway.calls.code_mode import CodeModeCalls, ExecutionTools
@@ -30,7 +28,7 @@ from gateway.calls.results import (
     SandboxInfo,
     SandboxState,
 )
-from gateway.errors import GatewayError, InvalidArgument
+from gateway.errors import InvalidArgument
 from policy import Action, Allowed, Principal
 
 __all__ = ["ExecutionService"]
@@ -114,28 +112,8 @@ class ExecutionService(FileCalls, PythonCalls):
             code=text,  # the audit pipeline keeps an HMAC, the text, or nothing, as the policy says
         )
         started = time.time()
-        try:
+        with self._end_recorded(tool, decision, lambda: _upstream(tools)):
             outcome = await self._run_with_progress(principal, decision, argv, on_progress, tools)
-        except anyio.get_cancelled_exc_class():
-            # The client went away or the gateway stops: still, no execution goes unrecorded.
-            self.audit.emit(
-                "exec.finish",
-                outcome="error",
-                error="cancelled",
-                policy_digest=decision.policy_digest,
-                **_upstream(tools),
-            )
-            raise
-        except Exception as exc:  # every execution that started is recorded as ended, however it ends
-            self.audit.emit(
-                "exec.finish",
-                outcome="error",
-                error=exc.code if isinstance(exc, GatewayError) else "internal-error",
-                policy_digest=decision.policy_digest,
-                **_upstream(tools),
-            )
-            self.metrics.tool_calls.add(1, {"tool": tool, "outcome": "error"})
-            raise
         timed_out = outcome.deadline_hit or (
             outcome.exit_code in _TIMEOUT_EXITS
             and outcome.duration_ms >= timeout * 1000 * 0.98
