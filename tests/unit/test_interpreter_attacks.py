@@ -85,16 +85,21 @@ def test_the_agents_memory_stays_bounded_while_answers_for_no_call_pour_in(live:
 
 
 def test_a_fork_without_pythons_at_fork_hooks_cannot_hold_the_calls_after_it(live: LiveAgent) -> None:
-    """libc's fork() skips os.register_at_fork: the child keeps fds 3 and 4 and steals the requests."""
+    """libc's fork() skips os.register_at_fork: the child keeps fds 3 and 4. This one stops its parent
+    (so that it alone reads) and steals every request: the call ends in time all the same, and the
+    next one is served by a fresh interpreter."""
     code = (
-        "import ctypes, os\nif ctypes.CDLL(None).fork() == 0:\n    while True: os.read(3, 1 << 20)\n'parent'"
+        "import ctypes, os, signal, time\nif ctypes.CDLL(None).fork() == 0:\n    time.sleep(0.5)\n"
+        "    os.kill(os.getppid(), signal.SIGSTOP)\n    while True: os.read(3, 1 << 20)\n'parent'"
     )
     assert py(live, code).answer is not None
+    time.sleep(1.5)  # the child has stopped its parent
     stolen = py(live, "1", timeout_s=1)
     assert stolen.kind == RESULT and stolen.seconds < 1 + 1 + 5 + 5
+    assert stolen.answer is None and stolen.body["ended"]["reason"] == "killed-after-timeout"
     assert live.run(["echo", "served"]).out == b"served\n"
     after = py(live, "2")
-    assert after.answer is not None and after.answer["value"] == "2"
+    assert after.answer is not None and after.answer["value"] == "2" and after.body["new"] is True
 
 
 def test_a_forged_early_answer_leaves_the_code_running_but_the_next_call_still_ends(live: LiveAgent) -> None:
