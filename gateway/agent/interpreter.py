@@ -81,7 +81,7 @@ class _Cell:
         if (kind.__module__ or "").startswith("pandas") and kind.__name__ in ("DataFrame", "Series"):
             self._table(value)
             return
-        png = getattr(kind, "_repr_png_", None)
+        png = getattr(kind, "_repr_png_", None) if self.caps["images"] else None
         if png is not None:
             data = _call(png, value)
             if isinstance(data, str):

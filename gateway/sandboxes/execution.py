@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from typing import TypeVar
 
 import anyio
 
@@ -32,7 +31,6 @@ _KILLED_BY_AGENT = frozenset({"killed-after-timeout", "deadline"})
 _LEAST_S = 0.5
 
 SIGKILLED = 128 + 9
-_O = TypeVar("_O", ExecOutcome, PythonOutcome)
 _OOM_KILL = re.compile(r"^oom_kill (\d+)$", re.MULTILINE)
 _OOM_FILES = ["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"]
 
@@ -151,7 +149,7 @@ class Execution:
         # kill -1 exits 1 when it found nothing to kill, 0 when it killed something.
         return code in (0, 1)
 
-    async def _with_oom_verdict(self, sandbox: Sandbox, outcome: _O) -> _O:
+    async def _with_oom_verdict(self, sandbox: Sandbox, outcome: ExecOutcome) -> ExecOutcome:
         """A SIGKILLed call: ask the sandbox's cgroup whether the OOM killer did it."""
         try:
             count = await self.oom_count(sandbox)
