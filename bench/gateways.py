@@ -106,10 +106,11 @@ def start_gateway(
     principals: dict[str, str],
     gateway_id: str,
     docker_host: str,
+    env: dict[str, str] | None = None,
 ) -> BenchGateway:
     """Write the policy and every principal's token (before start: no reload during the run), start
     the gateway in its own session (so a Ctrl-C reaches only the benchmark, which stops it), and wait
-    for /health."""
+    for /health. `env` is added to the gateway's environment."""
     workdir.mkdir(parents=True, exist_ok=True)
     policy_file = workdir / "policy.yaml"
     policy_file.write_text(yaml.safe_dump(bench_policy(exec_path, warm_pool), sort_keys=False))
@@ -120,7 +121,7 @@ def start_gateway(
         principals=principals,
         gateway_id=gateway_id,
         docker_host=docker_host,
-        env={"LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")},
+        env={"LOG_LEVEL": os.environ.get("LOG_LEVEL", "WARNING")} | (env or {}),
         new_session=True,
     )  # fmt: skip
     return BenchGateway(label, exec_path, warm_pool, server)

@@ -6,10 +6,25 @@ import math
 from typing import Any
 
 from bench.calls import WORKLOADS
+from bench.comparison import LLM_SANDBOX, LLM_WORKLOADS
+from bench.stage_phase import SPANS_NOTE
+from bench.stages import bars
+from bench.stages import render as render_stage_table
 from bench.stateful import KEPT, NEW_PROCESS, STATEFUL
 from bench.stats import Series
 
-__all__ = ["FALLBACK", "FAST", "LEGEND", "RAW_PROXY", "RAW_UNIX", "expected_rows", "render", "targets"]
+__all__ = [
+    "FALLBACK",
+    "FAST",
+    "LEGEND",
+    "LLM_SANDBOX_METHOD",
+    "RAW_PROXY",
+    "RAW_UNIX",
+    "expected_rows",
+    "render",
+    "render_stages",
+    "targets",
+]
 
 RAW_PROXY = "raw exec_run (proxy)"
 RAW_UNIX = "raw exec_run (unix socket)"
@@ -33,7 +48,12 @@ def throughput_workload(level: int) -> str:
 
 def expected_rows(levels: tuple[int, ...]) -> list[tuple[str, str]]:
     """Every (workload, variant) row a run prints, in order."""
-    rows = [(w, v) for w in WORKLOADS for v in (RAW_PROXY, RAW_UNIX, FAST, FALLBACK)]
+    llm = {workload for workload, _ in LLM_WORKLOADS.values()}
+    rows = [
+        (w, v)
+        for w in WORKLOADS
+        for v in (RAW_PROXY, RAW_UNIX, *((LLM_SANDBOX,) if w in llm else ()), FAST, FALLBACK)
+    ]
     rows += [(FIRST, RAW_FIRST)]
     rows += [(FIRST, first_variant(path, pool)) for path in (FAST, FALLBACK) for pool in (True, False)]
     rows += [(INFO, FAST), (INFO, FALLBACK)]
@@ -43,6 +63,33 @@ def expected_rows(levels: tuple[int, ...]) -> list[tuple[str, str]]:
         (workload, path) for path in (FAST, FALLBACK) for workload in (BYSTANDER_ALONE, BYSTANDER_LOADED)
     ]
     return rows
+
+
+LLM_SANDBOX_METHOD = (
+    f"{LLM_SANDBOX}: one session kept open on the same image and engine (its own container settings: "
+    "root, no hardening; network off), warm calls timed in its own process"
+)
+
+
+def render_stages(breakdowns: dict[str, dict[str, Any]]) -> str:
+    """The per-stage table and a bar per workload, or why there is none."""
+    lines = [f"Where the time goes, from the gateway's own spans ({SPANS_NOTE}):", ""]
+    if not any(one.get("stages_seen") for one in breakdowns.values()):
+        lines.append(
+            "no stage figures: the gateway's spans carried no sandbox_gateway.stage.* attributes "
+            "(a gateway that records them is needed)"
+        )
+    else:
+        lines += [render_stage_table(breakdowns), ""]
+        for title, summary in breakdowns.items():
+            lines += [f"{title}: p50 of each part, in call order", bars(summary), ""]
+    for title, summary in breakdowns.items():
+        if summary.get("errors") or summary.get("missing_spans"):
+            lines.append(
+                f"{title}: {summary.get('errors', 0)} errors, {summary.get('missing_spans', 0)} calls "
+                f"without a span {summary.get('error_samples') or ''}".rstrip()
+            )
+    return "\n".join(lines).rstrip()
 
 
 def _ms(value: object) -> str:

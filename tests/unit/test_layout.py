@@ -104,7 +104,7 @@ def test_only_the_backend_imports_docker() -> None:
 def test_no_module_is_over_300_lines() -> None:
     long = {
         _module_name(p): n
-        for package in ("gateway", "policy", "audit", "seccomp")
+        for package in ("gateway", "policy", "audit", "seccomp", "bench")
         for p in _modules(package)
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
