@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup run ui test test-tools unit lint clean-sandboxes compose-images bench bench-smoke bench-code-mode
+.PHONY: setup run ui test test-tools unit lint clean-sandboxes compose-images bench bench-smoke bench-stages bench-code-mode
 
 $(BIN)/.installed: pyproject.toml
 	@echo "[make] creating $(VENV) and installing sandbox-gateway with its test extras"
@@ -63,6 +63,10 @@ bench: setup
 ## bench-smoke: every benchmark variant with a few samples; fails only on errors
 bench-smoke: setup
 	$(BIN)/python -m bench --smoke $(BENCH_ARGS)
+
+## bench-stages: only the per-stage breakdown, from a gateway that exports its spans to the benchmark
+bench-stages: setup
+	$(BIN)/python -m bench --parts stages $(BENCH_ARGS)
 
 ## bench-code-mode: an upstream tool call from sandbox code through the gateway vs the same call made directly
 bench-code-mode: setup
