@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import secrets
 import sys
@@ -141,10 +142,17 @@ def serve(args: argparse.Namespace) -> int:
     )
     if dev_token is not None:
         print(f"dev token (principal 'dev'): {dev_token}", file=sys.stderr, flush=True)
+    # What start-up made lives as long as the process: full collections need not walk it again.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
+        # uvloop when installed; h11 always: its 64 KiB bound on an incomplete request head is
+        # the gateway's, while httptools buffers a header of megabytes.
+        loop="auto",
+        http="h11",
         log_level=settings.log_level.lower(),
         server_header=False,
         timeout_keep_alive=15,

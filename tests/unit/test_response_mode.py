@@ -6,6 +6,7 @@ import json
 
 import anyio
 import pytest
+from starlette.types import Message
 
 from gateway.http.response_mode import accepts_both, asks_for_progress, read_body
 
@@ -60,17 +61,17 @@ def test_accept_headers_sent_twice_are_read_together() -> None:
 
 
 def test_the_body_is_read_whole_and_handed_over_again_then_the_stream_continues() -> None:
-    messages = [
+    messages: list[Message] = [
         {"type": "http.request", "body": b"ab", "more_body": True},
         {"type": "http.request", "body": b"cd", "more_body": False},
         {"type": "http.disconnect"},
     ]
 
-    async def receive() -> dict[str, object]:
+    async def receive() -> Message:
         return messages.pop(0)
 
     async def main() -> None:
-        body, replay = await read_body(receive)  # type: ignore[arg-type]
+        body, replay = await read_body(receive)
         assert body == b"abcd"
         assert await replay() == {"type": "http.request", "body": b"abcd", "more_body": False}
         assert await replay() == {"type": "http.disconnect"}
@@ -79,13 +80,13 @@ def test_the_body_is_read_whole_and_handed_over_again_then_the_stream_continues(
 
 
 def test_a_disconnect_before_the_body_is_passed_on() -> None:
-    messages = [{"type": "http.disconnect"}]
+    messages: list[Message] = [{"type": "http.disconnect"}]
 
-    async def receive() -> dict[str, object]:
+    async def receive() -> Message:
         return messages.pop(0)
 
     async def main() -> None:
-        body, replay = await read_body(receive)  # type: ignore[arg-type]
+        body, replay = await read_body(receive)
         assert body == b""
         assert await replay() == {"type": "http.disconnect"}
 
