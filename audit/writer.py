@@ -43,6 +43,9 @@ _lost_counter = metrics.get_meter("sandbox_gateway.audit").create_counter(
 DEFAULT_CAPACITY = 1024
 #: An `audit.gap` lists the event ids of this many lost events at most (all of them are counted).
 LOST_IDS_KEPT = 100
+#: Woken, the writer thread waits this long before it writes: events of that moment are written
+#: together, and the thread does not compete for the interpreter with the caller that woke it.
+_GATHER_S = 0.001
 #: The writer thread ends after this long without work (the next deferred event starts another).
 _IDLE_EXIT_S = 5.0
 #: Writers with a thread; what they still hold is written when the interpreter exits.
@@ -137,7 +140,8 @@ class DeferredWriter:
                 raise AuditWriteError(f"the audit queue is full ({self.capacity} events): event refused")
             self.write_now(event, fields, item.context)  # not fail-closed: late rather than lost
             return
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def write_now(
         self, event: str, fields: dict[str, Any], context: contextvars.Context | None = None
@@ -180,6 +184,8 @@ class DeferredWriter:
         try:
             while True:
                 woken = self._wake.wait(timeout=_IDLE_EXIT_S)
+                if woken:  # let the caller finish what it is doing (answering its call) first
+                    time.sleep(_GATHER_S)
                 self._wake.clear()
                 with self._state:
                     if not self._queue and (self._closed or not woken):
