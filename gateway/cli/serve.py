@@ -58,6 +58,7 @@ def serve(args: argparse.Namespace) -> int:
         audit_log=args.audit_log,
         audit_max_bytes=args.audit_max_bytes,
         audit_backups=args.audit_backups,
+        audit_fsync=args.audit_fsync,
         audit_stdout=not args.no_audit_stdout,
         audit_hmac_key_file=args.audit_hmac_key_file,
         audit_repeat_window_s=args.audit_repeat_window,

@@ -171,8 +171,11 @@ def test_health_and_ready(gateway: Gateway) -> None:
 
 
 async def test_the_audit_log_records_principal_tool_decision_and_outcome(gateway: Gateway) -> None:
+    before = len(audit_events(gateway.audit_log, "exec.finish", principal="bob"))
     async with mcp_client(gateway.url, gateway.tokens["bob"]) as client:
         await client.call_tool("execute_bash", {"command": "echo audited"})
+    # exec.finish (and docker.exec before it) are written off the call's path: moments later.
+    eventually(lambda: len(audit_events(gateway.audit_log, "exec.finish", principal="bob")) > before)
     events = audit_events(gateway.audit_log)
     finish = matching(events, "exec.finish", principal="bob")[-1]
     decision = matching(events, "policy.decision", request_id=finish["request_id"])
