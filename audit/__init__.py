@@ -4,12 +4,14 @@ Every policy decision and every Docker operation is an event. Sinks are pluggabl
 `fail_closed` (the default) an event that no sink could write raises AuditWriteError, so the
 caller can refuse the request rather than act unrecorded. Events a client can repeat at will
 (bad tokens, requests over a rate limit) are folded per source and window (`emit_repeated`).
+What is recorded after the fact can be queued (`emit_later`, see audit.writer): same chain, same
+order, written off the caller's path; fail-closed, a full queue or a lost event refuses more.
 """
 
 from audit.errors import AuditError, AuditWriteError
 from audit.log import AuditLog
 from audit.repeats import RepeatTable
-from audit.sinks import AuditSink, FileSink, MemorySink, StreamSink, rotated_files
+from audit.sinks import AuditSink, FileSink, Fsync, MemorySink, StreamSink, rotated_files
 
 __all__ = [
     "AuditError",
@@ -17,6 +19,7 @@ __all__ = [
     "AuditSink",
     "AuditWriteError",
     "FileSink",
+    "Fsync",
     "MemorySink",
     "RepeatTable",
     "StreamSink",

@@ -1,11 +1,13 @@
-"""AuditLog: the processor chain and the fan-out to sinks, serialised so the chain stays in order."""
+"""AuditLog: the processor chain and the fan-out to sinks, serialised so the chain stays in order.
+
+`emit` writes an event before it returns; `emit_later` queues it (see audit.writer) for events
+recorded after the fact, off the caller's path. Both share one chain, in the order of the calls.
+"""
 
 from __future__ import annotations
 
 import contextvars
-import datetime as dt
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,9 +26,11 @@ from audit.processors import (
     RedactSecrets,
     Structure,
     render,
+    rfc3339,
 )
 from audit.repeats import RepeatTable, Summary
 from audit.sinks import AuditSink
+from audit.writer import DEFAULT_CAPACITY, DeferredWriter
 
 __all__ = ["AuditLog"]
 
@@ -57,11 +61,27 @@ class _FanOut:
         if written == 0 and self.fail_closed:
             raise AuditWriteError("no audit sink could record the event")
 
+    def sync(self) -> None:
+        """Make what the sinks wrote durable, for those that can (a file sink with fsync "batch")."""
+        for sink in self.sinks:
+            sync = getattr(sink, "sync", None)
+            if sync is None:
+                continue
+            try:
+                sync()
+            except OSError as exc:
+                self.failures += 1
+                _failures.add(1, {"sink": sink.name})
+                _log.error("audit sink %s could not sync: %s", sink.name, exc)
+
     info = msg = warning = error = write
 
 
 class AuditLog:
-    """emit(event, **fields) -> one hash-chained JSON line in every sink."""
+    """emit(event, **fields) -> one hash-chained JSON line in every sink; emit_later queues it.
+
+    `queue_capacity` bounds the events `emit_later` holds at once (fail-closed, one more is refused).
+    """
 
     def __init__(
         self,
@@ -71,12 +91,15 @@ class AuditLog:
         code_mode: CodeMode = "hmac",
         hmac_key: bytes | None = None,
         repeats: RepeatTable | None = None,
+        queue_capacity: int = DEFAULT_CAPACITY,
     ) -> None:
         if not sinks and fail_closed:
             raise ValueError("fail-closed auditing needs at least one sink")
         self.repeats = repeats if repeats is not None else RepeatTable()
         self._fanout = _FanOut(sinks, fail_closed)
-        self._lock = threading.Lock()
+        self._writer = DeferredWriter(
+            self._write, self._fanout.sync, capacity=queue_capacity, fail_closed=fail_closed
+        )
         self._chain = ChainHashes(_resume_head(sinks))
         self.code = RecordCode(code_mode, hmac_key)
         self._logger = structlog.wrap_logger(
@@ -105,19 +128,48 @@ class AuditLog:
         return self._fanout.failures
 
     @property
+    def lost(self) -> int:
+        """Deferred events dropped because no sink could write them (each counted in an `audit.gap`)."""
+        return self._writer.lost
+
+    @property
+    def failed(self) -> bool:
+        """True after a deferred event was lost, until a synchronous emit writes the `audit.gap`."""
+        return self._writer.failed
+
+    @property
     def head(self) -> str:
         """The hash of the last event written."""
         return self._chain.head
 
     def emit(self, event: str, **fields: Any) -> None:
-        """Record one event; raises AuditWriteError when fail-closed and nothing could write it."""
-        with self._lock:
-            try:
-                self._logger.info(event, **fields)
-            except BaseException:
-                self._chain.rollback()
-                raise
-            self._chain.commit()
+        """Record one event before returning, after every event queued before it; raises
+        AuditWriteError when fail-closed and it could not be written (or the log is failed and
+        cannot write its `audit.gap` yet)."""
+        self._writer.write_now(event, fields)
+
+    def emit_later(self, event: str, **fields: Any) -> None:
+        """Queue one event, with the caller's context (request id, span) and time; returns at once.
+
+        For what is recorded after the fact (an execution's end): the line follows within moments,
+        in call order. Fail-closed, raises AuditWriteError when the queue is full or the log is
+        failed (a deferred event could not be written), so the caller can refuse its call. The
+        values of `fields` are read when the event is written: do not change them afterwards.
+        """
+        self._writer.defer(event, fields)
+
+    def flush(self) -> None:
+        """Write everything queued so far, on this thread; AuditWriteError if the log is failed."""
+        self._writer.flush()
+
+    def _write(self, event: str, fields: dict[str, Any]) -> None:
+        """Run the pipeline on one event and write it; the caller holds the writer's lock."""
+        try:
+            self._logger.info(event, **fields)
+        except BaseException:
+            self._chain.rollback()
+            raise
+        self._chain.commit()
 
     def emit_repeated(
         self, event: str, key: Mapping[str, str], *, by: str | None = None, **fields: Any
@@ -154,15 +206,19 @@ class AuditLog:
             _detached(self.emit, "audit.repeated", **_summary_fields(summary))
 
     def writable(self) -> bool:
-        """True when at least one sink can write (the `/ready` check)."""
-        return any(sink.writable() for sink in self._fanout.sinks)
+        """True when the log is not failed and at least one sink can write (the `/ready` check)."""
+        return not self._writer.failed and any(sink.writable() for sink in self._fanout.sinks)
 
     def close(self) -> None:
-        """Write what the repeat table still counts, then close the sinks."""
+        """Write what the repeat table still counts and what is queued, then close the sinks."""
         try:
             self.flush_repeated(everything=True)
         except AuditWriteError:
             _log.error("audit summaries of repeated events could not be written at close")
+        try:
+            self._writer.close()
+        except AuditWriteError:
+            _log.error("deferred audit events could not be written at close (%d lost)", self.lost)
         for sink in self._fanout.sinks:
             close = getattr(sink, "close", None)
             if close is not None:
@@ -175,19 +231,14 @@ def _detached(emit: Callable[..., None], event: str, **fields: Any) -> None:
     contextvars.Context().run(emit, event, **fields)
 
 
-def _rfc3339(seconds: float) -> str:
-    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="microseconds")
-    return stamp.replace("+00:00", "Z")
-
-
 def _summary_fields(summary: Summary) -> dict[str, Any]:
     fields: dict[str, Any] = dict(summary.key)
     fields.update(
         of=summary.event,
         count=summary.count,
         suppressed=summary.suppressed,
-        first_ts=_rfc3339(summary.first),
-        last_ts=_rfc3339(summary.last),
+        first_ts=rfc3339(summary.first),
+        last_ts=rfc3339(summary.last),
         window_s=summary.window_s,
     )
     if summary.counts:

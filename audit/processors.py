@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import re
 import threading
+import time
 import uuid
 from collections.abc import MutableMapping
 from typing import Any, Literal
@@ -21,6 +22,8 @@ from audit.chain import canonical, link_hash
 from audit.schema import GROUPS, TOP_LEVEL
 
 __all__ = [
+    "CAPTURED_AT",
+    "CAPTURED_ID",
     "AddEventId",
     "AddTimestamp",
     "AddTraceContext",
@@ -29,6 +32,7 @@ __all__ = [
     "RedactSecrets",
     "Structure",
     "render",
+    "rfc3339",
 ]
 
 EventDict = MutableMapping[str, Any]
@@ -39,19 +43,33 @@ _SECRET_KEYS = frozenset({"token", "authorization", "password", "secret", "api_k
 _SECRET_KEY = re.compile("|".join(sorted(_SECRET_KEYS)), re.IGNORECASE)
 
 
+#: Reserved keys a deferred event carries from its call to the pipeline: the time of the call
+#: (seconds since the epoch) and the event id given to it then. Each is removed by its processor.
+CAPTURED_AT = "_audit_captured_at"
+CAPTURED_ID = "_audit_captured_id"
+
+
 class AddTimestamp:
-    """`ts`: RFC 3339 UTC with microseconds."""
+    """`ts`: RFC 3339 UTC with microseconds; the time of the call when it was captured then."""
 
     def __call__(self, logger: object, method: str, event: EventDict) -> EventDict:
-        event["ts"] = dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        at = event.pop(CAPTURED_AT, None)
+        event["ts"] = rfc3339(at if isinstance(at, float) else time.time())
         return event
 
 
+def rfc3339(seconds: float) -> str:
+    """Seconds since the epoch as RFC 3339 UTC with microseconds (`2026-11-26T14:42:26.173635Z`)."""
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="microseconds")
+    return stamp.replace("+00:00", "Z")
+
+
 class AddEventId:
-    """`event_id`: unique per event, so a SIEM can deduplicate."""
+    """`event_id`: unique per event, so a SIEM can deduplicate; the one given at the call, if any."""
 
     def __call__(self, logger: object, method: str, event: EventDict) -> EventDict:
-        event["event_id"] = uuid.uuid4().hex
+        given = event.pop(CAPTURED_ID, None)
+        event["event_id"] = given if isinstance(given, str) else uuid.uuid4().hex
         return event
 
 

@@ -40,6 +40,9 @@ EVENTS: dict[str, str] = {
     "audit.repeated": "a window of repeated auth.failed, ratelimit.hit, budget.refused or capacity.delayed "
     "from one source ended: detail.of, count, suppressed (got no line of their own), first_ts, last_ts, "
     "window_s, counts (per reason); detail.overflow for sources the full table did not track one by one",
+    "audit.gap": "deferred events (an execution's exec.finish, docker.exec...) were lost because no sink "
+    "could write them; written when the log works again: detail.lost, lost_events ([{event, count}]), "
+    "lost_event_ids (the first 100), lost_event_ids_truncated, failed_since",
     "audit.overflow": "the table of sources for repeated events is full (detail.of, capacity, window_s): "
     "new sources are counted together until the window ends",
     "tool.rejected": "a tool call refused before it ran, with outcome.error: insufficient-scope, "

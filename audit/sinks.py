@@ -7,9 +7,14 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Literal, Protocol, TextIO, get_args
 
-__all__ = ["AuditSink", "FileSink", "MemorySink", "StreamSink", "rotated_files"]
+__all__ = ["AuditSink", "FileSink", "Fsync", "MemorySink", "StreamSink", "rotated_files"]
+
+#: When a file sink fsyncs: "never" (a written line survives the gateway's crash, being in the page
+#: cache, but not the kernel's or a power loss), "batch" (after each batch of lines the log wrote,
+#: and after each synchronous event: what `emit` returned from survives those too).
+Fsync = Literal["never", "batch"]
 
 
 class AuditSink(Protocol):
@@ -57,25 +62,47 @@ class FileSink:
 
     Every line is written with one write(2) on an O_APPEND descriptor. The chain continues
     across restarts and rotations: last_hash() reads it back from the newest line on disk.
+    With `fsync="batch"`, sync() (called by the log after each batch) fsyncs what was written;
+    a rotation fsyncs the file it closes and the directory.
     """
 
     name = "file"
 
-    def __init__(self, path: Path, *, max_bytes: int = 100 * 1024 * 1024, backups: int = 5) -> None:
+    def __init__(
+        self, path: Path, *, max_bytes: int = 100 * 1024 * 1024, backups: int = 5, fsync: Fsync = "never"
+    ) -> None:
         if max_bytes < 4096 or backups < 1:
             raise ValueError("rotation needs max_bytes >= 4096 and at least one backup")
+        if fsync not in get_args(Fsync):
+            raise ValueError(f"fsync must be one of {', '.join(get_args(Fsync))}, not {fsync!r}")
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
+        self.fsync: Fsync = fsync
         self._lock = threading.Lock()
         self._failed = False
+        self._unsynced = False
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = self._open()
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        if self.fsync == "batch":
+            self._sync_directory()
+        return fd
+
+    def _sync_directory(self) -> None:
+        """The directory's entries (a new file, a rotation's renames) survive a power loss too."""
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _rotate(self) -> None:
+        if self._unsynced:
+            os.fsync(self._fd)
+            self._unsynced = False
         os.close(self._fd)
         for index in range(self.backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{index}")
@@ -88,7 +115,9 @@ class FileSink:
         size = os.fstat(self._fd).st_size
         if size and size + len(data) > self.max_bytes and self.path.is_file():
             self._rotate()
-        if os.write(self._fd, data) != len(data):
+        written = os.write(self._fd, data)
+        self._unsynced = self.fsync == "batch"
+        if written != len(data):
             raise OSError(f"short write to {self.path}")
 
     def write(self, line: str) -> None:
@@ -99,6 +128,18 @@ class FileSink:
                 self._failed = True
                 raise
             self._failed = False
+
+    def sync(self) -> None:
+        """With fsync "batch": fsync the lines written since the last sync (nothing to do otherwise)."""
+        with self._lock:
+            if not self._unsynced:
+                return
+            try:
+                os.fsync(self._fd)
+            except OSError:
+                self._failed = True
+                raise
+            self._unsynced = False
 
     def writable(self) -> bool:
         if self._failed:
@@ -123,7 +164,12 @@ class FileSink:
         return None
 
     def close(self) -> None:
-        os.close(self._fd)
+        with self._lock:
+            try:
+                if self._unsynced:
+                    os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
 
 
 def _last_line(path: Path, chunk: int = 65536) -> str:

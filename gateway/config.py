@@ -162,6 +162,7 @@ class Settings:
     audit_log: Path | None = None
     audit_max_bytes: int = 100 * 1024 * 1024
     audit_backups: int = 5
+    audit_fsync: str = "never"  # or "batch": fsync the file after each batch of lines (audit.sinks.Fsync)
     audit_stdout: bool = True
     audit_hmac_key_file: Path | None = None
     #: Repeated auth failures and rate-limit hits from one source are folded per window this long...

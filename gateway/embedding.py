@@ -121,4 +121,7 @@ class DockerExecutionClient:
         return self.broker.cleanup_all_sync()
 
     def close(self) -> None:
+        """Close the engine connection, then write the audit events still queued (AuditWriteError if
+        some were lost: the audit log then holds an `audit.gap` once it can write again)."""
         self.backend.close()
+        self.audit.flush()

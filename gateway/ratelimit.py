@@ -1,19 +1,85 @@
 """Rate limits in the slowapi / `limits` notation ("60/minute"), keyed by principal or client address.
 
-The counters live where slowapi's storage URI says: `memory://` (one gateway process, the default)
-or a shared store for several replicas.
+The counters live where the storage URI says: `memory://` (one gateway process, the default) keeps
+them in this process, as moving windows of hit times; any other URI (Redis, for several replicas)
+goes through slowapi's `limits` storage, with the same moving-window strategy.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 
 from limits import RateLimitItem, parse
 from slowapi import Limiter
 from slowapi.util import get_remote_address
 
-__all__ = ["RateLimiter"]
+__all__ = ["MovingWindows", "RateLimiter"]
+
+#: How often (at most) windows left empty are dropped, so idle keys do not accumulate.
+_SWEEP_EVERY_S = 10.0
+
+
+@functools.lru_cache(maxsize=256)
+def _rate(rate: str) -> tuple[int, float]:
+    """(hits allowed, window in seconds) of a rate such as "60/minute" or "10 per 2 seconds"."""
+    item = parse(rate)
+    return item.amount, float(item.get_expiry())
+
+
+class MovingWindows:
+    """In-process moving windows: a hit is allowed when fewer than `amount` hits were counted in the
+    last `window` seconds. One deque of monotonic hit times per (kind, key, rate); thread-safe."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[tuple[str, str, int, float], deque[float]] = {}
+        self._next_sweep = self._clock() + _SWEEP_EVERY_S
+
+    def hit(self, kind: str, key: str, rate: str) -> float | None:
+        return self._check(kind, key, rate, count=True)
+
+    def spent(self, kind: str, key: str, rate: str) -> float | None:
+        return self._check(kind, key, rate, count=False)
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def _check(self, kind: str, key: str, rate: str, *, count: bool) -> float | None:
+        amount, window = _rate(rate)
+        now = self._clock()
+        with self._lock:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            hits = self._windows.get((kind, key, amount, window))
+            if hits is None:
+                if amount < 1:
+                    return _retry(now, now, window)
+                if count:
+                    self._windows[(kind, key, amount, window)] = deque((now,), maxlen=amount)
+                return None
+            while hits and hits[0] <= now - window:
+                hits.popleft()
+            if len(hits) >= amount:
+                return _retry(hits[0], now, window)
+            if count:
+                hits.append(now)
+            return None
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + _SWEEP_EVERY_S
+        stale = [k for k, hits in self._windows.items() if not hits or hits[-1] <= now - k[3]]
+        for k in stale:
+            del self._windows[k]
+
+
+def _retry(oldest: float, now: float, window: float) -> float:
+    return float(max(1, math.ceil(oldest + window - now)))
 
 
 class RateLimiter:
@@ -21,12 +87,16 @@ class RateLimiter:
     allowed; spent(kind, key, rate) asks the same without counting."""
 
     def __init__(self, storage_uri: str = "memory://") -> None:
-        self._slowapi = Limiter(
-            key_func=get_remote_address, storage_uri=storage_uri, strategy="moving-window"
-        )
-        self._strategy = self._slowapi.limiter
+        self._local = MovingWindows() if storage_uri == "memory://" else None
+        if self._local is None:
+            self._slowapi = Limiter(
+                key_func=get_remote_address, storage_uri=storage_uri, strategy="moving-window"
+            )
+            self._strategy = self._slowapi.limiter
 
     def hit(self, kind: str, key: str, rate: str) -> float | None:
+        if self._local is not None:
+            return self._local.hit(kind, key, rate)
         item = parse(rate)
         if self._strategy.hit(item, kind, key):
             return None
@@ -34,6 +104,8 @@ class RateLimiter:
 
     def spent(self, kind: str, key: str, rate: str) -> float | None:
         """Like hit, without counting: None while one more hit would be allowed."""
+        if self._local is not None:
+            return self._local.spent(kind, key, rate)
         item = parse(rate)
         if self._strategy.test(item, kind, key):
             return None

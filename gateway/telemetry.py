@@ -1,7 +1,9 @@
 """OpenTelemetry: the gateway's tracer, meters and their set-up.
 
-Spans and metrics are always recorded; they are exported only when OTEL_EXPORTER_OTLP_ENDPOINT
-(or the per-signal variants) is set, over OTLP/HTTP. Nothing is exported otherwise.
+Spans and metrics are recorded and exported, over OTLP/HTTP, when OTEL_EXPORTER_OTLP_ENDPOINT (or
+the per-signal variant) is set. Otherwise the API's no-op providers stay in place: a span costs
+nothing, and the client's trace context (from the request's `_meta`) still names the trace in audit
+events.
 """
 
 from __future__ import annotations
@@ -90,10 +92,9 @@ def configure_telemetry() -> Telemetry:
     """Install SDK providers (once per process), with OTLP/HTTP exporters when configured."""
     resource = Resource.create({"service.name": "sandbox-gateway", "service.version": __version__})
     traces = None
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+    if _exporting("TRACES") and not isinstance(trace.get_tracer_provider(), TracerProvider):
         traces = TracerProvider(resource=resource)
-        if _exporting("TRACES"):
-            traces.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        traces.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         trace.set_tracer_provider(traces)
     meters = None
     if _exporting("METRICS"):

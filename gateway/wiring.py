@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 from audit import AuditLog, FileSink, RepeatTable, StreamSink
 from audit.otlp import OTLPLogSink, otlp_logs_configured
-from audit.sinks import AuditSink
+from audit.sinks import AuditSink, Fsync
 from gateway.backend.base import Backend
 from gateway.backend.docker_engine import DockerBackend, tls_config
 from gateway.calls.code_mode import CodeModeCalls
@@ -65,7 +66,10 @@ def build_audit(settings: Settings, policy: Policy) -> AuditLog:
         try:
             sinks.append(
                 FileSink(
-                    settings.audit_log, max_bytes=settings.audit_max_bytes, backups=settings.audit_backups
+                    settings.audit_log,
+                    max_bytes=settings.audit_max_bytes,
+                    backups=settings.audit_backups,
+                    fsync=cast("Fsync", settings.audit_fsync),  # FileSink refuses any other value
                 )
             )
         except (OSError, ValueError) as exc:

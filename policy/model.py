@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from policy.code_mode_model import CodeMode
 from policy.egress_model import Egress, network_follows_egress
@@ -84,6 +85,7 @@ class TmpfsMount(_Strict):
 class SandboxSpec(_Strict):
     """What a sandbox container is made of. The broker creates exactly this, nothing more."""
 
+    _digest: str | None = PrivateAttr(default=None)
     images: tuple[str, ...] = Field(min_length=1)
     read_only_rootfs: bool = True
     #: `none`, or `egress` when the profile has an `egress` key (set from it: never written by hand).
@@ -159,9 +161,20 @@ class SandboxSpec(_Strict):
         return None
 
     def digest(self) -> str:
-        """sha256 of this spec alone: a sandbox is replaced when its profile's spec changes."""
+        """sha256 of this spec alone: a sandbox is replaced when its profile's spec changes. A spec is
+        frozen, so it is computed once (a copy with changes computes its own)."""
+        private = self.__pydantic_private__ or {}  # read directly: the attribute path is slow
+        cached = private.get("_digest")
+        if cached is not None:
+            return str(cached)
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        self._digest = hashlib.sha256(canonical.encode()).hexdigest()
+        return self._digest
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._digest = None
+        return copy
 
 
 class ExecLimits(_Strict):

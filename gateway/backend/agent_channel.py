@@ -33,6 +33,7 @@ from gateway.backend.agent_calls import (
     output_count,
 )
 from gateway.backend.agent_python import SLACK_S, run_python
+from gateway.backend.agent_send import write_request
 from gateway.backend.agent_tools import serve_tool_calls
 from gateway.backend.base import ExecOutcome, ExecRequest, OutputCallback, close_stream
 from gateway.backend.frames import STDERR, STDOUT, FrameDecoder, FrameError
@@ -50,7 +51,6 @@ Connector = Callable[[], Awaitable[tuple[socket.socket, bytes, Any]]]
 _SEND_TIMEOUT_S = 10.0
 #: A kill is best effort: it may not wait that long.
 _KILL_SEND_S = 1.0
-_NO_LOCK = contextlib.nullcontext()
 
 
 class AgentChannel:
@@ -165,23 +165,21 @@ class AgentChannel:
 
     # -- calls -----------------------------------------------------------------------------------
 
-    def _send_blocking(self, sock: socket.socket, data: bytes) -> None:
-        with self._send_lock, self._tls_lock if isinstance(sock, ssl.SSLSocket) else _NO_LOCK:
-            sock.sendall(data)
-
     async def send(self, body: dict[str, Any], timeout_s: float | None = None) -> None:
-        """Write one request on this sandbox's own thread. An agent that does not take it within
+        """Write one request (gateway/backend/agent_send.py). An agent that does not take it within
         `timeout_s` (it stopped reading its stdin) has broken the channel."""
         sock = self._sock
         if sock is None:
             raise AgentBroken(f"the connection to the sandbox agent is closed: {self.broken_reason}")
-        sent = False
         try:
-            with anyio.move_on_after(_SEND_TIMEOUT_S if timeout_s is None else timeout_s):
-                await anyio.to_thread.run_sync(
-                    self._send_blocking, sock, line(body), limiter=self._io, abandon_on_cancel=True
-                )
-                sent = True
+            sent = await write_request(
+                sock,
+                line(body),
+                send_lock=self._send_lock,
+                tls_lock=self._tls_lock,
+                io=self._io,
+                timeout_s=_SEND_TIMEOUT_S if timeout_s is None else timeout_s,
+            )
         except OSError as exc:
             raise AgentBroken("the connection to the sandbox agent broke off while sending") from exc
         if not sent:

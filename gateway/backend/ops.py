@@ -34,6 +34,8 @@ T = TypeVar("T")
 DELAY_AUDIT_S = 0.05
 #: The pool counts as saturated (and /ready says so) when a call has waited this long for a worker.
 SATURATED_S = 1.0
+#: Operations whose success is audited with `emit_later`: executions, recorded once they ran.
+_DEFERRED_OPS = frozenset({"exec", "python"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +222,10 @@ class DockerOps:
             except GatewayError as exc:
                 self._failed(op, span, exc, started, attrs)
                 raise
-            self.audit.emit(f"docker.{op}", outcome="ok", duration_ms=_ms(started), **attrs)
+            # An execution that ran is recorded after the fact, off the call's path (its
+            # `exec.start` was written before it ran); anything else (attach) before going on.
+            emit = self.audit.emit_later if op in _DEFERRED_OPS else self.audit.emit
+            emit(f"docker.{op}", outcome="ok", duration_ms=_ms(started), **attrs)
             return result
 
     @contextlib.contextmanager

@@ -185,8 +185,10 @@ class CallPath:
 
     def _finished(self, decision: Allowed, outcome: Any, **fields: Any) -> None:
         """`exec.finish` of an execution that ran to its end (an ExecOutcome or a PythonOutcome),
-        with `fields` (exit code, timeout, truncation, duration, ...) on top of what every one has."""
-        self.audit.emit(
+        with `fields` (exit code, timeout, truncation, duration, ...) on top of what every one has.
+        Written off the call's path (it records what already happened; `exec.start` was written
+        before anything ran); AuditWriteError if the log's queue is full or the log is failed."""
+        self.audit.emit_later(
             "exec.finish",
             outcome="ok",
             stdout_bytes=outcome.stdout_bytes,

@@ -107,30 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--docker-tls-cert", type=Path, help="client certificate for the remote engine")
     serve.add_argument("--docker-tls-key", type=Path, help="client key for the remote engine")
     serve.add_argument("--image", help="sandbox image (default: $MCP_EXECUTOR_IMAGE or the profile's first)")
-    serve.add_argument("--audit-log", type=Path, help="also append audit events (JSON lines) to this file")
-    serve.add_argument(
-        "--audit-max-bytes", type=int, default=100 * 1024 * 1024, help="rotate the file at this size"
-    )
-    serve.add_argument("--audit-backups", type=int, default=5, help="rotated audit files to keep")
-    serve.add_argument("--no-audit-stdout", action="store_true", help="do not write audit events to stdout")
-    serve.add_argument(
-        "--audit-hmac-key-file",
-        type=Path,
-        help="key for HMACs of submitted code (default: $SGW_AUDIT_HMAC_KEY_FILE, else per-process)",
-    )
-    serve.add_argument(
-        "--audit-repeat-window",
-        type=float,
-        default=60.0,
-        help="seconds per window in which repeated auth failures and rate-limit hits from one source "
-        "are written once and then counted into a summary",
-    )
-    serve.add_argument(
-        "--audit-repeat-sources",
-        type=int,
-        default=512,
-        help="sources tracked one by one per window; beyond, new sources are counted together",
-    )
+    _audit_arguments(serve)
     serve.add_argument(
         "--sandbox-uids",
         help="host uid range sandboxes run as, LOW-HIGH, each sandbox its own "
@@ -233,6 +210,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _audit_arguments(serve: argparse.ArgumentParser) -> None:
+    """The audit log's flags: its file, rotation, durability, sinks, code HMAC key, folding."""
+    serve.add_argument("--audit-log", type=Path, help="also append audit events (JSON lines) to this file")
+    serve.add_argument(
+        "--audit-max-bytes", type=int, default=100 * 1024 * 1024, help="rotate the file at this size"
+    )
+    serve.add_argument("--audit-backups", type=int, default=5, help="rotated audit files to keep")
+    serve.add_argument(
+        "--audit-fsync",
+        choices=["never", "batch"],
+        default="never",
+        help="fsync the audit file after each batch of lines (batch) or leave it to the kernel (never)",
+    )
+    serve.add_argument("--no-audit-stdout", action="store_true", help="do not write audit events to stdout")
+    serve.add_argument(
+        "--audit-hmac-key-file",
+        type=Path,
+        help="key for HMACs of submitted code (default: $SGW_AUDIT_HMAC_KEY_FILE, else per-process)",
+    )
+    serve.add_argument(
+        "--audit-repeat-window",
+        type=float,
+        default=60.0,
+        help="seconds per window in which repeated auth failures and rate-limit hits from one source "
+        "are written once and then counted into a summary",
+    )
+    serve.add_argument(
+        "--audit-repeat-sources",
+        type=int,
+        default=512,
+        help="sources tracked one by one per window; beyond, new sources are counted together",
+    )
 
 
 def _egress_arguments(serve: argparse.ArgumentParser) -> None:

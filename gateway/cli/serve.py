@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import secrets
 import sys
@@ -57,6 +58,7 @@ def serve(args: argparse.Namespace) -> int:
         audit_log=args.audit_log,
         audit_max_bytes=args.audit_max_bytes,
         audit_backups=args.audit_backups,
+        audit_fsync=args.audit_fsync,
         audit_stdout=not args.no_audit_stdout,
         audit_hmac_key_file=args.audit_hmac_key_file,
         audit_repeat_window_s=args.audit_repeat_window,
@@ -141,10 +143,17 @@ def serve(args: argparse.Namespace) -> int:
     )
     if dev_token is not None:
         print(f"dev token (principal 'dev'): {dev_token}", file=sys.stderr, flush=True)
+    # What start-up made lives as long as the process: full collections need not walk it again.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
+        # uvloop when installed; h11 always: its 64 KiB bound on an incomplete request head is
+        # the gateway's, while httptools buffers a header of megabytes.
+        loop="auto",
+        http="h11",
         log_level=settings.log_level.lower(),
         server_header=False,
         timeout_keep_alive=15,

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from gateway.calls.python_results import PythonResult, call_tool_result
 from gateway.calls.service import ExecutionService
-from gateway.http.caller import source_ip
+from gateway.http.caller import source_ip, wants_progress
 from policy import Principal
 
 __all__ = ["register_run_python"]
@@ -53,6 +53,7 @@ def register_run_python(
         async def progress(output_bytes: float, latest: str) -> None:
             await ctx.report_progress(output_bytes, None, latest)
 
-        call = service.run_python(principal, code, timeout_s, source_ip=source_ip(ctx), on_progress=progress)
+        relay = progress if wants_progress(ctx) else None
+        call = service.run_python(principal, code, timeout_s, source_ip=source_ip(ctx), on_progress=relay)
         result, outcome = await guard("run_python", principal, call)
         return call_tool_result(result, outcome)

@@ -17,22 +17,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mcp.server._streamable_http_modern import handle_modern_request
 from mcp.server.auth.middleware.bearer_auth import AuthorizationContext
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import RequestBodyLimitMiddleware
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types import INVALID_REQUEST, ErrorData, JSONRPCError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.calls.budgets import budget_instruments
 from gateway.errors import SessionLimitReached
+from gateway.http.response_mode import accepts_both, asks_for_progress, read_body
 
 __all__ = ["GatewaySessionManager", "SessionTable"]
 
 #: Called with the request's scope, the budget that was spent ("sessions", "session-requests") and its cap.
 OnRefused = Callable[[Scope, str, int], None]
 _SESSION_HEADER = MCP_SESSION_ID_HEADER.lower().encode("latin-1")
+_VERSION_HEADER = MCP_PROTOCOL_VERSION_HEADER.lower().encode("latin-1")
 
 
 class SessionTable:
@@ -119,7 +123,9 @@ class GatewaySessionManager(StreamableHTTPSessionManager):
         self.table = table
         self.on_refused = on_refused
         self._open = budget_instruments().sessions
-        self.asgi_app = RequestBodyLimitMiddleware(self._bounded, self.max_request_body_size)
+        # What serves /mcp. The gateway's own body cap is in front (BodyLimitMiddleware), so the
+        # SDK's second one, which buffers every body once more, is left out.
+        self.asgi_app = self._bounded  # type: ignore[assignment]
 
     def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
         # Runs under the manager's session-creation lock: check and record are one step.
@@ -136,6 +142,30 @@ class GatewaySessionManager(StreamableHTTPSessionManager):
         if self.table.close(session_id) is not None:
             self._open.add(-1)
         await super()._discard_session(session_id, transport)
+
+    async def _handle_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A stateless-era POST is answered as JSON unless it asks for progress (see
+        gateway/http/response_mode.py); handshake-era sessions keep the SDK's own choice."""
+        version = next((v for k, v in scope.get("headers", []) if k == _VERSION_HEADER), None)
+        if (
+            self.json_response
+            or version is None
+            or version.decode("latin-1") in HANDSHAKE_PROTOCOL_VERSIONS
+            or scope.get("method") != "POST"
+            or not accepts_both(scope)
+        ):
+            await super()._handle_request(scope, receive, send)
+            return
+        body, replay = await read_body(receive)
+        await handle_modern_request(
+            self.app,
+            self.security_settings,
+            not asks_for_progress(body),
+            self._lifespan_state,
+            scope,
+            replay,
+            send,
+        )
 
     async def _bounded(self, scope: Scope, receive: Receive, send: Send) -> None:
         header = next((v for k, v in scope.get("headers", []) if k == _SESSION_HEADER), None)

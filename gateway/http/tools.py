@@ -25,7 +25,7 @@ from gateway.calls.results import (
 )
 from gateway.calls.service import ExecutionService
 from gateway.errors import GatewayError
-from gateway.http.caller import principal_of, source_ip
+from gateway.http.caller import principal_of, source_ip, wants_progress
 from gateway.http.python_tool import register_run_python
 from policy import Principal
 
@@ -77,7 +77,8 @@ async def _run(
         # A no-op unless the client sent a progress token with this call.
         await ctx.report_progress(output_bytes, None, latest)
 
-    call = service.execute(principal, tool, code, timeout_s, source_ip=source_ip(ctx), on_progress=progress)
+    relay = progress if wants_progress(ctx) else None
+    call = service.execute(principal, tool, code, timeout_s, source_ip=source_ip(ctx), on_progress=relay)
     return await _guarded(tool, principal, call)
 
 

@@ -6,6 +6,9 @@ import json
 
 import httpx
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.auth.tokens import TokenStore
 from tests.e2e.conftest import ACCEPT, INIT, Gateway, mcp_client
@@ -168,8 +171,11 @@ def test_health_and_ready(gateway: Gateway) -> None:
 
 
 async def test_the_audit_log_records_principal_tool_decision_and_outcome(gateway: Gateway) -> None:
+    before = len(audit_events(gateway.audit_log, "exec.finish", principal="bob"))
     async with mcp_client(gateway.url, gateway.tokens["bob"]) as client:
         await client.call_tool("execute_bash", {"command": "echo audited"})
+    # exec.finish (and docker.exec before it) are written off the call's path: moments later.
+    eventually(lambda: len(audit_events(gateway.audit_log, "exec.finish", principal="bob")) > before)
     events = audit_events(gateway.audit_log)
     finish = matching(events, "exec.finish", principal="bob")[-1]
     decision = matching(events, "policy.decision", request_id=finish["request_id"])
@@ -202,6 +208,35 @@ async def test_a_client_asking_for_progress_gets_the_output_so_far(gateway: Gate
     assert notes[0][2] is not None and notes[0][2].startswith("step 1")
     assert [n[0] for n in notes] == sorted(n[0] for n in notes) and notes[0][0] == len("step 1\n")
     assert quiet == [], "a call that ends before the first interval sends no progress"
+
+
+async def test_a_call_is_answered_as_plain_json_unless_it_asks_for_progress(gateway: Gateway) -> None:
+    kinds: list[str] = []
+
+    async def record(response: httpx.Response) -> None:
+        if response.request.method == "POST":
+            kinds.append(response.headers.get("content-type", "").split(";")[0])
+
+    notes: list[str | None] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        notes.append(message)
+
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {gateway.tokens['alice']}"})
+    http.event_hooks = {"request": [], "response": [record]}
+    async with http, Client(streamable_http_client(gateway.url, http_client=http)) as client:
+        plain = await client.call_tool("execute_bash", {"command": "echo plain"})
+        plain_kind = kinds[-1]
+        command = "echo first; sleep 1.6; echo second"
+        streamed = await client.call_tool(
+            "execute_bash", {"command": command, "timeout_s": 10}, progress_callback=on_progress
+        )
+        streamed_kind = kinds[-1]
+    assert not plain.is_error and plain.structured_content["stdout"] == "plain\n"
+    assert plain_kind == "application/json", "no progress token: one JSON response, no stream"
+    assert not streamed.is_error and streamed.structured_content["stdout"] == "first\nsecond\n"
+    assert streamed_kind == "text/event-stream", "a progress token gets a stream for its notifications"
+    assert notes and notes[0] is not None and notes[0].startswith("first")
 
 
 async def test_admin_policy_is_for_admins_and_explains_only_their_own_tenant(gateway: Gateway) -> None:

@@ -47,6 +47,7 @@ async def test_a_tool_call_continues_the_clients_trace_down_to_each_docker_call(
     assert format(server.context.trace_id, "032x") == trace_id, "the client's W3C trace context is honoured"
     below = {s.name for s in descendants(spans, server)}
     assert below == FIRST_CALL_SPANS_POOLED
+    inproc_gateway.service.audit.flush()  # exec.finish is written off the call's path
     finish = audit_events(inproc_gateway.sink, "exec.finish")[-1]
     assert finish["trace_id"] == trace_id, "the audit event names the same trace"
 
@@ -65,6 +66,7 @@ async def test_a_run_python_call_is_a_span_with_its_interpreter_call_below_and_i
     assert len(python) == 1 and python[0].attributes is not None
     assert python[0].attributes["sandbox_gateway.exec_path"] == "agent"
     assert python[0].attributes["sandbox_gateway.principal"] == "alice"
+    inproc_gateway.service.audit.flush()
     finish = [e for e in audit_events(inproc_gateway.sink, "exec.finish") if e.get("tool") == "run_python"][
         -1
     ]
@@ -82,6 +84,7 @@ async def test_audit_events_for_allow_deny_timeout_oom_and_auth_failure(
         await client.call_tool("execute_bash", {"command": "sleep 30", "timeout_s": 1})
         await client.call_tool("execute_python", {"code": "x = bytearray(2 * 1024**3)"})
     httpx.post(inproc_gateway.url, json={}, headers={"Authorization": "Bearer sgw_nope"})
+    inproc_gateway.service.audit.flush()
     events = audit_events(inproc_gateway.sink)
     for event in events:
         AuditEvent.model_validate(event)

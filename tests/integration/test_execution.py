@@ -77,6 +77,7 @@ async def test_flooding_output_is_capped_and_flagged(
     assert result.truncated
     assert len(result.stdout.encode()) == 1024 * 1024
     assert result.stderr == "done\n"
+    service.audit.flush()  # exec.finish is written off the call's path
     finish = audit_events(audit_sink, "exec.finish")[-1]
     assert finish["outcome"]["stdout_bytes"] == 5_000_000
 
@@ -193,6 +194,7 @@ async def test_every_docker_operation_has_a_span_and_an_audit_event(
     container = attributes(spans["docker.exec"])["sandbox_gateway.container_id"]
     assert attributes(spans["docker.create"])["sandbox_gateway.container_id"] == container
     assert attributes(spans["docker.exec"])["sandbox_gateway.principal"] == "traced"
+    service.audit.flush()  # docker.exec and exec.finish are written off the call's path
     kinds = [e["event"] for e in audit_events(audit_sink)]
     for op in (
         "docker.list",
@@ -241,6 +243,7 @@ async def test_a_memory_bomb_is_reported_as_oom_killed(
     assert (await service.execute(ALICE, "execute_bash", "echo after")).stdout == "after\n"
     plain_kill = await service.execute(ALICE, "execute_bash", "kill -9 $$")
     assert plain_kill.exit_code == 137 and not plain_kill.oom_killed
+    service.audit.flush()
     finish = audit_events(audit_sink, "exec.finish")
     assert [e["outcome"]["oom_killed"] for e in finish] == [True, False, False]
 

@@ -1,5 +1,6 @@
 """Loading policy files: guardrails and schema errors name the file, the key and the rule."""
 
+import copy
 import textwrap
 from pathlib import Path
 
@@ -198,3 +199,16 @@ def test_the_shipped_profiles_cap_each_tenant_and_its_request_rate() -> None:
     for profile in policy.profiles.values():
         assert profile.exec.max_concurrent <= profile.exec.max_concurrent_per_tenant <= 64
         assert profile.rate_limits.tenant_requests
+
+
+def test_a_specs_digest_is_computed_once_and_a_changed_copy_gets_its_own() -> None:
+    from policy.model import SandboxSpec
+
+    spec = load_policy().profiles["default"].sandbox
+    first = spec.digest()
+    assert spec.digest() == first
+    changed = spec.model_copy(update={"exec_path": "exec", "read_only_rootfs": False})
+    fresh = SandboxSpec.model_validate(changed.model_dump())
+    assert changed.digest() == fresh.digest() != first, "the copy does not keep the original's digest"
+    assert spec.model_copy().digest() == first
+    assert copy.deepcopy(spec).digest() == first

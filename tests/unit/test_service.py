@@ -93,6 +93,7 @@ async def test_an_allowed_call_is_audited_from_decision_to_finish(
     assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
     assert not (result.timed_out or result.truncated or result.oom_killed or result.sandbox_replaced)
 
+    service.audit.flush()  # exec.finish and docker.exec are written off the call's path
     trail = events(sink)
     kinds = [e["event"] for e in trail]
     assert kinds.index("policy.decision") < kinds.index("exec.start") < kinds.index("docker.exec")
@@ -257,6 +258,7 @@ async def test_output_over_the_cap_is_cut_and_counted(
     fake.handler = lambda command: Reply(stdout=b"y\n" * 2500, stderr=b"done\n")
     result = await service.execute(ALICE, "execute_bash", "yes | head -c 5000; echo done >&2")
     assert result.truncated and len(result.stdout) == 1024 and result.stderr == "done\n"
+    service.audit.flush()
     (finish,) = events(sink, "exec.finish")
     assert finish["outcome"]["stdout_bytes"] == 5000 and finish["outcome"]["truncated"] is True
 
@@ -268,6 +270,7 @@ async def test_a_deadline_reads_as_timed_out(
     result = await service.execute(ALICE, "execute_bash", "echo before; sleep 999", timeout_s=2)
     assert result.timed_out and result.exit_code is None and result.stdout == "before\n"
     assert fake.ran("bash")[0].timeout_s == 2, "the call's own timeout bounds the command"
+    service.audit.flush()
     (finish,) = events(sink, "exec.finish")
     assert finish["outcome"]["timed_out"] is True
 
