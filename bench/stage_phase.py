@@ -32,7 +32,7 @@ STAGE_WORKLOADS: dict[str, tuple[str, str, dict[str, Any], str | None]] = {
 }
 SPANS_NOTE = (
     "spans on: these calls went to a separate gateway (fast path, no warm pool) that exports its "
-    "spans over OTLP/HTTP to the benchmark's receiver (batches every 200 ms); the table above comes "
+    "spans over OTLP/HTTP to the benchmark's receiver (batches every 200 ms); the headline rows come "
     "from gateways without an exporter"
 )
 #: Time for the last batch of spans to arrive after the last call.
