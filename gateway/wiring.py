@@ -24,6 +24,7 @@ from gateway.egress.service import EGRESS_STATE_ROOT, EgressService
 from gateway.errors import ConfigError
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
+from gateway.stages import StagedAuditLog
 from gateway.uids import UidRange
 from gateway.upstream import Upstreams, load_upstreams
 from policy import Policy
@@ -80,7 +81,7 @@ def build_audit(settings: Settings, policy: Policy) -> AuditLog:
     if key is None and policy.audit.code == "hmac":
         _log.warning("no audit HMAC key configured (SGW_AUDIT_HMAC_KEY_FILE): code HMACs are per process")
     repeats = RepeatTable(settings.audit_repeat_window_s, settings.audit_repeat_sources)
-    return AuditLog(sinks, fail_closed=True, code_mode=policy.audit.code, hmac_key=key, repeats=repeats)
+    return StagedAuditLog(sinks, fail_closed=True, code_mode=policy.audit.code, hmac_key=key, repeats=repeats)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
-from typing import Any, Literal, Self
+from typing import Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -162,19 +161,12 @@ class SandboxSpec(_Strict):
 
     def digest(self) -> str:
         """sha256 of this spec alone: a sandbox is replaced when its profile's spec changes. A spec is
-        frozen, so it is computed once (a copy with changes computes its own)."""
-        private = self.__pydantic_private__ or {}  # read directly: the attribute path is slow
-        cached = private.get("_digest")
-        if cached is not None:
-            return str(cached)
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        self._digest = hashlib.sha256(canonical.encode()).hexdigest()
-        return self._digest
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        copy = super().model_copy(update=update, deep=deep)
-        copy._digest = None
-        return copy
+        frozen: computed once (a copy with changes computes its own)."""
+        cached = (self.__pydantic_private__ or {}).get("_digest")  # not via the (slow) attribute
+        if cached is None:
+            canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+            self._digest = cached = hashlib.sha256(canonical.encode()).hexdigest()
+        return str(cached)
 
 
 class ExecLimits(_Strict):

@@ -24,12 +24,15 @@ from opentelemetry.trace import Status, StatusCode
 
 from audit import AuditLog
 from gateway.errors import GatewayError
+from gateway.stages import timed
 from gateway.telemetry import instruments, tracer
 
 __all__ = ["GATEWAY_PARTY", "DockerOps", "FairPool", "Party", "acting_for"]
 
 T = TypeVar("T")
 
+#: The operations that are the sandbox round trip of a call (its `sandbox` stage, gateway/stages.py).
+_EXECUTIONS = frozenset({"exec", "python"})
 #: A call waiting this long (or longer) for a worker is audited as delayed (`capacity.delayed`).
 DELAY_AUDIT_S = 0.05
 #: The pool counts as saturated (and /ready says so) when a call has waited this long for a worker.
@@ -218,7 +221,8 @@ class DockerOps:
         started = time.monotonic()
         with self._span(op, attrs) as span:
             try:
-                result = await fn(*args)
+                with timed("sandbox") if op in _EXECUTIONS else contextlib.nullcontext():
+                    result = await fn(*args)
             except GatewayError as exc:
                 self._failed(op, span, exc, started, attrs)
                 raise

@@ -20,6 +20,7 @@ from gateway.errors import GatewayError, InvalidArgument, PolicyDenied, QuotaExc
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
 from gateway.sandboxes.pool import pool_targets
+from gateway.stages import timed
 from gateway.telemetry import instruments
 from policy import Action, Allowed, Principal
 from policy.engine import PolicyEngine
@@ -104,7 +105,8 @@ class CallPath:
 
     def _decide(self, principal: Principal, action: Action) -> Allowed:
         """Evaluate, record (fail-closed), refuse denials, then apply the principal's request rate."""
-        decision = self.engine.evaluate(principal, action)
+        with timed("policy"):
+            decision = self.engine.evaluate(principal, action)
         self.audit.emit(
             "policy.decision",
             decision="allow" if decision.allowed else "deny",

@@ -32,6 +32,7 @@ from gateway.http.middleware.secure_headers import SecureHeadersMiddleware
 from gateway.http.readiness import ready_route
 from gateway.http.resource_metadata import resource_metadata_routes
 from gateway.http.sessions import GatewaySessionManager, SessionTable
+from gateway.stages import StagesMiddleware
 from gateway.wiring import Core
 from policy import Principal
 
@@ -87,6 +88,7 @@ def _front_door(
     audit = core.audit
     address_budget = AddressBudget(core.rates, settings.address_rate)
     return [
+        Middleware(StagesMiddleware),
         Middleware(SecureHeadersMiddleware),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         Middleware(AddressRateLimitMiddleware, budget=address_budget, audit=audit),

@@ -169,9 +169,11 @@ def gateway_lifespan(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
+        hup = True
         try:
             loop.add_signal_handler(signal.SIGHUP, reload_policy, core.service, settings.policy_file, audit)
         except (RuntimeError, ValueError):  # an embedded server off the main thread: no signals there
+            hup = False
             _log.warning("policy reload on SIGHUP is unavailable outside the main thread")
         async with sessions.run():
             audit.emit(
@@ -196,7 +198,8 @@ def gateway_lifespan(
                     try:
                         yield
                     finally:
-                        loop.remove_signal_handler(signal.SIGHUP)
+                        if hup:
+                            loop.remove_signal_handler(signal.SIGHUP)
                         tasks.cancel_scope.cancel()
             finally:
                 removed = 0

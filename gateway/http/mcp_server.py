@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, cast
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -13,6 +14,7 @@ from gateway.calls.service import ExecutionService
 from gateway.config import Settings
 from gateway.http.caller import principal_of, source_ip
 from gateway.http.tools import register_tools
+from gateway.stages import StageAttributes, record_tool
 
 __all__ = ["AuditedMCPServer", "build_mcp_server"]
 
@@ -33,8 +35,12 @@ class AuditedMCPServer(MCPServer[Any]):
     """
 
     def __init__(self, name: str, *, service: ExecutionService, **settings: Any) -> None:
-        super().__init__(name, **settings)
+        super().__init__(name, middleware=[StageAttributes()], **settings)
         self.service = service
+
+    def add_tool(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Register a tool whose own code is timed (its start and return mark the call's stages)."""
+        super().add_tool(record_tool(fn), *args, **kwargs)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None

@@ -112,10 +112,10 @@ def inproc_gateway(
 
     import uvicorn
 
-    from audit import AuditLog
     from gateway.auth.verifier import GatewayTokenVerifier
     from gateway.config import Settings
     from gateway.http.app import build_app
+    from gateway.stages import StagedAuditLog
     from gateway.wiring import build_core
     from policy import load_policy
     from policy.engine import PolicyEngine
@@ -126,7 +126,7 @@ def inproc_gateway(
     store = TokenStore(tmp_path_factory.mktemp("inproc") / "tokens.jsonl")
     tokens = {name: store.create(name) for name in ("alice", "bob")}
     sink = MemorySink()
-    audit = AuditLog([sink])
+    audit = StagedAuditLog([sink])  # as the gateway builds it (build_audit)
     core = build_core(settings, PolicyEngine(load_policy()), audit)
     service = core.service
     verifier = GatewayTokenVerifier(store)

@@ -17,7 +17,7 @@ from gateway.auth.tokens import TokenStore
 from gateway.backend.docker_engine import DockerBackend
 from tests.e2e.conftest import ACCEPT, INIT, Gateway, mcp_client, start_gateway, stop_gateway
 from tests.e2e.test_policy_over_mcp import write_policy
-from tests.support import audit_events, eventually, matching
+from tests.support import eventually, matching, settled_events
 
 pytestmark = pytest.mark.anyio
 
@@ -26,8 +26,9 @@ MARKER = "do-not-log-" + uuid.uuid4().hex
 
 
 def events(gateway: Gateway) -> list[dict[str, Any]]:
-    """Every complete line of the gateway's audit log, each checked against the schema."""
-    parsed = audit_events(gateway.audit_log)
+    """Every line of the gateway's audit log, once every execution's `exec.finish` is written (it is
+    written off the call's path), each checked against the schema."""
+    parsed = settled_events(gateway.audit_log)
     for event in parsed:
         AuditEvent.model_validate(event)
         assert event["event"] in EVENTS, f"{event['event']} is not documented in audit/schema.py"

@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.code_mode_calls import code_mode_gateway, code_mode_policy, run_python, upstream_calls
 from tests.e2e.conftest import mcp_client
-from tests.support import audit_events
+from tests.support import audit_events, settled_events
 from tests.support.gateway_process import Gateway
 from tests.support.upstreams import RunningUpstreams, running_upstreams
 
@@ -58,7 +58,7 @@ def gateway(setup: tuple[Gateway, RunningUpstreams, Path]) -> Gateway:
 
 
 def _finished_withupstream_calls(gateway: Gateway) -> list[dict[str, Any]]:
-    return [e["upstream"] for e in audit_events(gateway.audit_log, "exec.finish") if e.get("upstream")]
+    return [e["upstream"] for e in settled_events(gateway.audit_log, "exec.finish") if e.get("upstream")]
 
 
 def test_the_gateway_writes_a_module_per_tool_at_start(setup: tuple[Gateway, RunningUpstreams, Path]) -> None:

@@ -26,7 +26,7 @@ import pytest
 
 from tests.e2e.code_mode_calls import code_mode_gateway, code_mode_policy, run_python, upstream_calls
 from tests.e2e.conftest import mcp_client
-from tests.support import audit_events
+from tests.support import audit_events, settled_events
 from tests.support.gateway_process import Gateway
 from tests.support.upstreams import calc_entry, notes_entry, notes_server, write_upstreams
 
@@ -255,7 +255,7 @@ async def test_a_lone_surrogate_in_the_arguments_is_refused_and_the_execution_go
         -1
     ]
     finish = [
-        e for e in audit_events(gateway.audit_log, "exec.finish") if e["request_id"] == start["request_id"]
+        e for e in settled_events(gateway.audit_log, "exec.finish") if e["request_id"] == start["request_id"]
     ]
     assert not result.is_error and result.structured_content is not None, result.content
     assert result.structured_content["stdout"] == (
@@ -627,7 +627,7 @@ async def test_a_flood_of_refused_calls_does_not_starve_other_principals(gateway
         sent,
         f"gateway CPU {busy:.0%}",
     )
-    finished = [e["upstream"] for e in audit_events(gateway.audit_log, "exec.finish") if e.get("upstream")]
+    finished = [e["upstream"] for e in settled_events(gateway.audit_log, "exec.finish") if e.get("upstream")]
     floods = [f for f in finished if f["refused"].get("argument-too-large")]
     assert len(floods) >= 2, finished
     for counts in floods[-2:]:

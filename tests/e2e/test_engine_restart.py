@@ -28,7 +28,14 @@ import pytest
 from tests.conftest import IMAGE
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
 from tests.e2e.test_cli import cli
-from tests.support import EventuallyFailed, audit_events, eventually, eventually_async, matching
+from tests.support import (
+    EventuallyFailed,
+    audit_events,
+    eventually,
+    eventually_async,
+    matching,
+    settled_events,
+)
 from tests.support.engine import ENGINES, PrivateEngine, clean, clean_stale_engines, processes_mentioning
 from tests.support.proxy import PrivateProxy
 
@@ -162,7 +169,7 @@ def tool_error(result: Any) -> str:
 def assert_every_call_recorded(rig: Rig, since: int, calls: int, errors: list[str]) -> None:
     """Each call after event `since` has its decision, start and finish events, each error is recorded
     with the code its caller got, and the whole chain holds."""
-    events = audit_events(rig.gateway.audit_log)[since:]
+    events = settled_events(rig.gateway.audit_log)[since:]
     decided = matching(events, "policy.decision", decision="allow")
     started = matching(events, "exec.start")
     finished = matching(events, "exec.finish")

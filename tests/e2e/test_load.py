@@ -10,7 +10,7 @@ import pytest
 
 from gateway.backend.docker_engine import DockerBackend
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
-from tests.support import audit_events
+from tests.support import audit_events, settled_events
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 PRINCIPALS, CALLS = 50, 20
@@ -59,7 +59,7 @@ async def test_fifty_principals_twenty_calls_each(tmp_path: Path, backend: Docke
     assert lost == [], f"calls whose output did not come back: {lost[:10]}"
     assert live == PRINCIPALS, "one sandbox per principal"
     assert rss_after - rss_before < 256 * 1024, "gateway memory stays bounded"
-    finished = audit_events(gateway.audit_log, "exec.finish", outcome="ok")
+    finished = settled_events(gateway.audit_log, "exec.finish", outcome="ok")
     decided = audit_events(gateway.audit_log, "policy.decision")
     assert len(finished) == len(decided) == PRINCIPALS * CALLS, "every call recorded, none lost"
     assert backend.list({"sandbox-gateway.gateway": gateway.gateway_id}) == [], "nothing leaked"

@@ -14,7 +14,7 @@ from mcp import Client
 
 from gateway.backend.docker_engine import DockerBackend
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
-from tests.support import audit_events
+from tests.support import audit_events, matching, settled_events
 
 pytestmark = pytest.mark.anyio
 
@@ -119,9 +119,10 @@ async def bash(client: Client, command: str) -> str:
 
 
 def unfinished(gateway: Gateway, principal: str) -> int:
-    starts = audit_events(gateway.audit_log, "exec.start", tool="run_python", principal=principal)
-    finishes = audit_events(gateway.audit_log, "exec.finish", tool="run_python", principal=principal)
-    return len(starts) - len(finishes)
+    """Executions of `principal` without their `exec.finish`, once the log has settled (it is
+    written off the call's path: a call left unrecorded fails the wait, by name)."""
+    events = settled_events(gateway.audit_log, tool="run_python", principal=principal)
+    return len(matching(events, "exec.start")) - len(matching(events, "exec.finish"))
 
 
 @pytest.mark.parametrize("attack", list(STUBBORN))
@@ -296,7 +297,7 @@ async def test_a_call_queued_behind_another_still_ends_within_its_own_timeout(ga
 
 
 async def test_every_run_python_call_of_this_module_was_audited_to_its_end(gateway: Gateway) -> None:
-    starts = audit_events(gateway.audit_log, "exec.start", tool="run_python")
+    starts = settled_events(gateway.audit_log, "exec.start", tool="run_python")
     finishes = audit_events(gateway.audit_log, "exec.finish", tool="run_python")
     principals = {event["actor"]["principal"] for event in starts}
     assert {name: unfinished(gateway, name) for name in principals if unfinished(gateway, name)} == {}

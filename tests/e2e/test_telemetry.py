@@ -11,6 +11,7 @@ from opentelemetry.trace import SpanKind
 
 from audit.chain import verify_lines
 from audit.schema import AuditEvent
+from gateway.stages import STAGES
 from tests.conftest import FIRST_CALL_SPANS_POOLED
 from tests.e2e.conftest import InProcessGateway, mcp_client
 from tests.support import audit_events, eventually_async, matching
@@ -128,3 +129,31 @@ async def test_when_no_sink_can_write_calls_are_refused_and_ready_turns_false(
     assert ready.status_code == 503 and ready.json()["audit"] is False
     assert check.structured_content and check.structured_content["stdout"].strip().endswith("absent")
     assert httpx.get(f"{inproc_gateway.base}/ready").status_code == 200
+
+
+async def test_a_tool_calls_span_says_where_its_time_went_stage_by_stage(
+    inproc_gateway: InProcessGateway, span_exporter: InMemorySpanExporter
+) -> None:
+    async with mcp_client(inproc_gateway.url, inproc_gateway.tokens["alice"]) as client:
+        await client.call_tool("execute_bash", {"command": "true"})
+        span_exporter.clear()
+        slept = await client.call_tool("execute_bash", {"command": "sleep 0.3"})
+        info = await client.call_tool("sandbox_info", {})
+    assert not slept.is_error and not info.is_error
+    spans = list(span_exporter.get_finished_spans())
+
+    def stages_of(tool: str) -> dict[str, int]:
+        server = next(s for s in spans if s.name == f"tools/call {tool}" and s.kind == SpanKind.SERVER)
+        prefix = "sandbox_gateway.stage."
+        attributes = server.attributes or {}
+        found = {k[len(prefix) : -3]: v for k, v in attributes.items() if k.startswith(prefix)}
+        return {k: int(v) for k, v in found.items() if isinstance(v, int)}
+
+    bash, sandbox_info = stages_of("execute_bash"), stages_of("sandbox_info")
+    assert set(bash) == set(sandbox_info) == set(STAGES)
+    assert bash["sandbox"] >= 300_000, "the command's 0.3 s are the sandbox's, not the gateway's"
+    assert sandbox_info["sandbox"] == 0, "sandbox_info sends nothing to a sandbox"
+    for stages in (bash, sandbox_info):
+        assert min(stages["auth"], stages["rate"], stages["policy"], stages["audit"], stages["http_in"]) > 0
+        parts = sum(v for k, v in stages.items() if k not in ("gateway", "sandbox"))
+        assert abs(parts - stages["gateway"]) <= len(STAGES), "the stages add up to the gateway's time"

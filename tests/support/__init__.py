@@ -7,7 +7,15 @@ Nothing here imports pytest: `python -m bench` uses the gateway launcher and the
 test run. The waits and the audit reader, used nearly everywhere, are importable from here.
 """
 
-from tests.support.events import audit_events, matching, read_events
+from tests.support.events import audit_events, matching, read_events, settled_events
 from tests.support.waiting import EventuallyFailed, eventually, eventually_async
 
-__all__ = ["EventuallyFailed", "audit_events", "eventually", "eventually_async", "matching", "read_events"]
+__all__ = [
+    "EventuallyFailed",
+    "audit_events",
+    "eventually",
+    "eventually_async",
+    "matching",
+    "read_events",
+    "settled_events",
+]

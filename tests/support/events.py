@@ -18,7 +18,7 @@ from typing import Any
 from audit import MemorySink
 from audit.schema import GROUPS, TOP_LEVEL
 
-__all__ = ["Event", "audit_events", "field", "matching", "read_events"]
+__all__ = ["Event", "audit_events", "field", "matching", "read_events", "settled_events"]
 
 Event = dict[str, Any]
 
@@ -62,3 +62,22 @@ def audit_events(
     """The events of `source` named `event` whose fields hold the given values, e.g.
     `audit_events(gateway.audit_log, "exec.finish", principal="bob", outcome="ok")`."""
     return matching(read_events(source, text_lines=text_lines), event, **match)
+
+
+def settled_events(
+    source: Path | MemorySink, event: str | None = None, /, *, timeout_s: float = 30, **match: Any
+) -> list[Event]:
+    """`audit_events`, once every execution started in `source` has its `exec.finish`: that event
+    (and `docker.exec` before it) is written off the call's path, moments after the answer. For
+    reading after the calls of interest have returned."""
+    from tests.support.waiting import eventually
+
+    def finished() -> list[Event]:
+        events = read_events(source)
+        started = {e.get("request_id") for e in matching(events, "exec.start")}
+        ended = {e.get("request_id") for e in matching(events, "exec.finish")}
+        return events if started <= ended else []
+
+    return matching(
+        eventually(finished, timeout_s=timeout_s, message="every exec.start finished"), event, **match
+    )

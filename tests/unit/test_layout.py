@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
         "gateway.uids",
         "gateway.config",
         "gateway.telemetry",
+        "gateway.stages",
         "gateway.fdlimit",
         "gateway.ratelimit",
         "gateway.agent",

@@ -9,6 +9,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from audit import AuditLog, AuditWriteError
 from gateway.http.middleware.address_budget import AddressBudget
 from gateway.http.middleware.responses import send_too_many
+from gateway.stages import timed
 
 __all__ = ["AddressRateLimitMiddleware"]
 
@@ -27,7 +28,8 @@ class AddressRateLimitMiddleware:
             return
         client = scope.get("client")
         address = client[0] if client else "unknown"
-        retry = self.budget.spent(address)
+        with timed("rate"):
+            retry = self.budget.spent(address)
         if retry is None:
             await self.app(scope, receive, send)
             return

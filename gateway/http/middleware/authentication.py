@@ -14,6 +14,7 @@ from audit import AuditLog, AuditWriteError
 from gateway.auth.tokens import SCOPES
 from gateway.auth.verifier import GatewayTokenVerifier
 from gateway.http.middleware.responses import send_json
+from gateway.stages import timed
 from policy import Principal
 
 __all__ = ["PRINCIPAL_SCOPE_KEY", "BearerAuthMiddleware", "scope_principal"]
@@ -73,7 +74,8 @@ class BearerAuthMiddleware:
             if scheme.lower() != "bearer" or not token.strip():
                 reason = "malformed"
             else:
-                principal, access, reason = self.verifier.authenticate(token.strip())
+                with timed("auth"):
+                    principal, access, reason = self.verifier.authenticate(token.strip())
         client = scope.get("client")
         source = {"source_ip": client[0] if client else "unknown"}
         path = scope["path"][:_MAX_PATH_IN_AUDIT]

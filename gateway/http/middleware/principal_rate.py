@@ -11,6 +11,7 @@ from audit import AuditLog, AuditWriteError
 from gateway.http.middleware.authentication import scope_principal
 from gateway.http.middleware.responses import send_too_many
 from gateway.ratelimit import RateLimiter
+from gateway.stages import timed
 from policy import Principal
 
 __all__ = ["PrincipalRateLimitMiddleware", "RatesFor"]
@@ -46,13 +47,15 @@ class PrincipalRateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         rate, tenant_rate = self.rates_for(principal)
-        retry = self.limiter.hit("requests", f"{principal.tenant}/{principal.id}", rate)
+        with timed("rate"):
+            retry = self.limiter.hit("requests", f"{principal.tenant}/{principal.id}", rate)
         if retry is not None:
             key = {"principal": principal.id, "tenant": principal.tenant, "limit": "requests"}
             self._record(scope, principal, key, rate, retry)
             await send_too_many(send, retry, f"more than {rate} requests for this principal")
             return
-        retry = self.limiter.hit("tenant-requests", principal.tenant, tenant_rate)
+        with timed("rate"):
+            retry = self.limiter.hit("tenant-requests", principal.tenant, tenant_rate)
         if retry is not None:
             key = {"tenant": principal.tenant, "limit": "tenant-requests"}
             self._record(scope, principal, key, tenant_rate, retry)
