@@ -6,17 +6,22 @@ stream is needed only to send notifications before the result, and the only noti
 gateway sends are progress reports, which go only to a call that carries a progress token. So a
 request without one is answered as JSON (the cheaper path: no stream, no extra tasks), and a
 request with one as SSE, as before. Both are what the client asked for: it must accept both types.
+
+A client of that era cancels a call by closing its response. The SDK watches for that only on its
+stream path; a call answered as JSON is therefore run under `until_disconnect`, which does the same.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from starlette.types import Message, Receive, Scope
 
-__all__ = ["accepts_both", "asks_for_progress", "read_body"]
+__all__ = ["accepts_both", "asks_for_progress", "read_body", "until_disconnect"]
 
 _ACCEPT = b"accept"
 
@@ -34,6 +39,29 @@ async def read_body(receive: Receive) -> tuple[bytes, Receive]:
             break
     body = b"".join(chunks)
     return body, _replaying([{"type": "http.request", "body": body, "more_body": False}], receive)
+
+
+async def until_disconnect(
+    answer: Callable[[Receive], Awaitable[None]], body: bytes, receive: Receive
+) -> None:
+    """`answer(receive)`, handed `body` (read whole), cancelled as soon as `receive` (the rest of the
+    request's messages) says the client disconnected."""
+    gone = anyio.Event()
+
+    async def after_body() -> Message:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+        scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg.cancel_scope)
+        await answer(_replaying([{"type": "http.request", "body": body, "more_body": False}], after_body))
+        tg.cancel_scope.cancel()
 
 
 def _replaying(first: list[Message], receive: Receive) -> Receive:

@@ -29,7 +29,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway.calls.budgets import budget_instruments
 from gateway.errors import SessionLimitReached
-from gateway.http.response_mode import accepts_both, asks_for_progress, read_body
+from gateway.http.response_mode import accepts_both, asks_for_progress, read_body, until_disconnect
 
 __all__ = ["GatewaySessionManager", "SessionTable"]
 
@@ -157,15 +157,16 @@ class GatewaySessionManager(StreamableHTTPSessionManager):
             await super()._handle_request(scope, receive, send)
             return
         body, replay = await read_body(receive)
-        await handle_modern_request(
-            self.app,
-            self.security_settings,
-            not asks_for_progress(body),
-            self._lifespan_state,
-            scope,
-            replay,
-            send,
-        )
+        as_json = not asks_for_progress(body)
+
+        async def answer(receive: Receive) -> None:
+            settings, state = self.security_settings, self._lifespan_state
+            await handle_modern_request(self.app, settings, as_json, state, scope, receive, send)
+
+        if as_json:  # the SDK's stream path watches for the client going away; this one must too
+            await until_disconnect(answer, body, replay)
+        else:
+            await answer(replay)
 
     async def _bounded(self, scope: Scope, receive: Receive, send: Send) -> None:
         header = next((v for k, v in scope.get("headers", []) if k == _SESSION_HEADER), None)
