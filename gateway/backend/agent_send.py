@@ -56,7 +56,11 @@ async def write_request(
     writer = threading.Thread(
         target=_finish, args=(sock, data[sent:], send_lock, failure), name="agent-send", daemon=True
     )
-    writer.start()
+    try:
+        writer.start()
+    except RuntimeError:  # no thread to be had: half a request is written, the caller closes the stream
+        send_lock.release()
+        return False
     with anyio.move_on_after(timeout_s):
         await anyio.to_thread.run_sync(writer.join, abandon_on_cancel=True)
         if failure:

@@ -132,3 +132,49 @@ async def test_a_socket_with_a_timeout_is_written_on_the_thread(
         release.set()
     assert await write_request(ours, b"now\n", send_lock=send_lock, tls_lock=tls_lock, io=io, timeout_s=5)
     assert theirs.recv(100) == b"now\n"
+
+
+async def test_many_concurrent_requests_big_and_small_arrive_whole_and_unmixed(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, theirs = pair
+    io = anyio.CapacityLimiter(1)
+    send_lock, tls_lock = threading.Lock(), threading.Lock()
+    lines = [
+        (b"%d:" % n) + bytes([97 + n % 26]) * (n * 7919 % 300_000 if n % 3 == 0 else n) + b"\n"
+        for n in range(60)
+    ]
+    total = sum(map(len, lines))
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(read_all(theirs, total)))
+    reader.start()
+
+    async def one(line: bytes) -> None:
+        written = await write_request(ours, line, send_lock=send_lock, tls_lock=tls_lock, io=io, timeout_s=30)
+        assert written is True
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for line in lines:
+                tg.start_soon(one, line)
+    reader.join(timeout=60)
+    assert sorted(received[0].splitlines(keepends=True)) == sorted(lines)
+    assert not send_lock.locked()
+
+
+async def test_a_writer_thread_that_cannot_start_leaves_the_lock_free(
+    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours, _theirs = pair
+    io = anyio.CapacityLimiter(1)
+    send_lock, tls_lock = threading.Lock(), threading.Lock()
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    big = b"x" * (8 * 1024 * 1024)  # more than the socket takes at once: the rest needs a thread
+    with anyio.fail_after(10):
+        written = await write_request(ours, big, send_lock=send_lock, tls_lock=tls_lock, io=io, timeout_s=5)
+    assert written is False, "half a request was written: the caller must close the stream"
+    assert not send_lock.locked()
