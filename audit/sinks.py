@@ -82,6 +82,7 @@ class FileSink:
         self._lock = threading.Lock()
         self._failed = False
         self._unsynced = False
+        self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = self._open()
 
@@ -103,7 +104,8 @@ class FileSink:
         if self._unsynced:
             os.fsync(self._fd)
             self._unsynced = False
-        os.close(self._fd)
+        fd, self._fd = self._fd, -1  # reopened by the next write if what follows fails
+        os.close(fd)
         for index in range(self.backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{index}")
             if older.exists():
@@ -112,6 +114,10 @@ class FileSink:
         self._fd = self._open()
 
     def _append(self, data: bytes) -> None:
+        if self._fd < 0:  # never write to a closed descriptor: its number may be another file's
+            if self._closed:
+                raise OSError(f"{self.path}: the audit file sink is closed")
+            self._fd = self._open()  # a rotation failed half-way
         size = os.fstat(self._fd).st_size
         if size and size + len(data) > self.max_bytes and self.path.is_file():
             self._rotate()
@@ -132,7 +138,7 @@ class FileSink:
     def sync(self) -> None:
         """With fsync "batch": fsync the lines written since the last sync (nothing to do otherwise)."""
         with self._lock:
-            if not self._unsynced:
+            if not self._unsynced or self._fd < 0:
                 return
             try:
                 os.fsync(self._fd)
@@ -164,12 +170,17 @@ class FileSink:
         return None
 
     def close(self) -> None:
+        """Close the file; later writes fail (closing twice does nothing)."""
         with self._lock:
+            fd, self._fd, self._closed = self._fd, -1, True
+            if fd < 0:
+                return
             try:
                 if self._unsynced:
-                    os.fsync(self._fd)
+                    os.fsync(fd)
             finally:
-                os.close(self._fd)
+                self._unsynced = False
+                os.close(fd)
 
 
 def _last_line(path: Path, chunk: int = 65536) -> str:

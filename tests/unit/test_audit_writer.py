@@ -300,3 +300,51 @@ def test_a_log_resumed_from_a_file_continues_its_chain_after_deferred_events(tmp
     lines = path.read_text().splitlines()
     assert _names(lines) == ["a", "b"] and _verifies(lines)
     assert json.loads(lines[0])["prev_hash"] == GENESIS
+
+
+def test_a_closed_log_writes_nothing_into_a_file_that_took_its_descriptor_number(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileSink(path, fsync="batch")
+    log = AuditLog([sink])
+    log.emit("before")
+    log.close()
+    other = tmp_path / "other.txt"
+    fd = os.open(other, os.O_WRONLY | os.O_CREAT, 0o600)  # the lowest free number: the sink's old one
+    try:
+        with pytest.raises(AuditWriteError):
+            log.emit("after")  # e.g. a thread still ending its work once the gateway shut its log
+        sink.sync()
+        sink.close()  # twice: does not close the other file's descriptor
+        os.fstat(fd)
+    finally:
+        os.close(fd)
+    assert other.read_bytes() == b""
+    assert _names(path.read_text().splitlines()) == ["before"]
+
+
+def test_a_rotation_that_fails_half_way_never_leaves_lines_going_to_a_stale_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileSink(path, max_bytes=4096, backups=2)
+    log = AuditLog([sink])
+    reopen = sink._open
+
+    def refuse() -> int:
+        raise OSError("no descriptors left")
+
+    monkeypatch.setattr(sink, "_open", refuse)
+    for n in range(10):  # just under max_bytes (lines of about 375 bytes)
+        log.emit("e", n=n, pad="x" * 100)
+    with pytest.raises(AuditWriteError):  # the rotation closes the file, then cannot open one
+        log.emit("e", n=10, pad="x" * 100)
+    other = tmp_path / "other.txt"
+    fd = os.open(other, os.O_WRONLY | os.O_CREAT, 0o600)  # may take the closed file's number
+    try:
+        monkeypatch.setattr(sink, "_open", reopen)
+        log.emit("after")  # the sink opens its file again
+    finally:
+        os.close(fd)
+    assert other.read_bytes() == b""
+    lines = (tmp_path / "audit.jsonl.1").read_text().splitlines() + path.read_text().splitlines()
+    assert _verifies(lines) and _names(lines)[-1] == "after"
