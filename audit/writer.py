@@ -169,10 +169,13 @@ class DeferredWriter:
             raise AuditWriteError(f"the audit log is failed: {self._lost.count} deferred event(s) lost")
 
     def close(self) -> None:
-        """Write what is queued, then stop the thread; later deferred events are refused."""
+        """Write what is queued (and the `audit.gap` of what was lost, if the log is failed and can
+        write it now), then stop the thread; later deferred events are refused."""
         with self._state:
             self._closed = True
         try:
+            with self.lock:
+                self._recover()  # else no line would ever say what was lost
             self.flush()
         finally:
             self._wake.set()

@@ -348,3 +348,17 @@ def test_a_rotation_that_fails_half_way_never_leaves_lines_going_to_a_stale_desc
     assert other.read_bytes() == b""
     lines = (tmp_path / "audit.jsonl.1").read_text().splitlines() + path.read_text().splitlines()
     assert _verifies(lines) and _names(lines)[-1] == "after"
+
+
+def test_a_log_closed_while_failed_writes_its_gap_when_the_sink_works_again() -> None:
+    sink = GatedSink()
+    log = AuditLog([sink])
+    log.emit("before")
+    sink.fail = True
+    log.emit_later("exec.finish", exit_code=0)
+    with pytest.raises(AuditWriteError):
+        log.flush()
+    sink.fail = False  # nothing else is emitted before the gateway shuts down
+    log.close()
+    assert _names(sink.lines) == ["before", "audit.gap"], "the loss is on record, not only in a metric"
+    assert _verifies(sink.lines)
