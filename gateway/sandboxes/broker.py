@@ -6,19 +6,23 @@ when its spec changes or it outlives its lifecycle, and once when lost before a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import NoReturn
+
+import anyio.lowlevel
 
 from audit import AuditLog
 from gateway.backend.base import Backend, ExecOutcome, OutputCallback, ToolCallHandler
 from gateway.backend.create_body import sandbox_env
 from gateway.backend.interpreter_results import PythonOutcome
 from gateway.backend.ops import DockerOps, acting_for
-from gateway.errors import GatewayError, QuotaExceeded, SandboxUnusable
+from gateway.errors import GatewayError, SandboxUnusable
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.adoption import Adoption
 from gateway.sandboxes.containers import Containers
+from gateway.sandboxes.creation_rate import charge_creation
 from gateway.sandboxes.execution import Execution, Outcome, Request, allowed, connection_broke
 from gateway.sandboxes.model import Sandbox, principal_key
 from gateway.sandboxes.pool import WarmPool
@@ -106,7 +110,9 @@ class Broker:
     async def ensure_sandbox(self, principal: Principal, decision: Decision) -> Sandbox:
         """The principal's running sandbox: the known one, one found by its name, or a new one."""
         with acting_for(principal.tenant, principal.id):
-            return await self._ensure(principal, allowed(decision))
+            sandbox = await self._ensure(principal, allowed(decision))
+            _, renamed = await self._keeper.run_in(sandbox, principal, anyio.lowlevel.checkpoint)
+            return sandbox if renamed else await self._ensure(principal, allowed(decision))
 
     async def execute(
         self,
@@ -193,8 +199,8 @@ class Broker:
         adds = 0 if self.pool.available(spec) else 1
         cap = grant.lifecycle.max_sandboxes_per_tenant
         with self._registry.creating(principal.tenant, pooled=self.pool.size, adds=adds, tenant_cap=cap):
-            self._charge_creation(key, grant)
-            pooled = await self._keeper.hand_out(spec, principal, grant, key)
+            charge_creation(self.rates, self.audit, key, grant)
+            pooled = self._keeper.take(spec, principal, grant, key)
             if pooled is not None:
                 return self._register(
                     pooled, "sandbox.assign", pooled_s=round(pooled.last_used - pooled.created_at, 3)
@@ -202,16 +208,6 @@ class Broker:
             name = self._containers.name_for(key)
             made = await self._containers.make(principal, grant, name, key, self._registry.taken_uids())
             return self._register(made)
-
-    def _charge_creation(self, key: str, grant: Allowed) -> None:
-        rate = grant.rate_limits.sandbox_creations
-        retry = self.rates.hit("sandbox_creations", key, rate)
-        if retry is None:
-            return
-        self.audit.emit("ratelimit.hit", limit="sandbox_creations", rate=rate, retry_after_s=retry)
-        raise QuotaExceeded(
-            f"sandbox-creation rate {rate} reached; retry in {retry:.0f} s", code="sandbox-creation-rate"
-        )
 
     def _register(self, sandbox: Sandbox, event: str | None = None, **attrs: object) -> Sandbox:
         """The principal's sandbox from now on: known, counted, and recorded as `event` (if any)."""
@@ -257,12 +253,14 @@ class Broker:
         ):
             sandbox = await self._ensure(principal, grant)
             try:
-                outcome = await self._execution.run(sandbox, request, on_output, **attrs)
+                run = functools.partial(self._execution.run, sandbox, request, on_output, **attrs)
+                outcome, renamed = await self._keeper.run_in(sandbox, principal, run)
             except SandboxUnusable:
                 # Gone before the command started (container, agent or resources): replace it, once.
                 await self._forget(sandbox, "lost")
                 sandbox = await self._ensure(principal, grant)
-                outcome = await self._execution.run(sandbox, request, on_output, **attrs)
+                run = functools.partial(self._execution.run, sandbox, request, on_output, **attrs)
+                outcome, renamed = await self._keeper.run_in(sandbox, principal, run)
             sandbox.last_used = time.time()
             if outcome.sandbox_lost:  # when its OOM kill ended the agent too, the engine says so
                 state = await self._containers.state(sandbox)
@@ -272,6 +270,8 @@ class Broker:
                 return dataclasses.replace(outcome, oom_killed=state is not None and state.oom_killed)
             if self._registry.was_lost(key):
                 outcome = dataclasses.replace(outcome, sandbox_replaced=True)  # it runs in a new one
+            if not renamed:  # a pooled sandbox its principal could not be given: the next call says so
+                self._registry.mark_lost(key)
             outcome, unusable = await self._execution.verdict(sandbox, request, outcome)
             if unusable:
                 await self._forget(sandbox, "unrecoverable-after-timeout")

@@ -229,23 +229,26 @@ class Containers:
         await self.ops.timed("attach", channel.open, container_id=container_id, **attrs)
         return channel
 
-    async def rename_for(self, sandbox: Sandbox, principal: Principal, grant: Allowed, key: str) -> None:
-        """Hand a pooled sandbox to its principal: rename it to the principal's sandbox name. Its
-        labels still say `pool` (labels cannot change); the name is the record of its owner."""
-        name = self.name_for(key)
+    def claim(self, sandbox: Sandbox, principal: Principal, grant: Allowed, key: str) -> None:
+        """Give a pooled sandbox to its principal: its owner, profile and egress attribution are the
+        principal's from now on; `rename_to_owner` then gives it the principal's sandbox name."""
+        if self.egress is not None:
+            self.egress.reassign(sandbox.container_id, principal.id, principal.tenant, grant.profile)
+        sandbox.name, sandbox.principal_key = self.name_for(key), key
+        sandbox.profile, sandbox.policy_digest = grant.profile, grant.policy_digest
+        sandbox.last_used = time.time()
+
+    async def rename_to_owner(self, sandbox: Sandbox, principal: Principal) -> None:
+        """Rename a claimed sandbox to its principal's name. Its labels still say `pool` (labels
+        cannot change); the name is the record of its owner."""
         await self.ops.acall(
             "rename",
             self.backend.rename,
             sandbox.container_id,
-            name,
+            sandbox.name,
             container_id=sandbox.container_id,
             principal=principal.id,
         )
-        if self.egress is not None:
-            self.egress.reassign(sandbox.container_id, principal.id, principal.tenant, grant.profile)
-        sandbox.name, sandbox.principal_key = name, key
-        sandbox.profile, sandbox.policy_digest = grant.profile, grant.policy_digest
-        sandbox.last_used = time.time()
 
     async def state(self, sandbox: Sandbox) -> ContainerInfo | None:
         """The sandbox as the engine sees it now (None: it is gone)."""

@@ -37,6 +37,9 @@ class Sandbox:
     oom_kills: int = 0
     #: run_python calls take the sandbox's interpreter one at a time, in order.
     interpreter_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    #: A pooled sandbox just given to its principal, still to be renamed to the principal's name (it
+    #: is, while its first call runs: gateway/sandboxes/pool_keeper.py).
+    renaming: bool = False
 
     def expired(self, now: float) -> str | None:
         """Why this sandbox must go now ('idle' or 'max-age'), or None."""

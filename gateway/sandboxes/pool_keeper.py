@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 
@@ -18,6 +20,7 @@ from policy import Allowed, Principal
 __all__ = ["PoolKeeper"]
 
 _log = logging.getLogger("sandbox_gateway.broker")
+T = TypeVar("T")
 #: After a failed pool fill, wait this long before trying again (the engine may be down).
 _RETRY_S = 5.0
 
@@ -59,22 +62,52 @@ class PoolKeeper:
         if not self._pool.offer(target, sandbox):
             await self.retire()
 
-    async def hand_out(self, spec: str, principal: Principal, grant: Allowed, key: str) -> Sandbox | None:
-        """A ready sandbox of `spec` given to its principal (renamed to its name), or None. One that
-        cannot be renamed, or whose caller went away meanwhile, is removed, not lost."""
+    def take(self, spec: str, principal: Principal, grant: Allowed, key: str) -> Sandbox | None:
+        """A ready sandbox of `spec`, claimed for its principal, or None. It is renamed to the
+        principal's name while its first call runs (`run_handing_over`)."""
         sandbox = self._pool.take(spec)
-        if sandbox is None:
-            return None
-        try:
-            await self._containers.rename_for(sandbox, principal, grant, key)
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await self._remove(sandbox, "pool-assign-failed")
-            if not isinstance(exc, GatewayError):
-                raise
-            _log.warning("a pooled sandbox could not be handed out (%s); creating one", exc.message)
-            return None
+        if sandbox is not None:
+            self._containers.claim(sandbox, principal, grant, key)
+            sandbox.renaming = True
         return sandbox
+
+    async def run_in(
+        self, sandbox: Sandbox, principal: Principal, run: Callable[[], Awaitable[T]]
+    ) -> tuple[T, bool]:
+        """`run()` (a call in `sandbox`), and whether the sandbox is still its principal's after it.
+        A claimed sandbox's first call runs while the sandbox is renamed to its principal's name:
+        the Docker rename costs the call nothing. It returns once both are done; a sandbox that
+        could not be renamed (or whose call was cancelled during the rename) is dropped and removed,
+        not lost: its principal's next call gets a new one."""
+        if not sandbox.renaming:
+            return await run(), True
+        sandbox.renaming = False
+        renamed = False
+
+        async def rename() -> None:
+            nonlocal renamed
+            try:
+                await self._containers.rename_to_owner(sandbox, principal)
+                renamed = True
+            except GatewayError as exc:
+                _log.warning("a pooled sandbox could not be renamed to its principal's (%s)", exc.message)
+
+        failure: Exception | None = None
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(rename)
+                try:
+                    outcome = await run()
+                except Exception as exc:  # noqa: BLE001 - re-raised as itself below, not in a group
+                    failure = exc
+        finally:
+            if not renamed:  # failed, or cancelled with its call: removed once the call is over
+                with anyio.CancelScope(shield=True):
+                    self._registry.drop(sandbox)
+                    await self._remove(sandbox, "pool-assign-failed")
+        if failure is not None:
+            raise failure
+        return outcome, renamed
 
     async def retire(self) -> None:
         """Remove the sandboxes the pool retired (spec dropped, pool shrunk, too old)."""
@@ -85,5 +118,6 @@ class PoolKeeper:
         """Remove a pooled sandbox; one the engine would not remove still counts, and the reaper
         tries again."""
         sandbox.executor.close()
-        if not await self._containers.discard_quietly(sandbox.container_id, reason):
+        key = sandbox.principal_key or None  # set once claimed by a principal
+        if not await self._containers.discard_quietly(sandbox.container_id, reason, principal_key=key):
             self._registry.removal_failed(sandbox, reason)

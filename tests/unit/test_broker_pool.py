@@ -153,18 +153,57 @@ async def test_reaping_retires_old_pooled_sandboxes(
     assert {removal_reasons(sink)[c] for c in pooled} == {"pool-retired"}
 
 
-async def test_a_pooled_sandbox_that_cannot_be_renamed_is_dropped_and_one_is_made(
+async def test_a_pooled_sandbox_that_cannot_be_renamed_serves_its_call_then_goes_and_the_next_says_so(
     broker: Broker, fake: FakeBackend, sink: MemorySink
 ) -> None:
+    """The rename runs alongside the first call: that call is served in the pooled sandbox; a
+    sandbox that could not be given its principal's name is then removed, and the principal's next
+    call runs in a new one, named after the principal, and says its sandbox was replaced."""
     engine = pooled_engine(1)
     async with maintained(broker, engine):
         (pooled,) = await pool_of(broker, 1)
         fake.fail("rename", EngineError("the Docker engine failed to rename a sandbox"))
         assert await run(broker, engine, "alice", "served") == b"served\n"
-        alice = broker.sandbox_of(Principal("alice"))
-        assert alice is not None and alice.container_id != pooled
-        assert alice.name == sandbox_name(GATEWAY, "default/alice")
+        assert broker.sandbox_of(Principal("alice")) is None
         assert removal_reasons(sink)[pooled] == "pool-assign-failed"
+        assert pooled not in {c.id for c in fake.containers()}
+        alice = Principal("alice")
+        outcome = await broker.execute(alice, decide(engine, alice), bash("next"))
+        assert outcome.stdout == b"next\n" and outcome.sandbox_replaced is True
+        mine = broker.sandbox_of(alice)
+        assert mine is not None and mine.container_id != pooled
+        assert mine.name == sandbox_name(GATEWAY, "default/alice")
+
+
+async def test_a_pooled_sandboxs_first_call_runs_while_it_is_renamed_and_returns_after(
+    broker: Broker, fake: FakeBackend
+) -> None:
+    engine = pooled_engine(1)
+    async with maintained(broker, engine):
+        (pooled,) = await pool_of(broker, 1)
+        held = Gate()
+        fake.on_call = lambda method, _: held.wait() if method == "rename" else None
+        answers: list[bytes] = []
+
+        async def first() -> None:
+            answers.append(await run(broker, engine, "alice", "first"))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(first)
+            await until(lambda: bool(fake.called("rename")), what="the rename")
+            await until(
+                lambda: any(c.container.id == pooled and c.code == "first" for c in fake.ran("bash")),
+                what="the command, in the pooled sandbox",
+            )
+            assert answers == [], "the call waits for its sandbox's rename"
+            held.open()
+        fake.on_call = None
+        assert answers == [b"first\n"]
+        alice = broker.sandbox_of(Principal("alice"))
+        assert alice is not None and alice.container_id == pooled
+        assert {c.name for c in fake.containers() if c.id == pooled} == {
+            sandbox_name(GATEWAY, "default/alice")
+        }
 
 
 async def test_the_pool_stays_within_the_host_cap(make_broker: MakeBroker, fake: FakeBackend) -> None:
