@@ -31,14 +31,13 @@ __all__ = ["GATEWAY_PARTY", "DockerOps", "FairPool", "Party", "acting_for"]
 
 T = TypeVar("T")
 
-#: The operations that are the sandbox round trip of a call (its `sandbox` stage, gateway/stages.py).
+#: Executions: the sandbox round trip of a call (its `sandbox` stage, gateway/stages.py), whose
+#: success is audited with `emit_later`, once they ran.
 _EXECUTIONS = frozenset({"exec", "python"})
 #: A call waiting this long (or longer) for a worker is audited as delayed (`capacity.delayed`).
 DELAY_AUDIT_S = 0.05
 #: The pool counts as saturated (and /ready says so) when a call has waited this long for a worker.
 SATURATED_S = 1.0
-#: Operations whose success is audited with `emit_later`: executions, recorded once they ran.
-_DEFERRED_OPS = frozenset({"exec", "python"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +227,7 @@ class DockerOps:
                 raise
             # An execution that ran is recorded after the fact, off the call's path (its
             # `exec.start` was written before it ran); anything else (attach) before going on.
-            emit = self.audit.emit_later if op in _DEFERRED_OPS else self.audit.emit
+            emit = self.audit.emit_later if op in _EXECUTIONS else self.audit.emit
             emit(f"docker.{op}", outcome="ok", duration_ms=_ms(started), **attrs)
             return result
 
