@@ -11,7 +11,7 @@ import functools
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from limits import RateLimitItem, parse
@@ -20,8 +20,8 @@ from slowapi.util import get_remote_address
 
 __all__ = ["MovingWindows", "RateLimiter"]
 
-#: How often (at most) windows left empty are dropped, so idle keys do not accumulate.
-_SWEEP_EVERY_S = 10.0
+#: Stale windows dropped at most per call (a call adds at most one).
+_PRUNE_PER_CALL = 8
 
 
 @functools.lru_cache(maxsize=256)
@@ -33,13 +33,14 @@ def _rate(rate: str) -> tuple[int, float]:
 
 class MovingWindows:
     """In-process moving windows: a hit is allowed when fewer than `amount` hits were counted in the
-    last `window` seconds. One deque of monotonic hit times per (kind, key, rate); thread-safe."""
+    last `window` seconds. One deque of monotonic hit times per key, kept by (kind, amount, window)
+    least recently hit first, so a window whose last hit has left it is dropped from the front, a
+    few on each call: memory follows the keys hit within their window, with no sweep. Thread-safe."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._windows: dict[tuple[str, str, int, float], deque[float]] = {}
-        self._next_sweep = self._clock() + _SWEEP_EVERY_S
+        self._buckets: dict[tuple[str, int, float], OrderedDict[str, deque[float]]] = {}
 
     def hit(self, kind: str, key: str, rate: str) -> float | None:
         return self._check(kind, key, rate, count=True)
@@ -48,20 +49,20 @@ class MovingWindows:
         return self._check(kind, key, rate, count=False)
 
     def __len__(self) -> int:
-        return len(self._windows)
+        return sum(len(bucket) for bucket in self._buckets.values())
 
     def _check(self, kind: str, key: str, rate: str, *, count: bool) -> float | None:
         amount, window = _rate(rate)
-        now = self._clock()
         with self._lock:
-            if now >= self._next_sweep:
-                self._sweep(now)
-            hits = self._windows.get((kind, key, amount, window))
+            now = self._clock()  # read under the lock: the buckets stay in the order of their hits
+            bucket = self._buckets.setdefault((kind, amount, window), OrderedDict())
+            _prune(bucket, now - window)
+            hits = bucket.get(key)
             if hits is None:
                 if amount < 1:
                     return _retry(now, now, window)
                 if count:
-                    self._windows[(kind, key, amount, window)] = deque((now,), maxlen=amount)
+                    bucket[key] = deque((now,), maxlen=amount)
                 return None
             while hits and hits[0] <= now - window:
                 hits.popleft()
@@ -69,13 +70,20 @@ class MovingWindows:
                 return _retry(hits[0], now, window)
             if count:
                 hits.append(now)
+                bucket.move_to_end(key)
             return None
 
-    def _sweep(self, now: float) -> None:
-        self._next_sweep = now + _SWEEP_EVERY_S
-        stale = [k for k, hits in self._windows.items() if not hits or hits[-1] <= now - k[3]]
-        for k in stale:
-            del self._windows[k]
+
+def _prune(bucket: OrderedDict[str, deque[float]], horizon: float, most: int = _PRUNE_PER_CALL) -> None:
+    """Drop up to `most` windows whose last hit is at or before `horizon` (nothing left in them),
+    least recently hit first: each call drops more than it can add, so stale keys never pile up."""
+    for _ in range(most):
+        if not bucket:
+            return
+        key, hits = next(iter(bucket.items()))
+        if hits and hits[-1] > horizon:
+            return
+        del bucket[key]
 
 
 def _retry(oldest: float, now: float, window: float) -> float:

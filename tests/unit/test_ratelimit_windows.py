@@ -61,24 +61,32 @@ def test_kinds_keys_and_rates_are_separate_windows() -> None:
     assert windows.hit("requests", "t/alice", "1/minute") is not None
 
 
-def test_idle_windows_are_dropped_so_many_keys_do_not_accumulate() -> None:
+def test_windows_whose_hits_have_left_are_dropped_so_many_keys_do_not_accumulate() -> None:
     clock = Clock()
     windows = MovingWindows(clock)
     for n in range(1000):
         windows.hit("address", f"10.0.{n // 256}.{n % 256}", "5/second")
     assert len(windows) == 1000
-    clock.now += 11  # past the sweep interval and every window
-    windows.hit("address", "10.9.9.9", "5/second")
-    assert len(windows) == 1
+    clock.now += 2  # past every window
+    for n in range(200):  # a flood of new keys: each call drops more stale windows than it adds
+        windows.hit("address", f"10.9.{n // 256}.{n % 256}", "5/second")
+    assert len(windows) == 200
+    clock.now += 2
+    for _ in range(30):
+        windows.spent("address", "10.8.8.8", "5/second")  # asking prunes too, and adds nothing
+    assert len(windows) == 0
 
 
-def test_a_window_still_in_use_survives_the_sweep() -> None:
+def test_a_window_still_in_use_is_never_dropped() -> None:
     clock = Clock()
     windows = MovingWindows(clock)
     assert windows.hit("requests", "t/alice", "1/hour") is None
     clock.now += 11
-    windows.hit("requests", "t/bob", "1/hour")
+    for n in range(50):
+        windows.hit("requests", f"t/p{n}", "1/hour")
     assert windows.hit("requests", "t/alice", "1/hour") is not None, "the hour has not passed"
+    clock.now += 3600 - 11
+    assert windows.hit("requests", "t/alice", "1/hour") is None
 
 
 def test_hits_from_many_threads_are_all_counted_and_never_over_the_amount() -> None:
