@@ -245,11 +245,15 @@ async def test_requests_in_flight_on_one_session_are_bounded(tmp_path: Path) -> 
                     tasks.start_soon(slow)
                     await started.wait()
                     # The client's own GET stream and the slow call fill the session.
+                    assert outcomes == [], "the slow call ended before the third request was sent"
                     with pytest.raises(MCPError, match="session-busy"):
                         await client.call_tool("sandbox_info", {})
             assert not outcomes[0].is_error
             assert not (await client.call_tool("sandbox_info", {})).is_error
     finally:
         stop_gateway(gateway)
-    (refusal,) = audit_events(gateway.audit_log, "budget.refused")
-    assert refusal["limits"]["limit"] == "session-requests" and refusal["actor"]["principal"] == "alice"
+    refusals = audit_events(gateway.audit_log, "budget.refused")
+    assert len(refusals) == 1, refusals
+    assert (
+        refusals[0]["limits"]["limit"] == "session-requests" and refusals[0]["actor"]["principal"] == "alice"
+    )
