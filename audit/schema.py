@@ -70,6 +70,13 @@ EVENTS: dict[str, str] = {
     "sandbox.assign": "a warm-pool sandbox was handed to a principal (renamed to its sandbox name)",
     "sandbox.adopt": "a running sandbox from before a restart was taken over",
     "sandbox.remove": "a sandbox was removed (reset, idle, max-age, spec-changed, stale, lost, shutdown)",
+    "sandbox.place": "fleet mode: a new sandbox was placed on a host (detail.host, rank: 0 for the host "
+    "the placement preferred, candidates, free: the host's free capacity after it)",
+    "host.up": "fleet mode: a sandbox host answered (detail.host, address, was: its state before)",
+    "host.down": "fleet mode: a sandbox host stopped answering for the hosts file's down_after_s "
+    "(detail.host, error, sandboxes on it, lost: those this gateway forgot, streams cut)",
+    "host.drain": "fleet mode: a host started (detail.drain true) or stopped draining after a reload",
+    "hosts.reload": "fleet mode: the hosts file was re-read (ok: added, removed, changed) or refused (rejected)",
     "sandbox.sweep": "start-up sweep: running sandboxes kept for adoption, stale or orphaned ones removed",
     "sandbox.admin_remove": "a tenant admin asked to remove a principal's sandbox (detail.target_principal)",
     "upstreams.start": "code mode: the upstream servers configured (detail.servers) and those connected "

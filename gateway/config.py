@@ -6,22 +6,42 @@ Configuration is read once at start-up; nothing reads the environment afterwards
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.egress import network as egress_net
+from gateway.engine_settings import (
+    CERT_PATH_FILES,
+    DEFAULT_DOCKER_HOST,
+    DEFAULT_DOCKER_SOCKET,
+    DEFAULT_PROXY_SOCKET,
+    ENV_DOCKER_CERT_PATH,
+    ENV_DOCKER_HOST,
+    ENV_DOCKER_SOCKET,
+    ENV_DOCKER_TLS_VERIFY,
+    check_docker_host,
+    check_engine_tls,
+    engine_tls_from_env,
+)
 from gateway.errors import ConfigError
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 
 __all__ = [
+    "CERT_PATH_FILES",
     "DEFAULT_DOCKER_HOST",
+    "DEFAULT_DOCKER_SOCKET",
     "DEFAULT_IMAGE",
+    "DEFAULT_PROXY_SOCKET",
     "ENV_DOCKER_CERT_PATH",
     "ENV_DOCKER_HOST",
+    "ENV_DOCKER_SOCKET",
     "ENV_DOCKER_TLS_VERIFY",
     "ENV_EXECUTOR_IMAGE",
+    "ENV_HOSTS_FILE",
     "ENV_LOG_LEVEL",
+    "ENV_REPLICA_ID",
     "ENV_SANDBOX_UIDS",
     "ENV_UPSTREAMS",
     "Settings",
@@ -30,13 +50,6 @@ __all__ = [
     "engine_tls_from_env",
 ]
 
-#: Where the Docker API is reached. The default is the socket proxy started by `setup`.
-ENV_DOCKER_HOST = "DOCKER_HOST"
-#: Docker's convention for a remote engine over TLS (tcp://host:2376): any value but empty turns
-#: TLS with client certificates on; the material is read from ENV_DOCKER_CERT_PATH.
-ENV_DOCKER_TLS_VERIFY = "DOCKER_TLS_VERIFY"
-#: Directory holding ca.pem (the engine's CA), cert.pem and key.pem (this gateway's client pair).
-ENV_DOCKER_CERT_PATH = "DOCKER_CERT_PATH"
 #: The sandbox image to build and run (must be in the policy profile's `images`).
 ENV_EXECUTOR_IMAGE = "MCP_EXECUTOR_IMAGE"
 #: Gateway log level (DEBUG, INFO, WARNING, ERROR).
@@ -49,8 +62,6 @@ ENV_MOUNT_SOURCES = "SGW_MOUNT_SOURCES"
 #: Extra images (os.pathsep-separated) the proxy that `setup` starts lets sandboxes be made from,
 #: besides the shipped policy's and $MCP_EXECUTOR_IMAGE.
 ENV_PROXY_IMAGES = "SGW_PROXY_IMAGES"
-#: The engine's unix socket, for `setup` and the socket proxy only.
-ENV_DOCKER_SOCKET = "SGW_DOCKER_SOCKET"
 #: Where `setup` keeps logs, pid files and the cached sandbox root filesystem.
 ENV_STATE_DIR = "SGW_STATE_DIR"
 #: File holding the key for HMACs of submitted code in audit events (32+ random bytes).
@@ -62,86 +73,15 @@ ENV_OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
 ENV_SANDBOX_UIDS = "SGW_SANDBOX_UIDS"
 #: Code mode: the operator's file of upstream MCP servers (see gateway/upstream/config.py).
 ENV_UPSTREAMS = "SGW_UPSTREAMS"
+#: Fleet mode: the file of sandbox hosts (gateway/fleet/hosts.py); it replaces DOCKER_HOST.
+ENV_HOSTS_FILE = "SGW_HOSTS_FILE"
+#: Fleet mode: this replica's name among the gateways of one fleet (which share --gateway-id).
+ENV_REPLICA_ID = "SGW_REPLICA_ID"
+_REPLICA = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
-#: The socket proxy's unix socket (owner-only) that `setup` starts it on.
-DEFAULT_PROXY_SOCKET = "/run/sandbox-gateway/docker-proxy.sock"
-DEFAULT_DOCKER_HOST = f"unix://{DEFAULT_PROXY_SOCKET}"
 DEFAULT_IMAGE = "mcp-code-executor:latest"
-DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
 DEFAULT_STATE_DIR = "/var/lib/sandbox-gateway"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-#: File names in DOCKER_CERT_PATH, as the Docker CLI expects them.
-CERT_PATH_FILES = ("ca.pem", "cert.pem", "key.pem")
-_TLS_FLAGS = "--docker-tls-ca, --docker-tls-cert and --docker-tls-key"
-
-
-def engine_tls_from_env(env: Mapping[str, str]) -> tuple[Path, Path, Path] | None:
-    """(CA, client certificate, client key) from DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, or None."""
-    verify = env.get(ENV_DOCKER_TLS_VERIFY, "")
-    if verify == "":
-        return None
-    if verify.lower() in ("0", "false", "no", "off"):
-        raise ConfigError(
-            f"{ENV_DOCKER_TLS_VERIFY}={verify}: Docker treats any value as 'on'. "
-            f"Unset it to talk to the engine without TLS, or set it to 1."
-        )
-    cert_path = env.get(ENV_DOCKER_CERT_PATH)
-    if not cert_path:
-        raise ConfigError(
-            f"{ENV_DOCKER_TLS_VERIFY} is set but {ENV_DOCKER_CERT_PATH} is not: set it to the directory "
-            f"holding {', '.join(CERT_PATH_FILES)}, or pass {_TLS_FLAGS}"
-        )
-    base = Path(cert_path).expanduser()
-    ca, cert, key = (base / name for name in CERT_PATH_FILES)
-    return ca, cert, key
-
-
-def _engine_socket(url: str) -> bool:
-    """A unix:// URL that names an engine's own socket rather than the socket proxy's."""
-    path = url.removeprefix("unix://")
-    engine_sockets = {DEFAULT_DOCKER_SOCKET, "/run/docker.sock", os.environ.get(ENV_DOCKER_SOCKET, "")}
-    name = os.path.basename(path)
-    return path in engine_sockets or name == "docker.sock" or "containerd" in name
-
-
-def check_docker_host(url: str, *, allow_raw_socket: bool) -> str:
-    """Refuse a raw engine socket unless explicitly allowed: the proxy is the only door."""
-    raw = url.startswith("npipe://") or (url.startswith("unix://") and _engine_socket(url))
-    if raw and not allow_raw_socket:
-        raise ConfigError(
-            f"DOCKER_HOST={url} is the engine's raw socket, which gives full control of the host. "
-            f"Point the gateway at the socket proxy (default {DEFAULT_DOCKER_HOST}, started by "
-            "`sandbox-gateway setup`), or pass --allow-raw-socket to accept the risk."
-        )
-    if not url.startswith(("tcp://", "http://", "https://", "unix://", "ssh://", "npipe://")):
-        raise ConfigError(f"DOCKER_HOST={url!r} is not a URL the Docker client understands (unix://PATH)")
-    return url
-
-
-def check_engine_tls(url: str, ca: Path | None, cert: Path | None, key: Path | None) -> bool:
-    """True when the engine is reached over TLS with client certificates; refuse half-made setups."""
-    given = [item for item in (ca, cert, key) if item is not None]
-    if given and len(given) != 3:
-        raise ConfigError(
-            f"TLS to the engine needs {_TLS_FLAGS} together (or {ENV_DOCKER_TLS_VERIFY}=1 with "
-            f"{ENV_DOCKER_CERT_PATH} holding {', '.join(CERT_PATH_FILES)})"
-        )
-    if not given:
-        if url.startswith("https://") or url.rstrip("/").endswith(":2376"):
-            raise ConfigError(
-                f"DOCKER_HOST={url} is an engine over TLS but no TLS material is configured: set "
-                f"{ENV_DOCKER_TLS_VERIFY}=1 and {ENV_DOCKER_CERT_PATH}, or pass {_TLS_FLAGS}"
-            )
-        return False
-    if not url.startswith(("tcp://", "https://")):
-        raise ConfigError(
-            f"TLS material for the engine was given but DOCKER_HOST={url} is not a tcp:// or https:// "
-            "URL; point it at the remote engine (tcp://host:2376) or drop the TLS settings"
-        )
-    for what, path in (("CA certificate", ca), ("client certificate", cert), ("client key", key)):
-        if path is not None and not path.is_file():
-            raise ConfigError(f"the engine TLS {what} {path} does not exist or is not a file")
-    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +149,9 @@ class Settings:
     allowed_hosts: tuple[str, ...] = field(default=())
     #: Host uids sandboxes run as, `LOW-HIGH` (each sandbox its own); the socket proxy's range too.
     sandbox_uids: str = DEFAULT_UID_RANGE
+    #: Fleet mode: the sandbox hosts (instead of `docker_host`), and this replica's name.
+    hosts_file: Path | None = None
+    replica_id: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -225,6 +168,8 @@ class Settings:
             "upstreams_file": Path(env[ENV_UPSTREAMS]) if env.get(ENV_UPSTREAMS) else None,
             "egress_network": env.get(egress_net.ENV_EGRESS_NETWORK) or egress_net.DEFAULT_EGRESS_NETWORK,
             "egress_subnet": env.get(egress_net.ENV_EGRESS_SUBNET) or egress_net.DEFAULT_EGRESS_SUBNET,
+            "hosts_file": Path(env[ENV_HOSTS_FILE]) if env.get(ENV_HOSTS_FILE) else None,
+            "replica_id": env.get(ENV_REPLICA_ID) or "",
         }
         tls = engine_tls_from_env(env)
         if tls is not None:
@@ -285,6 +230,13 @@ class Settings:
             if path is not None and not path.is_dir():
                 raise ConfigError(f"the {name} directory {path} does not exist")
         self._validate_code_mode()
+        self._validate_fleet()
+
+    def _validate_fleet(self) -> None:
+        if self.hosts_file is not None and not self.hosts_file.is_file():
+            raise ConfigError(f"the hosts file {self.hosts_file} does not exist")
+        if self.replica_id and not _REPLICA.fullmatch(self.replica_id):
+            raise ConfigError(f"--replica-id {self.replica_id!r}: use 1-63 of a-z, 0-9 and '-'")
 
     @property
     def egress(self) -> egress_net.EgressNetwork:

@@ -7,6 +7,7 @@ and audit log each of them made (`build_audit` makes the server's from its setti
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import cast
@@ -22,8 +23,13 @@ from gateway.calls.service import ExecutionService
 from gateway.config import Settings
 from gateway.egress.service import EGRESS_STATE_ROOT, EgressService
 from gateway.errors import ConfigError
+from gateway.fleet.backend import FleetBackend
+from gateway.fleet.hosts import load_hosts
+from gateway.fleet.monitor import FleetMonitor
+from gateway.fleet.status import connect_host
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
+from gateway.sandboxes.naming import managed_by
 from gateway.stages import StagedAuditLog
 from gateway.uids import UidRange
 from gateway.upstream import Upstreams, load_upstreams
@@ -99,6 +105,9 @@ class Core:
     service: ExecutionService
     #: Code mode: the upstream MCP servers (started and closed by the app's lifespan), if configured.
     upstreams: Upstreams | None = None
+    #: Fleet mode: the watch over the sandbox hosts (run by the app's lifespan); `backend` is then
+    #: the FleetBackend over them.
+    fleet: FleetMonitor | None = None
 
     @property
     def egress(self) -> EgressService | None:
@@ -125,8 +134,14 @@ def build_core(
     tenant's rates already (the service would count them again per tool call). `principals` tells
     which principals have a credential in which tenant (the tokens file), for `admin_policy`.
     """
-    engine_tls = tls_config(*map(str, settings.docker_tls)) if settings.docker_tls else None
-    backend = DockerBackend(settings.docker_host, pool_size=settings.docker_workers * 2, tls=engine_tls)
+    backend: Backend
+    if settings.hosts_file is not None:
+        hosts = load_hosts(settings.hosts_file)
+        pool = settings.docker_workers * 2
+        backend = FleetBackend(hosts, functools.partial(connect_host, pool_size=pool), audit)
+    else:
+        engine_tls = tls_config(*map(str, settings.docker_tls)) if settings.docker_tls else None
+        backend = DockerBackend(settings.docker_host, pool_size=settings.docker_workers * 2, tls=engine_tls)
     rates = RateLimiter(settings.rate_limit_storage)
     broker = Broker(
         backend,
@@ -139,6 +154,7 @@ def build_core(
         rates=rates,
         uids=UidRange.parse(settings.sandbox_uids),
     )
+    broker.containers.replica_id = settings.replica_id
     service = ExecutionService(
         engine, broker, audit, enforce_request_rate=enforce_request_rate, rates=rates, principals=principals
     )
@@ -152,6 +168,22 @@ def build_core(
     )
     upstreams = Upstreams(load_upstreams(settings.upstreams_file)) if settings.upstreams_file else None
     service.code_mode = CodeModeCalls(lambda: service.engine, upstreams, audit, rates)
+    fleet = None
+    if isinstance(backend, FleetBackend):
+        fleet = FleetMonitor(
+            backend,
+            audit,
+            functools.partial(connect_host, timeout_s=backend.hosts.health.probe_timeout_s, pool_size=2),
+            lose=broker.host_lost,
+            remove=lambda row, why: broker.containers.discard_quietly(row.id, why),
+            managed=managed_by(settings.gateway_id),
+        )
     return Core(
-        audit=audit, backend=backend, rates=rates, broker=broker, service=service, upstreams=upstreams
+        audit=audit,
+        backend=backend,
+        rates=rates,
+        broker=broker,
+        service=service,
+        upstreams=upstreams,
+        fleet=fleet,
     )

@@ -65,7 +65,7 @@ _BOOLEAN = ("sandbox.read_only_rootfs", "sandbox.no_new_privileges", "sandbox.in
 _SETS = ("tools", "sandbox.images", "sandbox.cap_add")
 _RATES = ("rate_limits.requests", "rate_limits.tenant_requests", "rate_limits.sandbox_creations")
 #: `sandbox.network` follows `egress` (policy/egress_model.py), whose own changes are listed instead.
-_UNORDERED = ("sandbox.seccomp", "sandbox.workdir")
+_UNORDERED = ("sandbox.seccomp", "sandbox.workdir", "sandbox.host_labels")
 
 
 def _get(profile: Profile, dotted: str) -> Any:

@@ -104,6 +104,9 @@ class SandboxSpec(_Strict):
     #: How commands reach the sandbox: `agent` hands them to the sandbox's own agent (PID 1) over
     #: the container's attach stream; `exec` starts each with `docker exec` (slower, no agent needed).
     exec_path: Literal["agent", "exec"] = "agent"
+    #: Fleet mode: the labels a sandbox host must carry (`zone: a`, `runtime: runsc`) to be given one
+    #: (unset, it changes no digest).
+    host_labels: dict[str, str] | None = None
 
     @field_validator("images")
     @classmethod
@@ -164,7 +167,8 @@ class SandboxSpec(_Strict):
         frozen: computed once (a copy with changes computes its own)."""
         cached = (self.__pydantic_private__ or {}).get("_digest")  # not via the (slow) attribute
         if cached is None:
-            canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+            dump = self.model_dump(mode="json", exclude_none=True)
+            canonical = json.dumps(dump, sort_keys=True, separators=(",", ":"))
             self._digest = cached = hashlib.sha256(canonical.encode()).hexdigest()
         return str(cached)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -105,6 +105,8 @@ class ContainerInfo:
     oom_killed: bool = False
     #: Creation time, seconds since the epoch (0 when unknown).
     created: float = 0.0
+    #: The sandbox host it is on (fleet mode; "" for the one engine otherwise).
+    host: str = ""
 
 
 def internal_request(argv: list[str], max_output_bytes: int, user: str = "") -> ExecRequest:
@@ -151,7 +153,9 @@ class Backend(Protocol):
 
     def image_identity(self, image: str) -> tuple[str, frozenset[str]]: ...
 
-    def create(self, name: str, body: dict[str, object]) -> str: ...
+    def create(self, name: str, body: dict[str, object], needs: Mapping[str, str] | None = None) -> str:
+        """Create the container; `needs`: labels its host must carry (only a fleet has host labels)."""
+        ...
 
     def start(self, container_id: str) -> None: ...
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import docker
@@ -99,7 +100,14 @@ class DockerBackend:
         digests = frozenset(str(ref).partition("@")[2] for ref in data.get("RepoDigests") or [])
         return str(data.get("Id", "")), digests - {""}
 
-    def create(self, name: str, body: dict[str, object]) -> str:
+    def create(self, name: str, body: dict[str, object], needs: Mapping[str, str] | None = None) -> str:
+        if needs:
+            wanted = ", ".join(f"{key}={value}" for key, value in needs.items())
+            raise EngineError(
+                f"the profile asks for a sandbox host with the labels {wanted}; only a fleet of hosts "
+                "(--hosts-file) has host labels",
+                code="no-host-available",
+            )
         try:
             result = self._call("create a sandbox", self._api.create_container_from_config, body, name=name)
         except SandboxGone as exc:

@@ -1,5 +1,5 @@
 """The `sandbox-gateway` command: setup, build-images, serve, socket-proxy, token, policy, audit,
-sandboxes, tools, ui."""
+sandboxes, hosts, tools, ui."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.audit import add_audit_commands
+from gateway.cli.hosts import add_hosts_command, fleet_arguments
 from gateway.cli.policy import add_policy_commands
 from gateway.cli.sandboxes import add_sandbox_commands
 from gateway.cli.tokens import add_token_commands
@@ -119,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
         help="labels this gateway's sandboxes, so several gateways can share one engine",
     )
     serve.add_argument("--keep-sandboxes", action="store_true", help="do not remove sandboxes on shutdown")
+    fleet_arguments(serve)
     serve.add_argument("--tools-dir", type=Path, help="host directory mounted read-only at /tools")
     serve.add_argument(
         "--upstreams",
@@ -196,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
         add_token_commands,
         add_tools_commands,
         add_ui_commands,
+        add_hosts_command,
     ):
         add_commands(sub)
     return parser

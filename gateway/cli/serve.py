@@ -87,6 +87,8 @@ def serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         sandbox_uids=args.sandbox_uids,
+        hosts_file=args.hosts_file,
+        replica_id=args.replica_id,
     )
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -136,8 +138,12 @@ def serve(args: argparse.Namespace) -> int:
     url = f"http://{settings.host}:{settings.port}/mcp"
     print(
         f"Sandbox Gateway: MCP endpoint {url} "
-        f"(policy {engine.digest[:12]}, engine via {settings.docker_host}"
-        f"{' over TLS' if settings.docker_tls else ''})",
+        f"(policy {engine.digest[:12]}, "
+        + (
+            f"sandbox hosts from {settings.hosts_file})"
+            if settings.hosts_file
+            else f"engine via {settings.docker_host}{' over TLS' if settings.docker_tls else ''})"
+        ),
         file=sys.stderr,
         flush=True,
     )

@@ -23,6 +23,7 @@ from gateway import __version__
 from gateway.calls.reload import reload_policy
 from gateway.config import Settings
 from gateway.errors import GatewayError
+from gateway.fleet.reload import reload_hosts
 from gateway.http.sessions import GatewaySessionManager
 from gateway.sandboxes.broker import Broker
 from gateway.upstream import Upstreams, generate
@@ -50,6 +51,13 @@ async def _reap_forever(broker: Broker, interval_s: float) -> None:
             await broker.reap_expired()
         except GatewayError as exc:  # the engine may be down for a while; try again next round
             _log.warning("reaping expired sandboxes failed: %s", exc.message)
+
+
+def _reload(core: Core, settings: Settings) -> None:
+    """SIGHUP: the policy file and, in fleet mode, the hosts file (each refused alone if wrong)."""
+    reload_policy(core.service, settings.policy_file, core.audit)
+    if core.fleet is not None and settings.hosts_file is not None:
+        reload_hosts(core.fleet.fleet, settings.hosts_file, core.audit)
 
 
 async def _sweep(core: Core) -> None:
@@ -171,7 +179,7 @@ def gateway_lifespan(
         loop = asyncio.get_running_loop()
         hup = True
         try:
-            loop.add_signal_handler(signal.SIGHUP, reload_policy, core.service, settings.policy_file, audit)
+            loop.add_signal_handler(signal.SIGHUP, _reload, core, settings)
         except (RuntimeError, ValueError):  # an embedded server off the main thread: no signals there
             hup = False
             _log.warning("policy reload on SIGHUP is unavailable outside the main thread")
@@ -181,8 +189,12 @@ def gateway_lifespan(
                 version=__version__,
                 gateway_id=settings.gateway_id,
                 policy_digest=core.engine.digest,
-                docker_host=settings.docker_host,
+                docker_host=None if settings.hosts_file else settings.docker_host,
+                hosts_file=str(settings.hosts_file) if settings.hosts_file else None,
+                replica_id=settings.replica_id or None,
             )
+            if core.fleet is not None:  # which hosts answer, before the sweep lists them
+                await core.fleet.tick()
             await _sweep(core)
             await _start_upstreams(core, settings)
             await _start_egress(core)
@@ -195,6 +207,8 @@ def gateway_lifespan(
                     tasks.start_soon(_flush_repeated_forever, audit)
                     if core.egress is not None:
                         tasks.start_soon(core.egress.tail_forever)
+                    if core.fleet is not None:
+                        tasks.start_soon(core.fleet.run, core.fleet.fleet.hosts.health.probe_interval_s)
                     try:
                         yield
                     finally:
@@ -207,7 +221,8 @@ def gateway_lifespan(
                     # The server already let open requests finish (up to the grace); calls still
                     # running now lost their client, or outlived the grace: they get a moment more.
                     interrupted = await broker.wait_idle(min(settings.shutdown_grace_s, _SETTLE_S))
-                    if settings.remove_on_shutdown:
+                    # A fleet's replicas share the sandboxes: the others adopt what this one held.
+                    if settings.remove_on_shutdown and core.fleet is None:
                         removed = await _cleanup(broker)
                     if core.upstreams is not None:
                         await core.upstreams.aclose()

@@ -13,6 +13,8 @@ from starlette.routing import Route
 from audit import AuditLog
 from gateway.backend.base import Backend
 from gateway.errors import GatewayError
+from gateway.fleet.backend import FleetBackend
+from gateway.fleet.status import host_rows
 from gateway.sandboxes.broker import Broker
 
 __all__ = ["readiness", "ready_route"]
@@ -40,6 +42,9 @@ async def readiness(
         checks["engine"] = False
         checks["image"] = False
         checks["error"] = exc.message if isinstance(exc, GatewayError) else "engine check timed out"
+    if isinstance(backend, FleetBackend):  # fleet mode: ready while some host can take sandboxes
+        checks["hosts"] = host_rows(backend)
+        checks["engine"] = checks["engine"] and any(row["placeable"] for row in checks["hosts"])
     checks["ready"] = bool(checks["engine"] and checks["image"] and checks["audit"] and not saturated)
     return checks
 

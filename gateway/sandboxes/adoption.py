@@ -36,6 +36,8 @@ class Adoption:
         for row in await self._containers.list():
             profile = row.labels.get(naming.PROFILE, "")
             unassigned = row.name.startswith(naming.POOL_PREFIX)
+            if unassigned and not row.name.startswith(naming.pool_prefix(self._containers.replica_id)):
+                continue  # another replica's warm pool: that replica's own to keep or remove
             current = row.labels.get(naming.SPEC) == current_specs.get(profile)
             if row.running and current and not unassigned:
                 kept += 1

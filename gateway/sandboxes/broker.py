@@ -5,6 +5,7 @@ when its spec changes or it outlives its lifecycle, and once when lost before a 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -28,6 +29,7 @@ from gateway.sandboxes.model import Sandbox, principal_key
 from gateway.sandboxes.pool import WarmPool
 from gateway.sandboxes.pool_keeper import PoolKeeper
 from gateway.sandboxes.registry import Registry
+from gateway.sandboxes.upkeep import Upkeep
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Allowed, Decision, Principal
 
@@ -73,6 +75,7 @@ class Broker:
         self._adoption = Adoption(self._containers)
         self._execution = Execution(self.ops)
         self._keeper = PoolKeeper(self.pool, self._registry, self._containers)
+        self._upkeep = Upkeep(self._registry, self._containers, self._adoption, self.pool, self._discard)
 
     # -- what the gateway asks --------------------------------------------------------------------
     @property
@@ -151,27 +154,17 @@ class Broker:
                 await self._discard(sandbox, "reset")
                 return True
 
+    async def host_lost(self, container_ids: set[str]) -> int:
+        """A sandbox host went down: see `Upkeep.host_lost`."""
+        return await self._upkeep.host_lost(container_ids)
+
     async def sweep(self, current_specs: dict[str, str]) -> tuple[int, int]:
         """At start-up: see `Adoption.sweep`."""
         return await self._adoption.sweep(current_specs)
 
     async def reap_expired(self) -> int:
-        """Remove sandboxes past their idle TTL or max age (never one with a call running)."""
-        self.pool.expire(time.time())
-        removed = 0
-        for sandbox, why in self._registry.unremoved():  # the engine refused before: again
-            await self._containers.discard_sandbox(sandbox, why)
-            self._registry.removed(sandbox.container_id)
-            removed += 1
-        for sandbox in self.sandboxes:
-            if self._registry.busy(sandbox.principal_key):
-                continue
-            async with self._registry.lock(sandbox.principal_key):
-                reason = sandbox.expired(time.time())
-                if reason and self._registry.holds(sandbox):
-                    await self._discard(sandbox, reason)
-                    removed += 1
-        return removed
+        """Remove sandboxes past their idle TTL or max age: see `Upkeep.reap_expired`."""
+        return await self._upkeep.reap_expired()
 
     # -- sandboxes --------------------------------------------------------------------------------
 
@@ -186,7 +179,8 @@ class Broker:
                     return known
                 await self._discard(known, why)
             adopted = await self._adoption.adopt(principal, grant, key)
-            if adopted is not None:
+            if adopted is not None:  # its files are there: it was not replaced after all
+                self._registry.was_lost(key)
                 self._register(adopted, "sandbox.adopt")
                 await self._execution.oom_baseline(adopted)
                 return adopted
@@ -235,11 +229,13 @@ class Broker:
         self._registry.removed(sandbox.container_id)
 
     async def _forget(self, sandbox: Sandbox, reason: str) -> None:
-        """Drop a sandbox that was lost; its principal's next result says so."""
+        """Drop a sandbox that was lost; its principal's next result says so. One the engine would
+        not remove (its host is unreachable) still counts until a reap removes it."""
         self._registry.mark_lost(sandbox.principal_key)
         async with self._registry.lock(sandbox.principal_key):
             if self._registry.holds(sandbox):
-                await self._discard(sandbox, reason)
+                with contextlib.suppress(GatewayError):
+                    await self._discard(sandbox, reason)
 
     # -- execution --------------------------------------------------------------------------------
     async def _execute(

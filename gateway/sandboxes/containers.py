@@ -55,6 +55,7 @@ class Containers:
         self._skills_path = skills_path
         #: Sandboxes of egress profiles: their network, addresses and proxy (None: refused).
         self.egress: EgressService | None = None
+        self.replica_id = ""  # fleet mode: names this replica's warm-pool sandboxes (naming.pool_prefix)
 
     @property
     def egress_network(self) -> EgressNetwork | None:
@@ -191,10 +192,9 @@ class Containers:
                 skills_path=self._skills_path,
                 egress=attachment,
             )
+            create = functools.partial(self.backend.create, needs=grant.spec.host_labels or None)
             try:
-                container_id = await self.ops.acall(
-                    "create", self.backend.create, name, body, uid=uid, **attrs
-                )
+                container_id = await self.ops.acall("create", create, name, body, uid=uid, **attrs)
             except BaseException as exc:
                 if egress is not None and attachment is not None:
                     egress.release(address=attachment[1])

@@ -26,6 +26,7 @@ __all__ = [
     "TENANT",
     "USER_LABEL",
     "managed_by",
+    "pool_prefix",
     "sandbox_name",
     "uid_of",
     "uid_of_user",
@@ -49,6 +50,12 @@ def sandbox_name(gateway_id: str, principal_key: str) -> str:
     """The engine name of a principal's sandbox (`principal_key` is `tenant/principal`)."""
     digest = hashlib.sha256(f"{gateway_id}\0{principal_key}".encode()).hexdigest()[:16]
     return f"sgw-{digest}"
+
+
+def pool_prefix(replica_id: str) -> str:
+    """The name prefix of one gateway replica's warm-pool sandboxes (fleet replicas share the gateway
+    id, and each sweeps only its own pool at start-up)."""
+    return f"{POOL_PREFIX}{replica_id}-" if replica_id else POOL_PREFIX
 
 
 def managed_by(gateway_id: str) -> dict[str, str]:

@@ -57,7 +57,7 @@ class PoolKeeper:
         return self._registry.live(self._pool.size) >= self._registry.max_sandboxes
 
     async def _fill(self, target: PoolTarget) -> None:
-        name = f"{naming.POOL_PREFIX}{secrets.token_hex(8)}"
+        name = f"{naming.pool_prefix(self._containers.replica_id)}{secrets.token_hex(8)}"
         sandbox = await self._containers.make(None, target.grant, name, "", self._registry.taken_uids())
         if not self._pool.offer(target, sandbox):
             await self.retire()

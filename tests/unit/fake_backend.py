@@ -473,7 +473,7 @@ class FakeBackend:
             return known
         return "sha256:" + hashlib.sha256(image.encode()).hexdigest(), frozenset()
 
-    def create(self, name: str, body: dict[str, object]) -> str:
+    def create(self, name: str, body: dict[str, object], needs: object = None) -> str:
         self._enter("create", name)
         labels = dict(body.get("Labels") or {})  # type: ignore[call-overload]
         with self._lock:

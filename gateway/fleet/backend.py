@@ -1,0 +1,294 @@
+"""FleetBackend: the broker's Backend over every host of the hosts file.
+
+A new sandbox is placed on a host (`placement`); every later call about it goes to the host it is
+on, found from the container id (remembered from the create or from a listing) or, for an id it has
+not seen, by asking the hosts. Listings ask every host that is not down, in parallel, and say on each
+row which host it came from. Calls to a down host fail at once, without waiting on its network: its
+sandboxes count as lost (`SandboxGone`) and removals wait until it is back. Placement records each
+choice (`sandbox.place`); host state changes are recorded by the monitor (`FleetMonitor`).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import socket
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+from audit import AuditLog
+from gateway.backend.base import (
+    Backend,
+    ContainerInfo,
+    ExecOutcome,
+    ExecRequest,
+    ExecStream,
+    OutputCallback,
+    Pumped,
+)
+from gateway.errors import EngineError, SandboxError, SandboxGone, SandboxUnusable
+from gateway.fleet.health import Health
+from gateway.fleet.hosts import HostsFile, HostSpec
+from gateway.fleet.inventory import Inventory
+from gateway.fleet.placement import Candidate, rank
+
+__all__ = ["Connect", "FleetBackend", "NoHostAvailable"]
+
+#: Makes the Backend of one host (a DockerBackend over TLS, in the gateway).
+Connect = Callable[[HostSpec, HostsFile], Backend]
+
+
+class NoHostAvailable(EngineError):
+    """No host can take a new sandbox: all down, drained, full, or without what the profile needs."""
+
+
+class FleetBackend:
+    """Backend over the hosts of a hosts file; blocking like every Backend (call it off the loop)."""
+
+    def __init__(self, hosts: HostsFile, connect: Connect, audit: AuditLog, *, workers: int = 16) -> None:
+        self.audit = audit
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._engines: dict[str, Backend] = {}
+        self._retired: list[Backend] = []
+        self.hosts = hosts
+        self.health = Health(hosts.health.down_after_s)
+        self.inventory = Inventory()
+        self._streams: dict[str, weakref.WeakSet[socket.socket]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet")
+        self.configure(hosts)
+
+    # -- the hosts --------------------------------------------------------------------------------
+    def configure(self, hosts: HostsFile) -> None:
+        """Use `hosts` from now on (start-up, SIGHUP). A host whose address or TLS changed gets a new
+        connection; a host no longer listed is treated as down."""
+        with self._lock:
+            old, self.hosts = self.hosts, hosts
+            engines = {}
+            for host in hosts.hosts:
+                before = old.named(host.name)
+                same = before is not None and (before.address, old.tls_of(before)) == (
+                    host.address,
+                    hosts.tls_of(host),
+                )
+                engine = self._engines.get(host.name) if same else None
+                engines[host.name] = engine or self._connect(host, hosts)
+            self._retired += [e for n, e in self._engines.items() if engines.get(n) is not e]
+            self._engines = engines
+            self.health.down_after_s = hosts.health.down_after_s
+            self.health.track([h.name for h in hosts.hosts])
+
+    def engine(self, host: str) -> Backend:
+        with self._lock:
+            engine = self._engines.get(host)
+        if engine is None:
+            raise SandboxGone(f"sandbox host {host} is no longer in the hosts file", code="host-removed")
+        return engine
+
+    def names(self) -> list[str]:
+        return [h.name for h in self.hosts.hosts]
+
+    @contextmanager
+    def _on(self, host: str) -> Iterator[Backend]:
+        """The host's engine; a failure to reach it counts against its health."""
+        if self.health.is_down(host):
+            raise SandboxGone(f"sandbox host {host} is down", code="host-down")
+        engine = self.engine(host)
+        try:
+            yield engine
+        except EngineError as exc:
+            if not isinstance(exc, SandboxUnusable):
+                self.health.failed(host, exc.message)
+            raise
+
+    def _host_of(self, container_id: str) -> str:
+        host = self.inventory.host_of(container_id)
+        if host is not None:
+            return host
+        for name in self.names():  # not seen yet (another replica made it): ask the hosts
+            if self.health.is_down(name):
+                continue
+            try:
+                with self._on(name) as engine:
+                    info = engine.inspect(container_id)
+            except (SandboxError, EngineError):
+                continue
+            self.inventory.seen(name, [info])
+            return name
+        raise SandboxGone("the sandbox container is on no host that answers")
+
+    # -- Backend ----------------------------------------------------------------------------------
+    def ping(self) -> None:
+        """Fine when at least one host answers."""
+        errors = []
+        for name, error in self.each(lambda engine: engine.ping()):
+            if error is None:
+                return
+            errors.append(f"{name}: {error}")
+        raise EngineError("no sandbox host answers: " + "; ".join(errors))
+
+    def image_present(self, image: str) -> bool:
+        """Whether some host that is not down has the image."""
+        return any(found is True for _, found in self.each(lambda engine: engine.image_present(image)))
+
+    def image_identity(self, image: str) -> tuple[str, frozenset[str]]:
+        """The image as the hosts that have it agree on it; hosts with another build of it are not
+        given its sandboxes (placement checks each host's own identity)."""
+        found = [r for _, r in self.each(lambda engine: engine.image_identity(image)) if isinstance(r, tuple)]
+        if not found:
+            raise SandboxError(f"the sandbox image {image} is on no host that answers", code="image-missing")
+        ids = [identity[0] for identity in found]
+        best = max(set(ids), key=ids.count)
+        digests = frozenset().union(*(d for i, d in found if i == best))
+        return best, digests
+
+    def create(self, name: str, body: dict[str, object], needs: Mapping[str, str] | None = None) -> str:
+        """Create on the best host for `name` that has room, the image and the labels `needs`."""
+        image = str(body.get("Image", ""))
+        ranked = rank(name, self._candidates(image, dict(needs or {})))
+        if not ranked:
+            raise NoHostAvailable(self._why_none(needs), code="no-host-available")
+        last: EngineError | None = None
+        for position, host in enumerate(ranked[:2]):
+            try:
+                with self._on(host) as engine:
+                    container_id = engine.create(name, body)
+            except SandboxUnusable:
+                raise
+            except EngineError as exc:  # unreachable: the next best host, once
+                last = exc
+                continue
+            self.inventory.placed(host, container_id, name)
+            self.audit.emit(
+                "sandbox.place",
+                container_id=container_id,
+                host=host,
+                rank=position,
+                candidates=len(ranked),
+                free=self.free(host),
+            )
+            return container_id
+        raise last or NoHostAvailable(self._why_none(needs), code="no-host-available")
+
+    def _candidates(self, image_id: str, needs: dict[str, str]) -> list[Candidate]:
+        out = []
+        for host in self.hosts.hosts:
+            if host.drain or not host.satisfies(needs) or not self.health.placeable(host.name):
+                continue
+            free = self.free(host.name)
+            if free > 0 and self.inventory.has_image(host.name, image_id, self._image_id_on):
+                out.append(Candidate(host.name, float(free)))
+        return out
+
+    def _image_id_on(self, host: str, image: str) -> str | None:
+        try:
+            with self._on(host) as engine:
+                return engine.image_identity(image)[0]
+        except (SandboxError, EngineError):
+            return None
+
+    def _why_none(self, needs: Mapping[str, str] | None) -> str:
+        wanted = ", ".join(f"{k}={v}" for k, v in (needs or {}).items())
+        return (
+            "no sandbox host can take a new sandbox (every host is down, drained, full or without the "
+            f"image{', or without the labels ' + wanted if wanted else ''}); see `sandbox-gateway hosts`"
+        )
+
+    def free(self, host: str) -> int:
+        spec = self.hosts.named(host)
+        return 0 if spec is None else spec.capacity - self.inventory.count(host)
+
+    def start(self, container_id: str) -> None:
+        with self._on(self._host_of(container_id)) as engine:
+            engine.start(container_id)
+
+    def inspect(self, container_id: str) -> ContainerInfo:
+        host = self._host_of(container_id)
+        with self._on(host) as engine:
+            return dataclasses.replace(engine.inspect(container_id), host=host)
+
+    def exec_open(self, container_id: str, request: ExecRequest) -> ExecStream:
+        host = self._host_of(container_id)
+        with self._on(host) as engine:
+            stream = engine.exec_open(container_id, request)
+        self._hold(host, stream.sock)
+        return stream
+
+    def exec_pump(
+        self, stream: ExecStream, request: ExecRequest, on_output: OutputCallback | None = None
+    ) -> Pumped:
+        return self.engine(self._host_of(stream.container_id)).exec_pump(stream, request, on_output)
+
+    def exec_result(self, stream: ExecStream, pumped: Pumped) -> ExecOutcome:
+        with self._on(self._host_of(stream.container_id)) as engine:
+            return engine.exec_result(stream, pumped)
+
+    def attach(self, container_id: str) -> tuple[socket.socket, bytes, Any]:
+        host = self._host_of(container_id)
+        with self._on(host) as engine:
+            sock, early, raw = engine.attach(container_id)
+        self._hold(host, sock)
+        return sock, early, raw
+
+    def remove(self, container_id: str) -> None:
+        host = self._host_of(container_id)
+        if self.health.is_down(host):
+            raise EngineError(f"sandbox host {host} is down; the sandbox is removed when it is back")
+        with self._on(host) as engine:
+            engine.remove(container_id)
+        self.inventory.gone(container_id)
+
+    def rename(self, container_id: str, name: str) -> None:
+        with self._on(self._host_of(container_id)) as engine:
+            engine.rename(container_id, name)
+        self.inventory.renamed(container_id, name)
+
+    def list(self, labels: dict[str, str], name: str | None = None) -> list[ContainerInfo]:
+        """The rows of every host that answers, each with its `host`; hosts that fail are skipped
+        (their health says so), as their sandboxes cannot be used now anyway."""
+        rows: list[ContainerInfo] = []
+        for host, result in self.each(lambda engine: engine.list(labels, name)):
+            if isinstance(result, list):
+                found = [dataclasses.replace(row, host=host) for row in result]
+                self.inventory.seen(host, found, complete=name is None)
+                rows += found
+        return rows
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for engine in [*self._engines.values(), *self._retired]:
+            engine.close()
+
+    # -- for the monitor --------------------------------------------------------------------------
+    def each(self, fn: Callable[[Backend], Any]) -> builtins.list[tuple[str, Any]]:
+        """fn(engine) on every host not down, in parallel: (host, result or the EngineError/SandboxError)."""
+
+        def one(host: str) -> Any:
+            try:
+                with self._on(host) as engine:
+                    return fn(engine)
+            except (EngineError, SandboxError) as exc:
+                return exc
+
+        names = [n for n in self.names() if not self.health.is_down(n)]
+        return list(zip(names, self._pool.map(one, names), strict=True))
+
+    def _hold(self, host: str, sock: socket.socket) -> None:
+        with self._lock:
+            self._streams.setdefault(host, weakref.WeakSet()).add(sock)
+
+    def cut_streams(self, host: str) -> int:
+        """Shut every attach and exec stream to `host` (it is down): whoever reads one sees it end
+        now instead of waiting on a host that does not answer. Returns how many."""
+        with self._lock:
+            streams = list(self._streams.pop(host, ()))
+        for sock in streams:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                continue
+        return len(streams)

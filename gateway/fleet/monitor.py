@@ -1,0 +1,130 @@
+"""FleetMonitor: probes every host, records host state changes, and acts on them.
+
+Every `probe_interval_s` each host is pinged (down ones too, to see them come back) on a short
+timeout. A host that goes down: its attach and exec streams are cut, so calls waiting on it end now,
+and the broker forgets its sandboxes (their principals' next calls get new ones elsewhere, with
+`sandbox_replaced`). A host that comes back: a principal whose sandbox was made again elsewhere
+meanwhile has two; the older is removed (`duplicate`), the other one stays, and a principal that
+made no call while it was away finds its sandbox there again. Every few probes the hosts are listed
+whole, which keeps each host's count of sandboxes (its free capacity) true across replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import anyio
+import anyio.to_thread
+
+from audit import AuditLog
+from gateway.backend.base import Backend, ContainerInfo
+from gateway.errors import GatewayError
+from gateway.fleet.backend import FleetBackend
+from gateway.fleet.hosts import HostsFile, HostSpec
+
+__all__ = ["FleetMonitor", "ProbeConnect"]
+
+_log = logging.getLogger("sandbox_gateway.fleet")
+#: Makes a host's probe connection (a Backend with the probe timeout).
+ProbeConnect = Callable[[HostSpec, HostsFile], Backend]
+#: Every this many probes, the hosts are listed whole.
+LIST_EVERY = 5
+
+
+class FleetMonitor:
+    """Watches the hosts of `fleet`; `lose` is the broker's `host_lost`, `remove` its audited removal."""
+
+    def __init__(
+        self,
+        fleet: FleetBackend,
+        audit: AuditLog,
+        probe_connect: ProbeConnect,
+        *,
+        lose: Callable[[set[str]], Awaitable[int]],
+        remove: Callable[[ContainerInfo, str], Awaitable[bool]],
+        managed: dict[str, str],
+    ) -> None:
+        self.fleet, self.audit = fleet, audit
+        self._probe_connect = probe_connect
+        self._lose, self._remove, self._managed = lose, remove, managed
+        self._probes: dict[str, tuple[HostSpec, Backend]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-probe")
+        self._ticks = 0
+
+    def _probe(self, host: HostSpec) -> str | None:
+        known = self._probes.get(host.name)
+        if known is None or known[0] != host:
+            if known is not None:
+                known[1].close()
+            known = (host, self._probe_connect(host, self.fleet.hosts))
+            self._probes[host.name] = known
+        try:
+            known[1].ping()
+        except GatewayError as exc:
+            return exc.message
+        return None
+
+    async def tick(self) -> None:
+        """One round: probe, record and act on the changes, and now and then list every host."""
+        hosts = list(self.fleet.hosts.hosts)
+        results = await anyio.to_thread.run_sync(lambda: list(self._pool.map(self._probe, hosts)))
+        returned = False
+        for host, error in zip(hosts, results, strict=True):
+            health = self.fleet.health
+            known = health.of(host.name)
+            before = known.state if known is not None else None
+            moved = health.ok(host.name) if error is None else health.failed(host.name, error)
+            if moved == "down":
+                await self._went_down(host.name, error or "")
+            elif moved == "up":
+                returned |= before == "down"
+                self.fleet.inventory.forget_host(host.name)
+                self.audit.emit("host.up", host=host.name, address=host.address, was=before)
+        self._ticks += 1
+        if returned or self._ticks % LIST_EVERY == 0:
+            await self.settle(dedupe=returned)
+
+    async def _went_down(self, host: str, error: str) -> None:
+        ids = set(self.fleet.inventory.on(host))
+        cut = self.fleet.cut_streams(host)
+        lost = await self._lose(ids)
+        self.audit.emit("host.down", host=host, error=error[:300], sandboxes=len(ids), lost=lost, streams=cut)
+
+    async def settle(self, *, dedupe: bool) -> int:
+        """List every host (counts stay true); with `dedupe`, remove the older of two sandboxes of
+        one name on different hosts. Returns how many were removed."""
+        try:
+            rows = await anyio.to_thread.run_sync(self.fleet.list, self._managed, None)
+        except GatewayError as exc:
+            _log.warning("listing the sandbox hosts failed: %s", exc.message)
+            return 0
+        if not dedupe:
+            return 0
+        by_name: dict[str, list[ContainerInfo]] = {}
+        for row in rows:
+            by_name.setdefault(row.name, []).append(row)
+        removed = 0
+        for same in by_name.values():
+            if len({row.host for row in same}) < 2:
+                continue
+            for older in sorted(same, key=lambda row: row.created)[:-1]:
+                removed += await self._remove(older, "duplicate")
+        return removed
+
+    async def run(self, interval_s: float) -> None:
+        """Probe forever, every `interval_s` (from the start of one round to the next)."""
+        while True:
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except GatewayError as exc:  # the audit log failing: try again next round
+                _log.warning("probing the sandbox hosts failed: %s", exc.message)
+            await anyio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for _, probe in self._probes.values():
+            probe.close()
