@@ -14,7 +14,6 @@ from typing import Any
 from gateway.config import ENV_HOSTS_FILE, ENV_REPLICA_ID
 from gateway.errors import ConfigError, GatewayError
 from gateway.fleet.hosts import HostsFile, HostSpec, load_hosts
-from gateway.fleet.status import connect_host
 
 __all__ = ["add_hosts_command", "fleet_arguments"]
 
