@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -26,6 +27,7 @@ from gateway.errors import ConfigError
 from gateway.fleet.backend import FleetBackend
 from gateway.fleet.hosts import load_hosts
 from gateway.fleet.monitor import FleetMonitor
+from gateway.fleet.shared import SharedBudgets, SharedSandboxes, SharedSlots
 from gateway.fleet.status import connect_host
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
@@ -120,6 +122,21 @@ class Core:
         return self.service.engine
 
 
+def share_budgets(settings: Settings, broker: Broker, service: ExecutionService) -> Callable[[], None]:
+    """Fleet replicas with Redis: tenants' running calls and sandboxes counted across all of them.
+    Returns what renews this replica's places (the fleet monitor calls it every few seconds)."""
+    budgets = SharedBudgets(settings.rate_limit_storage, settings.gateway_id)
+    slots, sandboxes = SharedSlots(budgets), SharedSandboxes(budgets)
+    service.tenant_slots = slots
+    broker.share_quota(sandboxes)
+
+    def renew() -> None:
+        budgets.renew(slots.held())
+        sandboxes.renew([sandbox.principal_key for sandbox in broker.sandboxes])
+
+    return renew
+
+
 def build_core(
     settings: Settings,
     engine: PolicyEngine,
@@ -168,7 +185,11 @@ def build_core(
     )
     upstreams = Upstreams(load_upstreams(settings.upstreams_file)) if settings.upstreams_file else None
     service.code_mode = CodeModeCalls(lambda: service.engine, upstreams, audit, rates)
-    fleet = None
+    fleet, renew = None, None
+    if isinstance(backend, FleetBackend) and settings.rate_limit_storage.startswith(
+        ("redis://", "rediss://")
+    ):
+        renew = share_budgets(settings, broker, service)
     if isinstance(backend, FleetBackend):
         fleet = FleetMonitor(
             backend,
@@ -177,6 +198,7 @@ def build_core(
             lose=broker.host_lost,
             remove=lambda row, why: broker.containers.discard_quietly(row.id, why),
             managed=managed_by(settings.gateway_id),
+            renew=renew,
         )
     return Core(
         audit=audit,

@@ -9,13 +9,24 @@ by budget and tenant.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from opentelemetry import metrics
 
 from gateway import __version__
 from gateway.telemetry import TRACER_NAME
 
-__all__ = ["BudgetInstruments", "TenantSlots", "budget_instruments"]
+__all__ = ["BudgetInstruments", "Slots", "TenantSlots", "budget_instruments"]
+
+
+class Slots(Protocol):
+    """Calls running per tenant: these (`TenantSlots`), or across a fleet's replicas (Redis)."""
+
+    def acquire(self, tenant: str, cap: int) -> bool: ...
+
+    def release(self, tenant: str) -> None: ...
+
+    def running(self, tenant: str) -> int: ...
 
 
 class TenantSlots:

@@ -14,7 +14,7 @@ import structlog
 
 from audit import AuditLog, AuditWriteError
 from gateway.backend.base import ExecOutcome, OutputCallback, ToolCallHandler
-from gateway.calls.budgets import TenantSlots, budget_instruments
+from gateway.calls.budgets import Slots, TenantSlots, budget_instruments
 from gateway.calls.explain import PrincipalDirectory
 from gateway.errors import GatewayError, InvalidArgument, PolicyDenied, QuotaExceeded
 from gateway.ratelimit import RateLimiter
@@ -55,7 +55,7 @@ class CallPath:
         self.metrics = instruments()
         self.budget_metrics = budget_instruments()
         #: Calls running per tenant, against the caller's profile's `exec.max_concurrent_per_tenant`.
-        self.tenant_slots = TenantSlots()
+        self.tenant_slots: Slots = TenantSlots()
         broker.configure_pools(pool_targets(engine))
 
     def replace_engine(self, engine: PolicyEngine) -> None:

@@ -46,10 +46,13 @@ class FleetMonitor:
         lose: Callable[[set[str]], Awaitable[int]],
         remove: Callable[[ContainerInfo, str], Awaitable[bool]],
         managed: dict[str, str],
+        renew: Callable[[], None] | None = None,
     ) -> None:
         self.fleet, self.audit = fleet, audit
         self._probe_connect = probe_connect
         self._lose, self._remove, self._managed = lose, remove, managed
+        #: Renews this replica's places in the fleet's shared budgets (Redis), every few rounds.
+        self._renew = renew
         self._probes: dict[str, tuple[HostSpec, Backend]] = {}
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-probe")
         self._ticks = 0
@@ -84,6 +87,8 @@ class FleetMonitor:
                 self.fleet.inventory.forget_host(host.name)
                 self.audit.emit("host.up", host=host.name, address=host.address, was=before)
         self._ticks += 1
+        if self._renew is not None and self._ticks % LIST_EVERY == 0:
+            await anyio.to_thread.run_sync(self._renew)
         if returned or self._ticks % LIST_EVERY == 0:
             await self.settle(dedupe=returned)
 

@@ -28,7 +28,7 @@ from gateway.sandboxes.execution import Execution, Outcome, Request, allowed, co
 from gateway.sandboxes.model import Sandbox, principal_key
 from gateway.sandboxes.pool import WarmPool
 from gateway.sandboxes.pool_keeper import PoolKeeper
-from gateway.sandboxes.registry import Registry
+from gateway.sandboxes.registry import Registry, SharedQuota
 from gateway.sandboxes.upkeep import Upkeep
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Allowed, Decision, Principal
@@ -72,8 +72,7 @@ class Broker:
             tools_path=tools_path,
             skills_path=skills_path,
         )
-        self._adoption = Adoption(self._containers)
-        self._execution = Execution(self.ops)
+        self._adoption, self._execution = Adoption(self._containers), Execution(self.ops)
         self._keeper = PoolKeeper(self.pool, self._registry, self._containers)
         self._upkeep = Upkeep(self._registry, self._containers, self._adoption, self.pool, self._discard)
 
@@ -90,6 +89,10 @@ class Broker:
     @max_sandboxes.setter
     def max_sandboxes(self, value: int) -> None:
         self._registry.max_sandboxes = value
+
+    def share_quota(self, shared: SharedQuota) -> None:
+        """Fleet mode with Redis: count sandboxes per tenant across the replicas too."""
+        self._registry.shared = shared
 
     def saturation(self) -> dict[str, object]:
         """How busy the shared worker pool for Docker calls is (for /ready)."""
@@ -192,7 +195,8 @@ class Broker:
         # A pooled sandbox already counts against the host cap; taking one adds nothing.
         adds = 0 if self.pool.available(spec) else 1
         cap = grant.lifecycle.max_sandboxes_per_tenant
-        with self._registry.creating(principal.tenant, pooled=self.pool.size, adds=adds, tenant_cap=cap):
+        tenant, ready = principal.tenant, self.pool.size
+        with self._registry.creating(tenant, pooled=ready, adds=adds, tenant_cap=cap, member=key):
             charge_creation(self.rates, self.audit, key, grant)
             pooled = self._keeper.take(spec, principal, grant, key)
             if pooled is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import anyio
 
@@ -16,6 +17,16 @@ from gateway.sandboxes.model import Sandbox
 from gateway.telemetry import instruments
 
 __all__ = ["Registry"]
+
+
+class SharedQuota(Protocol):
+    """Sandboxes per tenant counted across a fleet's replicas (gateway/fleet/shared.py)."""
+
+    def reserve(self, key: str, cap: int) -> bool: ...
+
+    def hold(self, key: str) -> None: ...
+
+    def release(self, key: str) -> None: ...
 
 
 class Registry:
@@ -34,6 +45,8 @@ class Registry:
         self._unremoved: dict[str, tuple[Sandbox, str]] = {}
         #: Principals whose sandbox was lost since their last call: their next result says so.
         self._lost: set[str] = set()
+        #: Fleet mode with Redis: sandboxes per tenant counted across the replicas too.
+        self.shared: SharedQuota | None = None
         self._alive = instruments().sandboxes_alive
 
     # -- sandboxes --------------------------------------------------------------------------------
@@ -52,12 +65,16 @@ class Registry:
     def add(self, sandbox: Sandbox) -> None:
         self._sandboxes[sandbox.principal_key] = sandbox
         self._alive.add(1)
+        if self.shared is not None:
+            self.shared.hold(sandbox.principal_key)
 
     def drop(self, sandbox: Sandbox) -> None:
         if self._sandboxes.get(sandbox.principal_key) is sandbox:
             del self._sandboxes[sandbox.principal_key]
             self._alive.add(-1)
             self._on_freed()
+            if self.shared is not None:
+                self.shared.release(sandbox.principal_key)
 
     def removal_failed(self, sandbox: Sandbox, reason: str) -> None:
         """A sandbox the engine would not remove: it still counts, and the reaper tries again."""
@@ -104,9 +121,12 @@ class Registry:
         return len(self._sandboxes) + len(self._unremoved) + self._creating + pooled
 
     @contextlib.contextmanager
-    def creating(self, tenant: str, *, pooled: int, adds: int, tenant_cap: int) -> Iterator[None]:
+    def creating(
+        self, tenant: str, *, pooled: int, adds: int, tenant_cap: int, member: str = ""
+    ) -> Iterator[None]:
         """Reserve a creation for `tenant` while it is under way, after checking the host cap
-        (`adds`: 0 when a pooled sandbox will be handed out, 1 when one is made) and the tenant cap."""
+        (`adds`: 0 when a pooled sandbox will be handed out, 1 when one is made) and the tenant cap
+        (across the fleet too, for the principal `member`, when budgets are shared)."""
         if self.live(pooled) + adds > self.max_sandboxes:
             raise QuotaExceeded(
                 f"host sandbox quota: {self.max_sandboxes} sandboxes are live on this gateway",
@@ -119,6 +139,12 @@ class Registry:
                 f"tenant sandbox quota: tenant {tenant!r} has {live} of {tenant_cap}",
                 code="tenant-sandbox-quota",
             )
+        shared = self.shared if member else None
+        if shared is not None and not shared.reserve(member, tenant_cap):
+            raise QuotaExceeded(
+                f"tenant sandbox quota: tenant {tenant!r} has {tenant_cap} sandboxes across the fleet",
+                code="tenant-sandbox-quota",
+            )
         self._creating += 1
         self._creating_in[tenant] = self._creating_in.get(tenant, 0) + 1
         try:
@@ -127,6 +153,8 @@ class Registry:
             self._creating -= 1
             self._creating_in[tenant] -= 1
             self._on_freed()
+            if shared is not None and member not in self._sandboxes:  # not made after all
+                shared.release(member)
 
     @contextlib.contextmanager
     def calling(self, key: str, limit: int) -> Iterator[None]:
