@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -26,6 +28,7 @@ from gateway.egress.service import EGRESS_STATE_ROOT, EgressService
 from gateway.errors import ConfigError
 from gateway.fleet.backend import FleetBackend
 from gateway.fleet.hosts import load_hosts
+from gateway.fleet.lease import Leases
 from gateway.fleet.monitor import FleetMonitor
 from gateway.fleet.shared import SharedBudgets, SharedSandboxes, SharedSlots
 from gateway.fleet.status import connect_host
@@ -123,16 +126,20 @@ class Core:
 
 
 def share_budgets(settings: Settings, broker: Broker, service: ExecutionService) -> Callable[[], None]:
-    """Fleet replicas with Redis: tenants' running calls and sandboxes counted across all of them.
-    Returns what renews this replica's places (the fleet monitor calls it every few seconds)."""
+    """Fleet replicas with Redis: tenants' running calls and sandboxes counted across all of them, and
+    a lease per principal's sandbox. Returns what renews this replica's places and leases (the fleet
+    monitor calls it every few seconds)."""
     budgets = SharedBudgets(settings.rate_limit_storage, settings.gateway_id)
     slots, sandboxes = SharedSlots(budgets), SharedSandboxes(budgets)
     service.tenant_slots = slots
-    broker.share_quota(sandboxes)
+    broker.upkeep.share_quota(sandboxes)
+    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    service.leases = leases = Leases(budgets, replica, broker.upkeep.handed_over)
 
     def renew() -> None:
         budgets.renew(slots.held())
         sandboxes.renew([sandbox.principal_key for sandbox in broker.sandboxes])
+        leases.renew()
 
     return renew
 
@@ -195,7 +202,7 @@ def build_core(
             backend,
             audit,
             functools.partial(connect_host, timeout_s=backend.hosts.health.probe_timeout_s, pool_size=2),
-            lose=broker.host_lost,
+            lose=broker.upkeep.host_lost,
             remove=lambda row, why: broker.containers.discard_quietly(row.id, why),
             managed=managed_by(settings.gateway_id),
             renew=renew,

@@ -17,8 +17,10 @@ from gateway.backend.base import ExecOutcome, OutputCallback, ToolCallHandler
 from gateway.calls.budgets import Slots, TenantSlots, budget_instruments
 from gateway.calls.explain import PrincipalDirectory
 from gateway.errors import GatewayError, InvalidArgument, PolicyDenied, QuotaExceeded
+from gateway.fleet.lease import Leases
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
+from gateway.sandboxes.model import principal_key
 from gateway.sandboxes.pool import pool_targets
 from gateway.stages import timed
 from gateway.telemetry import instruments
@@ -56,6 +58,8 @@ class CallPath:
         self.budget_metrics = budget_instruments()
         #: Calls running per tenant, against the caller's profile's `exec.max_concurrent_per_tenant`.
         self.tenant_slots: Slots = TenantSlots()
+        #: Fleet replicas with Redis: the lease a call holds on its principal's sandbox.
+        self.leases: Leases | None = None
         broker.configure_pools(pool_targets(engine))
 
     def replace_engine(self, engine: PolicyEngine) -> None:
@@ -214,7 +218,10 @@ class CallPath:
             )
         self.budget_metrics.tenant_running.add(1, {"tenant": tenant})
         try:
-            return await call()
+            if self.leases is None:
+                return await call()
+            async with self.leases.held(principal_key(principal)):  # fleet replicas: one drives
+                return await call()
         finally:
             self.tenant_slots.release(tenant)
             self.budget_metrics.tenant_running.add(-1, {"tenant": tenant})

@@ -28,7 +28,7 @@ from gateway.sandboxes.execution import Execution, Outcome, Request, allowed, co
 from gateway.sandboxes.model import Sandbox, principal_key
 from gateway.sandboxes.pool import WarmPool
 from gateway.sandboxes.pool_keeper import PoolKeeper
-from gateway.sandboxes.registry import Registry, SharedQuota
+from gateway.sandboxes.registry import Registry
 from gateway.sandboxes.upkeep import Upkeep
 from gateway.uids import DEFAULT_UID_RANGE, UidRange
 from policy import Allowed, Decision, Principal
@@ -74,7 +74,8 @@ class Broker:
         )
         self._adoption, self._execution = Adoption(self._containers), Execution(self.ops)
         self._keeper = PoolKeeper(self.pool, self._registry, self._containers)
-        self._upkeep = Upkeep(self._registry, self._containers, self._adoption, self.pool, self._discard)
+        #: Reaping, and fleet mode's hand-overs: hosts lost, replicas taking over, shared quotas.
+        self.upkeep = Upkeep(self._registry, self._containers, self._adoption, self.pool, self._discard)
 
     # -- what the gateway asks --------------------------------------------------------------------
     @property
@@ -89,10 +90,6 @@ class Broker:
     @max_sandboxes.setter
     def max_sandboxes(self, value: int) -> None:
         self._registry.max_sandboxes = value
-
-    def share_quota(self, shared: SharedQuota) -> None:
-        """Fleet mode with Redis: count sandboxes per tenant across the replicas too."""
-        self._registry.shared = shared
 
     def saturation(self) -> dict[str, object]:
         """How busy the shared worker pool for Docker calls is (for /ready)."""
@@ -157,17 +154,13 @@ class Broker:
                 await self._discard(sandbox, "reset")
                 return True
 
-    async def host_lost(self, container_ids: set[str]) -> int:
-        """A sandbox host went down: see `Upkeep.host_lost`."""
-        return await self._upkeep.host_lost(container_ids)
-
     async def sweep(self, current_specs: dict[str, str]) -> tuple[int, int]:
         """At start-up: see `Adoption.sweep`."""
         return await self._adoption.sweep(current_specs)
 
     async def reap_expired(self) -> int:
         """Remove sandboxes past their idle TTL or max age: see `Upkeep.reap_expired`."""
-        return await self._upkeep.reap_expired()
+        return await self.upkeep.reap_expired()
 
     # -- sandboxes --------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The broker's upkeep: reaping sandboxes past their time, and forgetting those on a host that went
-down (fleet mode)."""
+"""The broker's upkeep: reaping sandboxes past their time and, in fleet mode, forgetting those on a
+host that went down or driven by another replica since, and sharing the tenant quota."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from gateway.sandboxes.adoption import Adoption
 from gateway.sandboxes.containers import Containers
 from gateway.sandboxes.model import Sandbox
 from gateway.sandboxes.pool import WarmPool
-from gateway.sandboxes.registry import Registry
+from gateway.sandboxes.registry import Registry, SharedQuota
 
 __all__ = ["Upkeep"]
 
@@ -59,3 +59,18 @@ class Upkeep:
             self._registry.mark_lost(sandbox.principal_key)
             self._adoption.may_exist(sandbox.name)
         return len(lost)
+
+    def handed_over(self, key: str) -> bool:
+        """Another replica drove the principal `key`'s sandbox since this one did: forget what this
+        one knew of it (its next call finds the sandbox by name, as it is now). Whether it knew one."""
+        sandbox = self._registry.get(key)
+        if sandbox is None:
+            return False
+        sandbox.executor.close()
+        self._registry.drop(sandbox)
+        self._adoption.may_exist(sandbox.name)
+        return True
+
+    def share_quota(self, shared: SharedQuota) -> None:
+        """Fleet mode with Redis: sandboxes per tenant are counted across the replicas too."""
+        self._registry.shared = shared
