@@ -34,7 +34,7 @@ from gateway.errors import EngineError, SandboxError, SandboxGone, SandboxUnusab
 from gateway.fleet.health import Health
 from gateway.fleet.hosts import HostsFile, HostSpec
 from gateway.fleet.inventory import Inventory
-from gateway.fleet.placement import Candidate, rank
+from gateway.fleet.placement import Candidate, Load, bounded, rank
 
 __all__ = ["Connect", "FleetBackend", "NoHostAvailable"]
 
@@ -175,14 +175,15 @@ class FleetBackend:
         raise last or NoHostAvailable(self._why_none(needs), code="no-host-available")
 
     def _candidates(self, image_id: str, needs: dict[str, str]) -> list[Candidate]:
-        out = []
+        """Hosts that may take it: placeable, not draining, with the labels and the image, and
+        room (`placement.bounded`)."""
+        loads = []
         for host in self.hosts.hosts:
             if host.drain or not host.satisfies(needs) or not self.health.placeable(host.name):
                 continue
-            free = self.free(host.name)
-            if free > 0 and self.inventory.has_image(host.name, image_id, self._image_id_on):
-                out.append(Candidate(host.name, float(free)))
-        return out
+            if self.inventory.has_image(host.name, image_id, self._image_id_on):
+                loads.append(Load(host.name, self.inventory.count(host.name), host.capacity))
+        return bounded(loads)
 
     def _image_id_on(self, host: str, image: str) -> str | None:
         try:
