@@ -14,7 +14,6 @@ import builtins
 import dataclasses
 import socket
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from gateway.backend.base import (
 from gateway.errors import EngineError, SandboxError, SandboxGone, SandboxUnusable
 from gateway.fleet.health import Health
 from gateway.fleet.hosts import HostsFile, HostSpec
-from gateway.fleet.inventory import Inventory
+from gateway.fleet.inventory import Inventory, Streams
 from gateway.fleet.placement import Candidate, Load, bounded, rank
 
 __all__ = ["Connect", "FleetBackend", "NoHostAvailable"]
@@ -58,7 +57,7 @@ class FleetBackend:
         self.hosts = hosts
         self.health = Health(hosts.health.down_after_s)
         self.inventory = Inventory()
-        self._streams: dict[str, weakref.WeakSet[socket.socket]] = {}
+        self.streams = Streams()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet")
         self.configure(hosts)
 
@@ -123,22 +122,25 @@ class FleetBackend:
 
     # -- Backend ----------------------------------------------------------------------------------
     def ping(self) -> None:
-        """Fine when at least one host answers."""
-        errors = []
-        for name, error in self.each(lambda engine: engine.ping()):
-            if error is None:
-                return
-            errors.append(f"{name}: {error}")
-        raise EngineError("no sandbox host answers: " + "; ".join(errors))
+        """Fine while some host answered its last probe (the monitor's); no network call here, so a
+        readiness check never waits on a host that stopped answering."""
+        if not any(self.health.placeable(name) for name in self.names()):
+            errors = [f"{h.name}: {h.last_error or h.state}" for h in self.health.all()]
+            raise EngineError("no sandbox host answers: " + "; ".join(errors))
 
     def image_present(self, image: str) -> bool:
-        """Whether some host that is not down has the image."""
-        return any(found is True for _, found in self.each(lambda engine: engine.image_present(image)))
+        """Whether a host that answers has the image."""
+        found = self.each(lambda engine: engine.image_present(image), placeable=True)
+        return any(result is True for _, result in found)
 
     def image_identity(self, image: str) -> tuple[str, frozenset[str]]:
-        """The image as the hosts that have it agree on it; hosts with another build of it are not
-        given its sandboxes (placement checks each host's own identity)."""
-        found = [r for _, r in self.each(lambda engine: engine.image_identity(image)) if isinstance(r, tuple)]
+        """The image as the hosts that answer and have it agree on it; hosts with another build of it
+        are not given its sandboxes (placement checks each host's own identity)."""
+        found = [
+            result
+            for _, result in self.each(lambda engine: engine.image_identity(image), placeable=True)
+            if isinstance(result, tuple)
+        ]
         if not found:
             raise SandboxError(f"the sandbox image {image} is on no host that answers", code="image-missing")
         ids = [identity[0] for identity in found]
@@ -216,7 +218,7 @@ class FleetBackend:
         host = self._host_of(container_id)
         with self._on(host) as engine:
             stream = engine.exec_open(container_id, request)
-        self._hold(host, stream.sock)
+        self.streams.hold(host, stream.sock)
         return stream
 
     def exec_pump(
@@ -232,7 +234,7 @@ class FleetBackend:
         host = self._host_of(container_id)
         with self._on(host) as engine:
             sock, early, raw = engine.attach(container_id)
-        self._hold(host, sock)
+        self.streams.hold(host, sock)
         return sock, early, raw
 
     def remove(self, container_id: str) -> None:
@@ -265,8 +267,11 @@ class FleetBackend:
             engine.close()
 
     # -- for the monitor --------------------------------------------------------------------------
-    def each(self, fn: Callable[[Backend], Any]) -> builtins.list[tuple[str, Any]]:
-        """fn(engine) on every host not down, in parallel: (host, result or the EngineError/SandboxError)."""
+    def each(
+        self, fn: Callable[[Backend], Any], *, placeable: bool = False
+    ) -> builtins.list[tuple[str, Any]]:
+        """fn(engine) in parallel on every host not down (`placeable`: that answered its last probe):
+        (host, result or the EngineError/SandboxError it raised)."""
 
         def one(host: str) -> Any:
             try:
@@ -275,21 +280,6 @@ class FleetBackend:
             except (EngineError, SandboxError) as exc:
                 return exc
 
-        names = [n for n in self.names() if not self.health.is_down(n)]
+        wanted = self.health.placeable if placeable else lambda name: not self.health.is_down(name)
+        names = [n for n in self.names() if wanted(n)]
         return list(zip(names, self._pool.map(one, names), strict=True))
-
-    def _hold(self, host: str, sock: socket.socket) -> None:
-        with self._lock:
-            self._streams.setdefault(host, weakref.WeakSet()).add(sock)
-
-    def cut_streams(self, host: str) -> int:
-        """Shut every attach and exec stream to `host` (it is down): whoever reads one sees it end
-        now instead of waiting on a host that does not answer. Returns how many."""
-        with self._lock:
-            streams = list(self._streams.pop(host, ()))
-        for sock in streams:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                continue
-        return len(streams)

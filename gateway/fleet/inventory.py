@@ -1,17 +1,19 @@
 """What the gateway knows is on each host: which container is where (so a call about a sandbox goes
-to its host), how many sandboxes each host holds (its free capacity, for placement), and which
-build of an image each host has (a sandbox is created from an image id, which every host it may be
-placed on must hold)."""
+to its host), how many sandboxes each host holds (its free capacity, for placement), which build of
+an image each host has (a sandbox is created from an image id, which every host it may be placed on
+must hold), and which streams are open to it."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 
 from gateway.backend.base import ContainerInfo
 
-__all__ = ["Inventory"]
+__all__ = ["Inventory", "Streams"]
 
 #: How long a host's answer about an image is kept (a host loaded with the image is used after this).
 IMAGE_TTL_S = 30.0
@@ -80,3 +82,27 @@ class Inventory:
             with self._lock:
                 self._images[(host, image_id)] = cached
         return cached[0] == image_id
+
+
+class Streams:
+    """The attach and exec streams open to each host, so that they can be cut when it goes down."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_host: dict[str, weakref.WeakSet[socket.socket]] = {}
+
+    def hold(self, host: str, sock: socket.socket) -> None:
+        with self._lock:
+            self._by_host.setdefault(host, weakref.WeakSet()).add(sock)
+
+    def cut(self, host: str) -> int:
+        """Shut every stream to `host`: whoever reads one sees it end now instead of waiting on a
+        host that does not answer. Returns how many."""
+        with self._lock:
+            streams = list(self._by_host.pop(host, ()))
+        for sock in streams:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                continue
+        return len(streams)

@@ -94,7 +94,7 @@ class FleetMonitor:
 
     async def _went_down(self, host: str, error: str) -> None:
         ids = set(self.fleet.inventory.on(host))
-        cut = self.fleet.cut_streams(host)
+        cut = self.fleet.streams.cut(host)
         lost = await self._lose(ids)
         self.audit.emit("host.down", host=host, error=error[:300], sandboxes=len(ids), lost=lost, streams=cut)
 
