@@ -1,5 +1,5 @@
-"""The `sandbox-gateway` command: setup, build-images, serve, socket-proxy, token, policy, audit,
-sandboxes, tools, ui."""
+"""The `sandbox-gateway` command: setup, build-images, serve, socket-proxy, certs, token, policy,
+audit, sandboxes, tools, ui."""
 
 from __future__ import annotations
 
@@ -63,6 +63,22 @@ def _add_socket_proxy(sub: Any) -> None:
     )
     add_arguments(proxy)
     proxy.set_defaults(func=_cmd_socket_proxy)
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from gateway.cli.certs import run
+
+    return run(args)
+
+
+def _add_certs(sub: Any) -> None:
+    from gateway.cli.certs import add_arguments
+
+    certs = sub.add_parser(
+        "certs", help="make the fleet's TLS certificates: a CA, one per sandbox host, one per gateway"
+    )
+    add_arguments(certs)
+    certs.set_defaults(func=_cmd_certs)
 
 
 def _add_setup(sub: Any) -> None:
@@ -189,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     _add_socket_proxy(sub)
+    _add_certs(sub)
     for add_commands in (
         add_policy_commands,
         add_audit_commands,
