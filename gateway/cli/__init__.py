@@ -36,10 +36,13 @@ def _cmd_setup(args: argparse.Namespace) -> int:
 
 def _cmd_build_images(args: argparse.Namespace) -> int:
     from gateway.setup import SetupPaths
-    from gateway.setup.compose_images import build_compose_images
+    from gateway.setup import compose_images as images
 
-    build_compose_images(SetupPaths.from_env(), args.gateway_image, args.proxy_image)
+    images.build_compose_images(SetupPaths.from_env(), args.gateway_image, args.proxy_image)
     print(f"built {args.gateway_image} and {args.proxy_image}")
+    if args.fleet:
+        images.build_fleet_images(SetupPaths.from_env())
+        print(f"built {images.DEFAULT_HAPROXY_IMAGE} and {images.DEFAULT_REDIS_IMAGE}")
     return 0
 
 
@@ -95,6 +98,9 @@ def _add_setup(sub: Any) -> None:
     images.add_argument("--gateway-image", default="sandbox-gateway:latest", help="tag of the gateway image")
     images.add_argument(
         "--proxy-image", default="sandbox-gateway-proxy:latest", help="tag of the socket-proxy image"
+    )
+    images.add_argument(
+        "--fleet", action="store_true", help="also the fleet's HAProxy and Redis images (compose/fleet)"
     )
     images.set_defaults(func=_cmd_build_images)
 
