@@ -36,12 +36,16 @@ unit: $(BIN)/.installed
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
 ## test-tools: system tools the suite runs itself (Redis for shared rate limits, docker-compose for the
-## stack, Chromium and its driver for the web console's browser tests, and node-oidc-provider from npm
-## as the OAuth issuer the console signs in through)
+## stack, HAProxy to check the fleet's balancer configuration, Chromium and its driver for the web
+## console's browser tests, and node-oidc-provider from npm as the OAuth issuer the console signs in
+## through)
 test-tools:
 	@command -v redis-server >/dev/null || { echo "[make] installing redis-server for the test suite"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/dev/null || \
 	  { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/dev/null; }; }
+	@command -v haproxy >/dev/null || { echo "[make] installing haproxy for the fleet's balancer configuration"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy >/dev/null || \
+	  { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy >/dev/null; }; }
 	@command -v docker-compose >/dev/null || { echo "[make] installing docker-compose for the deployment tests"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose >/dev/null || \
 	  { apt-get update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker-compose >/dev/null; }; }

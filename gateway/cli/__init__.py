@@ -1,5 +1,5 @@
-"""The `sandbox-gateway` command: setup, build-images, serve, socket-proxy, token, policy, audit,
-sandboxes, hosts, tools, ui."""
+"""The `sandbox-gateway` command: setup, build-images, serve, socket-proxy, certs, token, policy,
+audit, sandboxes, hosts, tools, ui."""
 
 from __future__ import annotations
 
@@ -37,10 +37,13 @@ def _cmd_setup(args: argparse.Namespace) -> int:
 
 def _cmd_build_images(args: argparse.Namespace) -> int:
     from gateway.setup import SetupPaths
-    from gateway.setup.compose_images import build_compose_images
+    from gateway.setup import compose_images as images
 
-    build_compose_images(SetupPaths.from_env(), args.gateway_image, args.proxy_image)
+    images.build_compose_images(SetupPaths.from_env(), args.gateway_image, args.proxy_image)
     print(f"built {args.gateway_image} and {args.proxy_image}")
+    if args.fleet:
+        images.build_fleet_images(SetupPaths.from_env())
+        print(f"built {images.DEFAULT_HAPROXY_IMAGE} and {images.DEFAULT_REDIS_IMAGE}")
     return 0
 
 
@@ -66,6 +69,22 @@ def _add_socket_proxy(sub: Any) -> None:
     proxy.set_defaults(func=_cmd_socket_proxy)
 
 
+def _cmd_certs(args: argparse.Namespace) -> int:
+    from gateway.cli.certs import run
+
+    return run(args)
+
+
+def _add_certs(sub: Any) -> None:
+    from gateway.cli.certs import add_arguments
+
+    certs = sub.add_parser(
+        "certs", help="make the fleet's TLS certificates: a CA, one per sandbox host, one per gateway"
+    )
+    add_arguments(certs)
+    certs.set_defaults(func=_cmd_certs)
+
+
 def _add_setup(sub: Any) -> None:
     setup = sub.add_parser("setup", help="make sure the engine, socket proxy and sandbox image are ready")
     setup.add_argument(
@@ -80,6 +99,9 @@ def _add_setup(sub: Any) -> None:
     images.add_argument("--gateway-image", default="sandbox-gateway:latest", help="tag of the gateway image")
     images.add_argument(
         "--proxy-image", default="sandbox-gateway-proxy:latest", help="tag of the socket-proxy image"
+    )
+    images.add_argument(
+        "--fleet", action="store_true", help="also the fleet's HAProxy and Redis images (compose/fleet)"
     )
     images.set_defaults(func=_cmd_build_images)
 
@@ -191,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     _add_socket_proxy(sub)
+    _add_certs(sub)
     for add_commands in (
         add_policy_commands,
         add_audit_commands,

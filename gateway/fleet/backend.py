@@ -33,7 +33,7 @@ from gateway.errors import EngineError, SandboxError, SandboxGone, SandboxUnusab
 from gateway.fleet.health import Health
 from gateway.fleet.hosts import HostsFile, HostSpec
 from gateway.fleet.inventory import Inventory, Streams
-from gateway.fleet.placement import Candidate, Load, bounded, rank
+from gateway.fleet.placement import Load, bounded, rank
 
 __all__ = ["Connect", "FleetBackend", "NoHostAvailable"]
 
@@ -58,6 +58,7 @@ class FleetBackend:
         self.health = Health(hosts.health.down_after_s)
         self.inventory = Inventory()
         self.streams = Streams()
+        self._placing = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet")
         self.configure(hosts)
 
@@ -149,43 +150,47 @@ class FleetBackend:
         return best, digests
 
     def create(self, name: str, body: dict[str, object], needs: Mapping[str, str] | None = None) -> str:
-        """Create on the best host for `name` that has room, the image and the labels `needs`."""
-        image = str(body.get("Image", ""))
-        ranked = rank(name, self._candidates(image, dict(needs or {})))
-        if not ranked:
-            raise NoHostAvailable(self._why_none(needs), code="no-host-available")
+        """Create on the best host for `name` that has room, the image and the labels `needs`; when
+        that host cannot be reached, on the next best, once. The host is counted from the moment it is
+        chosen, so creations made at once see each other."""
+        eligible = self._eligible(str(body.get("Image", "")), dict(needs or {}))
         last: EngineError | None = None
-        for position, host in enumerate(ranked[:2]):
+        for attempt in range(2):
+            with self._placing:
+                loads = [Load(h.name, self.inventory.count(h.name), h.capacity) for h in eligible]
+                ranked = rank(name, bounded(loads))
+                if not ranked:
+                    break
+                host = ranked[0]
+                self.inventory.reserve(host)
+            eligible = [h for h in eligible if h.name != host]
             try:
                 with self._on(host) as engine:
                     container_id = engine.create(name, body)
+                self.inventory.placed(host, container_id, name)
             except SandboxUnusable:
                 raise
             except EngineError as exc:  # unreachable: the next best host, once
                 last = exc
                 continue
-            self.inventory.placed(host, container_id, name)
+            finally:
+                self.inventory.unreserve(host)
             self.audit.emit(
-                "sandbox.place",
-                container_id=container_id,
-                host=host,
-                rank=position,
-                candidates=len(ranked),
-                free=self.free(host),
+                "sandbox.place", container_id=container_id, host=host, attempt=attempt, candidates=len(ranked)
             )
             return container_id
         raise last or NoHostAvailable(self._why_none(needs), code="no-host-available")
 
-    def _candidates(self, image_id: str, needs: dict[str, str]) -> list[Candidate]:
-        """Hosts that may take it: placeable, not draining, with the labels and the image, and
-        room (`placement.bounded`)."""
-        loads = []
-        for host in self.hosts.hosts:
-            if host.drain or not host.satisfies(needs) or not self.health.placeable(host.name):
-                continue
-            if self.inventory.has_image(host.name, image_id, self._image_id_on):
-                loads.append(Load(host.name, self.inventory.count(host.name), host.capacity))
-        return bounded(loads)
+    def _eligible(self, image_id: str, needs: dict[str, str]) -> list[HostSpec]:
+        """Hosts that may take it: answering, not draining, with the labels and the image."""
+        return [
+            host
+            for host in self.hosts.hosts
+            if not host.drain
+            and host.satisfies(needs)
+            and self.health.placeable(host.name)
+            and self.inventory.has_image(host.name, image_id, self._image_id_on)
+        ]
 
     def _image_id_on(self, host: str, image: str) -> str | None:
         try:

@@ -28,6 +28,7 @@ class Inventory:
         self._host: dict[str, str] = {}  # container id -> host
         self._name: dict[str, str] = {}  # container id -> name
         self._images: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self._reserved: dict[str, int] = {}  # host -> creations chosen for it and under way
 
     def host_of(self, container_id: str) -> str | None:
         with self._lock:
@@ -39,8 +40,21 @@ class Inventory:
             return {cid: self._name.get(cid, "") for cid, h in self._host.items() if h == host}
 
     def count(self, host: str) -> int:
+        """Sandboxes on `host`, and creations under way there."""
         with self._lock:
-            return sum(1 for h in self._host.values() if h == host)
+            return sum(1 for h in self._host.values() if h == host) + self._reserved.get(host, 0)
+
+    def reserve(self, host: str) -> None:
+        with self._lock:
+            self._reserved[host] = self._reserved.get(host, 0) + 1
+
+    def unreserve(self, host: str) -> None:
+        with self._lock:
+            left = self._reserved.get(host, 0) - 1
+            if left > 0:
+                self._reserved[host] = left
+            else:
+                self._reserved.pop(host, None)
 
     def placed(self, host: str, container_id: str, name: str) -> None:
         with self._lock:

@@ -8,6 +8,10 @@ this host and installed with `pip --no-index`. The socket proxy's image is the g
 another entry point (`sandbox-gateway socket-proxy`), built from the one just made; the web
 console's is the gateway's with the `ui` extra (Gradio) installed from wheels the same way, run as
 `python -m frontend`. It is built when the repository has the `frontend` package and the `ui` extra.
+
+The fleet's gateway tier (compose/fleet) adds HAProxy and Redis, Debian's packages: each comes in a
+local base image of its own made the same way (a debootstrap tree with the package, imported), with
+compose/fleet/ROLE/Dockerfile on top.
 """
 
 from __future__ import annotations
@@ -31,22 +35,30 @@ __all__ = [
     "BASE_PACKAGES",
     "DEFAULT_FRONTEND_IMAGE",
     "DEFAULT_GATEWAY_IMAGE",
+    "DEFAULT_HAPROXY_IMAGE",
     "DEFAULT_PROXY_IMAGE",
+    "DEFAULT_REDIS_IMAGE",
     "build_compose_images",
+    "build_fleet_images",
     "has_frontend",
 ]
 
 DEFAULT_GATEWAY_IMAGE = "sandbox-gateway:latest"
 DEFAULT_PROXY_IMAGE = "sandbox-gateway-proxy:latest"
 DEFAULT_FRONTEND_IMAGE = "sandbox-gateway-frontend:latest"
+DEFAULT_HAPROXY_IMAGE = "sandbox-gateway-haproxy:latest"
+DEFAULT_REDIS_IMAGE = "sandbox-gateway-redis:latest"
 #: What each local base image holds on top of debootstrap's minbase.
 BASE_PACKAGES: dict[str, tuple[str, ...]] = {
     "python": ("python3", "python3-venv", "ca-certificates"),
+    "haproxy": ("haproxy",),
+    "redis": ("redis-server",),
 }
 _RECIPE_VERSION = "1"
 _ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
 _WHEELS = REPO_ROOT / "compose" / "wheels"
 _PROXY_CONTEXT = REPO_ROOT / "compose" / "socket-proxy"
+_FLEET = REPO_ROOT / "compose" / "fleet"
 
 
 def _docker(paths: SetupPaths, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[bytes]:
@@ -247,3 +259,17 @@ def build_compose_images(
     for image in reversed(images):
         _drop_replaced(paths, image, previous[image])
     say(f"compose images ready: {', '.join(images)}")
+
+
+def build_fleet_images(
+    paths: SetupPaths, haproxy_image: str = DEFAULT_HAPROXY_IMAGE, redis_image: str = DEFAULT_REDIS_IMAGE
+) -> None:
+    """Build the fleet's balancer (compose/fleet/haproxy) and Redis (compose/fleet/redis) images,
+    each on a local base image that already holds Debian's package, so the build fetches nothing."""
+    for role, image in (("haproxy", haproxy_image), ("redis", redis_image)):
+        base = _base_image(paths, role)
+        previous = _image_id(paths, image)
+        say(f"building {image} from {base}")
+        _build(paths, "--build-arg", f"BASE_IMAGE={base}", "-t", image, str(_FLEET / role))
+        _drop_replaced(paths, image, previous)
+    say(f"fleet images ready: {haproxy_image}, {redis_image}")
