@@ -15,6 +15,7 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import httpx
@@ -162,7 +163,7 @@ async def test_a_fleet_serves_sixty_principals_through_faults(rig: FleetRig) -> 
                 since = int(answer["number"])  # type: ignore[call-overload]
             lines = [int(n) for n in str(answer["stdout"]).split()]
             assert lines[-1] == answer["number"], (who.name, answer)
-            assert set(range(since, int(answer["number"]) + 1)) <= set(lines), (who.name, since, answer)  # type: ignore[call-overload]
+            assert set(range(since, int(answer["number"]) + 1)) <= set(lines), (who.name, since, answer)
         if who.name in stayed_up:
             assert who.replaced_at == [], f"{who.name} was on a host that stayed up: {who.replaced_at}"
     replaced = {who.name for who in people.values() if who.replaced_at}

@@ -97,7 +97,7 @@ class FleetRig:
         self.hosts = [SandboxHost(f"h{i + 1}") for i in range(self.host_count)]
         self.pki = fleet_pki(self.workdir / "pki", self.hosts)
         with ThreadPoolExecutor(max_workers=self.host_count) as pool:
-            list(pool.map(lambda host: host.start(self.pki, self.image), self.hosts))  # type: ignore[arg-type]
+            list(pool.map(lambda host: host.start(self.pki, self.image), self.hosts))
         self.redis, self.redis_url = start_redis(self.workdir)
         store = TokenStore(self.tokens_file)
         self.tokens = {n: store.create(n, profile=p, tenant=t) for n, (p, t) in principals.items()}
