@@ -182,13 +182,18 @@ def build_core(
     service = ExecutionService(
         engine, broker, audit, enforce_request_rate=enforce_request_rate, rates=rates, principals=principals
     )
-    broker.containers.egress = EgressService(
-        settings.egress,
-        settings.egress_state_dir or EGRESS_STATE_ROOT / settings.gateway_id,
-        lambda: service.engine.policy,
-        audit,
-        hosts_file=settings.egress_hosts_file,
-        dns=settings.egress_dns,
+    # Fleet mode has no egress: its network and proxy live beside one engine, not on the hosts.
+    broker.containers.egress = (
+        None
+        if settings.hosts_file
+        else EgressService(
+            settings.egress,
+            settings.egress_state_dir or EGRESS_STATE_ROOT / settings.gateway_id,
+            lambda: service.engine.policy,
+            audit,
+            hosts_file=settings.egress_hosts_file,
+            dns=settings.egress_dns,
+        )
     )
     upstreams = Upstreams(load_upstreams(settings.upstreams_file)) if settings.upstreams_file else None
     service.code_mode = CodeModeCalls(lambda: service.engine, upstreams, audit, rates)

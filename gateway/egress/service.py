@@ -232,6 +232,9 @@ async def running_for(service: EgressService | None, spec: SandboxSpec) -> Egres
     if spec.network != "egress":
         return None
     if service is None:
-        raise EgressUnavailable("this gateway has no egress network: run `sandbox-gateway setup`")
+        raise EgressUnavailable(
+            "this gateway has no egress network: run `sandbox-gateway setup` (a fleet of sandbox hosts, "
+            "--hosts-file, serves no egress profile)"
+        )
     await service.ensure_running()
     return service
