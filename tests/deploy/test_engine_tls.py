@@ -10,10 +10,8 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -31,70 +29,20 @@ from tests.conftest import IMAGE, policy_with_exec_path
 from tests.e2e.conftest import Gateway, mcp_client, start_gateway, stop_gateway
 from tests.support import audit_events
 from tests.support.net import free_port
+from tests.support.pki import Pki, make_pki
 from tests.support.proxy import PrivateProxy
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    cert: Path
-    key: Path
-    foreign_cert: Path
-    foreign_key: Path
-
-
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
-
-
-def _key_and_csr(tmp: Path, name: str, subject: str) -> None:
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", tmp / f"{name}.key", "-out", tmp / f"{name}.csr", "-subj", subject)  # fmt: skip
-
-
-def _sign(tmp: Path, name: str, ca: str, extensions: str) -> None:
-    (tmp / f"{name}.ext").write_text(extensions + "\n")
-    _openssl("x509", "-req", "-in", tmp / f"{name}.csr", "-CA", tmp / f"{ca}.pem",
-             "-CAkey", tmp / f"{ca}.key", "-CAcreateserial", "-days", "1",
-             "-out", tmp / f"{name}.pem", "-extfile", tmp / f"{name}.ext")  # fmt: skip
-
-
-def _ca(tmp: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", tmp / f"{name}.key", "-out", tmp / f"{name}.pem",
-             "-days", "1", "-subj", f"/CN={name}")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A CA, the engine's server certificate for 127.0.0.1, a client pair, and a pair from another CA."""
-    tmp = tmp_path_factory.mktemp("pki")
-    _ca(tmp, "ca")
-    _ca(tmp, "other-ca")
-    _key_and_csr(tmp, "server", "/CN=127.0.0.1")
-    _sign(tmp, "server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth")
-    _key_and_csr(tmp, "client", "/CN=gateway")
-    _sign(tmp, "client", "ca", "extendedKeyUsage=clientAuth")
-    _key_and_csr(tmp, "foreign", "/CN=intruder")
-    _sign(tmp, "foreign", "other-ca", "extendedKeyUsage=clientAuth")
-    return Pki(
-        tmp / "ca.pem", tmp / "client.pem", tmp / "client.key", tmp / "foreign.pem", tmp / "foreign.key"
-    )
+    return make_pki(tmp_path_factory.mktemp("pki"), ["127.0.0.1"])
 
 
 def tls_proxy(pki: Pki, workdir: Path, image: str | None = None) -> PrivateProxy:
     """A socket proxy on TLS at 127.0.0.1, with the server certificate, requiring a client
     certificate signed by the CA."""
-    tmp = pki.ca.parent
-    tls = (
-        "--tls-cert",
-        str(tmp / "server.pem"),
-        "--tls-key",
-        str(tmp / "server.key"),
-        "--tls-client-ca",
-        str(pki.ca),
-    )
-    return PrivateProxy(workdir, extra=tls, image=image, tcp_port=free_port())
+    return PrivateProxy(workdir, extra=pki.server_options("127.0.0.1"), image=image, tcp_port=free_port())
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """A private Docker engine, for tests that stop and start an engine: a second dockerd with its own
 data root, exec root, managed containerd, socket, network namespace (so its bridge and iptables rules
 are its own; a dockerd without a bridge would delete the host's `docker0`) and setup's daemon.json.
-The shared engine other tests use is never touched.
+The network namespace is a new one of its own (`unshare --net`) or, given `netns`, a named one
+(`ip netns add`) that the caller made and wired. The shared engine other tests use is never touched.
 
 Every process of a private engine names its directory (a random name under ENGINES) on its command
 line, which is how `clean` finds what a run left behind.
@@ -21,11 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from gateway.setup.engine import daemon_config
+from gateway.setup.image import ensure_image
+from gateway.setup.image_variants import BASE, VARIANTS
 from gateway.setup.probe import unix_http_status
 from gateway.setup.state import SetupPaths
 from tests.support.waiting import EventuallyFailed, eventually
 
-__all__ = ["ENGINES", "PrivateEngine", "clean", "clean_stale_engines", "processes_mentioning", "wait_gone"]
+__all__ = [
+    "ENGINES",
+    "PrivateEngine",
+    "clean",
+    "clean_stale_engines",
+    "ended",
+    "owner_alive",
+    "processes_mentioning",
+    "wait_gone",
+]
 
 #: Private engines live here, one directory per run; short, so socket paths stay under 108 bytes.
 ENGINES = Path(tempfile.gettempdir()) / "sgw-engines"
@@ -41,10 +53,19 @@ def _pid_of(pid_file: Path, marker: str) -> int | None:
     return pid if marker.encode() in cmdline else None
 
 
+def ended(pid: int) -> bool:
+    """Whether process `pid` is gone or a zombie (ended; where pid 1 reaps orphans late, the zombie of
+    a killed daemon can stay for many seconds)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
 def wait_gone(pid: int, timeout_s: float) -> bool:
     """Whether process `pid` has ended within `timeout_s`."""
     try:
-        eventually(lambda: not Path(f"/proc/{pid}").exists(), timeout_s=timeout_s)
+        eventually(lambda: ended(pid), timeout_s=timeout_s)
     except EventuallyFailed:
         return False
     return True
@@ -63,10 +84,12 @@ def processes_mentioning(marker: str) -> list[tuple[int, bytes]]:
 
 
 class PrivateEngine:
-    """A second dockerd, started and stopped at will; everything it owns sits under `root`."""
+    """A second dockerd, started and stopped at will; everything it owns sits under `root`. It runs in
+    a network namespace of its own, or in the named one `netns` (from `ip netns add`)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, netns: str | None = None) -> None:
         self.root = root
+        self.netns = netns
         self.socket = root / "docker.sock"
         self.pid_file = root / "dockerd.pid"
         self.config = root / "daemon.json"
@@ -74,7 +97,11 @@ class PrivateEngine:
         self.process: subprocess.Popen[bytes] | None = None
         root.mkdir(parents=True)
         (root / "owner").write_text(str(os.getpid()))
-        self.config.write_text(json.dumps(daemon_config(shutil.which("runsc")), indent=2) + "\n")
+        config = daemon_config(shutil.which("runsc"))
+        # Its own identity (`docker info`'s ID), not the one of /etc/docker/key.json that every engine
+        # of this machine would share (dockerd 20.10 takes it from this key; later ones from data-root).
+        config["deprecated-key-path"] = str(root / "key.json")
+        self.config.write_text(json.dumps(config, indent=2) + "\n")
 
     @property
     def containerd_pid_file(self) -> Path:
@@ -82,11 +109,20 @@ class PrivateEngine:
 
     def start(self) -> None:
         """Start dockerd and wait (up to 60 s) until it answers on its socket."""
+        # A pid file naming no live daemon of this engine goes, as setup removes stale ones. Above all
+        # containerd's: a dockerd killed with SIGKILL takes its containerd along (parent-death
+        # signal), and where pid 1 reaps orphans late the dead containerd lingers as a zombie, which
+        # the next dockerd takes for a running containerd and waits on until it gives up.
+        for pid_file in (self.pid_file, self.containerd_pid_file):
+            if _pid_of(pid_file, str(self.root)) is None:
+                pid_file.unlink(missing_ok=True)
+        # unshare and nsenter exec dockerd (same pid). nsenter, not `ip netns exec`: that one also makes
+        # a mount namespace, which would hide dockerd's mounts under `root` from `clean`.
+        netns = ["unshare", "--net"] if self.netns is None else ["nsenter", f"--net=/run/netns/{self.netns}"]
         with self.log.open("ab") as log:
             process = subprocess.Popen(
                 [
-                    "unshare",  # its own network namespace; unshare execs dockerd (same pid)
-                    "--net",
+                    *netns,
                     "dockerd",
                     "--config-file",
                     str(self.config),
@@ -132,6 +168,19 @@ class PrivateEngine:
             assert wait_gone(containerd, 30), "the private containerd did not stop"
         print(f"private dockerd stopped in {time.monotonic() - started:.1f} s")
 
+    def kill(self) -> None:
+        """SIGKILL dockerd alone, as a crash would end it: its containerd and the containers' shims
+        run on (live-restore). It is reaped at once, so that its pid file names no live process and
+        a `start` may follow."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            self.process = None
+
+    def answers(self) -> bool:
+        """Whether dockerd answers /_ping on its socket now."""
+        return self.socket.exists() and unix_http_status(self.socket, timeout=1) == 200
+
     def docker(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
         """The docker CLI on this engine's own socket (test set-up and checks only)."""
         return subprocess.run(
@@ -145,16 +194,50 @@ class PrivateEngine:
     def load_image(self, image: str) -> None:
         """Copy `image` from the shared engine, so both run exactly what `make setup` built.
         (`docker save | docker load` takes about 3 s; importing setup's cached root filesystem is a
-        second faster but would repeat setup's recipe here.)"""
+        second faster but would repeat setup's recipe here.) When the shared engine does not answer,
+        the image is made here the way setup makes it offline: `import_image`."""
         shared = SetupPaths.from_env().docker_socket
+        if unix_http_status(shared, timeout=2) != 200:
+            print(f"the shared engine at {shared} does not answer: importing {image} from setup's cache")
+            self.import_image(image)
+            return
         with subprocess.Popen(
             ["docker", "-H", f"unix://{shared}", "save", image], stdout=subprocess.PIPE
         ) as save:
             self.docker("load", stdin=save.stdout)
         assert save.returncode == 0, f"docker save {image} failed on {shared}"
 
+    def import_image(self, image: str) -> None:
+        """Make the base sandbox image `image` as setup does offline (`ensure_image`), from the root
+        filesystem setup cached for the current recipe (about 3 s); it carries the recipe's label.
+        Its own state directory under `root` only links to setup's cache, which is never written."""
+        if image in {variant.image for variant in VARIANTS if variant.extends is not None}:
+            raise RuntimeError(f"{image} is built on the base image; only the base one is imported here")
+        cached = SetupPaths.from_env().state_dir / "cache" / BASE.rootfs_name
+        if not cached.is_file():
+            raise RuntimeError(f"no shared engine and no cached root filesystem {cached}: run `make setup`")
+        own = SetupPaths(state_dir=self.root / "setup", docker_socket=self.socket, proxy_socket=self.socket)
+        (own.state_dir / "cache").mkdir(parents=True, exist_ok=True)
+        (own.state_dir / "cache" / BASE.rootfs_name).unlink(missing_ok=True)
+        (own.state_dir / "cache" / BASE.rootfs_name).symlink_to(cached)
+        try:
+            ensure_image(own, image, BASE)
+        finally:
+            shutil.rmtree(own.state_dir, ignore_errors=True)
+
     def containers(self) -> list[str]:
         return self.docker("ps", "-aq", "--no-trunc").stdout.decode().split()
+
+
+def _in_containers(containers: Path) -> list[int]:
+    """The processes in the cgroups of the containers an engine keeps under `containers`."""
+    ids = [entry.name for entry in containers.glob("*") if len(entry.name) == 64]
+    found = []
+    for proc in Path("/proc").iterdir() if ids else ():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and any(i in (proc / "cgroup").read_text() for i in ids):
+                found.append(int(proc.name))
+    return found
 
 
 def clean(root: Path) -> None:
@@ -177,6 +260,11 @@ def clean(root: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
             wait_gone(pid, 10)
+    # A container whose shim was killed runs on, reparented: its processes are found by its cgroup.
+    for pid in _in_containers(root / "data" / "containers"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            wait_gone(pid, 10)
     mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
     for mount in sorted((m for m in mounts if m.startswith(f"{marker}/")), key=len, reverse=True):
         subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
@@ -189,11 +277,14 @@ def clean_stale_engines() -> None:
     if not ENGINES.is_dir():
         return
     for root in ENGINES.iterdir():
-        try:
-            owner = int((root / "owner").read_text())
-        except (OSError, ValueError):
-            owner = 0
-        with contextlib.suppress(OSError):
-            if owner and b"python" in Path(f"/proc/{owner}/cmdline").read_bytes():
-                continue
-        clean(root)
+        if not owner_alive(root):
+            clean(root)
+
+
+def owner_alive(root: Path) -> bool:
+    """Whether the test run that made `root` (the pid in `root/owner`, a python process) still runs."""
+    try:
+        owner = int((root / "owner").read_text())
+        return owner > 0 and b"python" in Path(f"/proc/{owner}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False

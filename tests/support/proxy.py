@@ -22,9 +22,10 @@ ENGINE_SOCKET = Path("/var/run/docker.sock")
 @dataclass
 class PrivateProxy:
     """A second socket proxy in front of `docker_socket`, on a unix socket in `workdir` or, given
-    `tcp_port`, on TLS at 127.0.0.1:`tcp_port` (its certificate options in `extra`). With `image` it
+    `tcp_port`, on TLS at `host`:`tcp_port` (its certificate options in `extra`). With `image` it
     lets sandboxes of that image be made, with the repository's skills as their mount source. Its
-    log (stdout and stderr) is `workdir/socket-proxy.log`."""
+    log (stdout and stderr) is `workdir/socket-proxy.log`. `prefix` runs it through a command that
+    execs it, such as `nsenter --net=/run/netns/NS` to listen inside a network namespace."""
 
     workdir: Path
     docker_socket: Path = ENGINE_SOCKET
@@ -32,6 +33,8 @@ class PrivateProxy:
     _: KW_ONLY
     image: str | None = None
     tcp_port: int | None = None
+    host: str = "127.0.0.1"
+    prefix: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -44,11 +47,11 @@ class PrivateProxy:
 
     @property
     def url(self) -> str:
-        return f"tcp://127.0.0.1:{self.tcp_port}" if self.tcp_port is not None else f"unix://{self.socket}"
+        return f"tcp://{self.host}:{self.tcp_port}" if self.tcp_port is not None else f"unix://{self.socket}"
 
     def argv(self) -> list[str]:
-        listen = f"tls:127.0.0.1:{self.tcp_port}" if self.tcp_port is not None else f"unix:{self.socket}"
-        argv = [sys.executable, "-m", "gateway.sockproxy", "--listen", listen]
+        listen = f"tls:{self.host}:{self.tcp_port}" if self.tcp_port is not None else f"unix:{self.socket}"
+        argv = [*self.prefix, sys.executable, "-m", "gateway.sockproxy", "--listen", listen]
         argv += ["--engine", str(self.docker_socket)]
         if self.image is not None:
             argv += ["--image", self.image, "--mount-source", str(REPO / "skills")]
@@ -56,7 +59,7 @@ class PrivateProxy:
 
     def listening(self) -> bool:
         if self.tcp_port is not None:
-            return accepts(self.tcp_port)
+            return accepts(self.tcp_port, self.host)
         return unix_http_status(self.socket, timeout=1) == 200
 
     def start(self) -> None:
