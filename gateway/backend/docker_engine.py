@@ -61,6 +61,9 @@ class DockerBackend:
         self._api = docker.APIClient(
             base_url=base_url, version=_API_VERSION, timeout=timeout_s, max_pool_size=pool_size, tls=tls
         )
+        if base_url.startswith(("tcp://", "http://", "https://")):  # docker-py leaves requests' 10 there
+            for scheme in ("http://", "https://"):
+                self._api.mount(scheme, requests.adapters.HTTPAdapter(pool_maxsize=pool_size))
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -102,7 +102,7 @@ class FleetBackend:
             yield engine
         except EngineError as exc:
             if not isinstance(exc, SandboxUnusable):
-                self.health.failed(host, exc.message)
+                self.health.failed(host, exc.message, probe=False)
             raise
 
     def _host_of(self, container_id: str) -> str:

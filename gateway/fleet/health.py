@@ -1,9 +1,10 @@
 """Which hosts are up: the state each host is in, from probes and from the calls made to it.
 
 A host is `unknown` until it first answers, `up` while it answers, and `down` once it has not
-answered for `down_after_s` (a host that never answered: that long after it was added). A failed
-call or probe makes an up host `suspect` at once: no new sandbox is placed there until it answers
-again, but its sandboxes are kept until it is down. A drained host stays up and takes nothing new.
+answered for `down_after_s` (a host that never answered: that long after it was added). Two failed
+calls or probes in a row make an up host `suspect`: no new sandbox is placed there until it answers
+again, but its sandboxes are kept until it is down (one failure alone may be a busy machine's slow
+answer). A drained host stays up and takes nothing new.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Health", "HostHealth"]
+__all__ = ["SUSPECT_AFTER", "Health", "HostHealth"]
+
+#: Failures in a row that stop placements on a host.
+SUSPECT_AFTER = 2
 
 
 @dataclass(slots=True)
@@ -26,6 +30,8 @@ class HostHealth:
     last_ok: float | None = None
     last_error: str | None = None
     errors: int = 0
+    #: Failures since it last answered.
+    failing: int = 0
     since: float = 0.0
 
     @property
@@ -57,19 +63,22 @@ class Health:
         if host is None:
             return None
         now = self._clock()
-        host.last_ok, host.suspect = now, False
+        host.last_ok, host.suspect, host.failing = now, False, 0
         return self._move(host, "up", now)
 
-    def failed(self, name: str, error: str) -> str | None:
+    def failed(self, name: str, error: str, *, probe: bool = True) -> str | None:
+        """A probe (or, `probe=False`, a call) failed. Only probes move a host to down, so that the
+        one who sees the move (the monitor) acts on it."""
         host = self._hosts.get(name)
         if host is None:
             return None
         now = self._clock()
         host.errors += 1
+        host.failing += 1
         host.last_error = error[:300]
-        host.suspect = True
+        host.suspect = host.failing >= SUSPECT_AFTER
         silent_since = host.last_ok if host.last_ok is not None else host.added
-        if now - silent_since >= self.down_after_s:
+        if probe and now - silent_since >= self.down_after_s:
             return self._move(host, "down", now)
         return None
 

@@ -13,7 +13,8 @@ from policy.model import CAP_ADD_ALLOW_LIST
 
 __all__ = ["NAME", "caps", "plain_path", "sandbox_user", "security_opt"]
 
-NAME = re.compile(r"sgw-(pool-)?[0-9a-f]{16}")
+#: A principal's sandbox, or a warm pool's (of one fleet replica: `sgw-pool-REPLICA-...`).
+NAME = re.compile(r"sgw-(pool-([a-z0-9][a-z0-9-]{0,62}-)?)?[0-9a-f]{16}")
 _PATH = r"/[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*"
 _CAP = "(?i:(cap_)?(" + "|".join(sorted(name.lower() for name in CAP_ADD_ALLOW_LIST)) + "))"
 _USER = re.compile(r"(?P<uid>[1-9][0-9]{0,9}):(?P<gid>[1-9][0-9]{0,9})")

@@ -4,7 +4,6 @@ and HAProxy in front of them with the project's own `compose/fleet/haproxy.cfg`.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import shutil
@@ -95,6 +94,7 @@ class FleetRig:
         """Hosts, Redis, tokens (principal -> (profile, tenant)), two replicas and the balancer."""
         clean_stale_hosts()
         self.hosts = [SandboxHost(f"h{i + 1}") for i in range(self.host_count)]
+        (self.workdir / "pki").mkdir()
         self.pki = fleet_pki(self.workdir / "pki", self.hosts)
         with ThreadPoolExecutor(max_workers=self.host_count) as pool:
             list(pool.map(lambda host: host.start(self.pki, self.image), self.hosts))
@@ -111,7 +111,7 @@ class FleetRig:
         assert self.pki is not None
         hosts = {
             "tls": {"ca": str(self.pki.ca), "cert": str(self.pki.cert), "key": str(self.pki.key)},
-            "health": {"probe_interval_s": 0.5, "probe_timeout_s": 1.0, "down_after_s": 3.0},
+            "health": {"probe_interval_s": 0.5, "probe_timeout_s": 2.0, "down_after_s": 4.0},
             "hosts": [
                 {
                     "name": h.name,
@@ -159,17 +159,16 @@ class FleetRig:
             "GW1_ADDR": self.replicas["gw-1"].base.removeprefix("http://"),
             "GW2_ADDR": self.replicas["gw-2"].base.removeprefix("http://"),
         }
-        log = (self.workdir / "haproxy.log").open("wb")
-        self.haproxy = subprocess.Popen(
-            ["haproxy", "-db", "-f", str(HAPROXY_CFG)], env=env, stdout=log, stderr=log
-        )
+        argv = ["haproxy", "-db", "-f", str(HAPROXY_CFG)]
+        with (self.workdir / "haproxy.log").open("wb") as log:
+            self.haproxy = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
         self.balancer = f"http://127.0.0.1:{port}"
 
         def both_up() -> bool:
             assert self.haproxy is not None and self.haproxy.poll() is None, "haproxy exited"
             return httpx.get(f"{self.balancer}/health", timeout=2).status_code == 200
 
-        eventually(both_up, timeout_s=20, message="the balancer did not answer")
+        eventually(both_up, timeout_s=20, retry_on=(httpx.HTTPError,), message="the balancer did not answer")
 
     def hup(self) -> None:
         """SIGHUP every live replica (policy and hosts file re-read)."""
@@ -202,7 +201,5 @@ class FleetRig:
                 host.close(logs=self.workdir / "host-logs")
             except Exception as exc:  # every host is closed; the first error is raised
                 errors.append(exc)
-        with contextlib.suppress(OSError):
-            (self.workdir / "haproxy.log").rename(self.workdir / "haproxy.log.done")
         if errors:
             raise errors[0]
