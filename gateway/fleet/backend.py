@@ -33,17 +33,13 @@ from gateway.backend.base import (
 from gateway.errors import EngineError, SandboxError, SandboxGone, SandboxUnusable
 from gateway.fleet.health import Health
 from gateway.fleet.hosts import HostsFile, HostSpec
-from gateway.fleet.inventory import Inventory
+from gateway.fleet.inventory import Inventory, NoHostAvailable
 from gateway.fleet.placement import Candidate, rank
 
 __all__ = ["Connect", "FleetBackend", "NoHostAvailable"]
 
 #: Makes the Backend of one host (a DockerBackend over TLS, in the gateway).
 Connect = Callable[[HostSpec, HostsFile], Backend]
-
-
-class NoHostAvailable(EngineError):
-    """No host can take a new sandbox: all down, drained, full, or without what the profile needs."""
 
 
 class FleetBackend:
@@ -67,8 +63,7 @@ class FleetBackend:
         """Use `hosts` from now on (start-up, SIGHUP). A host whose address or TLS changed gets a new
         connection; a host no longer listed is treated as down."""
         with self._lock:
-            old, self.hosts = self.hosts, hosts
-            engines = {}
+            old, engines = self.hosts, {}
             for host in hosts.hosts:
                 before = old.named(host.name)
                 same = before is not None and (before.address, old.tls_of(before)) == (
@@ -78,7 +73,7 @@ class FleetBackend:
                 engine = self._engines.get(host.name) if same else None
                 engines[host.name] = engine or self._connect(host, hosts)
             self._retired += [e for n, e in self._engines.items() if engines.get(n) is not e]
-            self._engines = engines
+            self.hosts, self._engines = hosts, engines  # only now: a connect that failed changes nothing
             self.health.down_after_s = hosts.health.down_after_s
             self.health.track([h.name for h in hosts.hosts])
 
@@ -124,7 +119,7 @@ class FleetBackend:
     # -- Backend ----------------------------------------------------------------------------------
     def ping(self) -> None:
         """Fine when at least one host answers."""
-        errors = []
+        errors = [f"{name}: down" for name in self.names() if self.health.is_down(name)]
         for name, error in self.each(lambda engine: engine.ping()):
             if error is None:
                 return
@@ -142,7 +137,7 @@ class FleetBackend:
         if not found:
             raise SandboxError(f"the sandbox image {image} is on no host that answers", code="image-missing")
         ids = [identity[0] for identity in found]
-        best = max(set(ids), key=ids.count)
+        best = max(sorted(set(ids)), key=ids.count)  # a tie: the same answer in every replica
         digests = frozenset().union(*(d for i, d in found if i == best))
         return best, digests
 
@@ -154,15 +149,16 @@ class FleetBackend:
             raise NoHostAvailable(self._why_none(needs), code="no-host-available")
         last: EngineError | None = None
         for position, host in enumerate(ranked[:2]):
-            try:
-                with self._on(host) as engine:
+            capacity = getattr(self.hosts.named(host), "capacity", 0)
+            try:  # the place is held while the create runs: parallel creates cannot overfill the host
+                with self.inventory.reserved(host, capacity), self._on(host) as engine:
                     container_id = engine.create(name, body)
+                    self.inventory.placed(host, container_id, name)
             except SandboxUnusable:
                 raise
-            except EngineError as exc:  # unreachable: the next best host, once
+            except EngineError as exc:  # unreachable, or full meanwhile: the next best host, once
                 last = exc
                 continue
-            self.inventory.placed(host, container_id, name)
             self.audit.emit(
                 "sandbox.place",
                 container_id=container_id,
@@ -185,11 +181,12 @@ class FleetBackend:
         return out
 
     def _image_id_on(self, host: str, image: str) -> str | None:
-        try:
-            with self._on(host) as engine:
+        """The host's build of `image`, None when it has none (a host that fails to say raises)."""
+        with self._on(host) as engine:
+            try:
                 return engine.image_identity(image)[0]
-        except (SandboxError, EngineError):
-            return None
+            except SandboxError:
+                return None
 
     def _why_none(self, needs: Mapping[str, str] | None) -> str:
         wanted = ", ".join(f"{k}={v}" for k, v in (needs or {}).items())
@@ -235,7 +232,12 @@ class FleetBackend:
         return sock, early, raw
 
     def remove(self, container_id: str) -> None:
-        host = self._host_of(container_id)
+        try:
+            host = self._host_of(container_id)
+        except SandboxGone:  # like DockerBackend: gone already, once every host said it has none
+            if all(self.health.placeable(name) for name in self.names()):
+                return
+            raise
         if self.health.is_down(host):
             raise EngineError(f"sandbox host {host} is down; the sandbox is removed when it is back")
         with self._on(host) as engine:
@@ -280,6 +282,8 @@ class FleetBackend:
     def _hold(self, host: str, sock: socket.socket) -> None:
         with self._lock:
             self._streams.setdefault(host, weakref.WeakSet()).add(sock)
+        if self.health.is_down(host):  # it went down while this stream opened: cut it as the rest
+            self.cut_streams(host)
 
     def cut_streams(self, host: str) -> int:
         """Shut every attach and exec stream to `host` (it is down): whoever reads one sees it end

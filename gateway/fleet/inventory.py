@@ -7,14 +7,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from gateway.backend.base import ContainerInfo
+from gateway.errors import EngineError, GatewayError
 
-__all__ = ["Inventory"]
+__all__ = ["Inventory", "NoHostAvailable"]
 
 #: How long a host's answer about an image is kept (a host loaded with the image is used after this).
 IMAGE_TTL_S = 30.0
+
+
+class NoHostAvailable(EngineError):
+    """No host can take a new sandbox: all down, drained, full, or without what the profile needs."""
+
+    code = "no-host-available"
 
 
 class Inventory:
@@ -26,6 +34,7 @@ class Inventory:
         self._host: dict[str, str] = {}  # container id -> host
         self._name: dict[str, str] = {}  # container id -> name
         self._images: dict[tuple[str, str], tuple[str | None, float]] = {}
+        self._creating: dict[str, int] = {}  # host -> creates under way there
 
     def host_of(self, container_id: str) -> str | None:
         with self._lock:
@@ -37,8 +46,26 @@ class Inventory:
             return {cid: self._name.get(cid, "") for cid, h in self._host.items() if h == host}
 
     def count(self, host: str) -> int:
+        """Sandboxes on `host`, those being created there included."""
         with self._lock:
-            return sum(1 for h in self._host.values() if h == host)
+            return self._count(host)
+
+    def _count(self, host: str) -> int:
+        return self._creating.get(host, 0) + sum(1 for h in self._host.values() if h == host)
+
+    @contextmanager
+    def reserved(self, host: str, capacity: int) -> Iterator[None]:
+        """A place on `host` held while a sandbox is created there (`placed` makes it its own);
+        NoHostAvailable when it has no room left."""
+        with self._lock:
+            if self._count(host) >= capacity:
+                raise NoHostAvailable(f"sandbox host {host} is full")
+            self._creating[host] = self._creating.get(host, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._creating[host] -= 1
 
     def placed(self, host: str, container_id: str, name: str) -> None:
         with self._lock:
@@ -76,7 +103,10 @@ class Inventory:
         with self._lock:
             cached = self._images.get((host, image_id))
         if cached is None or now - cached[1] > IMAGE_TTL_S:
-            cached = (lookup(host, image_id), now)
+            try:
+                cached = (lookup(host, image_id), now)
+            except GatewayError:  # it did not say: not kept, it is asked again next time
+                return False
             with self._lock:
                 self._images[(host, image_id)] = cached
         return cached[0] == image_id
