@@ -76,7 +76,8 @@ EVENTS: dict[str, str] = {
     "host.down": "fleet mode: a sandbox host stopped answering for the hosts file's down_after_s "
     "(detail.host, error, sandboxes on it, lost: those this gateway forgot, streams cut)",
     "host.drain": "fleet mode: a host started (detail.drain true) or stopped draining after a reload",
-    "hosts.reload": "fleet mode: the hosts file was re-read (ok: added, removed, changed) or refused (rejected)",
+    "hosts.reload": "fleet mode: the hosts file was re-read (ok: added, removed, changed) or refused "
+    "(rejected)",
     "sandbox.sweep": "start-up sweep: running sandboxes kept for adoption, stale or orphaned ones removed",
     "sandbox.admin_remove": "a tenant admin asked to remove a principal's sandbox (detail.target_principal)",
     "upstreams.start": "code mode: the upstream servers configured (detail.servers) and those connected "

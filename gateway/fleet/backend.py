@@ -30,6 +30,7 @@ from gateway.backend.base import (
     Pumped,
 )
 from gateway.errors import EngineError, SandboxError, SandboxGone, SandboxUnusable
+from gateway.fleet.answers import NoHostAvailable, agreed_identity, no_host_answers, why_none
 from gateway.fleet.health import Health
 from gateway.fleet.hosts import HostsFile, HostSpec
 from gateway.fleet.inventory import Inventory, Streams
@@ -39,10 +40,6 @@ __all__ = ["Connect", "FleetBackend", "NoHostAvailable"]
 
 #: Makes the Backend of one host (a DockerBackend over TLS, in the gateway).
 Connect = Callable[[HostSpec, HostsFile], Backend]
-
-
-class NoHostAvailable(EngineError):
-    """No host can take a new sandbox: all down, drained, full, or without what the profile needs."""
 
 
 class FleetBackend:
@@ -67,8 +64,7 @@ class FleetBackend:
         """Use `hosts` from now on (start-up, SIGHUP). A host whose address or TLS changed gets a new
         connection; a host no longer listed is treated as down."""
         with self._lock:
-            old, self.hosts = self.hosts, hosts
-            engines = {}
+            old, engines = self.hosts, {}
             for host in hosts.hosts:
                 before = old.named(host.name)
                 same = before is not None and (before.address, old.tls_of(before)) == (
@@ -78,7 +74,7 @@ class FleetBackend:
                 engine = self._engines.get(host.name) if same else None
                 engines[host.name] = engine or self._connect(host, hosts)
             self._retired += [e for n, e in self._engines.items() if engines.get(n) is not e]
-            self._engines = engines
+            self.hosts, self._engines = hosts, engines  # only now: a connect that failed changes nothing
             self.health.down_after_s = hosts.health.down_after_s
             self.health.track([h.name for h in hosts.hosts])
 
@@ -106,28 +102,33 @@ class FleetBackend:
             raise
 
     def _host_of(self, container_id: str) -> str:
+        """The host the container is on; SandboxGone with `code` sandbox-gone when every host said it
+        has none, host-unknown when some could not say."""
         host = self.inventory.host_of(container_id)
         if host is not None:
             return host
+        unsure = False
         for name in self.names():  # not seen yet (another replica made it): ask the hosts
-            if self.health.is_down(name):
-                continue
             try:
                 with self._on(name) as engine:
                     info = engine.inspect(container_id)
+            except SandboxGone as exc:
+                unsure |= exc.code != "sandbox-gone"
+                continue
             except (SandboxError, EngineError):
+                unsure = True
                 continue
             self.inventory.seen(name, [info])
             return name
-        raise SandboxGone("the sandbox container is on no host that answers")
+        code = "host-unknown" if unsure else "sandbox-gone"
+        raise SandboxGone("the sandbox container is on no host that answers", code=code)
 
     # -- Backend ----------------------------------------------------------------------------------
     def ping(self) -> None:
         """Fine while some host answered its last probe (the monitor's); no network call here, so a
         readiness check never waits on a host that stopped answering."""
         if not any(self.health.placeable(name) for name in self.names()):
-            errors = [f"{h.name}: {h.last_error or h.state}" for h in self.health.all()]
-            raise EngineError("no sandbox host answers: " + "; ".join(errors))
+            raise EngineError(no_host_answers(self.health.all()))
 
     def image_present(self, image: str) -> bool:
         """Whether a host that answers has the image."""
@@ -144,10 +145,7 @@ class FleetBackend:
         ]
         if not found:
             raise SandboxError(f"the sandbox image {image} is on no host that answers", code="image-missing")
-        ids = [identity[0] for identity in found]
-        best = max(set(ids), key=ids.count)
-        digests = frozenset().union(*(d for i, d in found if i == best))
-        return best, digests
+        return agreed_identity(found)
 
     def create(self, name: str, body: dict[str, object], needs: Mapping[str, str] | None = None) -> str:
         """Create on the best host for `name` that has room, the image and the labels `needs`; when
@@ -175,11 +173,17 @@ class FleetBackend:
                 continue
             finally:
                 self.inventory.unreserve(host)
+            free = self.free(host)
             self.audit.emit(
-                "sandbox.place", container_id=container_id, host=host, attempt=attempt, candidates=len(ranked)
+                "sandbox.place",
+                container_id=container_id,
+                host=host,
+                rank=attempt,
+                candidates=len(ranked),
+                free=free,
             )
             return container_id
-        raise last or NoHostAvailable(self._why_none(needs), code="no-host-available")
+        raise last or NoHostAvailable(why_none(needs), code="no-host-available")
 
     def _eligible(self, image_id: str, needs: dict[str, str]) -> list[HostSpec]:
         """Hosts that may take it: answering, not draining, with the labels and the image."""
@@ -193,18 +197,12 @@ class FleetBackend:
         ]
 
     def _image_id_on(self, host: str, image: str) -> str | None:
-        try:
-            with self._on(host) as engine:
+        """The host's build of `image`, None when it has none (a host that fails to say raises)."""
+        with self._on(host) as engine:
+            try:
                 return engine.image_identity(image)[0]
-        except (SandboxError, EngineError):
-            return None
-
-    def _why_none(self, needs: Mapping[str, str] | None) -> str:
-        wanted = ", ".join(f"{k}={v}" for k, v in (needs or {}).items())
-        return (
-            "no sandbox host can take a new sandbox (every host is down, drained, full or without the "
-            f"image{', or without the labels ' + wanted if wanted else ''}); see `sandbox-gateway hosts`"
-        )
+            except SandboxError:
+                return None
 
     def free(self, host: str) -> int:
         spec = self.hosts.named(host)
@@ -223,7 +221,7 @@ class FleetBackend:
         host = self._host_of(container_id)
         with self._on(host) as engine:
             stream = engine.exec_open(container_id, request)
-        self.streams.hold(host, stream.sock)
+        self._hold(host, stream.sock)
         return stream
 
     def exec_pump(
@@ -239,11 +237,16 @@ class FleetBackend:
         host = self._host_of(container_id)
         with self._on(host) as engine:
             sock, early, raw = engine.attach(container_id)
-        self.streams.hold(host, sock)
+        self._hold(host, sock)
         return sock, early, raw
 
     def remove(self, container_id: str) -> None:
-        host = self._host_of(container_id)
+        try:
+            host = self._host_of(container_id)
+        except SandboxGone as exc:  # like DockerBackend: gone already, once every host said it has none
+            if exc.code == "sandbox-gone":
+                return
+            raise
         if self.health.is_down(host):
             raise EngineError(f"sandbox host {host} is down; the sandbox is removed when it is back")
         with self._on(host) as engine:
@@ -288,3 +291,8 @@ class FleetBackend:
         wanted = self.health.placeable if placeable else lambda name: not self.health.is_down(name)
         names = [n for n in self.names() if wanted(n)]
         return list(zip(names, self._pool.map(one, names), strict=True))
+
+    def _hold(self, host: str, sock: socket.socket) -> None:
+        self.streams.hold(host, sock)
+        if self.health.is_down(host):  # it went down while this stream opened: cut it as the rest
+            self.streams.cut(host)

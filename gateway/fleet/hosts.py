@@ -65,12 +65,15 @@ class HostSpec(Strict):
     @classmethod
     def _address(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme != "tcp" or not parts.hostname or parts.path or parts.query or parts.fragment:
+        extra = parts.path or parts.query or parts.fragment or "@" in parts.netloc  # userinfo
+        if parts.scheme != "tcp" or not parts.hostname or extra:
             raise ValueError(f"{value!r}: expected tcp://HOST:PORT (the host's socket proxy)")
         try:
             port = parts.port
         except ValueError as exc:
             raise ValueError(f"{value!r}: the port is not a number from 1 to 65535") from exc
+        if port == 0:
+            raise ValueError(f"{value!r}: the port is not a number from 1 to 65535")
         if port is None:
             raise ValueError(f"{value!r}: the port is missing (the socket proxy's TLS port, e.g. 2376)")
         return value
@@ -100,7 +103,8 @@ class HostsFile(Strict):
 
     @model_validator(mode="after")
     def _unique_and_secured(self) -> HostsFile:
-        names, addresses = [h.name for h in self.hosts], [h.address for h in self.hosts]
+        # One engine written two ways (TCP://H:02376) is one address: it must not count twice.
+        names, addresses = [h.name for h in self.hosts], [_endpoint(h.address) for h in self.hosts]
         for what, values in (("name", names), ("address", addresses)):
             seen = {v for v in values if values.count(v) > 1}
             if seen:
@@ -118,6 +122,11 @@ class HostsFile(Strict):
 
     def named(self, name: str) -> HostSpec | None:
         return next((h for h in self.hosts if h.name == name), None)
+
+
+def _endpoint(address: str) -> str:
+    parts = urlsplit(address)
+    return f"{parts.hostname}:{parts.port}"
 
 
 def _location(exc: ValidationError) -> str:

@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable, Iterable
 
 from gateway.backend.base import ContainerInfo
+from gateway.errors import GatewayError
 
 __all__ = ["Inventory", "Streams"]
 
@@ -92,7 +93,10 @@ class Inventory:
         with self._lock:
             cached = self._images.get((host, image_id))
         if cached is None or now - cached[1] > IMAGE_TTL_S:
-            cached = (lookup(host, image_id), now)
+            try:
+                cached = (lookup(host, image_id), now)
+            except GatewayError:  # it did not say: not kept, it is asked again next time
+                return False
             with self._lock:
                 self._images[(host, image_id)] = cached
         return cached[0] == image_id

@@ -23,7 +23,7 @@ from audit import AuditLog
 from gateway.backend.base import Backend, ContainerInfo
 from gateway.errors import GatewayError
 from gateway.fleet.backend import FleetBackend
-from gateway.fleet.hosts import HostsFile, HostSpec
+from gateway.fleet.hosts import HostsFile, HostSpec, HostTLS
 
 __all__ = ["FleetMonitor", "ProbeConnect"]
 
@@ -53,16 +53,20 @@ class FleetMonitor:
         self._lose, self._remove, self._managed = lose, remove, managed
         #: Renews this replica's places in the fleet's shared budgets (Redis), every few rounds.
         self._renew = renew
-        self._probes: dict[str, tuple[HostSpec, Backend]] = {}
+        #: Each host's probe connection, with the settings it was made with.
+        self._probes: dict[str, tuple[tuple[HostSpec, HostTLS | None], Backend]] = {}
+        #: Hosts whose going down was acted on (streams cut, sandboxes lost, recorded).
+        self._down: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-probe")
         self._ticks = 0
 
     def _probe(self, host: HostSpec) -> str | None:
+        settings = (host, self.fleet.hosts.tls_of(host))  # the file's own TLS may be the host's
         known = self._probes.get(host.name)
-        if known is None or known[0] != host:
+        if known is None or known[0] != settings:
             if known is not None:
                 known[1].close()
-            known = (host, self._probe_connect(host, self.fleet.hosts))
+            known = (settings, self._probe_connect(host, self.fleet.hosts))
             self._probes[host.name] = known
         try:
             known[1].ping()
@@ -73,6 +77,10 @@ class FleetMonitor:
     async def tick(self) -> None:
         """One round: probe, record and act on the changes, and now and then list every host."""
         hosts = list(self.fleet.hosts.hosts)
+        names = {host.name for host in hosts}
+        for gone in self._probes.keys() - names:  # no longer in the hosts file
+            self._probes.pop(gone)[1].close()
+        self._down &= names
         results = await anyio.to_thread.run_sync(lambda: list(self._pool.map(self._probe, hosts)))
         returned = False
         for host, error in zip(hosts, results, strict=True):
@@ -80,9 +88,14 @@ class FleetMonitor:
             known = health.of(host.name)
             before = known.state if known is not None else None
             moved = health.ok(host.name) if error is None else health.failed(host.name, error)
-            if moved == "down":
-                await self._went_down(host.name, error or "")
-            elif moved == "up":
+            # Down now, or since the last round by a failed call (which moves it as a probe does).
+            if health.is_down(host.name):
+                if host.name not in self._down:
+                    await self._went_down(host.name, error or "")
+                    self._down.add(host.name)  # only once done: if it failed, next round tries again
+                continue
+            self._down.discard(host.name)
+            if moved == "up":
                 returned |= before == "down"
                 self.fleet.inventory.forget_host(host.name)
                 self.audit.emit("host.up", host=host.name, address=host.address, was=before)

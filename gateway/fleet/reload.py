@@ -21,7 +21,11 @@ def reload_hosts(fleet: FleetBackend, path: Path, audit: AuditLog) -> bool:
     except ConfigError as exc:
         audit.emit("hosts.reload", outcome="rejected", error=exc.message)
         return False
-    fleet.configure(hosts)
+    try:
+        fleet.configure(hosts)
+    except Exception as exc:  # noqa: BLE001 - a host's connection could not be made: nothing changed
+        audit.emit("hosts.reload", outcome="rejected", error=f"{type(exc).__name__}: {exc}"[:300])
+        return False
     after = {h.name: h for h in hosts.hosts}
     for name, host in after.items():
         old = before.get(name)
