@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup run ui test test-tools unit lint clean-sandboxes compose-images bench bench-smoke bench-stages bench-code-mode
+.PHONY: setup run ui test test-tools unit lint clean-sandboxes compose-images bench bench-smoke bench-stages bench-code-mode bench-placement
 
 $(BIN)/.installed: pyproject.toml
 	@echo "[make] creating $(VENV) and installing sandbox-gateway with its test extras"
@@ -75,6 +75,10 @@ bench-stages: setup
 ## bench-code-mode: an upstream tool call from sandbox code through the gateway vs the same call made directly
 bench-code-mode: setup
 	$(BIN)/python -m bench.code_mode $(BENCH_ARGS)
+
+## bench-placement: fleet placement simulated over 1000 hosts and 100,000 principals, no engine needed
+bench-placement: $(BIN)/.installed
+	$(BIN)/python -m bench.placement $(BENCH_ARGS)
 
 ## compose-images: build the compose stack's gateway and socket-proxy images (offline, no registry needed)
 compose-images: $(BIN)/.installed
