@@ -109,6 +109,9 @@ class FleetBackend:
             return host
         unsure = False
         for name in self.names():  # not seen yet (another replica made it): ask the hosts
+            if not self.health.placeable(name):
+                unsure = True
+                continue
             try:
                 with self._on(name) as engine:
                     info = engine.inspect(container_id)
@@ -132,7 +135,7 @@ class FleetBackend:
 
     def image_present(self, image: str) -> bool:
         """Whether a host that answers has the image."""
-        found = self.each(lambda engine: engine.image_present(image), placeable=True)
+        found = self.each(lambda engine: engine.image_present(image))
         return any(result is True for _, result in found)
 
     def image_identity(self, image: str) -> tuple[str, frozenset[str]]:
@@ -140,7 +143,7 @@ class FleetBackend:
         are not given its sandboxes (placement checks each host's own identity)."""
         found = [
             result
-            for _, result in self.each(lambda engine: engine.image_identity(image), placeable=True)
+            for _, result in self.each(lambda engine: engine.image_identity(image))
             if isinstance(result, tuple)
         ]
         if not found:
@@ -259,7 +262,7 @@ class FleetBackend:
         self.inventory.renamed(container_id, name)
 
     def list(self, labels: dict[str, str], name: str | None = None) -> list[ContainerInfo]:
-        """The rows of every host that answers, each with its `host`; hosts that fail are skipped
+        """The rows of every host that answers, each with its `host`; hosts that do not are skipped
         (their health says so), as their sandboxes cannot be used now anyway."""
         rows: list[ContainerInfo] = []
         for host, result in self.each(lambda engine: engine.list(labels, name)):
@@ -275,11 +278,9 @@ class FleetBackend:
             engine.close()
 
     # -- for the monitor --------------------------------------------------------------------------
-    def each(
-        self, fn: Callable[[Backend], Any], *, placeable: bool = False
-    ) -> builtins.list[tuple[str, Any]]:
-        """fn(engine) in parallel on every host not down (`placeable`: that answered its last probe):
-        (host, result or the EngineError/SandboxError it raised)."""
+    def each(self, fn: Callable[[Backend], Any]) -> builtins.list[tuple[str, Any]]:
+        """fn(engine) in parallel on every host that answered its last probes (one that stopped
+        answering is not waited on): (host, result or the EngineError/SandboxError it raised)."""
 
         def one(host: str) -> Any:
             try:
@@ -288,8 +289,7 @@ class FleetBackend:
             except (EngineError, SandboxError) as exc:
                 return exc
 
-        wanted = self.health.placeable if placeable else lambda name: not self.health.is_down(name)
-        names = [n for n in self.names() if wanted(n)]
+        names = [n for n in self.names() if self.health.placeable(n)]
         return list(zip(names, self._pool.map(one, names), strict=True))
 
     def _hold(self, host: str, sock: socket.socket) -> None:

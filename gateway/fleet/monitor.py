@@ -102,8 +102,8 @@ class FleetMonitor:
         self._ticks += 1
         if self._renew is not None and self._ticks % LIST_EVERY == 0:
             await anyio.to_thread.run_sync(self._renew)
-        if returned or self._ticks % LIST_EVERY == 0:
-            await self.settle(dedupe=returned)
+        if returned:  # a principal may have two sandboxes now: the older goes at once
+            await self.settle()
 
     async def _went_down(self, host: str, error: str) -> None:
         ids = set(self.fleet.inventory.on(host))
@@ -111,15 +111,14 @@ class FleetMonitor:
         lost = await self._lose(ids)
         self.audit.emit("host.down", host=host, error=error[:300], sandboxes=len(ids), lost=lost, streams=cut)
 
-    async def settle(self, *, dedupe: bool) -> int:
-        """List every host (counts stay true); with `dedupe`, remove the older of two sandboxes of
-        one name on different hosts. Returns how many were removed."""
+    async def settle(self) -> int:
+        """List every host (counts stay true) and remove the older of two sandboxes of one name on
+        different hosts: a principal gets a second only when its first was on a host that stopped
+        answering, so the newer is the one in use. Returns how many were removed."""
         try:
             rows = await anyio.to_thread.run_sync(self.fleet.list, self._managed, None)
         except GatewayError as exc:
             _log.warning("listing the sandbox hosts failed: %s", exc.message)
-            return 0
-        if not dedupe:
             return 0
         by_name: dict[str, list[ContainerInfo]] = {}
         for row in rows:
@@ -133,14 +132,21 @@ class FleetMonitor:
         return removed
 
     async def run(self, interval_s: float) -> None:
-        """Probe forever, every `interval_s` (from the start of one round to the next)."""
-        while True:
-            started = time.monotonic()
-            try:
-                await self.tick()
-            except GatewayError as exc:  # the audit log failing: try again next round
-                _log.warning("probing the sandbox hosts failed: %s", exc.message)
-            await anyio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+        """Probe forever, every `interval_s` (from the start of one round to the next), and list the
+        hosts every LIST_EVERY rounds on the side, so a slow listing never holds a probe up."""
+
+        async def every(seconds: float, step: Callable[[], Awaitable[object]], what: str) -> None:
+            while True:
+                started = time.monotonic()
+                try:
+                    await step()
+                except GatewayError as exc:  # the audit log failing: try again next round
+                    _log.warning("%s failed: %s", what, exc.message)
+                await anyio.sleep(max(0.0, seconds - (time.monotonic() - started)))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(every, interval_s, self.tick, "probing the sandbox hosts")
+            tasks.start_soon(every, interval_s * LIST_EVERY, self.settle, "listing the sandbox hosts")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

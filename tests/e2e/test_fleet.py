@@ -99,6 +99,7 @@ def _placements(rig: FleetRig) -> Counter[str]:
     )
 
 
+@pytest.mark.timeout(900)
 async def test_a_fleet_serves_sixty_principals_through_faults(rig: FleetRig) -> None:
     people = {name: Principal(name) for name in LOAD}
     async with anyio.create_task_group() as tasks:  # every principal's first call
@@ -127,6 +128,7 @@ async def test_a_fleet_serves_sixty_principals_through_faults(rig: FleetRig) -> 
     async def faults() -> None:
         await anyio.sleep(2)
         killed.kill_engine()
+        print("engine of", killed.name, "killed")
         await seen("host.down", killed.name)
         await anyio.sleep(2)
         await anyio.to_thread.run_sync(killed.start_engine)
@@ -139,6 +141,7 @@ async def test_a_fleet_serves_sixty_principals_through_faults(rig: FleetRig) -> 
         rig.kill_replica("gw-1")
         await anyio.sleep(3)
         await anyio.to_thread.run_sync(rig.start_replica, "gw-1")
+        print("faults done")
         faults_done.set()
 
     async def load(who: Principal) -> None:

@@ -71,6 +71,7 @@ def test_free_is_never_negative(fleet: tuple[FleetBackend, Hosts, FakeClock]) ->
     backend, made, _ = fleet
     for i in range(3):
         made["a"].add(f"sgw-{i}")
+    backend.health.ok("a")
     backend.list({})
     backend.configure(parse_hosts(hosts_file(host("a", 1), host("b", 5), host("c", 2))))
     row = by_name(backend)["a"]
