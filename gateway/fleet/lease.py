@@ -11,7 +11,6 @@ forgets what it knew of the sandbox and finds it again by name, as the other lef
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -38,6 +37,17 @@ _GIVE_BACK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+#: Push back the lapse of each lease given that this replica still holds.
+_RENEW = """
+local renewed = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('PEXPIRE', key, ARGV[2])
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
 
 
 class Leases:
@@ -56,7 +66,8 @@ class Leases:
         self.wait_s = wait_s
         self._take = budgets.client.register_script(_TAKE)
         self._give_back = budgets.client.register_script(_GIVE_BACK)
-        self._holders: dict[str, int] = defaultdict(int)
+        self._renew = budgets.client.register_script(_RENEW)
+        self._holders: dict[str, int] = {}  # key -> this replica's calls holding its lease
         self._taking: dict[str, anyio.Lock] = {}
 
     def _keys(self, key: str) -> list[str]:
@@ -76,15 +87,14 @@ class Leases:
         """Hold the lease on principal `key`'s sandbox for the block (shared by this replica's calls)."""
         taking = self._taking.setdefault(key, anyio.Lock())
         async with taking:  # the first of this replica's calls on `key` takes it for the others
-            if self._holders[key] == 0:
+            if not self._holders.get(key):
                 try:
                     await self._acquire(key)
                 except BaseException:
                     if taking.statistics().tasks_waiting == 0:
-                        self._holders.pop(key, None)
                         self._taking.pop(key, None)
                     raise
-            self._holders[key] += 1
+            self._holders[key] = self._holders.get(key, 0) + 1
         try:
             yield
         finally:
@@ -120,15 +130,16 @@ class Leases:
             return  # it lapses within ttl_s
 
     def held_keys(self) -> list[str]:
-        return list(self._holders)
+        """Principals whose lease this replica holds now (a call waiting for one holds nothing)."""
+        return [key for key, calls in list(self._holders.items()) if calls > 0]
 
     def renew(self) -> None:
-        """Push back the lapse of the leases held now (calls longer than ttl_s)."""
-        ttl = int(self._budgets.ttl_s * 1000)
-        pipe = self._budgets.client.pipeline(transaction=False)
-        for key in self.held_keys():
-            pipe.pexpire(self._keys(key)[0], ttl)
+        """Push back the lapse of the leases held now (calls longer than ttl_s); a lease that lapsed
+        and went to another replica meanwhile is left to it."""
+        keys = [self._keys(key)[0] for key in self.held_keys()]
+        if not keys:
+            return
         try:
-            pipe.execute()
+            self._renew(keys=keys, args=[self.replica_id, int(self._budgets.ttl_s * 1000)])
         except redis.RedisError:
             return
