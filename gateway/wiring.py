@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,6 +125,15 @@ class Core:
         return self.service.engine
 
 
+def replica_name(settings: Settings) -> str:
+    """This replica's name: --replica-id; in fleet mode without one, one made from the host name
+    (the same after a restart, so a restarted replica still sweeps its own warm pool)."""
+    if settings.replica_id or settings.hosts_file is None:
+        return settings.replica_id
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-")[:40]
+    return f"r-{name or 'host'}"
+
+
 def share_budgets(settings: Settings, broker: Broker, service: ExecutionService) -> Callable[[], None]:
     """Fleet replicas with Redis: tenants' running calls and sandboxes counted across all of them, and
     a lease per principal's sandbox. Returns what renews this replica's places and leases (the fleet
@@ -133,8 +142,7 @@ def share_budgets(settings: Settings, broker: Broker, service: ExecutionService)
     slots, sandboxes = SharedSlots(budgets), SharedSandboxes(budgets)
     service.tenant_slots = slots
     broker.upkeep.share_quota(sandboxes)
-    replica = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
-    service.leases = leases = Leases(budgets, replica, broker.upkeep.handed_over)
+    service.leases = leases = Leases(budgets, replica_name(settings), broker.upkeep.handed_over)
 
     def renew() -> None:
         budgets.renew(slots.held())
@@ -178,7 +186,7 @@ def build_core(
         rates=rates,
         uids=UidRange.parse(settings.sandbox_uids),
     )
-    broker.containers.replica_id = settings.replica_id
+    broker.containers.replica_id = replica_name(settings)
     service = ExecutionService(
         engine, broker, audit, enforce_request_rate=enforce_request_rate, rates=rates, principals=principals
     )

@@ -49,7 +49,8 @@ class Adoption:
             await self._containers.discard(row.id, reason)
             removed += 1
         self._containers.audit.emit("sandbox.sweep", kept=kept, removed=removed)
-        self._adoptable = adoptable
+        # Fleet replicas: another replica makes sandboxes after this sweep, so look each time.
+        self._adoptable = None if self._containers.replica_id else adoptable
         return kept, removed
 
     def may_exist(self, name: str) -> None:

@@ -165,7 +165,7 @@ async def test_a_fleet_serves_sixty_principals_through_faults(rig: FleetRig) -> 
             if answer["sandbox_replaced"]:
                 since = int(answer["number"])  # type: ignore[call-overload]
             lines = [int(n) for n in str(answer["stdout"]).split()]
-            assert lines[-1] == answer["number"], (who.name, answer)
+            assert lines and lines[-1] == answer["number"], (who.name, answer)
             assert set(range(since, int(answer["number"]) + 1)) <= set(lines), (who.name, since, answer)
         if who.name in stayed_up:
             assert who.replaced_at == [], f"{who.name} was on a host that stayed up: {who.replaced_at}"
