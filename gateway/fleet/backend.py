@@ -1,12 +1,9 @@
 """FleetBackend: the broker's Backend over every host of the hosts file.
 
-A new sandbox is placed on a host (`placement`); every later call about it goes to the host it is
-on, found from the container id (remembered from the create or from a listing) or, for an id it has
-not seen, by asking the hosts. Listings ask every host that is not down, in parallel, and say on each
-row which host it came from. Calls to a down host fail at once, without waiting on its network: its
-sandboxes count as lost (`SandboxGone`) and removals wait until it is back. Placement records each
-choice (`sandbox.place`); host state changes are recorded by the monitor (`FleetMonitor`).
-"""
+A new sandbox is placed on a host (`placement`, recorded as `sandbox.place`); later calls about it go
+to the host it is on, known from the create or a listing, else asked of the hosts. Listings ask, in
+parallel, every host that answers, and tag each row with its host. Calls to a down host fail at once
+(`SandboxGone`), removals there wait until it is back; the monitor records host state changes."""
 
 from __future__ import annotations
 
@@ -14,6 +11,7 @@ import builtins
 import dataclasses
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,7 +31,7 @@ from gateway.errors import EngineError, SandboxError, SandboxGone, SandboxUnusab
 from gateway.fleet.answers import NoHostAvailable, agreed_identity, no_host_answers, why_none
 from gateway.fleet.health import Health
 from gateway.fleet.hosts import HostsFile, HostSpec
-from gateway.fleet.inventory import Inventory, Streams
+from gateway.fleet.inventory import IMAGE_TTL_S, Inventory, Streams
 from gateway.fleet.placement import Load, bounded, rank
 
 __all__ = ["Connect", "FleetBackend", "NoHostAvailable"]
@@ -56,6 +54,7 @@ class FleetBackend:
         self.inventory = Inventory()
         self.streams = Streams()
         self._placing = threading.Lock()
+        self._present: dict[str, tuple[bool, float]] = {}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fleet")
         self.configure(hosts)
 
@@ -134,9 +133,12 @@ class FleetBackend:
             raise EngineError(no_host_answers(self.health.all()))
 
     def image_present(self, image: str) -> bool:
-        """Whether a host that answers has the image."""
-        found = self.each(lambda engine: engine.image_present(image))
-        return any(result is True for _, result in found)
+        """Whether a host that answers has it (asked every IMAGE_TTL_S at most: readiness asks often)."""
+        now, known = time.monotonic(), self._present.get(image)
+        if known is None or now - known[1] > IMAGE_TTL_S:
+            found = any(r is True for _, r in self.each(lambda engine: engine.image_present(image)))
+            self._present[image] = known = (found, now)
+        return known[0]
 
     def image_identity(self, image: str) -> tuple[str, frozenset[str]]:
         """The image as the hosts that answer and have it agree on it; hosts with another build of it

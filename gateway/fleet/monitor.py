@@ -59,6 +59,8 @@ class FleetMonitor:
         self._down: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-probe")
         self._ticks = 0
+        #: Threads of the monitor's own, so that probes never wait behind the gateway's other work.
+        self._threads, self._listing = anyio.CapacityLimiter(2), anyio.CapacityLimiter(1)
 
     def _probe(self, host: HostSpec) -> str | None:
         settings = (host, self.fleet.hosts.tls_of(host))  # the file's own TLS may be the host's
@@ -81,7 +83,8 @@ class FleetMonitor:
         for gone in self._probes.keys() - names:  # no longer in the hosts file
             self._probes.pop(gone)[1].close()
         self._down &= names
-        results = await anyio.to_thread.run_sync(lambda: list(self._pool.map(self._probe, hosts)))
+        probe_all = lambda: list(self._pool.map(self._probe, hosts))  # noqa: E731
+        results = await anyio.to_thread.run_sync(probe_all, limiter=self._threads)
         returned = False
         for host, error in zip(hosts, results, strict=True):
             health = self.fleet.health
@@ -101,7 +104,7 @@ class FleetMonitor:
                 self.audit.emit("host.up", host=host.name, address=host.address, was=before)
         self._ticks += 1
         if self._renew is not None and self._ticks % LIST_EVERY == 0:
-            await anyio.to_thread.run_sync(self._renew)
+            await anyio.to_thread.run_sync(self._renew, limiter=self._threads)
         if returned:  # a principal may have two sandboxes now: the older goes at once
             await self.settle()
 
@@ -116,7 +119,7 @@ class FleetMonitor:
         different hosts: a principal gets a second only when its first was on a host that stopped
         answering, so the newer is the one in use. Returns how many were removed."""
         try:
-            rows = await anyio.to_thread.run_sync(self.fleet.list, self._managed, None)
+            rows = await anyio.to_thread.run_sync(self.fleet.list, self._managed, None, limiter=self._listing)
         except GatewayError as exc:
             _log.warning("listing the sandbox hosts failed: %s", exc.message)
             return 0

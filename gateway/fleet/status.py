@@ -19,7 +19,7 @@ __all__ = ["connect_host", "host_rows", "observe_hosts"]
 
 
 def connect_host(
-    host: HostSpec, hosts: HostsFile, *, timeout_s: float = 30.0, pool_size: int = 32
+    host: HostSpec, hosts: HostsFile, *, timeout_s: float = 15.0, pool_size: int = 32
 ) -> Backend:
     """The Backend of one host: its socket proxy over TLS with the gateway's client pair."""
     tls = hosts.tls_of(host)
