@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import anyio
 import anyio.to_thread
@@ -59,6 +59,7 @@ class FleetMonitor:
         self._down: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fleet-probe")
         self._ticks = 0
+        self._running: dict[str, Future[str | None]] = {}  # host -> its probe under way
         #: Threads of the monitor's own, so that probes never wait behind the gateway's other work.
         self._threads, self._listing = anyio.CapacityLimiter(2), anyio.CapacityLimiter(1)
 
@@ -76,6 +77,28 @@ class FleetMonitor:
             return exc.message
         return None
 
+    def _probe_all(self, hosts: list[HostSpec]) -> list[str | None]:
+        """Probe every host at once, waiting `probe_timeout_s` in all: a probe not back by then (TCP
+        and TLS each have their own timeouts, which add up) fails, and runs on until it ends, the
+        host's next probe with it."""
+        for host in hosts:
+            if host.name not in self._running:
+                self._running[host.name] = self._pool.submit(self._probe, host)
+        deadline = self.fleet.hosts.health.probe_timeout_s
+        wait([self._running[h.name] for h in hosts], timeout=deadline)
+        results: list[str | None] = []
+        for host in hosts:
+            probe = self._running[host.name]
+            if not probe.done():
+                results.append(f"no answer within {deadline:g} s")
+                continue
+            del self._running[host.name]
+            try:
+                results.append(probe.result())
+            except Exception as exc:  # noqa: BLE001 - a probe that cannot even start has failed
+                results.append(f"the probe failed: {exc}")
+        return results
+
     async def tick(self) -> None:
         """One round: probe, record and act on the changes, and now and then list every host."""
         hosts = list(self.fleet.hosts.hosts)
@@ -83,8 +106,7 @@ class FleetMonitor:
         for gone in self._probes.keys() - names:  # no longer in the hosts file
             self._probes.pop(gone)[1].close()
         self._down &= names
-        probe_all = lambda: list(self._pool.map(self._probe, hosts))  # noqa: E731
-        results = await anyio.to_thread.run_sync(probe_all, limiter=self._threads)
+        results = await anyio.to_thread.run_sync(self._probe_all, hosts, limiter=self._threads)
         returned = False
         for host, error in zip(hosts, results, strict=True):
             health = self.fleet.health
