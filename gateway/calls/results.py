@@ -43,6 +43,12 @@ class ExecResult(BaseModel):
         description="Your previous sandbox was lost (stopped or removed outside the gateway, or ended by "
         "its own command); this call ran in a new one, so files from earlier calls are gone",
     )
+    sandbox_lost: bool = Field(
+        default=False,
+        description="Your sandbox ended while this call ran (it was killed, removed, or its host went "
+        "down): the command may or may not have run; the next call runs in a new sandbox unless the "
+        "old one is found again",
+    )
     egress_refused: list[str] = Field(
         default_factory=list,
         description="Connections the egress proxy refused during this call, each with the rule that "

@@ -128,6 +128,7 @@ class ExecutionService(FileCalls, PythonCalls):
             truncated=outcome.truncated,
             oom_killed=outcome.oom_killed,
             sandbox_replaced=outcome.sandbox_replaced,
+            sandbox_lost=outcome.sandbox_lost,
             egress_refused=self._egress_refused(principal, started),
         )
         outcome_label = "timeout" if timed_out else ("oom" if result.oom_killed else "ok")

@@ -78,7 +78,7 @@ async def _calls(rig: FleetRig, who: Principal, first: int, last: int, pace_s: f
             try:
                 command = f"echo {number} >> /workspace/calls; cat /workspace/calls"
                 answer = await _run(url, rig.tokens[who.name], command)
-            except Exception:  # noqa: BLE001 - any failure is made again; too many fail the test below
+            except Exception:  # any failure is made again; too many fail the test below
                 who.retries += 1
                 await anyio.sleep(1 + attempt)
                 continue
@@ -175,9 +175,8 @@ async def test_a_fleet_serves_sixty_principals_through_faults(rig: FleetRig) -> 
             assert who.lost_at == [], f"{who.name} was on a host that stayed up: {who.lost_at}"
     replaced = {who.name for who in people.values() if who.replaced_at}
     lost = sum(len(w.lost_at) for w in people.values())
-    print(
-        f"retries {sum(w.retries for w in people.values())}, lost in flight {lost}, replaced: {sorted(replaced)}"
-    )
+    retries = sum(w.retries for w in people.values())
+    print(f"retries {retries}, lost in flight {lost}, replaced: {sorted(replaced)}")
     assert replaced, "the principals of the hosts that went down got new sandboxes"
 
     # Nothing left twice: once the hosts are back, each principal has one sandbox in the fleet.
