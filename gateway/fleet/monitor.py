@@ -139,7 +139,7 @@ class FleetMonitor:
     async def settle(self) -> int:
         """List every host (counts stay true) and remove the older of two sandboxes of one name on
         different hosts: a principal gets a second only when its first was on a host that stopped
-        answering, so the newer is the one in use. Returns how many were removed."""
+        answering, so the newer running one is the one in use. Returns how many were removed."""
         try:
             rows = await anyio.to_thread.run_sync(self.fleet.list, self._managed, None, limiter=self._listing)
         except GatewayError as exc:
@@ -152,7 +152,8 @@ class FleetMonitor:
         for same in by_name.values():
             if len({row.host for row in same}) < 2:
                 continue
-            for older in sorted(same, key=lambda row: row.created)[:-1]:
+            # The one to keep runs (a create whose start never came does not count) and is newest.
+            for older in sorted(same, key=lambda row: (row.running, row.created))[:-1]:
                 removed += await self._remove(older, "duplicate")
         return removed
 

@@ -26,6 +26,8 @@ class Adoption:
         self._containers = containers
         #: Names of sandboxes the start-up sweep kept for adoption; None when unknown (look each time).
         self._adoptable: set[str] | None = None
+        #: Principals whose sandbox was found but could not be taken over: their new one replaces it.
+        self.replaced: set[str] = set()
 
     async def sweep(self, current_specs: dict[str, str]) -> tuple[int, int]:
         """Keep this gateway's running sandboxes whose profile spec is current; remove stopped ones,
@@ -79,8 +81,11 @@ class Adoption:
                 keep = row
                 continue
             await containers.discard(row.id, "stale", principal_key=key, principal=principal.id)
+            if keep is None:
+                self.replaced.add(key)
         if keep is None:
             return None
+        self.replaced.discard(key)
         egress, address = containers.egress, keep.labels.get(naming.EGRESS_ADDRESS, "")
         owner = (principal.id, principal.tenant, grant.profile, keep.id)
         if grant.spec.network == "egress" and (egress is None or not egress.claim(address, *owner)):
@@ -91,6 +96,7 @@ class Adoption:
             executor = await containers.executor(grant, keep.id, user, principal=principal.id)
         except GatewayError:
             await containers.discard(keep.id, "agent-unreachable", principal_key=key)
+            self.replaced.add(key)
             return None
         return Sandbox(
             container_id=keep.id,

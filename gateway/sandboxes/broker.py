@@ -180,6 +180,9 @@ class Broker:
                 self._register(adopted, "sandbox.adopt")
                 await self._execution.oom_baseline(adopted)
                 return adopted
+            if key in self._adoption.replaced:  # one was there, unusable: its files are gone
+                self._adoption.replaced.discard(key)
+                self._registry.mark_lost(key)
             return await self._provide(principal, grant, key)
 
     async def _provide(self, principal: Principal, grant: Allowed, key: str) -> Sandbox:
