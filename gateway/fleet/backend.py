@@ -264,13 +264,13 @@ class FleetBackend:
         self.inventory.renamed(container_id, name)
 
     def list(self, labels: dict[str, str], name: str | None = None) -> list[ContainerInfo]:
-        """The rows of every host that answers, each with its `host`; hosts that do not are skipped
-        (their health says so), as their sandboxes cannot be used now anyway."""
+        """The rows of every host that answers (tagged with it); the others' sandboxes are unusable now."""
         rows: list[ContainerInfo] = []
+        started = self.inventory.now()
         for host, result in self.each(lambda engine: engine.list(labels, name)):
             if isinstance(result, list):
                 found = [dataclasses.replace(row, host=host) for row in result]
-                self.inventory.seen(host, found, complete=name is None)
+                self.inventory.seen(host, found, complete=name is None, since=started)
                 rows += found
         return rows
 

@@ -28,8 +28,12 @@ class Inventory:
         self._clock = clock
         self._host: dict[str, str] = {}  # container id -> host
         self._name: dict[str, str] = {}  # container id -> name
+        self._placed_at: dict[str, float] = {}  # container id -> when this gateway placed it
         self._images: dict[tuple[str, str], tuple[str | None, float]] = {}
         self._reserved: dict[str, int] = {}  # host -> creations chosen for it and under way
+
+    def now(self) -> float:
+        return self._clock()
 
     def host_of(self, container_id: str) -> str | None:
         with self._lock:
@@ -60,6 +64,7 @@ class Inventory:
     def placed(self, host: str, container_id: str, name: str) -> None:
         with self._lock:
             self._host[container_id], self._name[container_id] = host, name
+            self._placed_at[container_id] = self._clock()
 
     def renamed(self, container_id: str, name: str) -> None:
         with self._lock:
@@ -70,16 +75,23 @@ class Inventory:
         with self._lock:
             self._host.pop(container_id, None)
             self._name.pop(container_id, None)
+            self._placed_at.pop(container_id, None)
 
-    def seen(self, host: str, rows: Iterable[ContainerInfo], *, complete: bool = False) -> None:
+    def seen(
+        self, host: str, rows: Iterable[ContainerInfo], *, complete: bool = False, since: float | None = None
+    ) -> None:
         """Rows a host listed; `complete` when it was every sandbox of the gateway on it, so that
-        those it no longer lists are forgotten."""
+        those it no longer lists are forgotten, except those placed after the listing began (`since`,
+        this inventory's clock): it could not have seen them."""
         rows = list(rows)
         with self._lock:
             if complete:
+                listed_from = self._clock() if since is None else since
                 for cid in [c for c, h in self._host.items() if h == host]:
-                    self._host.pop(cid)
-                    self._name.pop(cid, None)
+                    if self._placed_at.get(cid, float("-inf")) < listed_from:
+                        self._host.pop(cid)
+                        self._name.pop(cid, None)
+                        self._placed_at.pop(cid, None)
             for row in rows:
                 self._host[row.id], self._name[row.id] = host, row.name
 
