@@ -135,6 +135,19 @@ class SharedSandboxes:
     def release(self, key: str) -> None:
         self._budgets.drop(f"sandboxes:{key.partition('/')[0]}", key)
 
+    def mark_lost(self, key: str) -> None:
+        """The principal's sandbox was lost: whichever replica answers its next call says so."""
+        try:
+            self._budgets.client.set(f"{self._budgets.prefix}:lost:{key}", 1, ex=86400)
+        except redis.RedisError:
+            return  # this replica still knows it
+
+    def take_lost(self, key: str) -> bool:
+        try:
+            return bool(self._budgets.client.getdel(f"{self._budgets.prefix}:lost:{key}"))
+        except redis.RedisError:
+            return False
+
     def renew(self, keys: list[str]) -> None:
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for key in keys:

@@ -28,6 +28,10 @@ class SharedQuota(Protocol):
 
     def release(self, key: str) -> None: ...
 
+    def mark_lost(self, key: str) -> None: ...
+
+    def take_lost(self, key: str) -> bool: ...
+
 
 class Registry:
     """Live sandboxes by principal key, their locks, calls running and creations under way."""
@@ -105,13 +109,16 @@ class Registry:
 
     def mark_lost(self, key: str) -> None:
         self._lost.add(key)
+        if self.shared is not None:  # another replica may answer its next call
+            self.shared.mark_lost(key)
 
     def was_lost(self, key: str) -> bool:
         """True once after the principal's sandbox was lost (its next result says so)."""
+        shared = self.shared is not None and self.shared.take_lost(key)
         if key in self._lost:
             self._lost.discard(key)
             return True
-        return False
+        return shared
 
     # -- quotas -----------------------------------------------------------------------------------
 

@@ -55,6 +55,12 @@ def test_sandboxes_per_tenant_count_principals_across_replicas(redis_url: str) -
     assert one.reserve("t/c", 2)
 
 
+def test_a_lost_sandbox_is_told_by_whichever_replica_answers_next(redis_url: str) -> None:
+    one, two = SharedSandboxes(budgets(redis_url, "lost")), SharedSandboxes(budgets(redis_url, "lost"))
+    one.mark_lost("t/p")
+    assert two.take_lost("t/p") and not one.take_lost("t/p"), "told once"
+
+
 def test_redis_unreachable_refuses_instead_of_letting_through(tmp_path: Path) -> None:
     process, url = start_redis(tmp_path)
     slots = SharedSlots(budgets(url, "down"))
