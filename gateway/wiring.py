@@ -134,10 +134,12 @@ def replica_name(settings: Settings) -> str:
     return f"r-{name or 'host'}"
 
 
-def share_budgets(settings: Settings, broker: Broker, service: ExecutionService) -> Callable[[], None]:
+def share_budgets(
+    settings: Settings, broker: Broker, service: ExecutionService
+) -> tuple[Callable[[], None], Callable[[str], str | None]]:
     """Fleet replicas with Redis: tenants' running calls and sandboxes counted across all of them, and
     a lease per principal's sandbox. Returns what renews this replica's places and leases (the fleet
-    monitor calls it every few seconds)."""
+    monitor calls it every few seconds) and what says which container a sandbox name was last given."""
     budgets = SharedBudgets(settings.rate_limit_storage, settings.gateway_id)
     slots, sandboxes = SharedSlots(budgets), SharedSandboxes(budgets)
     service.tenant_slots = slots
@@ -149,7 +151,7 @@ def share_budgets(settings: Settings, broker: Broker, service: ExecutionService)
         sandboxes.renew([sandbox.principal_key for sandbox in broker.sandboxes])
         leases.renew()
 
-    return renew
+    return renew, sandboxes.current
 
 
 def build_core(
@@ -205,11 +207,11 @@ def build_core(
     )
     upstreams = Upstreams(load_upstreams(settings.upstreams_file)) if settings.upstreams_file else None
     service.code_mode = CodeModeCalls(lambda: service.engine, upstreams, audit, rates)
-    fleet, renew = None, None
+    fleet, renew, current = None, None, None
     if isinstance(backend, FleetBackend) and settings.rate_limit_storage.startswith(
         ("redis://", "rediss://")
     ):
-        renew = share_budgets(settings, broker, service)
+        renew, current = share_budgets(settings, broker, service)
     if isinstance(backend, FleetBackend):
         fleet = FleetMonitor(
             backend,
@@ -219,6 +221,7 @@ def build_core(
             remove=lambda row, why: broker.containers.discard_quietly(row.id, why),
             managed=managed_by(settings.gateway_id),
             renew=renew,
+            current=current,
         )
     return Core(
         audit=audit,

@@ -47,12 +47,15 @@ class FleetMonitor:
         remove: Callable[[ContainerInfo, str], Awaitable[bool]],
         managed: dict[str, str],
         renew: Callable[[], None] | None = None,
+        current: Callable[[str], str | None] | None = None,
     ) -> None:
         self.fleet, self.audit = fleet, audit
         self._probe_connect = probe_connect
         self._lose, self._remove, self._managed = lose, remove, managed
         #: Renews this replica's places in the fleet's shared budgets (Redis), every few rounds.
         self._renew = renew
+        #: Fleet replicas with Redis: the container a sandbox name was last given to.
+        self._current = current
         #: Each host's probe connection, with the settings it was made with.
         self._probes: dict[str, tuple[tuple[HostSpec, HostTLS | None], Backend]] = {}
         #: Hosts whose going down was acted on (streams cut, sandboxes lost, recorded).
@@ -152,8 +155,11 @@ class FleetMonitor:
         for same in by_name.values():
             if len({row.host for row in same}) < 2:
                 continue
-            # The one to keep runs (a create whose start never came does not count) and is newest.
-            for older in sorted(same, key=lambda row: (row.running, row.created))[:-1]:
+            # The one to keep is the one last given to the principal when the replicas share that,
+            # else the newest running one (a create whose start never came does not count).
+            latest = self._current(same[0].name) if self._current is not None else None
+            order = sorted(same, key=lambda row: (row.id == latest, row.running, row.created))
+            for older in order[:-1]:
                 removed += await self._remove(older, "duplicate")
         return removed
 

@@ -135,6 +135,20 @@ class SharedSandboxes:
     def release(self, key: str) -> None:
         self._budgets.drop(f"sandboxes:{key.partition('/')[0]}", key)
 
+    def set_current(self, name: str, container_id: str) -> None:
+        """The container the sandbox name `name` was last given to (by any replica)."""
+        try:
+            self._budgets.client.set(f"{self._budgets.prefix}:current:{name}", container_id, ex=7 * 86400)
+        except redis.RedisError:
+            return
+
+    def current(self, name: str) -> str | None:
+        try:
+            found = self._budgets.client.get(f"{self._budgets.prefix}:current:{name}")
+        except redis.RedisError:
+            return None
+        return found.decode() if isinstance(found, bytes) else None
+
     def mark_lost(self, key: str) -> None:
         """The principal's sandbox was lost: whichever replica answers its next call says so."""
         try:

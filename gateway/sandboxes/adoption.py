@@ -9,6 +9,7 @@ handed to its principal.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from gateway.errors import GatewayError
 from gateway.sandboxes import naming
@@ -28,6 +29,8 @@ class Adoption:
         self._adoptable: set[str] | None = None
         #: Principals whose sandbox was found but could not be taken over: their new one replaces it.
         self.replaced: set[str] = set()
+        #: Fleet replicas with Redis: the container a sandbox name was last given to, by any replica.
+        self.current_of: Callable[[str], str | None] | None = None
 
     async def sweep(self, current_specs: dict[str, str]) -> tuple[int, int]:
         """Keep this gateway's running sandboxes whose profile spec is current; remove stopped ones,
@@ -73,11 +76,14 @@ class Adoption:
         rows = await containers.list(name, principal=principal.id)
         now, keep = time.time(), None
         spec_digest = grant.spec.digest()
+        # Fleet replicas: the one the principal used last, when known; an older one is stale.
+        current = self.current_of(name) if self.current_of is not None else None
         for row in rows:
             young = now - row.created < grant.lifecycle.max_age_s
             same = row.labels.get(naming.SPEC) == spec_digest and row.name == name
             own_uid = naming.uid_of(row.labels) in containers.uids
-            if keep is None and row.running and same and young and own_uid:
+            latest = current is None or row.id == current
+            if keep is None and row.running and same and young and own_uid and latest:
                 keep = row
                 continue
             await containers.discard(row.id, "stale", principal_key=key, principal=principal.id)

@@ -32,6 +32,10 @@ class SharedQuota(Protocol):
 
     def take_lost(self, key: str) -> bool: ...
 
+    def set_current(self, name: str, container_id: str) -> None: ...
+
+    def current(self, name: str) -> str | None: ...
+
 
 class Registry:
     """Live sandboxes by principal key, their locks, calls running and creations under way."""
@@ -71,6 +75,7 @@ class Registry:
         self._alive.add(1)
         if self.shared is not None:
             self.shared.hold(sandbox.principal_key)
+            self.shared.set_current(sandbox.name, sandbox.container_id)
 
     def drop(self, sandbox: Sandbox) -> None:
         if self._sandboxes.get(sandbox.principal_key) is sandbox:

@@ -72,5 +72,7 @@ class Upkeep:
         return True
 
     def share_quota(self, shared: SharedQuota) -> None:
-        """Fleet mode with Redis: sandboxes per tenant are counted across the replicas too."""
+        """Fleet mode with Redis: sandboxes per tenant are counted across the replicas too, and
+        which container is each principal's latest is known to all of them."""
         self._registry.shared = shared
+        self._adoption.current_of = shared.current

@@ -61,6 +61,14 @@ def test_a_lost_sandbox_is_told_by_whichever_replica_answers_next(redis_url: str
     assert two.take_lost("t/p") and not one.take_lost("t/p"), "told once"
 
 
+def test_every_replica_knows_which_container_a_sandbox_name_was_last_given(redis_url: str) -> None:
+    one, two = SharedSandboxes(budgets(redis_url, "current")), SharedSandboxes(budgets(redis_url, "current"))
+    assert two.current("sgw-0123456789abcdef") is None
+    one.set_current("sgw-0123456789abcdef", "c1")
+    two.set_current("sgw-0123456789abcdef", "c2")
+    assert one.current("sgw-0123456789abcdef") == "c2"
+
+
 def test_redis_unreachable_refuses_instead_of_letting_through(tmp_path: Path) -> None:
     process, url = start_redis(tmp_path)
     slots = SharedSlots(budgets(url, "down"))
