@@ -78,6 +78,8 @@ class Adoption:
         spec_digest = grant.spec.digest()
         # Fleet replicas: the one the principal used last, when known; an older one is stale.
         current = self.current_of(name) if self.current_of is not None else None
+        if current is not None and all(row.id != current for row in rows):
+            self.replaced.add(key)  # its latest is out of reach (its host does not answer) or gone
         for row in rows:
             young = now - row.created < grant.lifecycle.max_age_s
             same = row.labels.get(naming.SPEC) == spec_digest and row.name == name
