@@ -70,6 +70,7 @@ async def _calls(rig: FleetRig, who: Principal, first: int, last: int, pace_s: f
     """Calls first..last: each appends its number to a file and prints the file. A call that fails
     (its replica died, its host went down under it) is made again, as an agent would."""
     for number in range(first, last + 1):
+        unanswered = False
         for attempt in range(8):
             url = rig.balancer + "/mcp"
             if who.name in ALTERNATING and attempt == 0:
@@ -80,6 +81,7 @@ async def _calls(rig: FleetRig, who: Principal, first: int, last: int, pace_s: f
                 answer = await _run(url, rig.tokens[who.name], command)
             except Exception:  # any failure is made again; too many fail the test below
                 who.retries += 1
+                unanswered = True
                 await anyio.sleep(1 + attempt)
                 continue
             if not answer["sandbox_lost"]:
@@ -89,7 +91,9 @@ async def _calls(rig: FleetRig, who: Principal, first: int, last: int, pace_s: f
             raise AssertionError(f"{who.name}: call {number} was never answered")
         if answer["sandbox_replaced"]:
             who.replaced_at.append(number)
-        who.answers.append({"number": number, **answer})
+        # A call made again after one that got no answer may have missed the news that its sandbox
+        # was replaced: the replica that would have said so died first (a known limit).
+        who.answers.append({"number": number, "unanswered_before": unanswered, **answer})
         await anyio.sleep(pace_s * random.uniform(0.5, 1.5))
 
 
@@ -165,7 +169,7 @@ async def test_a_fleet_serves_sixty_principals_through_faults(rig: FleetRig) -> 
         assert len(who.answers) >= CALLS
         since = 1
         for answer in who.answers:
-            if answer["sandbox_replaced"]:
+            if answer["sandbox_replaced"] or answer["unanswered_before"]:
                 since = int(answer["number"])  # type: ignore[call-overload]
             lines = [int(n) for n in str(answer["stdout"]).split()]
             assert lines and lines[-1] == answer["number"], (who.name, answer)
