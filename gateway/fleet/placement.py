@@ -26,7 +26,7 @@ from dataclasses import dataclass
 __all__ = ["BALANCE", "Candidate", "Load", "bounded", "choose", "mix64", "rank", "score", "stable_hash"]
 
 #: A host may hold at most this many times its share of the fleet's sandboxes (with the new one).
-BALANCE = 1.1
+BALANCE = 1.05
 
 _MASK = (1 << 64) - 1
 

@@ -57,7 +57,10 @@ def _reload(core: Core, settings: Settings) -> None:
     """SIGHUP: the policy file and, in fleet mode, the hosts file (each refused alone if wrong)."""
     reload_policy(core.service, settings.policy_file, core.audit)
     if core.fleet is not None and settings.hosts_file is not None:
-        reload_hosts(core.fleet.fleet, settings.hosts_file, core.audit)
+        fleet = core.fleet.fleet
+        if reload_hosts(fleet, settings.hosts_file, core.audit):  # no new principal on a drained host
+            drained = {host.name for host in fleet.hosts.hosts if host.drain}
+            core.broker.pool.retire_if(lambda s: fleet.inventory.host_of(s.container_id) in drained)
 
 
 async def _sweep(core: Core) -> None:

@@ -8,6 +8,7 @@ Pools are keyed by spec digest: profiles with the same sandbox spec share one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -114,6 +115,19 @@ class WarmPool:
                 target.ready = [s for s in target.ready if s not in old]
                 self._retired.extend(old)
                 self._wake.set()
+
+    def retire_if(self, doomed: Callable[[Sandbox], bool]) -> int:
+        """Retire the ready sandboxes `doomed` says (on a host that now drains); how many."""
+        count = 0
+        for target in self._targets.values():
+            out = [s for s in target.ready if doomed(s)]
+            if out:
+                target.ready = [s for s in target.ready if s not in out]
+                self._retired.extend(out)
+                count += len(out)
+        if count:
+            self._wake.set()
+        return count
 
     def offer(self, target: PoolTarget, sandbox: Sandbox) -> bool:
         """Add a freshly made sandbox to its pool, unless the pool was reconfigured meanwhile."""

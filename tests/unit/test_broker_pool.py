@@ -123,6 +123,23 @@ async def test_shrinking_the_pool_or_dropping_its_spec_retires_pooled_sandboxes(
     assert {reasons[c] for c in pooled} == {"pool-retired"}
 
 
+async def test_pooled_sandboxes_a_drain_dooms_are_retired_and_replaced(
+    broker: Broker, fake: FakeBackend, sink: MemorySink
+) -> None:
+    """Fleet mode: after a host starts draining, its ready pooled sandboxes go (a new principal
+    would otherwise get a sandbox on the drained host); the pool refills elsewhere."""
+    async with maintained(broker, pooled_engine(3)):
+        pooled = await pool_of(broker, 3)
+        doomed = sorted(pooled)[:2]
+        assert broker.pool.retire_if(lambda sandbox: sandbox.container_id in doomed) == 2
+        assert not {s.container_id for s in broker.pool.sandboxes} & set(doomed)
+        await until(lambda: len(broker.pool.sandboxes) == 3, what="the pool to refill")
+        await until(lambda: not {c.id for c in fake.containers()} & set(doomed), what="the doomed to go")
+    reasons = removal_reasons(sink)
+    assert {reasons[c] for c in doomed} == {"pool-retired"}
+    assert broker.pool.retire_if(lambda sandbox: False) == 0
+
+
 async def test_an_old_pooled_sandbox_is_not_handed_out(
     broker: Broker, fake: FakeBackend, sink: MemorySink, clock: Clock
 ) -> None:
