@@ -9,8 +9,8 @@ the run stops if they ever disagree. Then, over `--hosts` hosts and `--principal
 
   balance   static equal weights; free-capacity weights, placed one after another (each placement
             takes one unit of the chosen host's free capacity), on their own and with the gateway's
-            bounded loads (factor `placement.BALANCE`); heterogeneous capacities (half the hosts C, half 2C), static
-            capacity weights and the gateway's placement. Capacity is 1.5x the even share.
+            bounded loads (factor `placement.BALANCE`); heterogeneous capacities (half the hosts C,
+            half 2C), static capacity weights and the gateway's placement. Capacity is 1.5x the even share.
   churn     static equal weights: a host joins (which names move, and where to), a host leaves
             (which names move); naive `hash % N` placement alongside, for reference.
 """
