@@ -31,7 +31,7 @@ from gateway.fleet.hosts import load_hosts
 from gateway.fleet.lease import Leases
 from gateway.fleet.monitor import FleetMonitor
 from gateway.fleet.shared import SharedBudgets, SharedSandboxes, SharedSlots
-from gateway.fleet.status import connect_host
+from gateway.fleet.status import connect_host, observe_hosts
 from gateway.ratelimit import RateLimiter
 from gateway.sandboxes.broker import Broker
 from gateway.sandboxes.naming import managed_by
@@ -223,6 +223,7 @@ def build_core(
             renew=renew,
             current=current,
         )
+        observe_hosts(backend)
     return Core(
         audit=audit,
         backend=backend,

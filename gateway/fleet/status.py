@@ -7,13 +7,12 @@ import time
 from typing import Any
 
 from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from gateway.backend.base import Backend
 from gateway.backend.docker_engine import DockerBackend, tls_config
 from gateway.fleet.backend import FleetBackend
 from gateway.fleet.hosts import HostsFile, HostSpec
-from gateway.fleet.monitor import FleetMonitor
 
 __all__ = ["connect_host", "host_rows", "observe_hosts"]
 
@@ -54,15 +53,13 @@ def host_rows(fleet: FleetBackend) -> list[dict[str, Any]]:
     return rows
 
 
-def observe_hosts(monitor: FleetMonitor) -> None:
+def observe_hosts(fleet: FleetBackend, meter_provider: MeterProvider | None = None) -> None:
     """Per-host gauges, labelled with the host's name: sandboxes, capacity, up (1/0), errors."""
-    meter = metrics.get_meter("sandbox_gateway.fleet")
+    meter = metrics.get_meter("sandbox_gateway.fleet", meter_provider=meter_provider)
 
     def gauge(field: str, convert: Any = int) -> Any:
         def observe(options: CallbackOptions) -> list[Observation]:
-            return [
-                Observation(convert(row[field]), {"host": row["name"]}) for row in host_rows(monitor.fleet)
-            ]
+            return [Observation(convert(row[field]), {"host": row["name"]}) for row in host_rows(fleet)]
 
         return observe
 

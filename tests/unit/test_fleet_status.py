@@ -9,7 +9,7 @@ import pytest
 from audit import AuditLog
 from gateway.fleet.backend import FleetBackend
 from gateway.fleet.hosts import parse_hosts
-from gateway.fleet.status import host_rows
+from gateway.fleet.status import host_rows, observe_hosts
 from tests.unit.fleet_support import GOOD_IMAGE, FakeClock, Hosts, host, hosts_file, make_fleet
 
 
@@ -77,3 +77,28 @@ def test_free_is_never_negative(fleet: tuple[FleetBackend, Hosts, FakeClock]) ->
     row = by_name(backend)["a"]
     assert (row["capacity"], row["sandboxes"], row["free"]) == (1, 3, 0)
     assert backend.free("a") == -2
+
+
+def test_each_host_has_gauges_of_its_own(fleet: tuple[FleetBackend, Hosts, FakeClock]) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    backend, _, _ = fleet
+    backend.health.ok("a")
+    backend.create("sgw-1", {"Image": GOOD_IMAGE})
+    reader = InMemoryMetricReader()
+    observe_hosts(backend, MeterProvider(metric_readers=[reader]))
+    data = reader.get_metrics_data()
+    assert data is not None
+    seen: dict[tuple[str, object], object] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    seen[(metric.name, dict(point.attributes or {}).get("host"))] = getattr(
+                        point, "value", None
+                    )
+    assert seen[("sandbox_gateway.host.sandboxes", "a")] == 1
+    assert seen[("sandbox_gateway.host.capacity", "b")] == 5
+    assert (seen[("sandbox_gateway.host.up", "a")], seen[("sandbox_gateway.host.up", "c")]) == (1, 0)
+    assert seen[("sandbox_gateway.host.errors", "a")] == 0
