@@ -116,7 +116,7 @@ class FleetMonitor:
             known = health.of(host.name)
             before = known.state if known is not None else None
             moved = health.ok(host.name) if error is None else health.failed(host.name, error)
-            # Down now, or since the last round by a failed call (which moves it as a probe does).
+            # Down: acted on once per outage (again next round if acting on it failed).
             if health.is_down(host.name):
                 if host.name not in self._down:
                     await self._went_down(host.name, error or "")

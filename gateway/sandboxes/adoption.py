@@ -27,8 +27,6 @@ class Adoption:
         self._containers = containers
         #: Names of sandboxes the start-up sweep kept for adoption; None when unknown (look each time).
         self._adoptable: set[str] | None = None
-        #: Principals whose sandbox was found but could not be taken over: their new one replaces it.
-        self.replaced: set[str] = set()
         #: Fleet replicas with Redis: the container a sandbox name was last given to, by any replica.
         self.current_of: Callable[[str], str | None] | None = None
 
@@ -63,23 +61,24 @@ class Adoption:
         if self._adoptable is not None:
             self._adoptable.add(name)
 
-    async def adopt(self, principal: Principal, grant: Allowed, key: str) -> Sandbox | None:
+    async def adopt(self, principal: Principal, grant: Allowed, key: str) -> tuple[Sandbox | None, bool]:
         """The principal's running sandbox made with the same spec, young enough and with a uid of
         this gateway's range; any other of its name is removed. Without a listing from the sweep the
-        engine is asked every time; with one, only for names the sweep kept."""
+        engine is asked every time; with one, only for names the sweep kept. With no sandbox, whether
+        the principal had one that could not be taken over (a new one replaces it: its files are gone)."""
         containers = self._containers
         name = containers.name_for(key)
         if self._adoptable is not None:
             if name not in self._adoptable:
-                return None
+                return None, False
             self._adoptable.discard(name)
         rows = await containers.list(name, principal=principal.id)
         now, keep = time.time(), None
         spec_digest = grant.spec.digest()
         # Fleet replicas: the one the principal used last, when known; an older one is stale.
         current = self.current_of(name) if self.current_of is not None else None
-        if current is not None and all(row.id != current for row in rows):
-            self.replaced.add(key)  # its latest is out of reach (its host does not answer) or gone
+        # Its latest out of reach (its host does not answer) or gone: a new one replaces it.
+        replaced = current is not None and all(row.id != current for row in rows)
         for row in rows:
             young = now - row.created < grant.lifecycle.max_age_s
             same = row.labels.get(naming.SPEC) == spec_digest and row.name == name
@@ -89,24 +88,21 @@ class Adoption:
                 keep = row
                 continue
             await containers.discard(row.id, "stale", principal_key=key, principal=principal.id)
-            if keep is None:
-                self.replaced.add(key)
+            replaced |= keep is None
         if keep is None:
-            return None
-        self.replaced.discard(key)
+            return None, replaced
         egress, address = containers.egress, keep.labels.get(naming.EGRESS_ADDRESS, "")
         owner = (principal.id, principal.tenant, grant.profile, keep.id)
         if grant.spec.network == "egress" and (egress is None or not egress.claim(address, *owner)):
             await containers.discard(keep.id, "stale", principal_key=key, principal=principal.id)
-            return None
+            return None, False
         user = keep.labels.get(naming.USER_LABEL, "")
         try:
             executor = await containers.executor(grant, keep.id, user, principal=principal.id)
         except GatewayError:
             await containers.discard(keep.id, "agent-unreachable", principal_key=key)
-            self.replaced.add(key)
-            return None
-        return Sandbox(
+            return None, True
+        adopted = Sandbox(
             container_id=keep.id,
             name=keep.name,
             principal_key=key,
@@ -120,3 +116,4 @@ class Adoption:
             user=user,
             executor=executor,
         )
+        return adopted, False

@@ -174,14 +174,13 @@ class Broker:
                 if why is None:
                     return known
                 await self._discard(known, why)
-            adopted = await self._adoption.adopt(principal, grant, key)
+            adopted, replaced = await self._adoption.adopt(principal, grant, key)
             if adopted is not None:  # its files are there: it was not replaced after all
                 self._registry.was_lost(key)
                 self._register(adopted, "sandbox.adopt")
                 await self._execution.oom_baseline(adopted)
                 return adopted
-            if key in self._adoption.replaced:  # one was there, unusable: its files are gone
-                self._adoption.replaced.discard(key)
+            if replaced:  # one was there, unusable: its files are gone
                 self._registry.mark_lost(key)
             return await self._provide(principal, grant, key)
 
