@@ -126,10 +126,22 @@ class Page:
         box.clear()
         box.send_keys(value)
 
+    def settled(self) -> None:
+        """Wait (up to the page's timeout) until no full-page Gradio progress overlay covers the
+        page, as a person waits before clicking; a busy machine makes the console's updates slow.
+        The click after it fails as it would have when the overlay stays."""
+        overlay = "[data-testid='status-tracker'].full"
+        with contextlib.suppress(TimeoutException):
+            WebDriverWait(self.driver, self.timeout_s).until(
+                lambda d: not any(e.is_displayed() for e in d.find_elements(By.CSS_SELECTOR, overlay))
+            )
+
     def click(self, elem_id: str) -> None:
+        self.settled()
         self.el(elem_id).click()
 
     def tab(self, label: str) -> None:
+        self.settled()
         buttons = self.driver.find_elements(By.CSS_SELECTOR, "button[role='tab']")
         next(b for b in buttons if b.text.strip() == label).click()
 
