@@ -9,14 +9,11 @@ behind. The production stack (docker-compose.full.yml) comes up too, with its we
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,39 +23,36 @@ import pytest
 import yaml
 
 from gateway.auth.tokens import TokenStore
-from gateway.setup.compose_images import build_compose_images
 from gateway.setup.state import REPO_ROOT, SetupPaths
 from gateway.uids import UidRange
 from tests.e2e.conftest import mcp_client
-from tests.support import EventuallyFailed, eventually
+from tests.support.compose_stack import (
+    FRONTEND_IMAGE,
+    GATEWAY_IMAGE,
+    PROXY_IMAGE,
+    Stack,
+    build_images,
+    clean_env,
+    docker,
+    env_of,
+    give_to_gateway,
+    inspect,
+    need_compose,
+    wait_healthy,
+)
 from tests.support.net import free_port
 
 COMPOSE_FILE = REPO_ROOT / "compose" / "docker-compose.yml"
 FULL_COMPOSE_FILE = REPO_ROOT / "compose" / "docker-compose.full.yml"
-GATEWAY_IMAGE = "sandbox-gateway:deploy-test"
-PROXY_IMAGE = "sandbox-gateway-proxy:deploy-test"
-FRONTEND_IMAGE = "sandbox-gateway-frontend:deploy-test"
-GATEWAY_UID = 10001
 #: Not the default range, so a sandbox made at all shows that the proxy and the gateway got the same one.
 SANDBOX_UIDS = UidRange.parse("2001000000-2001009999")
 
 
-def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    socket_path = SetupPaths.from_env().docker_socket
-    argv = ["docker", "-H", f"unix://{socket_path}", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=check)
-
-
-def _inspect(kind: str, name: str) -> dict[str, Any]:
-    return dict(json.loads(_docker(kind, "inspect", name).stdout)[0])
-
-
 def _compose_env(paths: SetupPaths, project: str, port: int, secrets: Path, **extra: str) -> dict[str, str]:
     """docker-compose's environment for a stack of this test's: the host's engine, the images just
-    built, the gateway published on loopback `port`; nothing of the caller's DOCKER_/SGW_ settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SGW_"))}
-    env.update(
-        DOCKER_HOST=f"unix://{paths.docker_socket}",
+    built, the gateway published on loopback `port`."""
+    return clean_env(
+        paths.docker_socket,
         SGW_DOCKER_SOCKET=str(paths.docker_socket),
         DOCKER_GID=str(paths.docker_socket.stat().st_gid),
         SGW_GATEWAY_IMAGE=GATEWAY_IMAGE,
@@ -70,78 +64,17 @@ def _compose_env(paths: SetupPaths, project: str, port: int, secrets: Path, **ex
         SGW_SANDBOX_UIDS=str(SANDBOX_UIDS),
         **extra,
     )
-    return env
-
-
-@dataclass
-class Stack:
-    project: str
-    env: dict[str, str]
-    base: str
-    token: str
-    file: Path = COMPOSE_FILE
-    #: The web console's published address (the production stack's).
-    console: str = ""
-
-    def compose(
-        self, *args: str, check: bool = True, timeout: float = 180
-    ) -> subprocess.CompletedProcess[str]:
-        argv = ["docker-compose", "-p", self.project, "-f", str(self.file), *args]
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, env=self.env, check=False
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(argv[3:])} failed: {proc.stderr[-2000:]}")
-        return proc
-
-    def container(self, service: str) -> str:
-        return self.compose("ps", "-q", service).stdout.strip()
-
-    def exec(self, service: str, *argv: str) -> subprocess.CompletedProcess[str]:
-        return self.compose("exec", "-T", service, *argv, check=False, timeout=60)
-
-    def leftovers(self) -> dict[str, list[str]]:
-        label = f"label=com.docker.compose.project={self.project}"
-        return {
-            "containers": _docker("ps", "-aq", "--filter", label).stdout.split(),
-            "networks": _docker("network", "ls", "-q", "--filter", label).stdout.split(),
-            "volumes": _docker("volume", "ls", "-q", "--filter", label).stdout.split(),
-            "sandboxes": _docker(
-                "ps", "-aq", "--filter", f"label=sandbox-gateway.gateway={self.project}"
-            ).stdout.split(),
-        }
-
-
-def _wait_healthy(stack: Stack, service: str, deadline_s: float = 90) -> None:
-    def healthy() -> bool:
-        container = stack.container(service)
-        assert container, "no container yet"
-        status = _inspect("container", container)["State"].get("Health", {}).get("Status", "none")
-        assert status == "healthy", status
-        return True
-
-    try:
-        eventually(healthy, timeout_s=deadline_s, interval_s=0.5, message=f"{service} did not become healthy")
-    except EventuallyFailed as exc:
-        logs = stack.compose("logs", "--no-color", "--tail", "40", check=False).stdout
-        raise AssertionError(f"{exc}:\n{logs}") from None
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    if shutil.which("docker-compose") is None:
-        pytest.fail("docker-compose is missing: `make test-tools` installs Debian's docker-compose")
+    need_compose()
     paths = SetupPaths.from_env()
-    build_compose_images(paths, GATEWAY_IMAGE, PROXY_IMAGE, frontend_image=None)
+    build_images()
 
     secrets = tmp_path_factory.mktemp("secrets")
     token = TokenStore(secrets / "tokens.jsonl").create("alice", profile="default")
-    if os.geteuid() == 0:  # the gateway runs as uid 10001 and reads the tokens file, nothing else does
-        for path in (secrets, secrets / "tokens.jsonl"):
-            os.chown(path, GATEWAY_UID, GATEWAY_UID)
-    else:
-        secrets.chmod(0o755)
-        (secrets / "tokens.jsonl").chmod(0o644)
+    give_to_gateway(secrets, secrets / "tokens.jsonl")  # the gateway (uid 10001) reads the tokens
 
     project = f"sgwdeploy{uuid.uuid4().hex[:10]}"
     port = free_port()
@@ -151,10 +84,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         running.compose("up", "-d", "--no-build")
         # The proxy's health check is a /_ping through it to the engine.
         for service in ("docker-proxy", "gateway"):
-            _wait_healthy(running, service)
+            wait_healthy(running, service)
         yield running
     finally:
-        running.compose("down", "-v", "--remove-orphans", "--timeout", "60", check=False)
+        running.down()
 
 
 def test_execute_bash_through_the_published_port(stack: Stack) -> None:
@@ -174,13 +107,13 @@ def test_execute_bash_through_the_published_port(stack: Stack) -> None:
     assert int(uid) in SANDBOX_UIDS and module == "textstats", outcome
     assert httpx.get(f"{stack.base}/ready", timeout=10).json()["ready"] is True
     label = f"label=sandbox-gateway.gateway={stack.project}"
-    names = _docker("ps", "--format", "{{.Names}}", "--filter", label).stdout.split()
+    names = docker("ps", "--format", "{{.Names}}", "--filter", label).stdout.split()
     owned = [name for name in names if not name.startswith("sgw-pool-")]  # the warm pool's are nobody's
     assert len(owned) == 1, "the sandbox is a sibling container on the host's engine"
 
 
 def test_the_gateway_has_no_docker_socket_and_runs_read_only_as_non_root(stack: Stack) -> None:
-    info = _inspect("container", stack.container("gateway"))
+    info = inspect("container", stack.container("gateway"))
     mounts = {mount["Destination"]: mount for mount in info["Mounts"]}
     assert not any("docker.sock" in (m.get("Source", "") + dest) for dest, m in mounts.items())
     assert mounts["/run/secrets/sandbox-gateway"]["RW"] is False
@@ -207,15 +140,11 @@ def test_the_gateway_has_no_docker_socket_and_runs_read_only_as_non_root(stack: 
     assert '"event":"exec.finish"' in audit, "the audit log is written to its volume"
 
 
-def _env(info: dict[str, Any]) -> dict[str, str]:
-    return dict(entry.split("=", 1) for entry in info["Config"]["Env"])
-
-
 def test_the_proxy_is_alone_on_an_internal_network_and_refuses_build(stack: Stack) -> None:
-    proxy = _inspect("container", stack.container("docker-proxy"))
+    proxy = inspect("container", stack.container("docker-proxy"))
     networks = set(proxy["NetworkSettings"]["Networks"])
     assert networks == {f"{stack.project}_docker-api"}
-    assert _inspect("network", f"{stack.project}_docker-api")["Internal"] is True
+    assert inspect("network", f"{stack.project}_docker-api")["Internal"] is True
     assert proxy["HostConfig"]["PortBindings"] in ({}, None), "the proxy publishes nothing"
     assert proxy["Config"]["User"] == "65534:65534"
     assert proxy["HostConfig"]["ReadonlyRootfs"] is True and proxy["HostConfig"]["CapDrop"] == ["ALL"]
@@ -226,11 +155,11 @@ def test_the_proxy_is_alone_on_an_internal_network_and_refuses_build(stack: Stac
         f"--mount-source={REPO_ROOT / 'skills'}", "--image=mcp-code-executor:latest",
         "--image=mcp-code-executor:data-science",
     ]  # fmt: skip
-    gateway = _inspect("container", stack.container("gateway"))
-    assert _env(proxy)["SGW_SANDBOX_UIDS"] == _env(gateway)["SGW_SANDBOX_UIDS"] == str(SANDBOX_UIDS)
-    gateway_networks = set(_inspect("container", stack.container("gateway"))["NetworkSettings"]["Networks"])
+    gateway = inspect("container", stack.container("gateway"))
+    assert env_of(proxy)["SGW_SANDBOX_UIDS"] == env_of(gateway)["SGW_SANDBOX_UIDS"] == str(SANDBOX_UIDS)
+    gateway_networks = set(inspect("container", stack.container("gateway"))["NetworkSettings"]["Networks"])
     assert gateway_networks == {f"{stack.project}_docker-api", f"{stack.project}_frontend"}
-    assert _inspect("network", f"{stack.project}_frontend")["Internal"] is False
+    assert inspect("network", f"{stack.project}_frontend")["Internal"] is False
 
     probe = (
         "import urllib.request, urllib.error\n"
@@ -249,6 +178,7 @@ def test_the_proxy_is_alone_on_an_internal_network_and_refuses_build(stack: Stac
 _PRIVILEGED_CREATE = """
 import json, os, sys, urllib.error, urllib.request
 from pathlib import Path
+from typing import Any
 from gateway.backend.create_body import create_body
 from gateway.uids import UidRange
 from policy import load_policy
@@ -282,7 +212,7 @@ def test_the_proxy_refuses_a_privileged_create_from_the_gateway(stack: Stack) ->
     status, _, message = refused.stdout.strip().partition(" ")
     assert status == "403", refused.stdout + refused.stderr
     assert message.startswith("socket proxy refused (body-shape)") and "Privileged" in message, message
-    assert _docker("ps", "-aq", "--filter", f"name=^/{name}$").stdout.split() == []
+    assert docker("ps", "-aq", "--filter", f"name=^/{name}$").stdout.split() == []
 
 
 def test_taking_the_stack_down_leaves_nothing_behind(stack: Stack) -> None:
@@ -290,7 +220,7 @@ def test_taking_the_stack_down_leaves_nothing_behind(stack: Stack) -> None:
     started = time.monotonic()
     stack.compose("stop", "--timeout", "60", "gateway")
     assert time.monotonic() - started < 30, "SIGTERM stops the gateway; it does not wait for the kill"
-    assert _inspect("container", stack.container("gateway"))["State"]["ExitCode"] in (0, 143)
+    assert inspect("container", stack.container("gateway"))["State"]["ExitCode"] in (0, 143)
     assert stack.leftovers()["sandboxes"] == []
     stack.compose("down", "-v", "--remove-orphans", "--timeout", "60")
     assert stack.leftovers() == {"containers": [], "networks": [], "volumes": [], "sandboxes": []}
@@ -300,18 +230,14 @@ def test_taking_the_stack_down_leaves_nothing_behind(stack: Stack) -> None:
 def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """docker-compose.full.yml with its web console, on loopback ports of its own."""
     paths = SetupPaths.from_env()
-    build_compose_images(paths, GATEWAY_IMAGE, PROXY_IMAGE, FRONTEND_IMAGE)
+    build_images(frontend=True)
     work = tmp_path_factory.mktemp("full")
     secrets, tools = work / "secrets", work / "tools"
     secrets.mkdir()
     tools.mkdir()
     token = TokenStore(secrets / "tokens.jsonl").create("alice", profile="default")
     (work / "audit-hmac.key").write_bytes(os.urandom(32))
-    for path in (secrets, secrets / "tokens.jsonl", work / "audit-hmac.key"):  # read by uid 10001 only
-        if os.geteuid() == 0:
-            os.chown(path, GATEWAY_UID, GATEWAY_UID)
-        else:
-            path.chmod(0o755 if path.is_dir() else 0o644)
+    give_to_gateway(secrets, secrets / "tokens.jsonl", work / "audit-hmac.key")
     tools.chmod(0o755)
     work.chmod(0o755)
 
@@ -333,10 +259,10 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         running.compose("up", "-d", "--no-build")
         for service in ("docker-proxy", "gateway", "frontend"):
-            _wait_healthy(running, service)
+            wait_healthy(running, service)
         yield running
     finally:
-        running.compose("down", "-v", "--remove-orphans", "--timeout", "60", check=False)
+        running.down()
     assert running.leftovers() == {"containers": [], "networks": [], "volumes": [], "sandboxes": []}
 
 
@@ -348,14 +274,14 @@ def test_the_full_stack_serves_the_web_console_on_loopback(full_stack: Stack) ->
     assert "gradio" in page.text.lower(), page.text[:500]
     assert httpx.get(f"{full_stack.base}/ready", timeout=10).json()["ready"] is True
 
-    info = _inspect("container", full_stack.container("frontend"))
+    info = inspect("container", full_stack.container("frontend"))
     host = info["HostConfig"]
     assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
     assert "no-new-privileges:true" in host["SecurityOpt"]
     assert info["Config"]["User"] == "10002:10002"
     assert {b["HostIp"] for b in host["PortBindings"]["7860/tcp"]} == {"127.0.0.1"}
     assert set(info["NetworkSettings"]["Networks"]) == {f"{full_stack.project}_frontend"}
-    assert _env(info)["MCP_SERVER_URL"] == "http://gateway:8000/mcp"
+    assert env_of(info)["MCP_SERVER_URL"] == "http://gateway:8000/mcp"
     assert not any("docker.sock" in m.get("Source", "") for m in info["Mounts"])
 
     probe = (
