@@ -157,7 +157,7 @@ def test_the_proxy_is_alone_on_an_internal_network_and_refuses_build(stack: Stac
     ]  # fmt: skip
     gateway = inspect("container", stack.container("gateway"))
     assert env_of(proxy)["SGW_SANDBOX_UIDS"] == env_of(gateway)["SGW_SANDBOX_UIDS"] == str(SANDBOX_UIDS)
-    gateway_networks = set(inspect("container", stack.container("gateway"))["NetworkSettings"]["Networks"])
+    gateway_networks = set(gateway["NetworkSettings"]["Networks"])
     assert gateway_networks == {f"{stack.project}_docker-api", f"{stack.project}_frontend"}
     assert inspect("network", f"{stack.project}_frontend")["Internal"] is False
 
@@ -334,9 +334,13 @@ def test_the_other_variants_are_valid_compose_files_that_keep_the_proxy_in_front
     (tmp / "key").write_bytes(os.urandom(32))
     for name in ("skills", "tools"):
         (tmp / name).mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SGW_"))}
-    env.update(DOCKER_GID="999", SGW_SKILLS_DIR=str(tmp / "skills"), SGW_TOOLS_DIR=str(tmp / "tools"))
-    env["SGW_AUDIT_HMAC_KEY"] = str(tmp / "key")
+    env = clean_env(
+        None,
+        DOCKER_GID="999",
+        SGW_SKILLS_DIR=str(tmp / "skills"),
+        SGW_TOOLS_DIR=str(tmp / "tools"),
+        SGW_AUDIT_HMAC_KEY=str(tmp / "key"),
+    )
     argv = ["docker-compose", "-p", "variant"]
     for name in files:
         argv += ["-f", str(REPO_ROOT / "compose" / name)]

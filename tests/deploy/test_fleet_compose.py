@@ -24,6 +24,7 @@ from gateway.cli import _parser, main
 from gateway.setup.compose_images import BASE_PACKAGES
 from gateway.setup.state import REPO_ROOT
 from gateway.sockproxy.main import add_arguments
+from tests.support.compose_stack import clean_env, need_compose
 
 FLEET = REPO_ROOT / "compose" / "fleet"
 HAPROXY_CFG = FLEET / "haproxy.cfg"
@@ -33,11 +34,10 @@ REPLICAS = ("gateway-1", "gateway-2")
 
 
 def _compose_config(file: str, **env: str) -> dict[str, Any]:
-    if shutil.which("docker-compose") is None:
-        pytest.fail("docker-compose is missing: `make test-tools` installs Debian's docker-compose")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SGW_"))}
+    need_compose()
     argv = ["docker-compose", "-p", "fleetcheck", "-f", str(FLEET / file), "config"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env={**clean, **env}, check=False)
+    clean = clean_env(None, **env)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=clean, check=False)
     assert proc.returncode == 0, proc.stderr
     return dict(yaml.safe_load(proc.stdout))
 

@@ -17,7 +17,7 @@ import socket
 import ssl
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,6 @@ class Fleet:
     host_stacks: list[Stack]
     certs: Path
     tokens: dict[str, str]
-    #: Principal -> the container id its sandbox had when first made.
-    sandboxes: dict[str, str] = field(default_factory=dict)
 
     def call(self, principal: str, command: str) -> dict[str, Any]:
         async def go() -> dict[str, Any]:
@@ -86,6 +84,12 @@ class Fleet:
             lines = host.docker("ps", "-a", "--filter", label, "--format", "{{.Names}} {{.ID}}")
             found[host.name] = dict(line.split() for line in lines.stdout.decode().splitlines())
         return found
+
+    def own_sandboxes(self) -> dict[str, str]:
+        """Principal -> the container id of its sandbox, wherever it is (missing: it has none)."""
+        ids = {name: cid for names in self.placed().values() for name, cid in names.items()}
+        named = {sandbox_name(self.tier.project, f"default/{p}"): p for p in PRINCIPALS}
+        return {named[name]: cid for name, cid in ids.items() if name in named}
 
     def served(self, service: str) -> set[str]:
         """Principals whose commands the replica `service` ran, from its audit log."""
@@ -238,11 +242,7 @@ def test_calls_through_the_balancer_run_on_the_sandbox_hosts(fleet: Fleet) -> No
         assert again["stdout"].strip() == principal, again
 
     placed = fleet.placed()
-    owned = {name: (host, cid) for host, names in placed.items() for name, cid in names.items()}
-    for principal in PRINCIPALS:
-        name = sandbox_name(fleet.tier.project, f"default/{principal}")
-        assert name in owned, f"{principal}'s sandbox is on no sandbox host: {placed}"
-        fleet.sandboxes[principal] = owned[name][1]
+    assert set(fleet.own_sandboxes()) == set(PRINCIPALS), f"a principal has no sandbox on a host: {placed}"
     per_host = {host: [n for n in names if not n.startswith("sgw-pool-")] for host, names in placed.items()}
     assert sum(map(len, per_host.values())) == len(PRINCIPALS), per_host
     assert all(per_host.values()), f"placement used one host only: {per_host}"
@@ -335,6 +335,7 @@ def test_a_stopped_replica_leaves_its_principals_to_the_other_with_their_sandbox
     stopped = max(served, key=lambda service: len(served[service]))
     other = next(service for service in REPLICAS if service != stopped)
     assert served[stopped], served
+    before = fleet.own_sandboxes()
     fleet.tier.compose("stop", "--timeout", "60", stopped)
     try:
         for principal in PRINCIPALS:
@@ -342,9 +343,7 @@ def test_a_stopped_replica_leaves_its_principals_to_the_other_with_their_sandbox
             assert outcome["stdout"].strip() == principal, outcome
             assert not outcome.get("sandbox_replaced"), outcome
         assert fleet.served(other) >= set(PRINCIPALS), "the other replica ran every principal's call"
-        names = {n: cid for names in fleet.placed().values() for n, cid in names.items()}
-        for principal, container in fleet.sandboxes.items():
-            assert names[sandbox_name(fleet.tier.project, f"default/{principal}")] == container
+        assert fleet.own_sandboxes() == before, "each principal kept its own container"
     finally:
         fleet.tier.compose("start", stopped)
         wait_healthy(fleet.tier, stopped)

@@ -82,11 +82,13 @@ def env_of(info: dict[str, Any]) -> dict[str, str]:
     return dict(entry.split("=", 1) for entry in info["Config"]["Env"])
 
 
-def clean_env(socket: Path, **settings: str) -> dict[str, str]:
-    """docker-compose's environment: the engine at `socket` and `settings`, nothing of the caller's
-    DOCKER_, COMPOSE_ or SGW_ variables."""
+def clean_env(socket: Path | None, **settings: str) -> dict[str, str]:
+    """docker-compose's environment: the engine at `socket` (none: `config` only) and `settings`,
+    nothing of the caller's DOCKER_, COMPOSE_ or SGW_ variables."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCKER_", "COMPOSE_", "SGW_"))}
-    env.update(DOCKER_HOST=f"unix://{socket}", **settings)
+    if socket is not None:
+        env["DOCKER_HOST"] = f"unix://{socket}"
+    env.update(settings)
     return env
 
 
