@@ -58,6 +58,7 @@ class WarmPool:
         self._targets: dict[str, PoolTarget] = {}
         self._wake = anyio.Event()
         self._retired: list[Sandbox] = []
+        self._unwanted: Callable[[Sandbox], bool] = lambda sandbox: False
 
     def configure(self, targets: dict[str, tuple[Allowed, int]]) -> None:
         """Adopt new sizes and specs (start-up, policy reload); sandboxes of dropped specs retire."""
@@ -117,7 +118,9 @@ class WarmPool:
                 self._wake.set()
 
     def retire_if(self, doomed: Callable[[Sandbox], bool]) -> int:
-        """Retire the ready sandboxes `doomed` says (on a host that now drains); how many."""
+        """Retire the ready sandboxes `doomed` says (on a host that now drains); how many. Until
+        the next call, a sandbox still being made when `doomed` came is retired when offered."""
+        self._unwanted = doomed
         count = 0
         for target in self._targets.values():
             out = [s for s in target.ready if doomed(s)]
@@ -130,8 +133,13 @@ class WarmPool:
         return count
 
     def offer(self, target: PoolTarget, sandbox: Sandbox) -> bool:
-        """Add a freshly made sandbox to its pool, unless the pool was reconfigured meanwhile."""
-        if self._targets.get(sandbox.spec_digest) is not target or len(target.ready) >= target.size:
+        """Add a freshly made sandbox to its pool, unless the pool was reconfigured meanwhile or
+        its host started draining."""
+        if (
+            self._targets.get(sandbox.spec_digest) is not target
+            or len(target.ready) >= target.size
+            or self._unwanted(sandbox)
+        ):
             self._retired.append(sandbox)
             return False
         target.ready.append(sandbox)

@@ -241,8 +241,15 @@ async def test_a_principals_request_rate_holds_across_replicas(rig: FleetRig) ->
 
 
 async def test_a_drained_host_takes_no_new_sandbox_and_keeps_its_own(rig: FleetRig) -> None:
+    """Its principals' sandboxes stay; its ready warm-pool sandboxes are retired, not handed out."""
     drained = rig.hosts[2]
-    before = set(rig.sandboxes()[drained.name])
+
+    def on_drained() -> tuple[set[str], set[str]]:
+        names = rig.sandboxes()[drained.name]
+        pooled = {n for n in names if n.startswith("sgw-pool-")}
+        return set(names) - pooled, pooled
+
+    before, _ = on_drained()
     rig.drained = {drained.name}
     rig.write_hosts()
     rig.hup()
@@ -255,9 +262,10 @@ async def test_a_drained_host_takes_no_new_sandbox_and_keeps_its_own(rig: FleetR
     late = [f"late{i}" for i in range(6)]
     for name in late:
         await _run(rig.balancer + "/mcp", rig.tokens[name], "true")
-    after = rig.sandboxes()
-    assert not {sandbox_name(rig.gateway_id, f"t9/{n}") for n in late} & set(after[drained.name])
-    assert before <= set(after[drained.name]), "its own sandboxes stay"
+    after, _ = on_drained()
+    assert not {sandbox_name(rig.gateway_id, f"t9/{n}") for n in late} & after
+    assert before <= after, "its principals' sandboxes stay"
+    eventually(lambda: not on_drained()[1], timeout_s=30, message="the drained host's pool is retired")
     ready = httpx.get(rig.replicas["gw-2"].base + "/ready", timeout=10).json()
     rows = {row["name"]: row for row in ready["hosts"]}
     assert rows[drained.name]["drain"] is True and rows[drained.name]["placeable"] is False

@@ -140,6 +140,34 @@ async def test_pooled_sandboxes_a_drain_dooms_are_retired_and_replaced(
     assert broker.pool.retire_if(lambda sandbox: False) == 0
 
 
+async def test_a_pooled_sandbox_made_while_its_host_starts_draining_is_retired_when_ready(
+    broker: Broker, fake: FakeBackend, sink: MemorySink
+) -> None:
+    """The drain comes while a pool sandbox on that host is being created: it never joins the pool
+    (a new principal would get a sandbox on the drained host); it is removed and made elsewhere."""
+    held = Gate()
+    creating: list[str] = []
+
+    def hold_first_create(method: str, name: str) -> None:
+        if method == "create" and not creating:
+            creating.append(name)
+            held.wait()
+
+    fake.on_call = hold_first_create
+    async with maintained(broker, pooled_engine(1)):
+        await until(lambda: bool(creating), what="the pool's first create")
+        assert broker.pool.retire_if(lambda sandbox: sandbox.name == creating[0]) == 0
+        held.open()
+        await until(lambda: bool(fake.called("start")), what="its start")
+        doomed = fake.called("start")[0]
+        await until(lambda: doomed in removal_reasons(sink), what="its removal")
+        (kept,) = await pool_of(broker, 1)
+        assert kept != doomed and fake.container(kept).name != creating[0]
+    fake.on_call = None
+    assert removal_reasons(sink)[doomed] == "pool-retired"
+    assert doomed not in {c.id for c in fake.containers()}
+
+
 async def test_an_old_pooled_sandbox_is_not_handed_out(
     broker: Broker, fake: FakeBackend, sink: MemorySink, clock: Clock
 ) -> None:
