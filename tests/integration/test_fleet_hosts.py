@@ -78,22 +78,42 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         print(f"\n{len(hosts)} sandbox hosts up in {time.monotonic() - started:.1f} s")
         yield Fleet(hosts, pki)
     finally:
-        namespaces = {host: netns_inode(host) for host in hosts}
+        namespaces = {host: netns_mark(host.netns) for host in hosts}
         close_all(hosts, tmp_path_factory.mktemp("fleet-logs"))
-    for host, inode in namespaces.items():
-        assert_gone(host.netns, host.root, inode)
+    for host, mark in namespaces.items():
+        assert_gone(host.netns, host.root, mark)
 
 
-def netns_inode(host: SandboxHost) -> int | None:
+@dataclass(frozen=True)
+class NetnsMark:
+    """A host's network namespace, noted just before it is closed: its inode, and the time then
+    (in clock ticks since boot). Namespace inodes are reused once free, so a process later seen in a
+    namespace with that inode is one of the host's only if it started before the mark."""
+
+    inode: int
+    ticks: int
+
+
+def _ticks_since_boot() -> int:
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def _started_ticks(pid: str) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22, starttime
+
+
+def netns_mark(netns: str) -> NetnsMark | None:
     try:
-        return os.stat(f"/run/netns/{host.netns}").st_ino
+        inode = os.stat(f"/run/netns/{netns}").st_ino
     except OSError:
         return None
+    return NetnsMark(inode, _ticks_since_boot())
 
 
-def assert_gone(netns: str, root: Path, inode: int | None) -> None:
+def assert_gone(netns: str, root: Path, mark: NetnsMark | None) -> None:
     """No namespace, veth, directory, mount or process of the host of `netns` and `root` is left;
-    nothing runs in the namespace that had `inode`."""
+    nothing that ran before `mark` runs in the namespace it noted."""
     for listing in (["netns", "list"], ["-o", "link", "show"]):
         assert (
             netns not in subprocess.run(["ip", *listing], capture_output=True, text=True, check=True).stdout
@@ -101,13 +121,17 @@ def assert_gone(netns: str, root: Path, inode: int | None) -> None:
     assert not root.exists()
     assert f"{root}/" not in Path("/proc/self/mounts").read_text()
     assert processes_mentioning(str(root)) == []
-    if inode is not None:
+    if mark is not None:
         inside = []
         for proc in Path("/proc").iterdir():
             try:
-                if proc.name.isdigit() and os.readlink(proc / "ns" / "net") == f"net:[{inode}]":
+                if (
+                    proc.name.isdigit()
+                    and os.readlink(proc / "ns" / "net") == f"net:[{mark.inode}]"
+                    and _started_ticks(proc.name) <= mark.ticks
+                ):
                     inside.append(int(proc.name))
-            except OSError:
+            except (OSError, ValueError, IndexError):
                 continue
         assert inside == [], f"processes still in {netns}"
 
@@ -243,11 +267,11 @@ def test_close_after_failures_leaves_nothing_and_may_be_repeated(tmp_path: Path)
         assert in_cgroup_of(container), "the container runs"
         host.kill_engine()
         host.cut()
-        inode = netns_inode(host)
+        mark = netns_mark(host.netns)
     finally:
         close_all(hosts)
     host.close()
-    assert_gone(host.netns, host.root, inode)
+    assert_gone(host.netns, host.root, mark)
     assert in_cgroup_of(container) == [], "the container's processes (in no namespace of the host's) ended"
     never_started = SandboxHost("idle")
     never_started.close()
@@ -271,7 +295,8 @@ def test_what_a_killed_run_left_is_cleaned(tmp_path: Path) -> None:
     )
     netns, dockerd = run.stdout.split()
     assert netns.startswith(PREFIX) and (ENGINES / netns).is_dir() and not ended(int(dockerd))
-    inode = os.stat(f"/run/netns/{netns}").st_ino
+    mark = netns_mark(netns)
+    assert mark is not None
     clean_stale_hosts()
     assert ended(int(dockerd))
-    assert_gone(netns, ENGINES / netns, inode)
+    assert_gone(netns, ENGINES / netns, mark)
