@@ -23,6 +23,8 @@ _log = logging.getLogger("sandbox_gateway.broker")
 T = TypeVar("T")
 #: After a failed pool fill, wait this long before trying again (the engine may be down).
 _RETRY_S = 5.0
+#: Refills wait at most this long for first calls in handed-out sandboxes to end (see `_yield`).
+_HANDOVER_WAIT_S = 1.0
 
 
 class PoolKeeper:
@@ -32,11 +34,15 @@ class PoolKeeper:
         self._pool = pool
         self._registry = registry
         self._containers = containers
+        #: Pooled sandboxes handed out whose first call has not ended yet.
+        self._handing = 0
+        self._handed = anyio.Event()
 
     async def run(self) -> None:
         """For the gateway's lifetime."""
         while True:
             await self.retire()
+            await self._yield()
             failed = False
             for target, missing in self._pool.wanted():
                 for _ in range(missing):
@@ -53,6 +59,20 @@ class PoolKeeper:
             elif not self._pool.wanted() or self._full():
                 await self._pool.wait()
 
+    async def _yield(self) -> None:
+        """Let the first calls in sandboxes just handed out end before making more: a create
+        competes with them for the engine and the CPU, and they are why the pool exists. Bounded,
+        so a steady stream of new principals cannot keep the pool from refilling."""
+        with anyio.move_on_after(_HANDOVER_WAIT_S):
+            while self._handing:
+                await self._handed.wait()
+
+    def _handed_over(self) -> None:
+        self._handing -= 1
+        if not self._handing:
+            self._handed.set()
+            self._handed = anyio.Event()
+
     def _full(self) -> bool:
         return self._registry.live(self._pool.size) >= self._registry.max_sandboxes
 
@@ -64,11 +84,12 @@ class PoolKeeper:
 
     def take(self, spec: str, principal: Principal, grant: Allowed, key: str) -> Sandbox | None:
         """A ready sandbox of `spec`, claimed for its principal, or None. It is renamed to the
-        principal's name while its first call runs (`run_handing_over`)."""
+        principal's name while its first call runs (`run_in`); the pool refills once that call ends."""
         sandbox = self._pool.take(spec)
         if sandbox is not None:
             self._containers.claim(sandbox, principal, grant, key)
             sandbox.renaming = True
+            self._handing += 1
         return sandbox
 
     async def run_in(
@@ -82,6 +103,14 @@ class PoolKeeper:
         if not sandbox.renaming:
             return await run(), True
         sandbox.renaming = False
+        try:
+            return await self._hand_over(sandbox, principal, run)
+        finally:
+            self._handed_over()
+
+    async def _hand_over(
+        self, sandbox: Sandbox, principal: Principal, run: Callable[[], Awaitable[T]]
+    ) -> tuple[T, bool]:
         renamed = False
 
         async def rename() -> None:

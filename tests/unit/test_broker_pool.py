@@ -11,6 +11,7 @@ import pytest
 
 from audit import MemorySink
 from gateway.errors import EngineError, QuotaExceeded
+from gateway.sandboxes import pool_keeper
 from gateway.sandboxes.broker import Broker
 from gateway.sandboxes.naming import POOL, POOL_PREFIX, PRINCIPAL, sandbox_name
 from gateway.sandboxes.pool import pool_targets
@@ -27,7 +28,7 @@ from tests.unit.broker_support import (
     until,
 )
 from tests.unit.conftest import MakeBroker
-from tests.unit.fake_backend import FakeBackend, Gate
+from tests.unit.fake_backend import FakeBackend, Gate, held
 
 pytestmark = pytest.mark.anyio
 
@@ -249,6 +250,33 @@ async def test_a_pooled_sandboxs_first_call_runs_while_it_is_renamed_and_returns
         assert {c.name for c in fake.containers() if c.id == pooled} == {
             sandbox_name(GATEWAY, "default/alice")
         }
+
+
+@pytest.mark.parametrize("bound_s", [30.0, 0.01])
+async def test_the_pool_refills_after_a_handed_out_sandboxs_first_call_ends_or_the_bound(
+    broker: Broker, fake: FakeBackend, monkeypatch: pytest.MonkeyPatch, bound_s: float
+) -> None:
+    """A refill's create would compete with the first call the pool exists to speed up, so it
+    waits for that call; for no longer than the bound, so a call that never ends cannot starve it."""
+    monkeypatch.setattr(pool_keeper, "_HANDOVER_WAIT_S", bound_s)
+    engine = pooled_engine(1)
+    async with maintained(broker, engine):
+        (pooled,) = await pool_of(broker, 1)
+        creates = len(fake.called("create"))
+        gate = Gate()
+        fake.handler = held(gate)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(run, broker, engine, "alice", "hold")
+            await until(lambda: fake.active == 1, what="the first call to run")
+            if bound_s > 1:
+                for _ in range(20):  # the pool loop's chances to refill
+                    await anyio.sleep(0)
+                assert len(fake.called("create")) == creates and broker.pool.sandboxes == []
+                gate.open()
+            await until(lambda: len(broker.pool.sandboxes) == 1, what="the pool to refill")
+            gate.open()
+        alice = broker.sandbox_of(Principal("alice"))
+        assert alice is not None and alice.container_id == pooled
 
 
 async def test_the_pool_stays_within_the_host_cap(make_broker: MakeBroker, fake: FakeBackend) -> None:
