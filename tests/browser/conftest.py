@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -102,6 +102,17 @@ def console(ui_gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> It
     )
 
 
+def until(
+    driver: webdriver.Chrome, condition: Callable[[webdriver.Chrome], object], timeout_s: float
+) -> object:
+    """Wait for `condition` as WebDriverWait does, asking again when an element it read was
+    replaced in the meantime: Gradio re-renders components while an update lands, so an element
+    found a moment ago can be gone by the time it is read."""
+    return WebDriverWait(driver, timeout_s, ignored_exceptions=(StaleElementReferenceException,)).until(
+        condition
+    )
+
+
 class Page:
     """The browser on the console, with the few moves the tests make."""
 
@@ -132,18 +143,30 @@ class Page:
         The click after it fails as it would have when the overlay stays."""
         overlay = "[data-testid='status-tracker'].full"
         with contextlib.suppress(TimeoutException):
-            WebDriverWait(self.driver, self.timeout_s).until(
-                lambda d: not any(e.is_displayed() for e in d.find_elements(By.CSS_SELECTOR, overlay))
+            until(
+                self.driver,
+                lambda d: not any(e.is_displayed() for e in d.find_elements(By.CSS_SELECTOR, overlay)),
+                self.timeout_s,
             )
 
     def click(self, elem_id: str) -> None:
         self.settled()
-        self.el(elem_id).click()
+
+        def clicked(_: webdriver.Chrome) -> bool:
+            self.el(elem_id).click()
+            return True
+
+        until(self.driver, clicked, self.timeout_s)
 
     def tab(self, label: str) -> None:
         self.settled()
-        buttons = self.driver.find_elements(By.CSS_SELECTOR, "button[role='tab']")
-        next(b for b in buttons if b.text.strip() == label).click()
+
+        def chosen(d: webdriver.Chrome) -> bool:
+            buttons = d.find_elements(By.CSS_SELECTOR, "button[role='tab']")
+            next(b for b in buttons if b.text.strip() == label).click()
+            return True
+
+        until(self.driver, chosen, self.timeout_s)
 
     def wait_text(self, elem_id: str, needle: str, timeout_s: float | None = None) -> str:
         """The element's text once it contains `needle`."""
@@ -155,7 +178,7 @@ class Page:
 
     def _wait(self, read: Callable[[str], str], elem_id: str, needle: str, timeout_s: float | None) -> str:
         try:
-            WebDriverWait(self.driver, timeout_s or self.timeout_s).until(lambda _: needle in read(elem_id))
+            until(self.driver, lambda _: needle in read(elem_id), timeout_s or self.timeout_s)
         except TimeoutException:
             raise AssertionError(f"#{elem_id} never showed {needle!r}: it shows {read(elem_id)!r}") from None
         return read(elem_id)

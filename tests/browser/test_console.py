@@ -11,9 +11,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser.conftest import SCREENSHOTS, Console, Page
+from tests.browser.conftest import SCREENSHOTS, Console, Page, until
 
 STREAMING = "import time\nfor i in range(4):\n    print('line', i, flush=True)\n    time.sleep(1)\n"
 
@@ -27,7 +26,7 @@ def _choose(page: Page, elem_id: str, value: str) -> None:
     """Pick `value` in a Gradio dropdown."""
     page.el(elem_id).find_element(By.CSS_SELECTOR, "input").click()
     option = f"#{elem_id} li[role='option'][aria-label='{value}']"
-    WebDriverWait(page.driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, option))
+    until(page.driver, lambda d: d.find_elements(By.CSS_SELECTOR, option), 10)
     page.driver.find_element(By.CSS_SELECTOR, option).click()
 
 
@@ -128,11 +127,11 @@ def test_an_operator_sees_and_removes_another_principals_sandbox(page: Page, con
     page.wait_text("admin-table", "bob")
     _choose(page, "admin-select", "bob")
     page.click("admin-remove")
-    WebDriverWait(page.driver, 10).until(lambda _: _shown(page, "admin-confirm-row"))
+    until(page.driver, lambda _: _shown(page, "admin-confirm-row"), 10)
     assert "Remove the sandbox of bob" in page.text("admin-confirm-text")
     page.screenshot("operator.png")
     page.click("admin-confirm")
     page.wait_text("admin-status", "Removed the sandbox of bob")
-    WebDriverWait(page.driver, 10).until(lambda _: "bob" not in page.text("admin-table"))
+    until(page.driver, lambda _: "bob" not in page.text("admin-table"), 10)
     assert not _shown(page, "admin-confirm-row"), "the confirmation step is gone"
     assert (SCREENSHOTS / "console.png").stat().st_size > 0
