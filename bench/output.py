@@ -9,6 +9,7 @@ from typing import Any
 
 from bench import report
 from bench.gateways import LIFTED
+from bench.goals import goal_lines
 from bench.machine import machine_line
 from bench.settings import PARTS, Settings
 from bench.stats import Series
@@ -30,7 +31,7 @@ def print_results(
 ) -> dict[str, Any]:
     """Print the run's tables and target lines; returns the targets as JSON."""
     summaries = [s.summary() for s in ordered]
-    lines, goals = report.targets(ordered, settings.levels, extras.get("spawn_ms"))
+    lines, goals = goal_lines(ordered, settings.levels, extras)
     print(machine_line(machine) if machine else "machine: unknown (the engine did not answer)")
     print(
         f"mode: {'smoke' if settings.smoke else 'full'}; {settings.samples} timed calls per warm row, "

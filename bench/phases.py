@@ -13,6 +13,7 @@ from bench.raw import RawEngine
 from bench.settings import Settings
 from bench.stateful import stateful_calls
 from bench.stats import Series
+from bench.streaming import stream_calls, stream_samples
 
 __all__ = ["gateway_phase", "progress", "raw_first", "raw_warm", "unix_skipped"]
 
@@ -86,6 +87,9 @@ async def gateway_phase(
         out.append(
             await calls.warm_calls(gateway, tail, token, workload, variant=path, samples=settings.samples)
         )
+    progress(f"{path}: 100 MB of output per call, the output cap applies")
+    stream_token = gateway.tokens["stream"]
+    out.append(await stream_calls(gateway, tail, stream_token, path, stream_samples(settings.samples)))
     out.append(await calls.info_calls(gateway, gateway.tokens["info"], path, settings.samples))
     if gateway.exec_path == "agent":
         extras["spawn_ms"] = await calls.spawn_cost(gateway, gateway.tokens["info"])

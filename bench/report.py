@@ -11,7 +11,7 @@ from bench.stage_phase import SPANS_NOTE
 from bench.stages import bars
 from bench.stages import render as render_stage_table
 from bench.stateful import KEPT, NEW_PROCESS, STATEFUL
-from bench.stats import Series
+from bench.streaming import STREAM
 
 __all__ = [
     "FALLBACK",
@@ -21,9 +21,11 @@ __all__ = [
     "RAW_PROXY",
     "RAW_UNIX",
     "expected_rows",
+    "first_variant",
+    "ms_text",
     "render",
     "render_stages",
-    "targets",
+    "throughput_workload",
 ]
 
 RAW_PROXY = "raw exec_run (proxy)"
@@ -54,6 +56,7 @@ def expected_rows(levels: tuple[int, ...]) -> list[tuple[str, str]]:
         for w in WORKLOADS
         for v in (RAW_PROXY, RAW_UNIX, *((LLM_SANDBOX,) if w in llm else ()), FAST, FALLBACK)
     ]
+    rows += [(STREAM, FAST), (STREAM, FALLBACK)]
     rows += [(FIRST, RAW_FIRST)]
     rows += [(FIRST, first_variant(path, pool)) for path in (FAST, FALLBACK) for pool in (True, False)]
     rows += [(INFO, FAST), (INFO, FALLBACK)]
@@ -92,7 +95,7 @@ def render_stages(breakdowns: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines).rstrip()
 
 
-def _ms(value: object) -> str:
+def ms_text(value: object) -> str:
     return "-" if not isinstance(value, float) or math.isnan(value) else f"{value:.1f}"
 
 
@@ -112,88 +115,9 @@ def render(summaries: list[dict[str, Any]]) -> str:
     for row in summaries:
         rate = row["calls_per_s"]
         lines.append(
-            f"{row['workload']:<30} {row['variant']:<38} {row['n']:>5} {_ms(row['p50_ms']):>8} "
-            f"{_ms(row['p95_ms']):>8} {_ms(row['p99_ms']):>8} "
+            f"{row['workload']:<30} {row['variant']:<38} {row['n']:>5} {ms_text(row['p50_ms']):>8} "
+            f"{ms_text(row['p95_ms']):>8} {ms_text(row['p99_ms']):>8} "
             f"{'-' if math.isnan(rate) else f'{rate:.1f}':>8} {row['errors']:>6} "
-            f"{_ms(row['inner_exec_p50_ms']):>8}  {row['note']}".rstrip()
+            f"{ms_text(row['inner_exec_p50_ms']):>8}  {row['note']}".rstrip()
         )
     return "\n".join(lines)
-
-
-def _find(series: list[Series], workload: str, variant: str) -> dict[str, Any] | None:
-    for one in series:
-        if one.workload == workload and one.variant == variant:
-            return one.summary()
-    return None
-
-
-def targets(
-    series: list[Series], levels: tuple[int, ...], spawn_ms: tuple[float, float] | None = None
-) -> tuple[list[str], dict[str, Any]]:
-    """The issue's three targets as lines and as JSON, plus where the fast path's time goes."""
-    lines: list[str] = []
-    out: dict[str, Any] = {}
-
-    def p50(workload: str, variant: str) -> float:
-        row = _find(series, workload, variant)
-        return float(row["p50_ms"]) if row and row["n"] else math.nan
-
-    fast = p50("true", FAST)
-    for raw, key in ((RAW_PROXY, "raw_proxy_over_fast_p50"), (RAW_UNIX, "raw_unix_over_fast_p50")):
-        ratio = p50("true", raw) / fast if fast else math.nan
-        out[key] = ratio
-        verdict = "met" if ratio >= 4 else "missed" if not math.isnan(ratio) else "not measured"
-        lines.append(f"`true`: {raw} p50 / fast path p50 = {ratio:.2f}x (target >= 4x): {verdict}")
-    first = p50(FIRST, first_variant(FAST, True))
-    out["first_call_warm_pool_fast_p50_ms"] = first
-    verdict = "met" if first < 50 else "missed" if not math.isnan(first) else "not measured"
-    lines.append(
-        f"first call by a new principal, fast path, warm pool: p50 {first:.1f} ms (target < 50 ms): {verdict}"
-    )
-    top = max(levels)
-    for path in (FAST, FALLBACK):
-        row = _find(series, throughput_workload(top), path)
-        errors = row["errors"] if row else "not measured"
-        out[f"errors_at_{top}_{'fast' if path == FAST else 'fallback'}"] = errors
-        lines.append(f"errors with {top} concurrent principals, {path}: {errors} (target 0)")
-    for path, key in ((FAST, "fast"), (FALLBACK, "fallback")):
-        alone, loaded = _find(series, BYSTANDER_ALONE, path), _find(series, BYSTANDER_LOADED, path)
-        if alone is None or loaded is None:
-            continue
-        out[f"bystander_{key}_ms"] = {
-            "alone_p50": alone["p50_ms"],
-            "alone_p99": alone["p99_ms"],
-            "loaded_p50": loaded["p50_ms"],
-            "loaded_p99": loaded["p99_ms"],
-        }
-        lines.append(
-            f"a bystander's `true`, {path}: p50/p99 {_ms(alone['p50_ms'])}/{_ms(alone['p99_ms'])} ms with "
-            f"the neighbours idle, {_ms(loaded['p50_ms'])}/{_ms(loaded['p99_ms'])} ms with them at full load "
-            f"({loaded['note']})"
-        )
-    kept, fresh = p50(STATEFUL, KEPT), p50(STATEFUL, NEW_PROCESS)
-    out["stateful_p50_ms"] = {"run_python": kept, "execute_python": fresh}
-    lines.append(
-        f"`x += 1`: run_python (kept interpreter) p50 {kept:.1f} ms, execute_python (a new process each "
-        f"call) p50 {fresh:.1f} ms"
-    )
-    info, inner = p50(INFO, FAST), _find(series, "true", FAST)
-    inner_p50 = float(inner["inner_exec_p50_ms"]) if inner else math.nan
-    out["fast_true_breakdown_ms"] = {
-        "client_p50": fast,
-        "gateway_exec_p50": inner_p50,
-        "sandbox_info_p50": info,
-        "spawn_true_median": spawn_ms[0] if spawn_ms else math.nan,
-        "spawn_timeout_bash_true_median": spawn_ms[1] if spawn_ms else math.nan,
-    }
-    lines.append(
-        f"where the fast path's `true` goes: {fast:.1f} ms at the client, of which the gateway's "
-        f"docker.exec (agent round trip) p50 {inner_p50:.1f} ms; an MCP call that reaches no engine "
-        f"(sandbox_info) p50 {info:.1f} ms"
-    )
-    if spawn_ms:
-        lines.append(
-            f"inside a sandbox, spawning `true` takes {spawn_ms[0]:.1f} ms and what a call runs, "
-            f"`timeout --kill-after=2 30s bash -c true`, {spawn_ms[1]:.1f} ms (median of 30)"
-        )
-    return lines, out

@@ -67,6 +67,7 @@ class Run:
         principals = {f"warm-{i}": PROFILE for i in range(len(WORKLOADS))} | {
             "info": PROFILE,
             "stateful": PROFILE,
+            "stream": PROFILE,
         }
         for i in range(settings.first_calls):
             principals |= {f"first-pool-{i}": PROFILE, f"first-nopool-{i}": NOPOOL}
