@@ -16,7 +16,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -105,12 +109,11 @@ def console(ui_gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> It
 def until(
     driver: webdriver.Chrome, condition: Callable[[webdriver.Chrome], object], timeout_s: float
 ) -> object:
-    """Wait for `condition` as WebDriverWait does, asking again when an element it read was
-    replaced in the meantime: Gradio re-renders components while an update lands, so an element
-    found a moment ago can be gone by the time it is read."""
-    return WebDriverWait(driver, timeout_s, ignored_exceptions=(StaleElementReferenceException,)).until(
-        condition
-    )
+    """Wait for `condition` as WebDriverWait does, asking again when an element it reads is not
+    there yet or was replaced in the meantime: Gradio renders a tab's components after the tab is
+    chosen and re-renders them while an update lands, later the busier the machine."""
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout_s, ignored_exceptions=ignored).until(condition)
 
 
 class Page:
@@ -121,19 +124,44 @@ class Page:
         self.timeout_s = timeout_s
 
     def el(self, elem_id: str) -> WebElement:
-        return self.driver.find_element(By.ID, elem_id)
+        """The element, once it is on the page (up to the page's timeout)."""
+        found = until(self.driver, lambda d: d.find_element(By.ID, elem_id), self.timeout_s)
+        assert isinstance(found, WebElement)
+        return found
 
     def text(self, elem_id: str) -> str:
-        """The element's visible text, its runs of white space made one space."""
-        return " ".join(str(self.el(elem_id).text).split())
+        """The element's visible text without the progress timer Gradio shows in it while it is
+        being updated ("0.2s"), its runs of white space made one space."""
+
+        def read(_: webdriver.Chrome) -> str:
+            element = self.el(elem_id)
+            shown = str(element.text)
+            for tracker in element.find_elements(By.CSS_SELECTOR, "[data-testid='status-tracker']"):
+                shown = shown.replace(str(tracker.text), "", 1) if tracker.text else shown
+            return " " + shown  # never empty, so the wait takes it
+
+        return " ".join(str(until(self.driver, read, self.timeout_s)).split())
+
+    def inner(self, elem_id: str, css: str) -> WebElement:
+        """The first element matching `css` inside the element, once it is rendered."""
+        found = until(
+            self.driver, lambda _: self.el(elem_id).find_element(By.CSS_SELECTOR, css), self.timeout_s
+        )
+        assert isinstance(found, WebElement)
+        return found
+
+    def box(self, elem_id: str) -> WebElement:
+        """The textarea or input inside a Gradio textbox."""
+        return self.inner(elem_id, "textarea, input")
 
     def field(self, elem_id: str) -> str:
         """The value of the textarea or input inside a Gradio textbox."""
-        box = self.el(elem_id).find_element(By.CSS_SELECTOR, "textarea, input")
-        return str(box.get_attribute("value") or "")
+        value = until(self.driver, lambda _: [self.box(elem_id).get_attribute("value") or ""], self.timeout_s)
+        assert isinstance(value, list)
+        return str(value[0])
 
     def fill(self, elem_id: str, value: str) -> None:
-        box = self.el(elem_id).find_element(By.CSS_SELECTOR, "textarea, input")
+        box = self.box(elem_id)
         box.clear()
         box.send_keys(value)
 
@@ -150,10 +178,14 @@ class Page:
             )
 
     def click(self, elem_id: str) -> None:
+        self.press(f"[id='{elem_id}']")
+
+    def press(self, css: str) -> None:
+        """Click the first element matching `css`, once the page is settled and it is there."""
         self.settled()
 
-        def clicked(_: webdriver.Chrome) -> bool:
-            self.el(elem_id).click()
+        def clicked(d: webdriver.Chrome) -> bool:
+            d.find_element(By.CSS_SELECTOR, css).click()
             return True
 
         until(self.driver, clicked, self.timeout_s)
@@ -192,7 +224,7 @@ class Page:
         """Run code that `prints` something from the console tab; the result line once this run's is
         there (the last run's stays on the page until then)."""
         self.tab("Console")
-        self.driver.find_element(By.CSS_SELECTOR, f"#language input[value='{language}']").click()
+        self.press(f"#language input[value='{language}']")
         self.fill("code-input", code)
         self.click("run-button")
         self.wait_field("run-output", prints)
@@ -239,7 +271,11 @@ def browser(url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page
     try:
         driver.get(url)
         the_page = Page(driver)
-        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "sign-in"))
+        try:
+            WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.ID, "sign-in"))
+        except TimeoutException:
+            shown = driver.find_element(By.TAG_NAME, "body").text[:500]
+            raise AssertionError(f"the console never showed its page at {url}: it shows {shown!r}") from None
         yield the_page
     finally:
         driver.quit()

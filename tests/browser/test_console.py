@@ -24,10 +24,9 @@ def _shown(page: Page, elem_id: str) -> bool:
 
 def _choose(page: Page, elem_id: str, value: str) -> None:
     """Pick `value` in a Gradio dropdown."""
-    page.el(elem_id).find_element(By.CSS_SELECTOR, "input").click()
+    page.inner(elem_id, "input").click()
     option = f"#{elem_id} li[role='option'][aria-label='{value}']"
-    until(page.driver, lambda d: d.find_elements(By.CSS_SELECTOR, option), 10)
-    page.driver.find_element(By.CSS_SELECTOR, option).click()
+    page.press(option)
 
 
 def test_the_page_asks_nothing_of_the_internet(page: Page, console: Console) -> None:
@@ -53,7 +52,7 @@ def test_output_arrives_while_the_command_runs(page: Page, console: Console) -> 
     page.sign_in(console.gateway.tokens["alice"], "alice")
     assert page.field("token-input") == ""
     page.tab("Console")
-    page.driver.find_element(By.CSS_SELECTOR, "#language input[value='python']").click()
+    page.press("#language input[value='python']")
     page.fill("code-input", STREAMING)
     page.click("run-button")
     first_line_at = finished_at = None
@@ -78,7 +77,7 @@ def test_an_uploaded_file_can_be_read_back(page: Page, tmp_path: Path) -> None:
     local = tmp_path / "notes.txt"
     local.write_text("uploaded through the console\n")
     page.tab("Workspace")
-    page.el("upload-file").find_element(By.CSS_SELECTOR, "input[type='file']").send_keys(str(local))
+    page.inner("upload-file", "input[type='file']").send_keys(str(local))
     page.wait_text("files-status", "Uploaded /workspace/notes.txt")
     assert "notes.txt" in page.wait_text("files-table", "notes.txt")
     page.click("file-view-button")
