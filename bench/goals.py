@@ -53,24 +53,26 @@ def _row(series: list[Series], workload: str, variant: str) -> dict[str, Any] | 
     return None
 
 
+def _p50(series: list[Series], workload: str, variant: str) -> float:
+    """The row's p50 (ms), nan when it did not run or had no sample."""
+    row = _row(series, workload, variant)
+    return float(row["p50_ms"]) if row and row["n"] else math.nan
+
+
 def _figures(
     series: list[Series], levels: tuple[int, ...], stages: dict[str, Any] | None
 ) -> dict[str, float]:
-    def p50(workload: str, variant: str) -> float:
-        row = _row(series, workload, variant)
-        return float(row["p50_ms"]) if row and row["n"] else math.nan
-
-    fast = p50("true", FAST)
+    fast = _p50(series, "true", FAST)
     top = _row(series, throughput_workload(32), FAST) if 32 in levels else None
     rate = float(top["calls_per_s"]) if top and top["n"] and not top["errors"] else math.nan
     own = ((stages or {}).get("execute_bash true") or {}).get("stages", {}).get("gateway", {})
     return {
         "warm_true_p50_ms": fast,
-        "raw_proxy_over_fast_p50": p50("true", RAW_PROXY) / fast if fast else math.nan,
+        "raw_proxy_over_fast_p50": _p50(series, "true", RAW_PROXY) / fast if fast else math.nan,
         "gateway_own_p50_ms": float(own.get("p50_us", math.nan)) / 1000,
         "calls_per_s_at_32": rate,
-        "first_call_warm_pool_p50_ms": p50(FIRST, first_variant(FAST, True)),
-        "stream_mb_per_s": mb_per_s(p50(STREAM, FAST)),
+        "first_call_warm_pool_p50_ms": _p50(series, FIRST, first_variant(FAST, True)),
+        "stream_mb_per_s": mb_per_s(_p50(series, STREAM, FAST)),
     }
 
 
@@ -103,12 +105,8 @@ def _context(
     """Figures next to the goals: the unix-socket ratio, errors at the top level, the fallback's
     stream, bystanders, stateful calls and the fast path's breakdown."""
 
-    def p50(workload: str, variant: str) -> float:
-        row = _row(series, workload, variant)
-        return float(row["p50_ms"]) if row and row["n"] else math.nan
-
-    fast = p50("true", FAST)
-    out["raw_unix_over_fast_p50"] = p50("true", RAW_UNIX) / fast if fast else math.nan
+    fast = _p50(series, "true", FAST)
+    out["raw_unix_over_fast_p50"] = _p50(series, "true", RAW_UNIX) / fast if fast else math.nan
     ratio = out["raw_unix_over_fast_p50"]
     say(f"raw exec_run through the engine's socket p50 / fast path `true` p50: {_ms(ratio)}x")
     top = max(levels)
@@ -116,7 +114,7 @@ def _context(
         row = _row(series, throughput_workload(top), path)
         out[f"errors_at_{top}_{key}"] = row["errors"] if row else "not measured"
         say(f"errors with {top} concurrent principals, {path}: {out[f'errors_at_{top}_{key}']}")
-    out["stream_mb_per_s_fallback"] = mb_per_s(p50(STREAM, FALLBACK))
+    out["stream_mb_per_s_fallback"] = mb_per_s(_p50(series, STREAM, FALLBACK))
     say(f"100 MB of output through the fallback: {_ms(out['stream_mb_per_s_fallback'])} MB/s")
     for path, key in ((FAST, "fast"), (FALLBACK, "fallback")):
         alone = _row(series, report.BYSTANDER_ALONE, path)
@@ -134,7 +132,7 @@ def _context(
             f"the neighbours idle, {_ms(loaded['p50_ms'])}/{_ms(loaded['p99_ms'])} ms with them at full load "
             f"({loaded['note']})"
         )
-    kept, fresh = p50(STATEFUL, KEPT), p50(STATEFUL, NEW_PROCESS)
+    kept, fresh = _p50(series, STATEFUL, KEPT), _p50(series, STATEFUL, NEW_PROCESS)
     out["stateful_p50_ms"] = {"run_python": kept, "execute_python": fresh}
     say(
         f"`x += 1`: run_python (kept interpreter) p50 {kept:.1f} ms, execute_python (a new process each "
@@ -142,7 +140,7 @@ def _context(
     )
     inner = _row(series, "true", FAST)
     inner_p50 = float(inner["inner_exec_p50_ms"]) if inner else math.nan
-    info, spawn = p50(INFO, FAST), extras.get("spawn_ms")
+    info, spawn = _p50(series, INFO, FAST), extras.get("spawn_ms")
     out["fast_true_breakdown_ms"] = {
         "client_p50": fast,
         "gateway_exec_p50": inner_p50,
