@@ -8,7 +8,7 @@ list the tools inside the first call, to validate its structured result).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -60,9 +60,11 @@ def problem(result: CallToolResult, expected_stdout: str | None) -> str | None:
 
 
 async def timed(
-    client: Client, tool: str, arguments: dict[str, Any], expected: str | None, series: Series
-) -> None:
-    """One call; its latency goes to the series when it answered as expected, else an error."""
+    client: Client, tool: str, arguments: dict[str, Any], expected: str | None, series: Series, *,
+    check: Callable[[CallToolResult], str | None] | None = None,
+) -> None:  # fmt: skip
+    """One call; its latency goes to the series when it answered as expected (`check`, when given,
+    says why not instead of `problem`), else an error."""
     started = time.perf_counter()
     try:
         with anyio.fail_after(CALL_TIMEOUT_S):
@@ -71,7 +73,7 @@ async def timed(
         series.error(f"{type(exc).__name__}: {exc}")
         return
     elapsed = (time.perf_counter() - started) * 1000
-    why = problem(result, expected)
+    why = check(result) if check is not None else problem(result, expected)
     if why is not None:
         series.error(why)
         return

@@ -13,10 +13,10 @@ import math
 import time
 from typing import Any
 
-import anyio
 from mcp import Client
+from mcp.types import CallToolResult
 
-from bench.calls import CALL_TIMEOUT_S, session
+from bench.calls import session, timed
 from bench.gateways import MAX_OUTPUT, AuditTail, BenchGateway
 from bench.stats import Series
 from policy.units import parse_size
@@ -84,19 +84,10 @@ async def stream_calls(
 
 
 async def _call(client: Client, series: Series) -> None:
-    started = time.perf_counter()
-    try:
-        with anyio.fail_after(CALL_TIMEOUT_S):
-            result = await client.call_tool("execute_bash", {"command": COMMAND})
-    except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
-        series.error(f"{type(exc).__name__}: {exc}")
-        return
-    elapsed = (time.perf_counter() - started) * 1000
-    why = stream_problem(result.structured_content or {}, result.is_error)
-    if why is not None:
-        series.error(why)
-    else:
-        series.latencies_ms.append(elapsed)
+    def check(result: CallToolResult) -> str | None:
+        return stream_problem(result.structured_content or {}, result.is_error)
+
+    await timed(client, "execute_bash", {"command": COMMAND}, None, series, check=check)
 
 
 async def _check_counted(tail: AuditTail, mark: int, samples: int, series: Series) -> None:

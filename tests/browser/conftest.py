@@ -137,7 +137,8 @@ class Page:
             element = self.el(elem_id)
             shown = str(element.text)
             for tracker in element.find_elements(By.CSS_SELECTOR, "[data-testid='status-tracker']"):
-                shown = shown.replace(str(tracker.text), "", 1) if tracker.text else shown
+                timer = str(tracker.text)
+                shown = shown.replace(timer, "", 1) if timer else shown
             return " " + shown  # never empty, so the wait takes it
 
         return " ".join(str(until(self.driver, read, self.timeout_s)).split())
