@@ -25,7 +25,6 @@ from audit.processors import (
     RecordCode,
     RedactSecrets,
     Structure,
-    render,
     rfc3339,
 )
 from audit.repeats import RepeatTable, Summary
@@ -102,7 +101,7 @@ class AuditLog:
         )
         self._chain = ChainHashes(_resume_head(sinks))
         self.code = RecordCode(code_mode, hmac_key)
-        self._logger = structlog.wrap_logger(
+        self._logger = structlog.BoundLogger(
             self._fanout,
             processors=[
                 structlog.contextvars.merge_contextvars,
@@ -113,10 +112,8 @@ class AuditLog:
                 RedactSecrets(),
                 Structure(),
                 self._chain,
-                render,
             ],
-            wrapper_class=structlog.BoundLogger,
-            cache_logger_on_first_use=False,
+            context={},
         )
 
     @property

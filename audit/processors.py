@@ -1,7 +1,7 @@
 """The audit pipeline's processors: small callables, each doing one thing.
 
 Order in the chain: enrich (context, time, id, trace) -> redact (code, secrets) -> structure ->
-chain (hash) -> render.
+chain (hash, and the rendered line).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from opentelemetry import trace
 
-from audit.chain import canonical, link_hash
+from audit.chain import canonical
 from audit.schema import GROUPS, TOP_LEVEL
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "RecordCode",
     "RedactSecrets",
     "Structure",
-    "render",
     "rfc3339",
 ]
 
@@ -119,15 +118,37 @@ class RedactSecrets:
         return redacted
 
 
+#: Values with nothing inside to redact (exact types: a subclass takes the general checks).
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+#: Keys already judged (the gateway's own field names, mostly); bounded, past that judged each time.
+_KEY_VERDICTS: dict[str, bool] = {}
+_KEYS_REMEMBERED = 4096
+
+
+def _names_a_secret(key: object) -> bool:
+    text = str(key)
+    verdict = _KEY_VERDICTS.get(text)
+    if verdict is None:
+        verdict = _SECRET_KEY.search(text) is not None
+        if len(_KEY_VERDICTS) < _KEYS_REMEMBERED:
+            _KEY_VERDICTS[text] = verdict
+    return verdict
+
+
 def _redact(value: Any) -> Any:
     if isinstance(value, MutableMapping):
         for key in list(value):
-            if _SECRET_KEY.search(str(key)):
+            secret = _KEY_VERDICTS.get(key)
+            if secret is None:
+                secret = _names_a_secret(key)
+            if secret:
                 value[key] = "[redacted]"
             else:
-                value[key] = _redact(value[key])
+                item = value[key]
+                if type(item) not in _LEAVES:
+                    value[key] = _redact(item)
     elif isinstance(value, list):
-        return [_redact(item) for item in value]
+        return [item if type(item) in _LEAVES else _redact(item) for item in value]
     return value
 
 
@@ -150,17 +171,28 @@ class Structure:
 
 
 class ChainHashes:
-    """Adds `prev_hash` and `hash`. The head moves only when a line was written (commit)."""
+    """Adds `prev_hash` and `hash`, and renders the line: the last processor. The head moves only
+    when the line was written (commit).
+
+    The line is the canonical JSON of the event with its hash, and the hash covers the canonical
+    JSON of the event without it. Keys are sorted, so the line is that text with `"hash":...`
+    spliced in between the keys that sort before "hash" and those after: one encoding serves both.
+    """
 
     def __init__(self, head: str) -> None:
         self.head = head
         self._pending: str | None = None
         self.lock = threading.Lock()
 
-    def __call__(self, logger: object, method: str, event: EventDict) -> EventDict:
+    def __call__(self, logger: object, method: str, event: EventDict) -> str:
+        event.pop("hash", None)  # the chain's own field: never one a caller sets
         event["prev_hash"] = self.head
-        self._pending = event["hash"] = link_hash(self.head, dict(event))
-        return event
+        before = canonical({key: value for key, value in event.items() if key < "hash"})
+        after = canonical({key: value for key, value in event.items() if key > "hash"})
+        # Both hold a key ("event" sorts before "hash", "prev_hash" after), so neither is "{}".
+        digest = hashlib.sha256(f"{self.head}{before[:-1]},{after[1:]}".encode()).hexdigest()
+        self._pending = digest
+        return f'{before[:-1]},"hash":"{digest}",{after[1:]}'
 
     def commit(self) -> None:
         if self._pending is not None:
@@ -168,7 +200,3 @@ class ChainHashes:
 
     def rollback(self) -> None:
         self._pending = None
-
-
-def render(logger: object, method: str, event: EventDict) -> str:
-    return canonical(dict(event))

@@ -161,6 +161,9 @@ def serve(args: argparse.Namespace) -> int:
         loop="auto",
         http="h11",
         log_level=settings.log_level.lower(),
+        # An access line per request only where the log level would show it (it costs a call's
+        # worth of formatting even when filtered out); the audit log records every call anyway.
+        access_log=settings.log_level.upper() in ("DEBUG", "INFO"),
         server_header=False,
         timeout_keep_alive=15,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),

@@ -93,6 +93,30 @@ def test_secrets_never_appear() -> None:
     assert "hunter2" not in sink.lines[0]
 
 
+def test_a_credential_key_is_redacted_every_time_and_past_the_remembered_keys() -> None:
+    sink = MemorySink()
+    log = AuditLog([sink])
+    for i in range(5000):  # more distinct keys than the redactor remembers verdicts for
+        fields = {f"field_{i}": "plain", f"Api_Key_{i}": "sgw_secret"}
+        log.emit("x", **fields, nested=[{"TOKEN": "sgw_secret"}])
+    assert not any("sgw_secret" in line for line in sink.lines)
+    assert all('"plain"' in line for line in sink.lines)
+
+
+def test_each_line_is_the_canonical_json_of_its_event_and_hash_covers_the_rest() -> None:
+    sink = MemorySink()
+    log = AuditLog([sink])
+    log.emit("e", tool="t\u00e9\n\"", ratio=0.1, big=1e16, zeta=None, alpha={"b": [1, "ü"], "a": 2})
+    log.emit("e", hash="forged", prev_hash="forged", n=1)  # the chain's own fields are never a caller's
+    for line in sink.lines:
+        event = json.loads(line)
+        assert line == json.dumps(event, sort_keys=True, separators=(",", ":"))
+    events = audit_events(sink)
+    assert events[1]["prev_hash"] == events[0]["hash"] and events[1]["hash"] == log.head
+    report = verify_lines(((f"m:{i}", line) for i, line in enumerate(sink.lines, 1)), expect_genesis=True)
+    assert report.ok and report.lines == 2
+
+
 def test_bound_context_is_merged() -> None:
     sink = MemorySink()
     with structlog.contextvars.bound_contextvars(request_id="r1", principal="p"):
