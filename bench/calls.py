@@ -19,6 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.types import CallToolResult
 
+from bench.cpu import CpuWindow
 from bench.gateways import AuditTail, BenchGateway
 from bench.stats import Series, percentile
 from tests.support import eventually_async
@@ -124,30 +125,6 @@ async def info_calls(gateway: BenchGateway, token: str, variant: str, samples: i
     return series
 
 
-SPAWN_PROBE = """
-import statistics, subprocess, time
-def median_ms(argv):
-    times = []
-    for _ in range(30):
-        started = time.perf_counter()
-        subprocess.run(argv, check=True)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
-print(median_ms(["true"]), median_ms(["timeout", "--kill-after=2", "30s", "bash", "-c", "true"]))
-"""
-
-
-async def spawn_cost(gateway: BenchGateway, token: str) -> tuple[float, float] | None:
-    """Median ms to spawn `true`, and `timeout ... bash -c true` (what a call runs), inside a sandbox."""
-    try:
-        async with session(gateway.url, token) as client:
-            result = await client.call_tool("execute_python", {"code": SPAWN_PROBE})
-        plain, wrapped = str((result.structured_content or {}).get("stdout", "")).split()
-        return float(plain), float(wrapped)
-    except Exception:  # noqa: BLE001 - an optional figure: left out when it cannot be had
-        return None
-
-
 async def first_calls(
     gateway: BenchGateway, tail: AuditTail, tokens: list[str], variant: str, *, pool: bool
 ) -> Series:
@@ -185,7 +162,8 @@ async def throughput(
     gateway: BenchGateway, tail: AuditTail, tokens: list[str], *, calls_each: int, workload: str, variant: str
 ) -> Series:
     """Every principal its own session, `true` in a loop; the clock runs from when all are ready
-    (session open, sandbox running after one untimed call) until the last call answers."""
+    (session open, sandbox running after one untimed call) until the last call answers. The
+    machine's CPU is read over the same window (bench/cpu.py)."""
     series = Series(workload, variant)
     ready, all_ready, go = 0, anyio.Event(), anyio.Event()
 
@@ -212,14 +190,18 @@ async def throughput(
                 arrived()
 
     series_warmup = Series(workload, "warm-up")
+    cpu = CpuWindow(gateway.server.process.pid)
     async with anyio.create_task_group() as tasks:
         for token in tokens:
             tasks.start_soon(principal, token)
         await all_ready.wait()
         mark = tail.mark()
+        cpu.start()
         started = time.perf_counter()
         go.set()
     series.wall_s = time.perf_counter() - started
+    cpu.stop(len(series.latencies_ms) + len(series.errors))
+    series.cpu_ms = cpu.per_call_ms
     series.inner_ms = tail.durations("exec", mark)
     for message in series_warmup.errors:
         series.error(f"first call: {message}")

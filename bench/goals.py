@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import report
+from bench.cpu import cpu_line
 from bench.report import (
     FALLBACK,
     FAST,
@@ -146,7 +147,8 @@ def _context(
         "gateway_exec_p50": inner_p50,
         "sandbox_info_p50": info,
         "spawn_true_median": spawn[0] if spawn else math.nan,
-        "spawn_timeout_bash_true_median": spawn[1] if spawn else math.nan,
+        "spawn_bash_true_median": spawn[1] if spawn else math.nan,
+        "spawn_timeout_bash_true_median": spawn[2] if spawn else math.nan,
     }
     say(
         f"where the fast path's `true` goes: {fast:.1f} ms at the client, of which the gateway's "
@@ -155,6 +157,12 @@ def _context(
     )
     if spawn:
         say(
-            f"inside a sandbox, spawning `true` takes {spawn[0]:.1f} ms and what a call runs, "
-            f"`timeout --kill-after=2 30s bash -c true`, {spawn[1]:.1f} ms (median of 30)"
+            f"inside a sandbox, spawning `true` takes {spawn[0]:.1f} ms, what a fast-path call runs "
+            f"(`bash -c true`) {spawn[1]:.1f} ms, what a fallback call runs (`timeout --kill-after=2 30s "
+            f"bash -c true`) {spawn[2]:.1f} ms (median of 30)"
         )
+    for path, key in ((FAST, "fast"), (FALLBACK, "fallback")):
+        row = _row(series, throughput_workload(top), path)
+        if row and row.get("cpu_ms_per_call"):
+            out[f"cpu_ms_per_call_at_{top}_{key}"] = row["cpu_ms_per_call"]
+            say(cpu_line(row["cpu_ms_per_call"], f"{top} concurrent principals, {path}"))

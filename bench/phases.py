@@ -11,6 +11,7 @@ from bench.calls import WORKLOADS
 from bench.gateways import PER_NEIGHBOUR, AuditTail, BenchGateway
 from bench.raw import RawEngine
 from bench.settings import Settings
+from bench.spawn import spawn_cost
 from bench.stateful import stateful_calls
 from bench.stats import Series
 from bench.streaming import stream_calls, stream_samples
@@ -92,7 +93,7 @@ async def gateway_phase(
     out.append(await stream_calls(gateway, tail, stream_token, path, stream_samples(settings.samples)))
     out.append(await calls.info_calls(gateway, gateway.tokens["info"], path, settings.samples))
     if gateway.exec_path == "agent":
-        extras["spawn_ms"] = await calls.spawn_cost(gateway, gateway.tokens["info"])
+        extras["spawn_ms"] = await spawn_cost(gateway, gateway.tokens["info"])
         progress(f"{path}: stateful calls, run_python against execute_python")
         out += await stateful_calls(gateway, tail, gateway.tokens["stateful"], settings.samples)
     for pool in (True, False):

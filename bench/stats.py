@@ -28,6 +28,8 @@ class Series:
     #: The gateway's own `docker.exec` durations (audit events) for the same calls, when known.
     inner_ms: list[float] = field(default_factory=list)
     note: str = ""
+    #: CPU per call by group while the row was measured (bench/cpu.py), when it was.
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     def error(self, message: str) -> None:
         self.errors.append(message[:300])
@@ -48,4 +50,5 @@ class Series:
             "error_samples": sorted(set(self.errors))[:5],
             "inner_exec_p50_ms": percentile(inner, 50),
             "note": self.note,
+            "cpu_ms_per_call": dict(self.cpu_ms),
         }
