@@ -17,6 +17,7 @@ from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.fdlimit import raise_open_file_limit
 from gateway.http.app import build_app
+from gateway.http.server_protocol import BoundedHeadProtocol
 from gateway.telemetry import configure_telemetry
 from gateway.uids import UidRange, host_accounts_in
 from gateway.wiring import build_audit, build_core
@@ -156,10 +157,10 @@ def serve(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        # uvloop when installed; h11 always: its 64 KiB bound on an incomplete request head is
-        # the gateway's, while httptools buffers a header of megabytes.
+        # uvloop when installed; llhttp (httptools) with the gateway's 64 KiB bound on a request
+        # head still being received (gateway/http/server_protocol.py).
         loop="auto",
-        http="h11",
+        http=BoundedHeadProtocol,
         log_level=settings.log_level.lower(),
         # An access line per request only where the log level would show it (it costs a call's
         # worth of formatting even when filtered out); the audit log records every call anyway.
@@ -167,7 +168,6 @@ def serve(args: argparse.Namespace) -> int:
         server_header=False,
         timeout_keep_alive=15,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
-        h11_max_incomplete_event_size=64 * 1024,
         lifespan="on",
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,

@@ -1,0 +1,96 @@
+"""The gateway's HTTP/1.1 front end against hostile clients on a raw socket: a request head is
+bounded while it is received, and requests that two parsers could read differently are refused."""
+
+from __future__ import annotations
+
+import select
+import socket
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from gateway.http.server_protocol import MAX_HEAD_BYTES
+from tests.e2e.conftest import Gateway
+
+
+def _connect(gateway: Gateway) -> socket.socket:
+    parts = urlsplit(gateway.base)
+    return socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=10)
+
+
+def _answer(sock: socket.socket, timeout_s: float = 10) -> bytes:
+    """Everything the gateway sends until it closes the connection (or `timeout_s` passes)."""
+    received, deadline = b"", time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not select.select([sock], [], [], 0.2)[0]:
+            continue
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def _healthy(gateway: Gateway) -> None:
+    assert httpx.get(f"{gateway.base}/health", timeout=10).status_code == 200
+
+
+def test_a_request_head_that_keeps_growing_is_refused_at_the_bound(gateway: Gateway) -> None:
+    host = urlsplit(gateway.base).netloc
+    with _connect(gateway) as sock:
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}\r\n".encode())
+        sent, line = 0, b"X-Pad: " + b"a" * 4000 + b"\r\n"
+        # Never ending the head: the gateway must stop reading it, not keep every byte.
+        while sent < 64 * MAX_HEAD_BYTES and not select.select([sock], [], [], 0.01)[0]:
+            try:
+                sock.sendall(line)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(line)
+        answer = _answer(sock)
+    assert sent < 16 * MAX_HEAD_BYTES, f"{sent} bytes of one request head were read"
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert f"Request head larger than {MAX_HEAD_BYTES} bytes".encode() in answer
+    _healthy(gateway)
+
+
+def test_a_head_within_the_bound_is_served_and_so_is_the_next_on_the_connection(gateway: Gateway) -> None:
+    host = urlsplit(gateway.base).netloc
+    padding = "a" * (MAX_HEAD_BYTES - 2048)
+    request = f"GET /health HTTP/1.1\r\nHost: {host}\r\nX-Pad: {padding}\r\n\r\n".encode()
+    with _connect(gateway) as sock:
+        for piece in range(0, len(request), 1000):  # trickled: many reads make up one head
+            sock.sendall(request[piece : piece + 1000])
+        sock.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = _answer(sock)
+    assert answer.count(b"HTTP/1.1 200") == 2, answer[:300]
+
+
+#: Requests a proxy in front and the gateway could frame differently (smuggling), or that are not
+#: HTTP/1.1 at all: each is refused with 400 and its connection closed.
+AMBIGUOUS = {
+    "content-length and chunked": b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "two different content-lengths": b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    "space before the colon": b"Content-Length : 2\r\n\r\nab",
+    "a folded header line": b"X-A: 1\r\n  folded\r\nContent-Length: 0\r\n\r\n",
+    "a NUL in a header value": b"X-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
+    "chunked, but not last": b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    "a bad chunk size": b"Transfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+    "a negative content-length": b"Content-Length: -1\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(AMBIGUOUS))
+def test_a_request_two_parsers_could_read_differently_is_refused(gateway: Gateway, case: str) -> None:
+    host = urlsplit(gateway.base).netloc
+    with _connect(gateway) as sock:
+        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}\r\n".encode() + AMBIGUOUS[case])
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 400"), (case, answer[:200])
+    assert b"HTTP/1.1 200" not in answer and b"HTTP/1.1 401" not in answer
+    _healthy(gateway)
