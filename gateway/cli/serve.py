@@ -166,6 +166,10 @@ def serve(args: argparse.Namespace) -> int:
         # worth of formatting even when filtered out); the audit log records every call anyway.
         access_log=settings.log_level.upper() in ("DEBUG", "INFO"),
         server_header=False,
+        # The peer address is the client's: forwarding headers name whatever a client writes in
+        # them (uvicorn would trust them from 127.0.0.1), and the address budget and the audit's
+        # source_ip must not be the client's to choose.
+        proxy_headers=False,
         timeout_keep_alive=15,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         lifespan="on",

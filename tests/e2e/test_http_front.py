@@ -1,5 +1,6 @@
-"""The gateway's HTTP/1.1 front end against hostile clients on a raw socket: a request head is
-bounded while it is received, and requests that two parsers could read differently are refused."""
+"""The gateway's HTTP/1.1 front end against hostile clients: a request head is bounded while it is
+received, requests that two parsers could read differently are refused, and a client cannot name
+its own source address in a header."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.http.server_protocol import MAX_HEAD_BYTES
 from tests.e2e.conftest import Gateway
+from tests.support import audit_events
+from tests.support.events import field
 
 
 def _connect(gateway: Gateway) -> socket.socket:
@@ -94,3 +100,35 @@ def test_a_request_two_parsers_could_read_differently_is_refused(gateway: Gatewa
     assert answer.startswith(b"HTTP/1.1 400"), (case, answer[:200])
     assert b"HTTP/1.1 200" not in answer and b"HTTP/1.1 401" not in answer
     _healthy(gateway)
+
+
+#: Headers a proxy in front would set; the gateway trusts none of them (it is not told of a proxy).
+FORGED = {
+    "X-Forwarded-For": "203.0.113.7",
+    "X-Real-IP": "203.0.113.8",
+    "Forwarded": "for=203.0.113.9;proto=https",
+    "X-Forwarded-Proto": "https",
+}
+
+
+@pytest.mark.anyio
+async def test_a_client_cannot_set_its_own_source_address(gateway: Gateway) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    accept = {"Accept": "application/json, text/event-stream"}
+    for attempt in range(3):  # unauthenticated: charged to, and audited for, the real address
+        forged = {**FORGED, "X-Forwarded-For": f"203.0.113.{attempt + 20}"}
+        refused = httpx.post(
+            gateway.url, json=body, headers={**forged, **accept, "Authorization": "Bearer sgw_x"}
+        )
+        assert refused.status_code == 401
+    headers = {**FORGED, "Authorization": f"Bearer {gateway.tokens['alice']}"}
+    http = create_mcp_http_client(headers=headers)
+    async with http, Client(streamable_http_client(gateway.url, http_client=http)) as client:
+        result = await client.call_tool("sandbox_info", {})
+    assert not result.is_error
+    events = audit_events(gateway.audit_log)
+    assert not [e for e in events if str(field(e, "source_ip")).startswith("203.0.113.")]
+    decisions = audit_events(gateway.audit_log, "policy.decision", principal="alice")
+    assert decisions and {field(e, "source_ip") for e in decisions} == {"127.0.0.1"}
+    failures = audit_events(gateway.audit_log, "auth.failed")
+    assert failures and {field(e, "source_ip") for e in failures} == {"127.0.0.1"}
