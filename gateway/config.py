@@ -5,6 +5,7 @@ Configuration is read once at start-up; nothing reads the environment afterwards
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -147,6 +148,9 @@ class Settings:
     egress_hosts_file: Path | None = None
     egress_dns: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = field(default=())
+    #: Proxies in front (addresses or networks) whose X-Forwarded-For is taken for the client's
+    #: address; none by default: the peer address is the client's.
+    trusted_proxies: tuple[str, ...] = field(default=())
     #: Host uids sandboxes run as, `LOW-HIGH` (each sandbox its own); the socket proxy's range too.
     sandbox_uids: str = DEFAULT_UID_RANGE
     #: Fleet mode: the sandbox hosts (instead of `docker_host`), and this replica's name.
@@ -233,6 +237,11 @@ class Settings:
         self._validate_fleet()
 
     def _validate_fleet(self) -> None:
+        for proxy in self.trusted_proxies:  # in front of a replica or of the only gateway
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(f"--trusted-proxy {proxy!r} is not an IP address or network") from None
         if self.hosts_file is not None and not self.hosts_file.is_file():
             raise ConfigError(f"the hosts file {self.hosts_file} does not exist")
         if self.replica_id and not _REPLICA.fullmatch(self.replica_id):

@@ -210,6 +210,8 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="extra Host header value to accept (DNS-rebinding protection); repeatable",
     )
+    serve.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS", help=(
+        "a proxy in front whose X-Forwarded-For names the client (IP or network); repeatable"))  # fmt: skip
     serve.set_defaults(func=_cmd_serve)
 
     _add_socket_proxy(sub)

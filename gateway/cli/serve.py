@@ -76,6 +76,7 @@ def serve(args: argparse.Namespace) -> int:
         egress_hosts_file=args.egress_hosts_file,
         egress_dns=tuple(args.egress_dns) or None,
         allowed_hosts=tuple(args.allowed_host),
+        trusted_proxies=tuple(args.trusted_proxy),
         reap_interval_s=args.reap_interval,
         shutdown_grace_s=args.shutdown_grace,
         max_sandboxes=args.max_sandboxes,
@@ -166,10 +167,11 @@ def serve(args: argparse.Namespace) -> int:
         # worth of formatting even when filtered out); the audit log records every call anyway.
         access_log=settings.log_level.upper() in ("DEBUG", "INFO"),
         server_header=False,
-        # The peer address is the client's: forwarding headers name whatever a client writes in
-        # them (uvicorn would trust them from 127.0.0.1), and the address budget and the audit's
-        # source_ip must not be the client's to choose.
-        proxy_headers=False,
+        # The peer address is the client's unless the operator names a proxy in front: forwarding
+        # headers say whatever a client writes in them (uvicorn would trust them from 127.0.0.1),
+        # and the address budget and the audit's source_ip must not be the client's to choose.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies) or None,
         timeout_keep_alive=15,
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         lifespan="on",

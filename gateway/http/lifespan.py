@@ -195,6 +195,7 @@ def gateway_lifespan(
                 docker_host=None if settings.hosts_file else settings.docker_host,
                 hosts_file=str(settings.hosts_file) if settings.hosts_file else None,
                 replica_id=settings.replica_id or None,
+                trusted_proxies=list(settings.trusted_proxies) or None,
             )
             if core.fleet is not None:  # which hosts answer, before the sweep lists them
                 await core.fleet.tick()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import select
 import socket
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -15,8 +16,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
+from gateway.backend.docker_engine import DockerBackend
 from gateway.http.server_protocol import MAX_HEAD_BYTES
-from tests.e2e.conftest import Gateway
+from tests.e2e.conftest import Gateway, start_gateway, stop_gateway
 from tests.support import audit_events
 from tests.support.events import field
 
@@ -132,3 +134,22 @@ async def test_a_client_cannot_set_its_own_source_address(gateway: Gateway) -> N
     assert decisions and {field(e, "source_ip") for e in decisions} == {"127.0.0.1"}
     failures = audit_events(gateway.audit_log, "auth.failed")
     assert failures and {field(e, "source_ip") for e in failures} == {"127.0.0.1"}
+
+
+def test_a_proxy_the_operator_names_is_believed_and_the_start_says_so(
+    tmp_path: Path, backend: DockerBackend
+) -> None:
+    trusting = start_gateway(tmp_path, "--trusted-proxy", "127.0.0.1")
+    try:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        headers = {"X-Forwarded-For": "198.51.100.4", "Accept": "application/json, text/event-stream"}
+        refused = httpx.post(trusting.url, json=body, headers={**headers, "Authorization": "Bearer sgw_x"})
+        assert refused.status_code == 401
+        [start] = audit_events(trusting.audit_log, "gateway.start")
+        assert field(start, "trusted_proxies") == ["127.0.0.1"]
+        assert {field(e, "source_ip") for e in audit_events(trusting.audit_log, "auth.failed")} == {
+            "198.51.100.4"
+        }
+    finally:
+        stop_gateway(trusting)
+    assert backend.list({"sandbox-gateway.gateway": trusting.gateway_id}) == []

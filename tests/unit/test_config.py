@@ -68,3 +68,12 @@ def test_sessions_are_bounded_per_principal_by_default() -> None:
     settings = Settings.from_env({})
     assert (settings.sessions_per_principal, settings.session_idle_timeout_s) == (8, 900.0)
     assert settings.requests_per_session == 16 and settings.max_sessions == 10_000
+
+
+def test_no_proxy_is_trusted_by_default_and_a_named_one_must_be_an_address() -> None:
+    assert Settings.from_env({}).trusted_proxies == ()
+    accepted = Settings.from_env({}, trusted_proxies=("127.0.0.1", "10.0.0.0/8", "::1"))
+    assert accepted.trusted_proxies == ("127.0.0.1", "10.0.0.0/8", "::1")
+    for wrong in ("*", "localhost", "10.0.0.0/33", ""):
+        with pytest.raises(ConfigError, match="--trusted-proxy"):
+            Settings.from_env({}, trusted_proxies=(wrong,))
