@@ -4,6 +4,7 @@ its own source address in a header."""
 
 from __future__ import annotations
 
+import json
 import select
 import socket
 import time
@@ -65,6 +66,65 @@ def test_a_request_head_that_keeps_growing_is_refused_at_the_bound(gateway: Gate
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert f"Request head larger than {MAX_HEAD_BYTES} bytes".encode() in answer
     _healthy(gateway)
+
+
+#: The start of a chunked body that never ends in a way the body cap sees: bytes that are not body.
+ENDLESS = {
+    "trailers": (b"1\r\na\r\n0\r\n", b"X-Trailer: " + b"t" * 4000 + b"\r\n"),
+    "a chunk extension": (b"1;ext=", b"e" * 4000),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENDLESS))
+def test_endless_bytes_besides_the_body_are_cut_off(gateway: Gateway, case: str) -> None:
+    host = urlsplit(gateway.base).netloc
+    start, more = ENDLESS[case]
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {gateway.tokens['alice']}\r\n"
+        "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    )
+    with _connect(gateway) as sock:
+        sock.sendall(head.encode() + start)
+        sent = 0
+        while sent < 64 * MAX_HEAD_BYTES and not select.select([sock], [], [], 0.01)[0]:
+            try:
+                sock.sendall(more)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(more)
+        answer = _answer(sock)
+    assert sent < 16 * MAX_HEAD_BYTES, f"{sent} bytes of {case} were read"
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    _healthy(gateway)
+
+
+def test_a_chunked_body_in_small_chunks_is_served(gateway: Gateway) -> None:
+    host = urlsplit(gateway.base).netloc
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    body = json.dumps(request).encode() + b" " * 300_000  # JSON may end in whitespace
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 512]), body[i : i + 512]) for i in range(0, len(body), 512)
+    )
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {gateway.tokens['alice']}\r\n"
+        "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
+    with _connect(gateway) as sock:
+        sock.sendall(head.encode() + chunks + b"0\r\nX-Trailer: fine\r\n\r\n")
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert b'"protocolVersion"' in answer
 
 
 def test_a_head_within_the_bound_is_served_and_so_is_the_next_on_the_connection(gateway: Gateway) -> None:
