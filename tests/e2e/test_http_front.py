@@ -19,7 +19,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from gateway.backend.docker_engine import DockerBackend
 from gateway.http.server_protocol import MAX_HEAD_BYTES
-from tests.e2e.conftest import Gateway, start_gateway, stop_gateway
+from tests.e2e.conftest import INIT, Gateway, start_gateway, stop_gateway
 from tests.support import audit_events
 from tests.support.events import field
 
@@ -45,22 +45,30 @@ def _answer(sock: socket.socket, timeout_s: float = 10) -> bytes:
     return received
 
 
+def _flood(sock: socket.socket, first: bytes, more: bytes) -> int:
+    """Send `first`, then `more` over and over (never ending the request) until the gateway answers
+    or closes, or 64 bounds' worth went through; how many bytes of `more` were taken."""
+    sock.sendall(first)
+    sent = 0
+    while sent < 64 * MAX_HEAD_BYTES and not select.select([sock], [], [], 0.01)[0]:
+        try:
+            sock.sendall(more)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        sent += len(more)
+    return sent
+
+
 def _healthy(gateway: Gateway) -> None:
     assert httpx.get(f"{gateway.base}/health", timeout=10).status_code == 200
 
 
 def test_a_request_head_that_keeps_growing_is_refused_at_the_bound(gateway: Gateway) -> None:
     host = urlsplit(gateway.base).netloc
-    with _connect(gateway) as sock:
-        sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}\r\n".encode())
-        sent, line = 0, b"X-Pad: " + b"a" * 4000 + b"\r\n"
-        # Never ending the head: the gateway must stop reading it, not keep every byte.
-        while sent < 64 * MAX_HEAD_BYTES and not select.select([sock], [], [], 0.01)[0]:
-            try:
-                sock.sendall(line)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sent += len(line)
+    with _connect(gateway) as sock:  # the gateway must stop reading the head, not keep every byte
+        sent = _flood(
+            sock, f"POST /mcp HTTP/1.1\r\nHost: {host}\r\n".encode(), b"X-Pad: " + b"a" * 4000 + b"\r\n"
+        )
         answer = _answer(sock)
     assert sent < 16 * MAX_HEAD_BYTES, f"{sent} bytes of one request head were read"
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
@@ -85,14 +93,7 @@ def test_endless_bytes_besides_the_body_are_cut_off(gateway: Gateway, case: str)
         "Transfer-Encoding: chunked\r\n\r\n"
     )
     with _connect(gateway) as sock:
-        sock.sendall(head.encode() + start)
-        sent = 0
-        while sent < 64 * MAX_HEAD_BYTES and not select.select([sock], [], [], 0.01)[0]:
-            try:
-                sock.sendall(more)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sent += len(more)
+        sent = _flood(sock, head.encode() + start, more)
         answer = _answer(sock)
     assert sent < 16 * MAX_HEAD_BYTES, f"{sent} bytes of {case} were read"
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
@@ -101,17 +102,7 @@ def test_endless_bytes_besides_the_body_are_cut_off(gateway: Gateway, case: str)
 
 def test_a_chunked_body_in_small_chunks_is_served(gateway: Gateway) -> None:
     host = urlsplit(gateway.base).netloc
-    request = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
-    body = json.dumps(request).encode() + b" " * 300_000  # JSON may end in whitespace
+    body = json.dumps(INIT).encode() + b" " * 300_000  # JSON may end in whitespace
     chunks = b"".join(
         b"%x\r\n%s\r\n" % (len(body[i : i + 512]), body[i : i + 512]) for i in range(0, len(body), 512)
     )
