@@ -151,6 +151,8 @@ class Settings:
     #: Proxies in front (addresses or networks) whose X-Forwarded-For is taken for the client's
     #: address; none by default: the peer address is the client's.
     trusted_proxies: tuple[str, ...] = field(default=())
+    #: HTTP: a head's time to arrive, a client's silence mid-request, a response it does not read.
+    http_timeout_s: float = 30.0
     #: Host uids sandboxes run as, `LOW-HIGH` (each sandbox its own); the socket proxy's range too.
     sandbox_uids: str = DEFAULT_UID_RANGE
     #: Fleet mode: the sandbox hosts (instead of `docker_host`), and this replica's name.
@@ -202,6 +204,8 @@ class Settings:
             raise ConfigError("--session-idle-timeout must be between 1 and 86400 seconds")
         if not 1 <= self.requests_per_session <= 1024:
             raise ConfigError("--requests-per-session must be between 1 and 1024")
+        if not 1 <= self.http_timeout_s <= 3600:
+            raise ConfigError("--http-timeout must be between 1 and 3600 seconds")
 
     def validate(self) -> None:
         """Raise ConfigError for a setting that cannot work or is unsafe without an explicit flag."""

@@ -212,6 +212,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS", help=(
         "a proxy in front whose X-Forwarded-For names the client (IP or network); repeatable"))  # fmt: skip
+    serve.add_argument("--http-timeout", type=float, default=30.0, metavar="SECONDS", help=(
+        "for a request head, a client silent mid-request, one reading nothing (default 30)"))  # fmt: skip
     serve.set_defaults(func=_cmd_serve)
 
     _add_socket_proxy(sub)

@@ -17,7 +17,7 @@ from gateway.config import Settings
 from gateway.errors import ConfigError
 from gateway.fdlimit import raise_open_file_limit
 from gateway.http.app import build_app
-from gateway.http.server_protocol import BoundedHeadProtocol
+from gateway.http.server_protocol import BoundedHttpProtocol
 from gateway.telemetry import configure_telemetry
 from gateway.uids import UidRange, host_accounts_in
 from gateway.wiring import build_audit, build_core
@@ -77,6 +77,7 @@ def serve(args: argparse.Namespace) -> int:
         egress_dns=tuple(args.egress_dns) or None,
         allowed_hosts=tuple(args.allowed_host),
         trusted_proxies=tuple(args.trusted_proxy),
+        http_timeout_s=args.http_timeout,
         reap_interval_s=args.reap_interval,
         shutdown_grace_s=args.shutdown_grace,
         max_sandboxes=args.max_sandboxes,
@@ -158,10 +159,10 @@ def serve(args: argparse.Namespace) -> int:
         app,
         host=settings.host,
         port=settings.port,
-        # uvloop when installed; llhttp (httptools) with the gateway's 64 KiB bound on a request
-        # head still being received (gateway/http/server_protocol.py).
+        # uvloop when installed; llhttp (httptools) within the gateway's bounds on heads, framing,
+        # pipelining and time (gateway/http/server_protocol.py).
         loop="auto",
-        http=BoundedHeadProtocol,
+        http=BoundedHttpProtocol.with_timeout(settings.http_timeout_s),
         log_level=settings.log_level.lower(),
         # An access line per request only where the log level would show it (it costs a call's
         # worth of formatting even when filtered out); the audit log records every call anyway.

@@ -106,7 +106,7 @@ def test_a_credential_key_is_redacted_every_time_and_past_the_remembered_keys() 
 def test_each_line_is_the_canonical_json_of_its_event_and_hash_covers_the_rest() -> None:
     sink = MemorySink()
     log = AuditLog([sink])
-    log.emit("e", tool="t\u00e9\n\"", ratio=0.1, big=1e16, zeta=None, alpha={"b": [1, "ü"], "a": 2})
+    log.emit("e", tool='t\u00e9\n"', ratio=0.1, big=1e16, zeta=None, alpha={"b": [1, "ü"], "a": 2})
     log.emit("e", hash="forged", prev_hash="forged", n=1)  # the chain's own fields are never a caller's
     for line in sink.lines:
         event = json.loads(line)
