@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import select
 import socket
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -22,27 +21,11 @@ from gateway.http.server_protocol import MAX_HEAD_BYTES
 from tests.e2e.conftest import INIT, Gateway, start_gateway, stop_gateway
 from tests.support import audit_events
 from tests.support.events import field
+from tests.support.raw_http import connect, read_all
 
 
-def _connect(gateway: Gateway) -> socket.socket:
-    parts = urlsplit(gateway.base)
-    return socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=10)
-
-
-def _answer(sock: socket.socket, timeout_s: float = 10) -> bytes:
-    """Everything the gateway sends until it closes the connection (or `timeout_s` passes)."""
-    received, deadline = b"", time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not select.select([sock], [], [], 0.2)[0]:
-            continue
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        received += chunk
-    return received
+def _connect(gateway: Gateway, timeout: float = 10) -> socket.socket:
+    return connect(gateway.base, timeout)
 
 
 def _flood(sock: socket.socket, first: bytes, more: bytes) -> int:
@@ -69,7 +52,7 @@ def test_a_request_head_that_keeps_growing_is_refused_at_the_bound(gateway: Gate
         sent = _flood(
             sock, f"POST /mcp HTTP/1.1\r\nHost: {host}\r\n".encode(), b"X-Pad: " + b"a" * 4000 + b"\r\n"
         )
-        answer = _answer(sock)
+        answer = read_all(sock)
     assert sent < 16 * MAX_HEAD_BYTES, f"{sent} bytes of one request head were read"
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     assert f"Request head larger than {MAX_HEAD_BYTES} bytes".encode() in answer
@@ -94,7 +77,7 @@ def test_endless_bytes_besides_the_body_are_cut_off(gateway: Gateway, case: str)
     )
     with _connect(gateway) as sock:
         sent = _flood(sock, head.encode() + start, more)
-        answer = _answer(sock)
+        answer = read_all(sock)
     assert sent < 16 * MAX_HEAD_BYTES, f"{sent} bytes of {case} were read"
     assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), answer[:200]
     _healthy(gateway)
@@ -113,7 +96,7 @@ def test_a_chunked_body_in_small_chunks_is_served(gateway: Gateway) -> None:
     )
     with _connect(gateway) as sock:
         sock.sendall(head.encode() + chunks + b"0\r\nX-Trailer: fine\r\n\r\n")
-        answer = _answer(sock)
+        answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert b'"protocolVersion"' in answer
 
@@ -126,7 +109,7 @@ def test_a_head_within_the_bound_is_served_and_so_is_the_next_on_the_connection(
         for piece in range(0, len(request), 1000):  # trickled: many reads make up one head
             sock.sendall(request[piece : piece + 1000])
         sock.sendall(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        answer = _answer(sock)
+        answer = read_all(sock)
     assert answer.count(b"HTTP/1.1 200") == 2, answer[:300]
 
 
@@ -149,7 +132,7 @@ def test_a_request_two_parsers_could_read_differently_is_refused(gateway: Gatewa
     host = urlsplit(gateway.base).netloc
     with _connect(gateway) as sock:
         sock.sendall(f"POST /mcp HTTP/1.1\r\nHost: {host}\r\n".encode() + AMBIGUOUS[case])
-        answer = _answer(sock)
+        answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 400"), (case, answer[:200])
     assert b"HTTP/1.1 200" not in answer and b"HTTP/1.1 401" not in answer
     _healthy(gateway)

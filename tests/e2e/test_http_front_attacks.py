@@ -23,6 +23,7 @@ from gateway.http.server_protocol import MAX_HEAD_BYTES
 from tests.e2e.conftest import INIT, Gateway, start_gateway, stop_gateway
 from tests.support import audit_events
 from tests.support.events import field
+from tests.support.raw_http import connect, read_all
 
 MIB = 1024 * 1024
 #: The gateway's `--http-timeout` here (30 s by default), so the timeouts are seen quickly.
@@ -38,28 +39,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, backend: DockerBackend) ->
 
 
 def _connect(gateway: Gateway, timeout: float = 10) -> socket.socket:
-    parts = urlsplit(gateway.base)
-    return socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=timeout)
+    return connect(gateway.base, timeout)
 
 
 def _host(gateway: Gateway) -> str:
     return urlsplit(gateway.base).netloc
-
-
-def _answer(sock: socket.socket, timeout_s: float = 10) -> bytes:
-    """Everything the gateway sends until it closes the connection (or `timeout_s` passes)."""
-    received, deadline = b"", time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not select.select([sock], [], [], 0.2)[0]:
-            continue
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, OSError):
-            break
-        if not chunk:
-            break
-        received += chunk
-    return received
 
 
 def _closed(sock: socket.socket, timeout_s: float) -> bool:
@@ -165,7 +149,7 @@ def test_a_head_after_a_completed_request_in_the_same_read_is_still_bounded(gate
     )
     with _connect(gateway) as sock:
         sock.sendall(first + second)
-        answer = _answer(sock)
+        answer = read_all(sock)
     served = answer.count(b"HTTP/1.1 200")
     assert served <= 1, f"a {len(second)}-byte head (bound {MAX_HEAD_BYTES}) was served: {answer[:120]!r}"
     _healthy(gateway)
@@ -188,7 +172,7 @@ def test_many_tiny_headers_cost_at_most_a_few_times_the_head_bound(gateway: Gate
         time.sleep(2)
         after = _rss(gateway)
         for sock in socks:  # refused at the field count, not held
-            assert _answer(sock, 5).startswith(b"HTTP/1.1 431")
+            assert read_all(sock, 5).startswith(b"HTTP/1.1 431")
     finally:
         for sock in socks:
             sock.close()
@@ -221,7 +205,7 @@ def test_a_body_sent_after_an_early_401_is_not_held(gateway: Gateway) -> None:
         except (BrokenPipeError, ConnectionResetError):
             pass
         after = _rss(gateway)
-        answer = _answer(sock, 3)
+        answer = read_all(sock, 3)
     print(
         f"after 401: {sent} body bytes accepted, RSS {before // MIB} -> {after // MIB} MiB, {answer[:40]!r}"
     )
@@ -246,7 +230,7 @@ def test_a_body_over_the_cap_after_413_is_not_read_forever(gateway: Gateway) -> 
                 sent += len(chunk)
         except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
             pass
-        answer = _answer(sock, 3)
+        answer = read_all(sock, 3)
     print(f"after 413: {sent} body bytes accepted")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert sent < 64 * MIB, f"{sent} bytes of a refused body were read"
@@ -269,7 +253,7 @@ def test_unsupported_upgrade_then_garbage_is_bounded_and_not_a_log_flood(gateway
                 time.sleep(0.0005)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        answer = _answer(sock, 3)
+        answer = read_all(sock, 3)
     time.sleep(0.5)
     grown = gateway.log.stat().st_size - log_before
     print(f"h2c: {sent} bytes after the upgrade request, log grew {grown} bytes, answer {answer[:80]!r}")
@@ -292,7 +276,7 @@ def test_websocket_upgrade_is_not_served_unauthenticated_and_holds_nothing(gatew
                 sent += 65536
         except (BrokenPipeError, ConnectionResetError):
             pass
-        answer = _answer(sock, 3)
+        answer = read_all(sock, 3)
     after = _rss(gateway)
     print(f"websocket: answer {answer[:120]!r}, {sent} sent, RSS +{(after - before) // MIB} MiB")
     assert b" 101 " not in answer.split(b"\r\n", 1)[0], answer[:200]
@@ -362,7 +346,7 @@ def test_framing_variants_are_refused(gateway: Gateway, case: str) -> None:
     smuggled = f"GET /smuggled HTTP/1.1\r\nHost: {_host(gateway)}\r\n\r\n".encode()
     with _connect(gateway) as sock:
         sock.sendall(_smuggle_request(gateway, case) + smuggled)
-        answer = _answer(sock, 5)
+        answer = read_all(sock, 5)
     status = answer.split(b"\r\n", 1)[0]
     print(f"framing {case!r}: {status!r}, {answer.count(b'HTTP/1.1 ')} responses")
     if case in ACCEPTABLE_IF_SERVED:  # framed as chunked / as 2 by both: /smuggled is a pipelined request
@@ -387,7 +371,7 @@ def test_duplicate_host_and_absolute_form_do_not_crash(gateway: Gateway) -> None
     ):
         with _connect(gateway) as sock:
             sock.sendall(raw.encode("latin-1"))
-            answer = _answer(sock, 5)
+            answer = read_all(sock, 5)
         assert answer.startswith(b"HTTP/1.1 "), (raw, answer[:200])
         assert not answer.startswith(b"HTTP/1.1 5"), (raw, answer[:300])
     _healthy(gateway)
@@ -414,7 +398,7 @@ def test_forwarding_headers_in_odd_spellings_do_not_set_the_source_address(gatew
             ).encode()
             + body
         )
-        answer = _answer(sock)
+        answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
     time.sleep(0.5)
     events = audit_events(gateway.audit_log)
@@ -506,7 +490,7 @@ def test_a_body_near_the_cap_in_small_chunks_is_served(gateway: Gateway, chunk: 
     head = _auth_head(gateway, "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
     with _connect(gateway) as sock:
         sock.sendall(head + framed + b"0\r\n\r\n")
-        answer = _answer(sock, 20)
+        answer = read_all(sock, 20)
     assert answer.startswith(b"HTTP/1.1 200"), (chunk, answer[:300])
 
 
@@ -520,7 +504,7 @@ def test_a_body_with_legal_chunk_extensions_is_served(gateway: Gateway) -> None:
     head = _auth_head(gateway, "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
     with _connect(gateway) as sock:
         sock.sendall(head + framed + b"0\r\n\r\n")
-        answer = _answer(sock, 20)
+        answer = read_all(sock, 20)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
 
 
@@ -538,7 +522,7 @@ def test_big_legal_headers_and_a_pipelined_pair_with_bodies_are_served(gateway: 
     )
     with _connect(gateway) as sock:
         sock.sendall(one + two)
-        answer = _answer(sock, 20)
+        answer = read_all(sock, 20)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert answer.count(b"HTTP/1.1 200") == 2, answer[:300]
 
@@ -553,7 +537,7 @@ def test_pipelined_requests_whose_heads_together_exceed_the_bound_are_served(gat
         for piece in (one, one, one, last):
             for i in range(0, len(piece), 7000):  # reads that straddle requests
                 sock.sendall(piece[i : i + 7000])
-        answer = _answer(sock, 10)
+        answer = read_all(sock, 10)
     assert answer.count(b"HTTP/1.1 200") == 4, answer[:300]
 
 
@@ -568,7 +552,7 @@ def test_expect_100_continue_is_answered_and_served(gateway: Gateway) -> None:
         if select.select([sock], [], [], 5)[0]:
             first = sock.recv(65536)
         sock.sendall(body)
-        answer = first + _answer(sock, 10)
+        answer = first + read_all(sock, 10)
     assert answer.startswith(b"HTTP/1.1 100"), answer[:200]
     assert b"HTTP/1.1 200" in answer, answer[:300]
 
@@ -576,7 +560,7 @@ def test_expect_100_continue_is_answered_and_served(gateway: Gateway) -> None:
 def test_http_1_0_is_served_and_closed(gateway: Gateway) -> None:
     with _connect(gateway) as sock:
         sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
-        answer = _answer(sock, 5)
+        answer = read_all(sock, 5)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
 
@@ -642,7 +626,7 @@ def test_a_websocket_upgrade_with_a_big_head_and_trailing_bytes_in_one_read(gate
     ).encode()
     with _connect(gateway) as sock:
         sock.sendall(head + b"\x00" * (3 * MAX_HEAD_BYTES))
-        answer = _answer(sock, 5)
+        answer = read_all(sock, 5)
     print(f"ws big head: {answer[:80]!r}")
     assert b" 101 " not in answer.split(b"\r\n", 1)[0]
     _healthy(gateway)
