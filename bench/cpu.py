@@ -100,9 +100,9 @@ class CpuWindow:
             return
         used = {group: end.groups[group] - self._start.groups[group] for group in GROUPS[:-1]}
         busy = end.busy_s - self._start.busy_s
-        used["other"] = max(0.0, busy - sum(used.values()))
+        used["other"] = max(0.0, busy - sum(used.values()))  # so the total is at least `busy`
         self.per_call_ms = {group: seconds * 1000 / calls for group, seconds in used.items()}
-        self.per_call_ms["total"] = max(busy, sum(used.values())) * 1000 / calls
+        self.per_call_ms["total"] = sum(used.values()) * 1000 / calls
 
 
 def cpu_line(per_call_ms: dict[str, float], what: str, cores: int | None = None) -> str:

@@ -204,8 +204,15 @@ class Settings:
             raise ConfigError("--session-idle-timeout must be between 1 and 86400 seconds")
         if not 1 <= self.requests_per_session <= 1024:
             raise ConfigError("--requests-per-session must be between 1 and 1024")
+
+    def _validate_http(self) -> None:
         if not 1 <= self.http_timeout_s <= 3600:
             raise ConfigError("--http-timeout must be between 1 and 3600 seconds")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(f"--trusted-proxy {proxy!r} is not an IP address or network") from None
 
     def validate(self) -> None:
         """Raise ConfigError for a setting that cannot work or is unsafe without an explicit flag."""
@@ -232,6 +239,7 @@ class Settings:
         if not 0 <= self.shutdown_grace_s <= 3600:
             raise ConfigError("--shutdown-grace must be between 0 and 3600 seconds")
         self._validate_sessions()
+        self._validate_http()
         if self.max_body_bytes < 1024:
             raise ConfigError("the request body cap must be at least 1 KiB")
         for name, path in (("tools", self.tools_path), ("skills", self.skills_path)):
@@ -241,11 +249,6 @@ class Settings:
         self._validate_fleet()
 
     def _validate_fleet(self) -> None:
-        for proxy in self.trusted_proxies:  # in front of a replica or of the only gateway
-            try:
-                ipaddress.ip_network(proxy, strict=False)
-            except ValueError:
-                raise ConfigError(f"--trusted-proxy {proxy!r} is not an IP address or network") from None
         if self.hosts_file is not None and not self.hosts_file.is_file():
             raise ConfigError(f"the hosts file {self.hosts_file} does not exist")
         if self.replica_id and not _REPLICA.fullmatch(self.replica_id):

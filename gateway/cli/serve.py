@@ -166,7 +166,7 @@ def serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         # An access line per request only where the log level would show it (it costs a call's
         # worth of formatting even when filtered out); the audit log records every call anyway.
-        access_log=settings.log_level.upper() in ("DEBUG", "INFO"),
+        access_log=settings.log_level in ("DEBUG", "INFO"),
         server_header=False,
         # The peer address is the client's unless the operator names a proxy in front: forwarding
         # headers say whatever a client writes in them (uvicorn would trust them from 127.0.0.1),
