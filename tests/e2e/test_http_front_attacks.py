@@ -640,3 +640,14 @@ def test_nothing_above_left_a_traceback_in_the_gateway_log(gateway: Gateway) -> 
     crashes = [b[:2000] for b in blocks if "starlette.requests.ClientDisconnect" not in b[:3000]]
     print(f"tracebacks: {len(blocks)}, other than ClientDisconnect: {len(crashes)}")
     assert not crashes, crashes[0]
+
+
+def test_a_complete_request_line_past_the_bound_is_refused_in_one_read(gateway: Gateway) -> None:
+    """The URL counts toward the head as the parser hands it over, even when the whole head (and a
+    well-formed end) arrives in one read."""
+    path = "/health?" + "q" * (2 * MAX_HEAD_BYTES)
+    with _connect(gateway) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {_host(gateway)}\r\nConnection: close\r\n\r\n".encode())
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    _healthy(gateway)
